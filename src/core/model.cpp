@@ -1,0 +1,230 @@
+#include "model.h"
+
+#include <cstring>
+#include <map>
+#include <sstream>
+#include <stdexcept>
+
+namespace popflow {
+namespace {
+
+const char kMagic[8] = {'P', 'O', 'P', 'F', 'L', 'O', 'W', '\n'};
+
+// FNV-1a, 64 bit: detects truncation and bit flips; not a security measure.
+uint64_t checksum(const char* data, size_t n) {
+  uint64_t h = 1469598103934665603ULL;
+  for (size_t i = 0; i < n; ++i) {
+    h ^= static_cast<unsigned char>(data[i]);
+    h *= 1099511628211ULL;
+  }
+  return h;
+}
+
+template <typename T>
+void put(std::string& out, T v) {
+  out.append(reinterpret_cast<const char*>(&v), sizeof(T));
+}
+
+template <typename T>
+T get(const std::string& in, size_t& pos) {
+  if (pos + sizeof(T) > in.size()) throw std::runtime_error("model file is truncated");
+  T v;
+  std::memcpy(&v, in.data() + pos, sizeof(T));
+  pos += sizeof(T);
+  return v;
+}
+
+std::string get_block(const std::string& in, size_t& pos) {
+  uint64_t n = get<uint64_t>(in, pos);
+  if (n > in.size() - pos) throw std::runtime_error("model file is truncated");
+  std::string s = in.substr(pos, n);
+  pos += n;
+  return s;
+}
+
+template <typename E>
+const char* enum_name(E v, const std::map<E, const char*>& names) {
+  return names.at(v);
+}
+
+template <typename E>
+E enum_value(const std::string& s, const std::map<E, const char*>& names, const char* what) {
+  for (const auto& kv : names)
+    if (s == kv.second) return kv.first;
+  throw std::runtime_error(std::string("model configuration: unknown ") + what + " '" + s + "'");
+}
+
+const std::map<PathKind, const char*> kPathNames{
+    {PathKind::ICFM, "icfm"}, {PathKind::SBCFM, "sbcfm"}, {PathKind::TargetFM, "targetfm"}};
+const std::map<CouplingKind, const char*> kCouplingNames{
+    {CouplingKind::Independent, "independent"}, {CouplingKind::ExactOT, "exact"}, {CouplingKind::Sinkhorn, "sinkhorn"}};
+const std::map<OTMode, const char*> kModeNames{{OTMode::Resample, "resample"}, {OTMode::Permutation, "permutation"}};
+const std::map<Activation, const char*> kActivationNames{{Activation::SELU, "selu"}, {Activation::SiLU, "silu"}};
+
+}  // namespace
+
+double FlowModel::model_time(double t) const {
+  const double a = config.times.front(), b = config.times.back();
+  return b == a ? 0.0 : (t - a) / (b - a);
+}
+
+bool cuda_available() { return torch::cuda::is_available(); }
+
+torch::Device parse_device(const std::string& name) {
+  if (name == "cpu") return torch::kCPU;
+  if (name.rfind("cuda", 0) == 0) {
+    if (!cuda_available())
+      throw std::runtime_error("device 'cuda' was requested but the linked LibTorch has no usable CUDA device; "
+                               "use device = \"cpu\" or build popflow against a CUDA LibTorch");
+    return torch::Device(name);
+  }
+  throw std::runtime_error("unknown device '" + name + "'; use \"cpu\" or \"cuda\"");
+}
+
+std::shared_ptr<FlowModel> make_model(const FlowConfig& config, const std::string& device) {
+  auto model = std::make_shared<FlowModel>();
+  model->config = config;
+  model->device = parse_device(device);
+  model->net = VectorField(config.network);
+  model->net->to(model->device);
+  return model;
+}
+
+std::string config_to_text(const FlowConfig& c) {
+  std::ostringstream os;
+  os.precision(17);
+  os << "path=" << kPathNames.at(c.path.kind) << "\n"
+     << "sigma=" << c.path.sigma << "\n"
+     << "sigma_min=" << c.path.sigma_min << "\n"
+     << "coupling=" << kCouplingNames.at(c.coupling.kind) << "\n"
+     << "ot_mode=" << kModeNames.at(c.coupling.mode) << "\n"
+     << "sinkhorn_reg=" << c.coupling.sinkhorn_reg << "\n"
+     << "sinkhorn_iters=" << c.coupling.sinkhorn_iters << "\n"
+     << "dim=" << c.network.dim << "\n"
+     << "cond_dim=" << c.network.cond_dim << "\n"
+     << "width=" << c.network.width << "\n"
+     << "depth=" << c.network.depth << "\n"
+     << "residual=" << (c.network.residual ? 1 : 0) << "\n"
+     << "activation=" << kActivationNames.at(c.network.activation) << "\n"
+     << "time_dim=" << c.network.time_dim << "\n"
+     << "fourier_features=" << c.network.fourier_features << "\n"
+     << "fourier_scale=" << c.network.fourier_scale << "\n"
+     << "times=";
+  for (size_t i = 0; i < c.times.size(); ++i) os << (i ? "," : "") << c.times[i];
+  os << "\n";
+  return os.str();
+}
+
+FlowConfig config_from_text(const std::string& text) {
+  std::map<std::string, std::string> kv;
+  std::istringstream is(text);
+  std::string line;
+  while (std::getline(is, line)) {
+    auto eq = line.find('=');
+    if (eq == std::string::npos) throw std::runtime_error("model configuration: malformed line '" + line + "'");
+    kv[line.substr(0, eq)] = line.substr(eq + 1);
+  }
+  auto need = [&](const char* key) -> const std::string& {
+    auto it = kv.find(key);
+    if (it == kv.end()) throw std::runtime_error(std::string("model configuration: missing '") + key + "'");
+    return it->second;
+  };
+  auto num = [&](const char* key) {
+    try {
+      size_t used = 0;
+      double v = std::stod(need(key), &used);
+      return v;
+    } catch (const std::logic_error&) {
+      throw std::runtime_error(std::string("model configuration: bad number for '") + key + "'");
+    }
+  };
+  auto count = [&](const char* key, double lo, double hi) {
+    double v = num(key);
+    if (!(v >= lo && v <= hi)) throw std::runtime_error(std::string("model configuration: '") + key + "' out of range");
+    return static_cast<int64_t>(v);
+  };
+  FlowConfig c;
+  c.path.kind = enum_value(need("path"), kPathNames, "path");
+  c.path.sigma = num("sigma");
+  c.path.sigma_min = num("sigma_min");
+  c.coupling.kind = enum_value(need("coupling"), kCouplingNames, "coupling");
+  c.coupling.mode = enum_value(need("ot_mode"), kModeNames, "ot_mode");
+  c.coupling.sinkhorn_reg = num("sinkhorn_reg");
+  c.coupling.sinkhorn_iters = static_cast<int>(count("sinkhorn_iters", 1, 1e7));
+  c.network.dim = count("dim", 1, 1e6);
+  c.network.cond_dim = count("cond_dim", 0, 1e6);
+  c.network.width = count("width", 1, 1e6);
+  c.network.depth = count("depth", 1, 1e4);
+  c.network.residual = count("residual", 0, 1) == 1;
+  c.network.activation = enum_value(need("activation"), kActivationNames, "activation");
+  c.network.time_dim = count("time_dim", 0, 1e5);
+  c.network.fourier_features = count("fourier_features", 0, 1e6);
+  c.network.fourier_scale = num("fourier_scale");
+  c.times.clear();
+  std::istringstream ts(need("times"));
+  std::string item;
+  while (std::getline(ts, item, ',')) {
+    try {
+      c.times.push_back(std::stod(item));
+    } catch (const std::logic_error&) {
+      throw std::runtime_error("model configuration: bad time value");
+    }
+  }
+  if (c.times.size() < 2) throw std::runtime_error("model configuration: fewer than two snapshot times");
+  return c;
+}
+
+std::string save_model(const FlowModel& model) {
+  std::ostringstream params;
+  {
+    torch::serialize::OutputArchive archive;
+    VectorField net = model.net;  // parameters are stored as CPU tensors, whatever the device
+    const bool on_cpu = model.device.is_cpu();
+    if (!on_cpu) net->to(torch::kCPU);
+    net->save(archive);
+    archive.save_to(params);
+    if (!on_cpu) net->to(model.device);
+  }
+  std::string out(kMagic, sizeof(kMagic));
+  put<uint32_t>(out, kModelFormatVersion);
+  const std::string kind = kModelKind, config = config_to_text(model.config), p = params.str();
+  for (const std::string* block : {&kind, &config, &p}) {
+    put<uint64_t>(out, block->size());
+    out += *block;
+  }
+  put<uint64_t>(out, checksum(out.data(), out.size()));
+  return out;
+}
+
+std::shared_ptr<FlowModel> load_model(const std::string& bytes, const std::string& device) {
+  if (bytes.size() < sizeof(kMagic) + 4 + 8 || std::memcmp(bytes.data(), kMagic, sizeof(kMagic)) != 0)
+    throw std::runtime_error("not a popflow model file (bad header)");
+  const size_t body = bytes.size() - 8;
+  uint64_t stored;
+  std::memcpy(&stored, bytes.data() + body, 8);
+  size_t pos = sizeof(kMagic);
+  uint32_t version = get<uint32_t>(bytes, pos);
+  if (version != kModelFormatVersion)
+    throw std::runtime_error("model file format version " + std::to_string(version) +
+                             " is not supported by this popflow (reads version " +
+                             std::to_string(kModelFormatVersion) + ")");
+  if (checksum(bytes.data(), body) != stored)
+    throw std::runtime_error("model file is corrupted or truncated (checksum mismatch)");
+  const std::string body_bytes = bytes.substr(0, body);
+  std::string kind = get_block(body_bytes, pos);
+  if (kind != kModelKind) throw std::runtime_error("model file holds a '" + kind + "', not a popflow flow model");
+  FlowConfig config = config_from_text(get_block(body_bytes, pos));
+  std::string params = get_block(body_bytes, pos);
+  auto model = make_model(config, "cpu");
+  {
+    std::istringstream is(params);
+    torch::serialize::InputArchive archive;
+    archive.load_from(is);
+    model->net->load(archive);
+  }
+  model->device = parse_device(device);
+  model->net->to(model->device);
+  return model;
+}
+
+}  // namespace popflow

@@ -1,0 +1,43 @@
+// A fitted flow: its configuration and velocity network, plus the versioned
+// byte format it is saved in (header, configuration, parameters, checksum).
+#pragma once
+#include <torch/torch.h>
+
+#include <memory>
+#include <string>
+
+#include "config.h"
+#include "network.h"
+
+namespace popflow {
+
+constexpr uint32_t kModelFormatVersion = 1;
+constexpr const char* kModelKind = "popflow-flow";
+
+struct FlowModel {
+  FlowConfig config;
+  VectorField net{nullptr};
+  torch::Device device = torch::kCPU;
+
+  // Snapshot time (user units) to model time in [0, 1].
+  double model_time(double t) const;
+};
+
+// Parses "cpu" / "cuda" / "cuda:N"; throws with a clear message when CUDA is
+// asked for but the linked LibTorch has none (never a silent CPU fallback).
+torch::Device parse_device(const std::string& name);
+bool cuda_available();
+
+// A new model with freshly initialised weights (uses torch's global generator).
+std::shared_ptr<FlowModel> make_model(const FlowConfig& config, const std::string& device);
+
+std::string save_model(const FlowModel& model);
+// Throws std::runtime_error naming the problem for a truncated, corrupted,
+// wrong-kind or wrong-version file.
+std::shared_ptr<FlowModel> load_model(const std::string& bytes, const std::string& device = "cpu");
+
+// Configuration <-> "key=value" lines (also used to report a model's settings).
+std::string config_to_text(const FlowConfig& config);
+FlowConfig config_from_text(const std::string& text);
+
+}  // namespace popflow

@@ -1,0 +1,72 @@
+#include "network.h"
+
+#include <cmath>
+#include <stdexcept>
+
+namespace popflow {
+
+torch::Tensor time_embedding(const torch::Tensor& t, int64_t dim) {
+  auto tt = t.reshape({-1, 1});
+  if (dim <= 0) return tt;
+  const int64_t half = dim / 2;
+  // Frequencies from 1 to 1000 on a log scale: t lives in [0, 1], so the
+  // transformer's 1/10000 base would waste most features on slow waves.
+  auto freqs = torch::exp(torch::linspace(0.0, std::log(1000.0), half, t.options())) * M_PI;
+  auto angles = tt * freqs.unsqueeze(0);
+  return torch::cat({torch::sin(angles), torch::cos(angles)}, 1);
+}
+
+VectorFieldImpl::VectorFieldImpl(const NetworkConfig& config) : config_(config) {
+  if (config.dim < 1) throw std::invalid_argument("network: dim must be >= 1");
+  if (config.width < 1 || config.depth < 1) throw std::invalid_argument("network: width and depth must be >= 1");
+  if (config.time_dim % 2 != 0 || config.fourier_features % 2 != 0)
+    throw std::invalid_argument("network: time_dim and fourier_features must be even");
+  if (config.fourier_features > 0) {
+    fourier_matrix_ = register_buffer(
+        "fourier_matrix", torch::randn({config.dim, config.fourier_features / 2}) * config.fourier_scale);
+  }
+  input_ = register_module("input", torch::nn::Linear(input_size(), config.width));
+  const int64_t n_hidden = config.residual ? 2 * config.depth : config.depth - 1;
+  for (int64_t i = 0; i < n_hidden; ++i)
+    hidden_->push_back(torch::nn::Linear(config.width, config.width));
+  register_module("hidden", hidden_);
+  output_ = register_module("output", torch::nn::Linear(config.width, config.dim));
+}
+
+int64_t VectorFieldImpl::input_size() const {
+  const int64_t t_features = config_.time_dim > 0 ? config_.time_dim : 1;
+  return config_.dim + t_features + config_.fourier_features + config_.cond_dim;
+}
+
+torch::Tensor VectorFieldImpl::activate(const torch::Tensor& h) const {
+  return config_.activation == Activation::SELU ? torch::selu(h) : torch::silu(h);
+}
+
+torch::Tensor VectorFieldImpl::forward(const torch::Tensor& x, const torch::Tensor& t,
+                                       const torch::Tensor& cond) {
+  std::vector<torch::Tensor> parts{x, time_embedding(t.to(x.dtype()), config_.time_dim)};
+  if (config_.fourier_features > 0) {
+    auto proj = torch::matmul(x, fourier_matrix_) * (2.0 * M_PI);
+    parts.push_back(torch::sin(proj));
+    parts.push_back(torch::cos(proj));
+  }
+  if (config_.cond_dim > 0) {
+    if (!cond.defined() || cond.size(1) != config_.cond_dim)
+      throw std::invalid_argument("network: conditioning input of width " + std::to_string(config_.cond_dim) +
+                                  " expected");
+    parts.push_back(cond.to(x.dtype()));
+  }
+  auto h = activate(input_->forward(torch::cat(parts, 1)));
+  if (config_.residual) {
+    for (size_t i = 0; i + 1 < hidden_->size(); i += 2) {
+      auto r = activate(hidden_[i]->as<torch::nn::Linear>()->forward(h));
+      h = h + hidden_[i + 1]->as<torch::nn::Linear>()->forward(r);
+      h = activate(h);
+    }
+  } else {
+    for (auto& layer : *hidden_) h = activate(layer->as<torch::nn::Linear>()->forward(h));
+  }
+  return output_->forward(h);
+}
+
+}  // namespace popflow

@@ -1,0 +1,31 @@
+// The velocity field v(x, t | c): an MLP or residual MLP over
+// [x, time embedding, random Fourier features of x, conditioning].
+#pragma once
+#include <torch/torch.h>
+
+#include "config.h"
+
+namespace popflow {
+
+// Sinusoidal embedding of t (shape [n] or [n, 1]) into `dim` features.
+torch::Tensor time_embedding(const torch::Tensor& t, int64_t dim);
+
+class VectorFieldImpl : public torch::nn::Module {
+ public:
+  explicit VectorFieldImpl(const NetworkConfig& config);
+  // x: [n, dim], t: [n] (model time in [0, 1]), cond: [n, cond_dim] or undefined.
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& t,
+                        const torch::Tensor& cond = torch::Tensor());
+  const NetworkConfig& config() const { return config_; }
+  int64_t input_size() const;
+
+ private:
+  torch::Tensor activate(const torch::Tensor& h) const;
+  NetworkConfig config_;
+  torch::Tensor fourier_matrix_;  // buffer [dim, fourier_features / 2], fixed at construction
+  torch::nn::Linear input_{nullptr}, output_{nullptr};
+  torch::nn::ModuleList hidden_;  // MLP: depth-1 layers; residual: 2 layers per block
+};
+TORCH_MODULE(VectorField);
+
+}  // namespace popflow

@@ -1,0 +1,43 @@
+// Training loop (Algorithm 1): each step draws, for every interval between
+// consecutive snapshots, a few groups and a minibatch of source and target
+// cells within each, couples them, samples times and regresses the velocity.
+#pragma once
+#include <torch/torch.h>
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "config.h"
+#include "model.h"
+
+namespace popflow {
+
+struct TrainingData {
+  torch::Tensor x;                  // [N, d] all cells (any float dtype, CPU)
+  std::vector<int64_t> time_index;  // per cell: index into FlowConfig::times
+  std::vector<int64_t> group;       // per cell: group id in [0, n_groups); empty = one group
+  torch::Tensor group_cond;         // [n_groups, cond_dim] conditioning per group, or undefined
+};
+
+struct TrainCallbacks {
+  // Called after every `every` completed steps and after the last one;
+  // returning false stops training (the model keeps the last completed step).
+  std::function<bool(int64_t step, double loss)> progress;
+  int64_t every = 10;
+};
+
+struct TrainResult {
+  std::vector<double> loss;  // one entry per completed step
+  int64_t steps_done = 0;
+  std::string status;        // completed, interrupted, time_limit, nonfinite
+  double seconds = 0;
+};
+
+// Checks the data against the model and returns a readable reason, or "" if usable.
+std::string validate_training_data(const FlowModel& model, const TrainingData& data);
+
+TrainResult train(FlowModel& model, const TrainingData& data, const TrainConfig& config,
+                  const TrainCallbacks& callbacks = {});
+
+}  // namespace popflow
