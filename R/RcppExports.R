@@ -9,6 +9,14 @@ pf_load <- function(bytes, device) {
     .Call(`_popflow_pf_load`, bytes, device)
 }
 
+pf_with_metadata <- function(bytes, metadata) {
+    .Call(`_popflow_pf_with_metadata`, bytes, metadata)
+}
+
+pf_metadata <- function(bytes) {
+    .Call(`_popflow_pf_metadata`, bytes)
+}
+
 pf_handle_valid <- function(handle) {
     .Call(`_popflow_pf_handle_valid`, handle)
 }

@@ -40,6 +40,29 @@ BEGIN_RCPP
     return rcpp_result_gen;
 END_RCPP
 }
+// pf_with_metadata
+Rcpp::RawVector pf_with_metadata(Rcpp::RawVector bytes, Rcpp::RawVector metadata);
+RcppExport SEXP _popflow_pf_with_metadata(SEXP bytesSEXP, SEXP metadataSEXP) {
+BEGIN_RCPP
+    Rcpp::RObject rcpp_result_gen;
+    Rcpp::RNGScope rcpp_rngScope_gen;
+    Rcpp::traits::input_parameter< Rcpp::RawVector >::type bytes(bytesSEXP);
+    Rcpp::traits::input_parameter< Rcpp::RawVector >::type metadata(metadataSEXP);
+    rcpp_result_gen = Rcpp::wrap(pf_with_metadata(bytes, metadata));
+    return rcpp_result_gen;
+END_RCPP
+}
+// pf_metadata
+Rcpp::RawVector pf_metadata(Rcpp::RawVector bytes);
+RcppExport SEXP _popflow_pf_metadata(SEXP bytesSEXP) {
+BEGIN_RCPP
+    Rcpp::RObject rcpp_result_gen;
+    Rcpp::RNGScope rcpp_rngScope_gen;
+    Rcpp::traits::input_parameter< Rcpp::RawVector >::type bytes(bytesSEXP);
+    rcpp_result_gen = Rcpp::wrap(pf_metadata(bytes));
+    return rcpp_result_gen;
+END_RCPP
+}
 // pf_handle_valid
 bool pf_handle_valid(SEXP handle);
 RcppExport SEXP _popflow_pf_handle_valid(SEXP handleSEXP) {
@@ -175,6 +198,8 @@ END_RCPP
 static const R_CallMethodDef CallEntries[] = {
     {"_popflow_pf_fit", (DL_FUNC) &_popflow_pf_fit, 8},
     {"_popflow_pf_load", (DL_FUNC) &_popflow_pf_load, 2},
+    {"_popflow_pf_with_metadata", (DL_FUNC) &_popflow_pf_with_metadata, 2},
+    {"_popflow_pf_metadata", (DL_FUNC) &_popflow_pf_metadata, 1},
     {"_popflow_pf_handle_valid", (DL_FUNC) &_popflow_pf_handle_valid, 1},
     {"_popflow_pf_model_config", (DL_FUNC) &_popflow_pf_model_config, 1},
     {"_popflow_pf_transport", (DL_FUNC) &_popflow_pf_transport, 6},

@@ -150,6 +150,27 @@ SEXP pf_load(Rcpp::RawVector bytes, std::string device) {
   return R_NilValue;
 }
 
+// Re-saves a model's bytes with an opaque metadata block (R's own fields).
+// [[Rcpp::export]]
+Rcpp::RawVector pf_with_metadata(Rcpp::RawVector bytes, Rcpp::RawVector metadata) {
+  PF_GUARD_BEGIN
+  auto model = load_model(from_raw(bytes), "cpu");
+  return to_raw(save_model(*model, from_raw(metadata)));
+  PF_GUARD_END
+  return Rcpp::RawVector();
+}
+
+// Validates a whole model file and returns its metadata block.
+// [[Rcpp::export]]
+Rcpp::RawVector pf_metadata(Rcpp::RawVector bytes) {
+  PF_GUARD_BEGIN
+  std::string meta;
+  load_model(from_raw(bytes), "cpu", &meta);
+  return to_raw(meta);
+  PF_GUARD_END
+  return Rcpp::RawVector();
+}
+
 // [[Rcpp::export]]
 bool pf_handle_valid(SEXP handle) {
   return TYPEOF(handle) == EXTPTRSXP && R_ExternalPtrAddr(handle) != nullptr;

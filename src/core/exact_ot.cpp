@@ -1,5 +1,6 @@
 #include "exact_ot.h"
 
+#include <numeric>
 #include <stdexcept>
 #include <string>
 
@@ -20,12 +21,15 @@ TransportPlan exact_transport(const double* cost, int n, int m) {
   std::vector<Graph::Node> src(n), dst(m);
   for (int i = 0; i < n; ++i) src[i] = g.addNode();
   for (int j = 0; j < m; ++j) dst[j] = g.addNode();
-  // Uniform weights become integer supplies: each source sends m units,
-  // each target receives n units, so every plan entry is an exact integer.
+  // Uniform weights become integer supplies: each source sends m/g units and
+  // each target receives n/g (g = gcd), so every plan entry is an exact
+  // integer; with n == m this is an assignment problem with unit flows.
+  const int64_t g_nm = std::gcd(n, m);
+  const int64_t out_units = m / g_nm, in_units = n / g_nm;
   Graph::ArcMap<double> arc_cost(g);
   Graph::NodeMap<int64_t> supply(g);
-  for (int i = 0; i < n; ++i) supply[src[i]] = m;
-  for (int j = 0; j < m; ++j) supply[dst[j]] = -static_cast<int64_t>(n);
+  for (int i = 0; i < n; ++i) supply[src[i]] = out_units;
+  for (int j = 0; j < m; ++j) supply[dst[j]] = -in_units;
   for (int i = 0; i < n; ++i)
     for (int j = 0; j < m; ++j)
       arc_cost[g.addArc(src[i], dst[j])] = cost[static_cast<int64_t>(i) * m + j];
@@ -38,7 +42,7 @@ TransportPlan exact_transport(const double* cost, int n, int m) {
                              std::to_string(static_cast<int>(status)) + ")");
 
   TransportPlan plan;
-  const double total = static_cast<double>(n) * static_cast<double>(m);
+  const double total = static_cast<double>(n) * static_cast<double>(out_units);
   for (Graph::ArcIt a(g); a != lemon::INVALID; ++a) {
     int64_t f = solver.flow(a);
     if (f <= 0) continue;

@@ -131,8 +131,10 @@ FlowConfig config_from_text(const std::string& text) {
   };
   auto num = [&](const char* key) {
     try {
+      const std::string& text = need(key);
       size_t used = 0;
-      double v = std::stod(need(key), &used);
+      double v = std::stod(text, &used);
+      if (used != text.size()) throw std::invalid_argument("trailing characters");
       return v;
     } catch (const std::logic_error&) {
       throw std::runtime_error(std::string("model configuration: bad number for '") + key + "'");
@@ -165,7 +167,9 @@ FlowConfig config_from_text(const std::string& text) {
   std::string item;
   while (std::getline(ts, item, ',')) {
     try {
-      c.times.push_back(std::stod(item));
+      size_t used = 0;
+      c.times.push_back(std::stod(item, &used));
+      if (used != item.size()) throw std::invalid_argument("trailing characters");
     } catch (const std::logic_error&) {
       throw std::runtime_error("model configuration: bad time value");
     }
@@ -174,7 +178,7 @@ FlowConfig config_from_text(const std::string& text) {
   return c;
 }
 
-std::string save_model(const FlowModel& model) {
+std::string save_model(const FlowModel& model, const std::string& metadata) {
   std::ostringstream params;
   {
     torch::serialize::OutputArchive archive;
@@ -188,7 +192,7 @@ std::string save_model(const FlowModel& model) {
   std::string out(kMagic, sizeof(kMagic));
   put<uint32_t>(out, kModelFormatVersion);
   const std::string kind = kModelKind, config = config_to_text(model.config), p = params.str();
-  for (const std::string* block : {&kind, &config, &p}) {
+  for (const std::string* block : {&kind, &config, &p, &metadata}) {
     put<uint64_t>(out, block->size());
     out += *block;
   }
@@ -196,7 +200,8 @@ std::string save_model(const FlowModel& model) {
   return out;
 }
 
-std::shared_ptr<FlowModel> load_model(const std::string& bytes, const std::string& device) {
+std::shared_ptr<FlowModel> load_model(const std::string& bytes, const std::string& device,
+                                      std::string* metadata) {
   if (bytes.size() < sizeof(kMagic) + 4 + 8 || std::memcmp(bytes.data(), kMagic, sizeof(kMagic)) != 0)
     throw std::runtime_error("not a popflow model file (bad header)");
   const size_t body = bytes.size() - 8;
@@ -215,12 +220,30 @@ std::shared_ptr<FlowModel> load_model(const std::string& bytes, const std::strin
   if (kind != kModelKind) throw std::runtime_error("model file holds a '" + kind + "', not a popflow flow model");
   FlowConfig config = config_from_text(get_block(body_bytes, pos));
   std::string params = get_block(body_bytes, pos);
-  auto model = make_model(config, "cpu");
-  {
+  std::string meta = get_block(body_bytes, pos);
+  if (pos != body_bytes.size()) throw std::runtime_error("model file has trailing bytes");
+  if (metadata) *metadata = std::move(meta);
+  std::shared_ptr<FlowModel> model;
+  try {
+    model = make_model(config, "cpu");
+    // Module::load replaces tensors whatever their shape, so check that the
+    // parameters fit the network the configuration describes.
+    auto shapes = [&model] {
+      std::map<std::string, std::vector<int64_t>> out;
+      for (const auto& p : model->net->named_parameters()) out[p.key()] = p.value().sizes().vec();
+      for (const auto& b : model->net->named_buffers()) out[b.key()] = b.value().sizes().vec();
+      return out;
+    };
+    const auto expected = shapes();
     std::istringstream is(params);
     torch::serialize::InputArchive archive;
     archive.load_from(is);
     model->net->load(archive);
+    if (shapes() != expected) throw std::runtime_error("model file parameters do not match its configuration");
+  } catch (const c10::Error& e) {
+    throw std::runtime_error(std::string("model file parameters are unreadable: ") + e.what_without_backtrace());
+  } catch (const std::invalid_argument& e) {
+    throw std::runtime_error(std::string("model configuration is invalid: ") + e.what());
   }
   model->device = parse_device(device);
   model->net->to(model->device);

@@ -31,10 +31,13 @@ bool cuda_available();
 // A new model with freshly initialised weights (uses torch's global generator).
 std::shared_ptr<FlowModel> make_model(const FlowConfig& config, const std::string& device);
 
-std::string save_model(const FlowModel& model);
+// `metadata` is an opaque block stored with the model (the R package keeps
+// its own fields there: feature names, loss history, time labels).
+std::string save_model(const FlowModel& model, const std::string& metadata = "");
 // Throws std::runtime_error naming the problem for a truncated, corrupted,
-// wrong-kind or wrong-version file.
-std::shared_ptr<FlowModel> load_model(const std::string& bytes, const std::string& device = "cpu");
+// wrong-kind or wrong-version file. Fills `metadata` when given.
+std::shared_ptr<FlowModel> load_model(const std::string& bytes, const std::string& device = "cpu",
+                                      std::string* metadata = nullptr);
 
 // Configuration <-> "key=value" lines (also used to report a model's settings).
 std::string config_to_text(const FlowConfig& config);

@@ -91,18 +91,19 @@ TrainResult train(FlowModel& model, const TrainingData& data, const TrainConfig&
   const auto& times = model.config.times;
   Blocks blocks = make_blocks(data, times.size(), n_groups);
 
+  // TargetFM starts from Gaussian noise, so it needs only target cells.
+  const bool target_fm = model.config.path.kind == PathKind::TargetFM;
   // Intervals and, per interval, groups with cells on both sides.
   std::vector<std::vector<int64_t>> usable(times.size() - 1);
   size_t n_usable = 0;
   for (size_t k = 0; k + 1 < times.size(); ++k) {
     for (int64_t g = 0; g < n_groups; ++g)
-      if (!blocks[k][g].empty() && !blocks[k + 1][g].empty()) usable[k].push_back(g);
+      if ((target_fm || !blocks[k][g].empty()) && !blocks[k + 1][g].empty()) usable[k].push_back(g);
     n_usable += usable[k].size();
   }
   if (n_usable == 0)
     throw std::invalid_argument("no group has cells at two consecutive time points; nothing to learn");
 
-  const bool target_fm = model.config.path.kind == PathKind::TargetFM;
   const double reg_default = std::max(2 * model.config.path.sigma * model.config.path.sigma, 1e-3);
   const int64_t d = model.config.network.dim;
 

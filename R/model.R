@@ -1,0 +1,249 @@
+# The fitted model: a first-class R object holding the engine's bytes
+# (so it survives saveRDS) plus R-side metadata; the C++ model is rebuilt
+# lazily from the bytes and cached.
+
+new_flow <- function(bytes, meta) {
+  structure(c(list(bytes = bytes), meta, list(cache = new.env(parent = emptyenv()))),
+            class = "popflow_flow")
+}
+
+flow_handle <- function(object, device = NULL) {
+  device <- device %||% (if (startsWith(object$device, "cuda") && pf_cuda_available()) object$device else "cpu")
+  cache <- object$cache
+  if (is.null(cache$ptr) || !pf_handle_valid(cache$ptr) || !identical(cache$device, device)) {
+    cache$ptr <- pf_load(object$bytes, device)
+    cache$device <- device
+  }
+  cache$ptr
+}
+
+`%||%` <- function(a, b) if (is.null(a)) b else a
+
+method_label <- function(method) {
+  switch(attr(method, "kind"), icfm = "I-CFM", otcfm = "OT-CFM", sbcfm = "SB-CFM", targetfm = "Target FM")
+}
+
+# A time given by the user (a label, or a number on the model's time scale) -> model time.
+resolve_time <- function(object, t, arg) {
+  labels <- object$time_labels
+  if (is.character(t) || is.factor(t)) {
+    k <- match(as.character(t), as.character(labels))
+    if (length(t) != 1 || is.na(k)) {
+      pf_abort(arg, sprintf("must be one of the time labels %s", paste(labels, collapse = ", ")))
+    }
+    return(object$times[k])
+  }
+  rng <- range(object$times)
+  if (!is.numeric(t) || length(t) != 1 || !is.finite(t) || t < rng[1] - 1e-9 || t > rng[2] + 1e-9) {
+    pf_abort(arg, sprintf("must be a time label or a number within the fitted range [%g, %g], not %s",
+                          rng[1], rng[2], deparse1(t)))
+  }
+  as.numeric(t)
+}
+
+with_seed <- function(seed, expr) {
+  old <- if (exists(".Random.seed", globalenv())) get(".Random.seed", globalenv()) else NULL
+  on.exit(if (is.null(old)) rm(".Random.seed", envir = globalenv()) else assign(".Random.seed", old, globalenv()))
+  set.seed(seed)
+  expr
+}
+
+# Cells to start from: the user's, or Gaussian noise for target FM.
+start_cells <- function(object, newdata, n, seed) {
+  if (!is.null(newdata)) {
+    x <- as_cell_matrix(newdata, "newdata")
+    return(same_features(x, "newdata", object$feature_names, object$n_features))
+  }
+  if (attr(object$method, "kind") != "targetfm") {
+    pf_abort("newdata", "is missing", "give the cells to move (a cells x features matrix)")
+  }
+  n <- check_count(n %||% object$n_cells[length(object$n_cells)], "n")
+  with_seed(seed, matrix(stats::rnorm(n * object$n_features), n, object$n_features))
+}
+
+run_transport <- function(object, x, times, solver, threads, device = NULL) {
+  solver <- expect_param(solver, "solver", "SolverParam")
+  threads <- check_count(threads, "threads")
+  res <- pf_transport(flow_handle(object, device), x, times, NULL, unclass(solver), threads)
+  lapply(res$states, function(s) {
+    dimnames(s) <- list(rownames(x), object$feature_names)
+    s
+  })
+}
+
+#' Predict cells with a fitted flow
+#'
+#' Integrates `dx/dt = v(x, t)` from time `from` to time `to` for every cell
+#' of `newdata` (Algorithm 2), returning the predicted cells.
+#'
+#' @param object A model from [fitFlow()].
+#' @param newdata Cells to move (cells x features, the features used in
+#'   fitting). For target-FM models it may be `NULL`: `n` cells are drawn from
+#'   the Gaussian source.
+#' @param from,to Start and end times: time labels, or numbers on the fitted
+#'   time scale (so times between snapshots work). Default: the first and the
+#'   last snapshot.
+#' @param solver A [SolverParam()] object.
+#' @param n,seed Number of cells and seed for target-FM generation.
+#' @param threads LibTorch threads.
+#' @param device `NULL` (the model's device when available, else CPU), `"cpu"` or `"cuda"`.
+#' @param ... Unused.
+#' @return A matrix of predicted cells, one row per row of `newdata`.
+#' @examples
+#' set.seed(1)
+#' source <- matrix(rnorm(400), ncol = 2)
+#' fit <- fitFlow(source, source + 2, training = TrainingParam(steps = 200), verbose = FALSE)
+#' head(predict(fit, source, solver = SolverParam("rk4", steps = 8)))
+#' @export
+predict.popflow_flow <- function(object, newdata = NULL, from = NULL, to = NULL, solver = SolverParam(),
+                                 n = NULL, seed = 1, threads = object$threads, device = NULL, ...) {
+  x <- start_cells(object, newdata, n, seed)
+  t0 <- if (is.null(from)) object$times[1] else resolve_time(object, from, "from")
+  t1 <- if (is.null(to)) object$times[length(object$times)] else resolve_time(object, to, "to")
+  if (!is.null(device)) device <- check_device(device)
+  run_transport(object, x, c(t0, t1), solver, threads, device)[[2]]
+}
+
+#' Trajectories of cells through a fitted flow
+#'
+#' @inheritParams predict.popflow_flow
+#' @param x Cells at time `times[1]`.
+#' @param times Increasing (or decreasing) times at which to record the cells;
+#'   labels or numbers on the fitted time scale. Default: 11 equally spaced
+#'   times over the fitted range.
+#' @return An array cells x features x times.
+#' @examples
+#' set.seed(1)
+#' source <- matrix(rnorm(200), ncol = 2)
+#' fit <- fitFlow(source, source + 2, training = TrainingParam(steps = 100), verbose = FALSE)
+#' traj <- sampleTrajectories(fit, source[1:5, ], times = seq(0, 1, by = 0.25))
+#' dim(traj)
+#' @export
+sampleTrajectories <- function(object, x, times = NULL, solver = SolverParam(), threads = object$threads) {
+  if (!inherits(object, "popflow_flow")) pf_abort("object", "must be a model from fitFlow()")
+  x <- same_features(as_cell_matrix(x, "x"), "x", object$feature_names, object$n_features)
+  if (is.null(times)) times <- seq(min(object$times), max(object$times), length.out = 11)
+  if (length(times) < 2) pf_abort("times", "needs at least two time points")
+  tt <- vapply(seq_along(times), function(i) resolve_time(object, times[[i]], "times"), numeric(1))
+  d <- diff(tt)
+  if (!(all(d > 0) || all(d < 0))) pf_abort("times", "must be strictly increasing or strictly decreasing")
+  states <- run_transport(object, x, tt, solver, threads)
+  out <- array(unlist(states), dim = c(nrow(x), ncol(x), length(tt)),
+               dimnames = list(rownames(x), object$feature_names, as.character(times)))
+  out
+}
+
+#' @export
+print.popflow_flow <- function(x, ...) {
+  m <- x$method
+  extra <- switch(attr(m, "kind"),
+    otcfm = sprintf("exact OT coupling (%s), sigma %g", m$ot_mode, m$sigma),
+    sbcfm = sprintf("Sinkhorn coupling (reg %g), sigma %g", m$sinkhorn_reg, m$sigma),
+    icfm = sprintf("independent coupling, sigma %g", m$sigma),
+    targetfm = sprintf("Gaussian source, sigma_min %g", m$sigma_min))
+  cat(sprintf("<popflow flow> %s: %s\n", method_label(m), extra))
+  cat(sprintf("  cells: %d features; snapshots %s\n", x$n_features,
+              paste(sprintf("%s (%d)", names(x$n_cells), x$n_cells), collapse = ", ")))
+  net <- x$network
+  cat(sprintf("  network: %s, width %d, depth %d, %s, time embedding %d%s\n",
+              if (net$residual) "residual MLP" else "MLP", net$width, net$depth, net$activation, net$time_dim,
+              if (net$fourier_features > 0) sprintf(", %d Fourier features", net$fourier_features) else ""))
+  if (length(x$loss)) {
+    cat(sprintf("  training: %d steps in %.1f s (%.0f steps/s) on %s, final loss %.4g%s\n",
+                x$steps_done, x$seconds, x$steps_done / max(x$seconds, 1e-9), x$device, recent_loss(x$loss),
+                if (x$status != "completed") sprintf(" [%s]", x$status) else ""))
+  }
+  invisible(x)
+}
+
+recent_loss <- function(loss) mean(utils::tail(loss, max(1, length(loss) %/% 20)))
+
+#' @export
+summary.popflow_flow <- function(object, ...) {
+  structure(list(method = method_label(object$method), status = object$status, steps = object$steps_done,
+                 seconds = object$seconds, final_loss = recent_loss(object$loss),
+                 n_cells = object$n_cells, times = object$time_labels,
+                 configuration = strsplit(pf_model_config(object$bytes), "\n")[[1]]),
+            class = "summary.popflow_flow")
+}
+
+#' @export
+print.summary.popflow_flow <- function(x, ...) {
+  cat(sprintf("%s flow, %d steps (%s), %.1f s, final loss %.4g\n", x$method, x$steps, x$status, x$seconds,
+              x$final_loss))
+  cat("cells per snapshot:\n")
+  print(x$n_cells)
+  cat("engine configuration:\n")
+  cat(paste0("  ", x$configuration, collapse = "\n"), "\n")
+  invisible(x)
+}
+
+#' Plot the training loss of a fitted flow
+#'
+#' @param x A model from [fitFlow()].
+#' @param y Unused.
+#' @param ... Passed to [graphics::plot()].
+#' @return `x`, invisibly.
+#' @examples
+#' set.seed(1)
+#' source <- matrix(rnorm(200), ncol = 2)
+#' fit <- fitFlow(source, source + 2, training = TrainingParam(steps = 200), verbose = FALSE)
+#' plot(fit)
+#' @export
+plot.popflow_flow <- function(x, y, ...) {
+  loss <- x$loss
+  if (!length(loss)) stop("this model has no loss history to plot", call. = FALSE)
+  steps <- seq_along(loss)
+  graphics::plot(steps, loss, type = "l", col = grDevices::adjustcolor("grey40", 0.5), log = "y",
+                 xlab = "step", ylab = "flow-matching loss", main = sprintf("%s training loss", method_label(x$method)),
+                 ...)
+  k <- max(1, length(loss) %/% 50)
+  smooth <- stats::filter(loss, rep(1 / k, k), sides = 1)
+  graphics::lines(steps, smooth, col = "firebrick", lwd = 2)
+  invisible(x)
+}
+
+#' Save and load fitted flows
+#'
+#' `saveFlow()` writes a model to a versioned, checksummed file (header,
+#' engine configuration, parameters and the R-side fields); `loadFlow()` reads
+#' it back, with a clear error for a truncated, corrupted or foreign file.
+#' Fitted models also survive [saveRDS()] / [readRDS()].
+#'
+#' @param object A model from [fitFlow()].
+#' @param file Path of the file.
+#' @return `saveFlow()`: `file`, invisibly. `loadFlow()`: the model.
+#' @examples
+#' set.seed(1)
+#' source <- matrix(rnorm(200), ncol = 2)
+#' fit <- fitFlow(source, source + 2, training = TrainingParam(steps = 50), verbose = FALSE)
+#' path <- tempfile(fileext = ".popflow")
+#' saveFlow(fit, path)
+#' fit2 <- loadFlow(path)
+#' all.equal(predict(fit, source), predict(fit2, source))
+#' @export
+saveFlow <- function(object, file) {
+  if (!inherits(object, "popflow_flow")) pf_abort("object", "must be a model from fitFlow()")
+  if (!is.character(file) || length(file) != 1) pf_abort("file", "must be a single file path")
+  meta <- unclass(object)[setdiff(names(object), c("bytes", "cache"))]
+  bytes <- pf_with_metadata(object$bytes, serialize(meta, NULL))
+  writeBin(bytes, file)
+  invisible(file)
+}
+
+#' @rdname saveFlow
+#' @export
+loadFlow <- function(file) {
+  if (!is.character(file) || length(file) != 1 || !file.exists(file)) {
+    pf_abort("file", sprintf("must be the path of an existing file, not %s", deparse1(file)))
+  }
+  bytes <- readBin(file, "raw", file.size(file))
+  meta_raw <- tryCatch(pf_metadata(bytes), error = function(e) {
+    stop(sprintf("cannot load '%s': %s", file, conditionMessage(e)), call. = FALSE)
+  })
+  if (!length(meta_raw)) {
+    stop(sprintf("cannot load '%s': it holds an engine model without popflow's R fields; save models with saveFlow()",
+                 file), call. = FALSE)
+  }
+  new_flow(bytes, unserialize(meta_raw))
+}
