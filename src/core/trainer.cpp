@@ -1,6 +1,7 @@
 #include "trainer.h"
 
 #include <chrono>
+#include <limits>
 #include <cmath>
 #include <random>
 #include <stdexcept>
@@ -146,7 +147,13 @@ TrainResult train(FlowModel& model, const TrainingData& data, const TrainConfig&
     }
     opt.zero_grad();
     loss.backward();
-    if (config.clip_norm > 0) torch::nn::utils::clip_grad_norm_(model.net->parameters(), config.clip_norm);
+    // The norm is needed anyway to refuse a non-finite update before it reaches the weights.
+    const double max_norm = config.clip_norm > 0 ? config.clip_norm : std::numeric_limits<double>::infinity();
+    const double grad_norm = torch::nn::utils::clip_grad_norm_(model.net->parameters(), max_norm);
+    if (!std::isfinite(grad_norm)) {
+      result.status = "nonfinite";
+      break;
+    }
     opt.step();
     if (!ema.empty()) {
       torch::NoGradGuard ng;

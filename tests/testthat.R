@@ -1,0 +1,3 @@
+library(testthat)
+library(popflow)
+test_check("popflow")

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs popflow's system requirements (Debian 12, via apt) and the package
+# itself. Safe to re-run: apt is a no-op when everything is present, and the
+# package is rebuilt only when its sources changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PKGS=(r-base-dev r-cran-rcpp r-cran-testthat r-cran-roxygen2 r-cran-pkgbuild
+      libtorch-dev libopenblas0-pthread liblemon-dev
+      r-bioc-singlecellexperiment r-cran-seurat r-cran-seuratobject r-cran-matrix
+      r-cran-knitr r-cran-rmarkdown pandoc r-cran-ggplot2 r-cran-cli cmake g++ make)
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  echo "popflow: installing system packages: ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Rebuild only when the package sources changed since the installed build.
+stamp=$(cat DESCRIPTION NAMESPACE configure src/Makevars.in src/*.cpp src/*.h src/core/*.cpp src/core/*.h R/*.R 2>/dev/null | sha1sum | cut -c1-40)
+installed=$(Rscript -e 'f <- system.file("srcstamp", package = "popflow"); if (nzchar(f)) cat(readLines(f))' 2>/dev/null || true)
+if [ "$stamp" != "$installed" ]; then
+  echo "popflow: building and installing the R package (a few minutes: LibTorch is a large dependency)"
+  # -O2 without -g: faster compiles and a smaller library (see shared BUILD_NOTES).
+  R_MAKEVARS_USER="$PWD/tools/Makevars.user" MAKEFLAGS="-j$(nproc)" R CMD INSTALL --preclean . >/tmp/popflow-install.log 2>&1 ||
+    { tail -40 /tmp/popflow-install.log; echo "popflow: installation failed (full log: /tmp/popflow-install.log)"; exit 1; }
+  lib=$(Rscript -e 'cat(dirname(system.file(package = "popflow")))')
+  echo "$stamp" > "$lib/popflow/srcstamp"
+  ./cleanup
+fi
+echo "popflow: installed ($(Rscript -e 'cat(as.character(packageVersion("popflow")))'))"

@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# The README's first command: install everything, then run the main job on built-in data.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash tools/install.sh
+OMP_WAIT_POLICY=passive Rscript tools/main_job.R
