@@ -61,3 +61,7 @@ pf_exact_plan <- function(cost) {
     .Call(`_popflow_pf_exact_plan`, cost)
 }
 
+pf_assignment <- function(cost) {
+    .Call(`_popflow_pf_assignment`, cost)
+}
+

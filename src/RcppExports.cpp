@@ -194,6 +194,17 @@ BEGIN_RCPP
     return rcpp_result_gen;
 END_RCPP
 }
+// pf_assignment
+Rcpp::IntegerVector pf_assignment(Rcpp::NumericMatrix cost);
+RcppExport SEXP _popflow_pf_assignment(SEXP costSEXP) {
+BEGIN_RCPP
+    Rcpp::RObject rcpp_result_gen;
+    Rcpp::RNGScope rcpp_rngScope_gen;
+    Rcpp::traits::input_parameter< Rcpp::NumericMatrix >::type cost(costSEXP);
+    rcpp_result_gen = Rcpp::wrap(pf_assignment(cost));
+    return rcpp_result_gen;
+END_RCPP
+}
 
 static const R_CallMethodDef CallEntries[] = {
     {"_popflow_pf_fit", (DL_FUNC) &_popflow_pf_fit, 8},
@@ -211,6 +222,7 @@ static const R_CallMethodDef CallEntries[] = {
     {"_popflow_pf_mean_r2", (DL_FUNC) &_popflow_pf_mean_r2, 2},
     {"_popflow_pf_correlation_r", (DL_FUNC) &_popflow_pf_correlation_r, 2},
     {"_popflow_pf_exact_plan", (DL_FUNC) &_popflow_pf_exact_plan, 1},
+    {"_popflow_pf_assignment", (DL_FUNC) &_popflow_pf_assignment, 1},
     {NULL, NULL, 0}
 };
 

@@ -1,6 +1,7 @@
 // Rcpp glue for the torch-free metrics (fast to compile).
 #include <Rcpp.h>
 
+#include "core/assignment.h"
 #include "core/exact_ot.h"
 #include "core/metrics.h"
 
@@ -51,4 +52,17 @@ Rcpp::DataFrame pf_exact_plan(Rcpp::NumericMatrix cost) {
     mass.push_back(e.mass);
   }
   return Rcpp::DataFrame::create(Rcpp::Named("i") = I, Rcpp::Named("j") = J, Rcpp::Named("mass") = mass);
+}
+
+// Minimum-cost assignment of a square cost matrix (1-based column per row).
+// [[Rcpp::export]]
+Rcpp::IntegerVector pf_assignment(Rcpp::NumericMatrix cost) {
+  const int n = cost.nrow();
+  if (cost.ncol() != n) Rcpp::stop("cost must be square");
+  std::vector<double> row_major(static_cast<size_t>(n) * n);
+  for (int i = 0; i < n; ++i)
+    for (int j = 0; j < n; ++j) row_major[static_cast<size_t>(i) * n + j] = cost(i, j);
+  std::vector<int> col = popflow::solve_assignment(row_major.data(), n);
+  Rcpp::IntegerVector out(col.begin(), col.end());
+  return out + 1;
 }

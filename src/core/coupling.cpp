@@ -2,6 +2,7 @@
 
 #include <stdexcept>
 
+#include "assignment.h"
 #include "exact_ot.h"
 
 namespace popflow {
@@ -15,6 +16,14 @@ torch::Tensor squared_cost(const torch::Tensor& x0, const torch::Tensor& x1) {
 torch::Tensor exact_plan(const torch::Tensor& x0, const torch::Tensor& x1) {
   auto cost = squared_cost(x0, x1).to(torch::kCPU, torch::kDouble).contiguous();
   const int n = static_cast<int>(cost.size(0)), m = static_cast<int>(cost.size(1));
+  if (n == m) {
+    // Equal uniform batches: the optimal plan is a permutation (an assignment).
+    std::vector<int> col = solve_assignment(cost.data_ptr<double>(), n);
+    auto dense = torch::zeros({n, m}, torch::kDouble);
+    auto acc = dense.accessor<double, 2>();
+    for (int i = 0; i < n; ++i) acc[i][col[i]] = 1.0 / n;
+    return dense;
+  }
   TransportPlan plan = exact_transport(cost.data_ptr<double>(), n, m);
   auto dense = torch::zeros({n, m}, torch::kDouble);
   auto acc = dense.accessor<double, 2>();

@@ -2,6 +2,8 @@
 
 #include <stdexcept>
 
+#include "threads.h"
+
 namespace popflow {
 
 std::vector<torch::Tensor> transport(const FlowModel& model, const torch::Tensor& x,
@@ -13,7 +15,7 @@ std::vector<torch::Tensor> transport(const FlowModel& model, const torch::Tensor
                                 " features, the model expects " + std::to_string(net_cfg.dim));
   if (net_cfg.cond_dim > 0 && (!cond.defined() || cond.size(0) != x.size(0)))
     throw std::invalid_argument("the model needs one conditioning row per cell");
-  torch::set_num_threads(threads);
+  ThreadScope thread_scope(threads);
   torch::NoGradGuard no_grad;
   VectorField net = model.net;  // a non-const handle on the shared module
   net->eval();

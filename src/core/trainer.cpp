@@ -1,14 +1,15 @@
 #include "trainer.h"
 
 #include <chrono>
-#include <limits>
 #include <cmath>
 #include <random>
 #include <stdexcept>
 #include <unordered_set>
 
 #include "coupling.h"
+#include "optimizer.h"
 #include "paths.h"
+#include "threads.h"
 
 namespace popflow {
 namespace {
@@ -82,7 +83,7 @@ TrainResult train(FlowModel& model, const TrainingData& data, const TrainConfig&
 
   torch::manual_seed(config.seed);
   std::mt19937_64 rng(config.seed);
-  torch::set_num_threads(config.threads);
+  ThreadScope thread_scope(config.threads);
   const auto start = std::chrono::steady_clock::now();
   const auto dev = model.device;
   const auto fopt = torch::TensorOptions().dtype(torch::kFloat).device(dev);
@@ -108,11 +109,11 @@ TrainResult train(FlowModel& model, const TrainingData& data, const TrainConfig&
   const double reg_default = std::max(2 * model.config.path.sigma * model.config.path.sigma, 1e-3);
   const int64_t d = model.config.network.dim;
 
-  torch::optim::Adam opt(model.net->parameters(),
-                         torch::optim::AdamOptions(config.lr).weight_decay(config.weight_decay));
-  std::vector<torch::Tensor> ema;
-  if (config.ema_decay > 0)
-    for (auto& p : model.net->parameters()) ema.push_back(p.detach().clone());
+  AdamSettings adam;
+  adam.lr = config.lr;
+  adam.weight_decay = config.weight_decay;
+  adam.ema_decay = config.ema_decay;
+  FlatAdam opt(*model.net, adam);
 
   TrainResult result;
   result.status = "completed";
@@ -148,18 +149,11 @@ TrainResult train(FlowModel& model, const TrainingData& data, const TrainConfig&
     opt.zero_grad();
     loss.backward();
     // The norm is needed anyway to refuse a non-finite update before it reaches the weights.
-    const double max_norm = config.clip_norm > 0 ? config.clip_norm : std::numeric_limits<double>::infinity();
-    const double grad_norm = torch::nn::utils::clip_grad_norm_(model.net->parameters(), max_norm);
-    if (!std::isfinite(grad_norm)) {
+    if (!std::isfinite(opt.clip_grad_norm(config.clip_norm))) {
       result.status = "nonfinite";
       break;
     }
     opt.step();
-    if (!ema.empty()) {
-      torch::NoGradGuard ng;
-      auto params = model.net->parameters();
-      for (size_t i = 0; i < params.size(); ++i) ema[i].mul_(config.ema_decay).add_(params[i], 1 - config.ema_decay);
-    }
     result.loss.push_back(loss_value);
     result.steps_done = step;
     const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -174,11 +168,7 @@ TrainResult train(FlowModel& model, const TrainingData& data, const TrainConfig&
       }
     }
   }
-  if (!ema.empty() && result.steps_done > 0) {
-    torch::NoGradGuard ng;
-    auto params = model.net->parameters();
-    for (size_t i = 0; i < params.size(); ++i) params[i].copy_(ema[i]);
-  }
+  opt.use_average();
   model.net->eval();
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return result;

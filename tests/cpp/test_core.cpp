@@ -15,6 +15,8 @@
 #include "exact_ot.h"
 #include "metrics.h"
 #include "model.h"
+#include "optimizer.h"
+#include "assignment.h"
 #include "network.h"
 #include "ode.h"
 #include "paths.h"
@@ -1116,6 +1118,74 @@ TEST_CASE("train: every path and coupling runs, with groups and conditioning") {
   PF_CHECK_MSG(pa[0].item<double>() - a0.mean(0)[0].item<double>() > 1.5, "group a moved " << pa);
   PF_CHECK_MSG(pb[0].item<double>() - b0.mean(0)[0].item<double>() < -1.5, "group b moved " << pb);
   PF_CHECK_THROWS_AS(transport(*model, a0, {0.0, 1.0}, torch::Tensor(), SolverConfig()), std::invalid_argument);
+}
+
+
+TEST_CASE("solve_assignment: matches network simplex on random and tied problems") {
+  std::mt19937_64 rng(5);
+  std::uniform_real_distribution<double> u(0, 1);
+  std::uniform_int_distribution<int> small(0, 3);
+  for (int n : {1, 2, 3, 17, 100, 300}) {
+    for (int tied = 0; tied < 2; ++tied) {
+      std::vector<double> cost(static_cast<size_t>(n) * n);
+      for (auto& c : cost) c = tied ? small(rng) : u(rng);
+      std::vector<int> col = popflow::solve_assignment(cost.data(), n);
+      std::vector<int> sorted = col;
+      std::sort(sorted.begin(), sorted.end());
+      bool perm = true;
+      for (int i = 0; i < n; ++i) perm = perm && sorted[i] == i;
+      PF_CHECK_MSG(perm, "not a permutation for n=" << n);
+      double total = 0;
+      for (int i = 0; i < n; ++i) total += cost[static_cast<size_t>(i) * n + col[i]];
+      PF_CHECK_NEAR(total / n, popflow::exact_transport(cost.data(), n, n).cost, 1e-9);
+    }
+  }
+}
+
+TEST_CASE("FlatAdam: same trajectory as torch::optim::Adam, with EMA and clipping") {
+  auto make = [] {
+    torch::manual_seed(3);
+    return torch::nn::Sequential(torch::nn::Linear(4, 8), torch::nn::Functional(torch::tanh), torch::nn::Linear(8, 2));
+  };
+  auto x = torch::randn({32, 4}), y = torch::randn({32, 2});
+  auto a = make(), b = make();
+  torch::optim::Adam ref(a->parameters(), torch::optim::AdamOptions(1e-2).weight_decay(1e-3));
+  popflow::AdamSettings s;
+  s.lr = 1e-2;
+  s.weight_decay = 1e-3;
+  {
+    popflow::FlatAdam flat(*b, s);
+    for (int step = 0; step < 25; ++step) {
+      ref.zero_grad();
+      torch::mse_loss(a->forward(x), y).backward();
+      ref.step();
+      flat.zero_grad();
+      torch::mse_loss(b->forward(x), y).backward();
+      double norm = flat.clip_grad_norm(0);
+      PF_CHECK(std::isfinite(norm) && norm > 0);
+      flat.step();
+    }
+  }
+  auto pa = a->parameters(), pb = b->parameters();
+  for (size_t i = 0; i < pa.size(); ++i) PF_CHECK(torch::allclose(pa[i], pb[i], 1e-5, 1e-6));
+  // After release each parameter owns its storage again (saving writes only its own values).
+  for (auto& p : pb) PF_CHECK(p.storage().nbytes() == static_cast<size_t>(p.numel()) * sizeof(float));
+  // Clipping scales the gradient to the requested norm; the moving average lags the weights.
+  auto c = make();
+  popflow::AdamSettings se;
+  se.ema_decay = 0.9;
+  popflow::FlatAdam flat(*c, se);
+  flat.zero_grad();
+  torch::mse_loss(c->forward(x), y).backward();
+  flat.clip_grad_norm(1e-3);
+  double after = flat.clip_grad_norm(0);
+  PF_CHECK_NEAR(after, 1e-3, 1e-6);
+  auto before = c->parameters()[0].detach().clone();
+  flat.step();
+  auto stepped = c->parameters()[0].detach().clone();
+  flat.use_average();
+  auto averaged = c->parameters()[0].detach().clone();
+  PF_CHECK(torch::allclose(averaged, 0.9 * before + 0.1 * stepped, 1e-6, 1e-7));
 }
 
 int main(int argc, char** argv) {

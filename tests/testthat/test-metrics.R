@@ -71,3 +71,24 @@ test_that("distances subsample large sets reproducibly", {
   expect_identical(a, wassersteinDistance(x, y, max_cells = 200, seed = 3))
   expect_false(identical(a, wassersteinDistance(x, y, max_cells = 200, seed = 4)))
 })
+
+test_that("the assignment solver finds the exact OT optimum found by network simplex", {
+  set.seed(9)
+  for (n in c(1, 2, 5, 7, 64, 200)) {
+    x <- matrix(rnorm(n * 3), n)
+    y <- matrix(rnorm(n * 3, 0.5), n)
+    cost <- pmax(sq_dists(x, y), 0)
+    col <- popflow:::pf_assignment(cost)
+    expect_setequal(col, seq_len(n))  # a permutation
+    lemon <- popflow:::pf_exact_plan(cost)
+    expect_equal(sum(cost[cbind(seq_len(n), col)]) / n, sum(lemon$mass * cost[cbind(lemon$i, lemon$j)]),
+                 tolerance = 1e-10)
+    if (n <= 7) expect_equal(sum(cost[cbind(seq_len(n), col)]), brute_assignment(cost), tolerance = 1e-10)
+  }
+  # Ties and integer costs (degenerate problems)
+  cost <- matrix(sample(0:3, 400, replace = TRUE), 20)
+  col <- popflow:::pf_assignment(cost)
+  lemon <- popflow:::pf_exact_plan(cost)
+  expect_setequal(col, 1:20)
+  expect_equal(sum(cost[cbind(1:20, col)]) / 20, sum(lemon$mass * cost[cbind(lemon$i, lemon$j)]))
+})

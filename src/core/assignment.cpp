@@ -1,0 +1,163 @@
+#include "assignment.h"
+
+#include <limits>
+#include <stdexcept>
+
+namespace popflow {
+
+std::vector<int> solve_assignment(const double* cost, int n) {
+  if (n <= 0) throw std::invalid_argument("solve_assignment: empty problem");
+  const double inf = std::numeric_limits<double>::infinity();
+  auto c = [cost, n](int i, int j) { return cost[static_cast<size_t>(i) * n + j]; };
+  std::vector<int> row_col(n, -1), col_row(n, -1), matches(n, 0), free_rows;
+  std::vector<double> v(n);  // column prices (dual variables)
+
+  // 1. Column reduction: each column goes to its cheapest row, if that row is still free.
+  for (int j = n - 1; j >= 0; --j) {
+    int imin = 0;
+    for (int i = 1; i < n; ++i)
+      if (c(i, j) < c(imin, j)) imin = i;
+    v[j] = c(imin, j);
+    if (++matches[imin] == 1) {
+      row_col[imin] = j;
+      col_row[j] = imin;
+    } else if (v[j] < v[row_col[imin]]) {
+      col_row[row_col[imin]] = -1;
+      row_col[imin] = j;
+      col_row[j] = imin;
+    }
+  }
+  // 2. Reduction transfer from rows matched once; collect the unmatched rows.
+  for (int i = 0; i < n; ++i) {
+    if (matches[i] == 0) {
+      free_rows.push_back(i);
+    } else if (matches[i] == 1) {
+      const int j1 = row_col[i];
+      double m = inf;
+      for (int j = 0; j < n; ++j)
+        if (j != j1) m = std::min(m, c(i, j) - v[j]);
+      if (m < inf) v[j1] -= m;
+    } else {
+      // Row won several columns in step 1 but keeps one: the others are free.
+    }
+  }
+  // Rows that won several columns keep only row_col[i]; make the rest consistent.
+  for (int j = 0; j < n; ++j)
+    if (col_row[j] >= 0 && row_col[col_row[j]] != j) col_row[j] = -1;
+
+  // 3. Augmenting row reduction, two passes: cheap partial auctions for free rows.
+  for (int pass = 0; pass < 2 && !free_rows.empty(); ++pass) {
+    std::vector<int> todo = free_rows;
+    free_rows.clear();
+    size_t k = 0;
+    while (k < todo.size()) {
+      const int i = todo[k++];
+      double u1 = c(i, 0) - v[0], u2 = inf;
+      int j1 = 0, j2 = -1;
+      for (int j = 1; j < n; ++j) {
+        const double h = c(i, j) - v[j];
+        if (h < u2) {
+          if (h >= u1) {
+            u2 = h;
+            j2 = j;
+          } else {
+            u2 = u1;
+            u1 = h;
+            j2 = j1;
+            j1 = j;
+          }
+        }
+      }
+      int i0 = col_row[j1];
+      const bool strictly = u1 < u2;
+      if (strictly) {
+        v[j1] -= (u2 - u1);
+      } else if (i0 >= 0 && j2 >= 0) {
+        j1 = j2;
+        i0 = col_row[j2];
+      }
+      if (i0 >= 0) row_col[i0] = -1;
+      row_col[i] = j1;
+      col_row[j1] = i;
+      if (i0 >= 0) {
+        if (strictly) {
+          todo[--k] = i0;  // displaced row bids again at once
+        } else {
+          free_rows.push_back(i0);
+        }
+      }
+    }
+  }
+
+  // 4. Augmentation: Dijkstra-like shortest augmenting path from each free row.
+  std::vector<double> d(n);
+  std::vector<int> pred(n), cols(n);
+  for (int free_row : free_rows) {
+    for (int j = 0; j < n; ++j) {
+      d[j] = c(free_row, j) - v[j];
+      pred[j] = free_row;
+      cols[j] = j;
+    }
+    // cols[0, low): scanned; [low, up): at the current minimum, to scan; [up, n): unscanned.
+    int low = 0, up = 0, last = 0, end_col = -1;
+    double dmin = 0;
+    while (end_col < 0) {
+      if (up == low) {
+        last = low - 1;
+        dmin = d[cols[up++]];
+        for (int k = up; k < n; ++k) {
+          const int j = cols[k];
+          const double h = d[j];
+          if (h <= dmin) {
+            if (h < dmin) {
+              up = low;
+              dmin = h;
+            }
+            cols[k] = cols[up];
+            cols[up++] = j;
+          }
+        }
+        for (int k = low; k < up; ++k)
+          if (col_row[cols[k]] < 0) {
+            end_col = cols[k];
+            break;
+          }
+      }
+      if (end_col >= 0) break;
+      const int j1 = cols[low++];
+      const int i = col_row[j1];
+      const double h = c(i, j1) - v[j1] - dmin;
+      for (int k = up; k < n; ++k) {
+        const int j = cols[k];
+        const double v2 = c(i, j) - v[j] - h;
+        if (v2 < d[j]) {
+          pred[j] = i;
+          if (v2 == dmin) {
+            if (col_row[j] < 0) {
+              end_col = j;
+              break;
+            }
+            cols[k] = cols[up];
+            cols[up++] = j;
+          }
+          d[j] = v2;
+        }
+      }
+    }
+    for (int k = 0; k <= last; ++k) {
+      const int j = cols[k];
+      v[j] += d[j] - dmin;
+    }
+    int i;
+    do {
+      i = pred[end_col];
+      col_row[end_col] = i;
+      const int next = row_col[i];
+      row_col[i] = end_col;
+      end_col = next;
+    } while (i != free_row);
+  }
+  return row_col;
+}
+
+}  // namespace popflow
