@@ -158,8 +158,13 @@ training_progress <- function(total) {
     format = "{cli::pb_name}{cli::pb_bar} {cli::pb_current}/{cli::pb_total} | loss {signif(loss, 3)} | ETA {cli::pb_eta}"
   )
   list(update = function(step, loss) {
-    env$loss <- loss
-    cli::cli_progress_update(id = id, set = step, .envir = env)
+    # Ctrl-C while R draws the bar becomes FALSE: training stops cleanly and
+    # keeps its last completed step instead of unwinding through C++.
+    tryCatch({
+      env$loss <- loss
+      cli::cli_progress_update(id = id, set = step, .envir = env)
+      TRUE
+    }, interrupt = function(e) FALSE)
   }, done = function() cli::cli_progress_done(id = id, .envir = env))
 }
 

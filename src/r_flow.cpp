@@ -126,8 +126,15 @@ Rcpp::List pf_fit(Rcpp::NumericMatrix x, Rcpp::IntegerVector time_index, Rcpp::N
       user_interrupt = true;
       return false;
     }
-    if (progress.isNotNull() && (step % std::max(progress_every, 1) == 0 || step == tc.steps))
-      Rcpp::Function(progress.get())(static_cast<double>(step), loss);
+    // The R callback returns FALSE to stop (it turns a Ctrl-C during its own
+    // evaluation into FALSE, so no R error unwinds through the training loop).
+    if (progress.isNotNull() && (step % std::max(progress_every, 1) == 0 || step == tc.steps)) {
+      SEXP keep_going = Rcpp::Function(progress.get())(static_cast<double>(step), loss);
+      if (Rf_isLogical(keep_going) && Rf_length(keep_going) == 1 && LOGICAL(keep_going)[0] == FALSE) {
+        user_interrupt = true;
+        return false;
+      }
+    }
     return true;
   };
   TrainResult res = train(*model, data, tc, cb);

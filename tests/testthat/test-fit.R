@@ -158,9 +158,35 @@ test_that("the progress bar reports while training and is silent with verbose = 
   d <- shifted_pair(100)
   withr_opts <- options(cli.progress_show_after = 0, cli.dynamic = FALSE)
   on.exit(options(withr_opts))
-  out <- capture.output(fitFlow(d$source, d$target, training = quick_training(50), verbose = TRUE), type = "message")
+  out <- capture.output(f <- fitFlow(d$source, d$target, training = quick_training(50), verbose = TRUE),
+                        type = "message")
   expect_true(any(grepl("Training", out)))
-  quiet <- capture.output(fitFlow(d$source, d$target, training = quick_training(50), verbose = FALSE),
+  quiet <- capture.output(f <- fitFlow(d$source, d$target, training = quick_training(50), verbose = FALSE),
                           type = "message")
   expect_length(quiet, 0)
+})
+
+test_that("Ctrl-C during training stops cleanly and keeps the last completed step", {
+  skip_on_os("windows")
+  d <- shifted_pair(100)
+  x <- rbind(d$source, d$target)
+  cfg <- list(path = "icfm", coupling = "independent", steps = 100000, batch_size = 64)
+  # A real SIGINT to this R process at step 20, as Ctrl-C sends it.
+  hook <- function(step, loss) {
+    tryCatch({
+      if (step == 20) tools::pskill(Sys.getpid(), tools::SIGINT)
+      TRUE
+    }, interrupt = function(e) FALSE)
+  }
+  res <- popflow:::pf_fit(x, rep(0:1, each = 100), c(0, 1), integer(0), NULL, cfg, hook, 1L)
+  expect_equal(res$status, "interrupted")
+  expect_true(res$user_interrupt)
+  expect_gte(res$steps_done, 20)
+  expect_lt(res$steps_done, 100000)
+  expect_length(res$loss, res$steps_done)
+  fit <- popflow:::new_flow(res$bytes, list(method = ICFMParam(), times = c(0, 1), time_labels = c(0, 1),
+                                            feature_names = NULL, n_features = 2L, threads = 1L, device = "cpu"))
+  expect_true(all(is.finite(predict(fit, d$source))))
+  expect_warning(popflow:::report_training_status(list(status = "interrupted", steps_done = 20), 100),
+                 "interrupted at step 20 of 100")
 })
