@@ -85,26 +85,45 @@ torch::Tensor dense_adjacency(const PopulationGraph& graph) {
 }
 
 GraphBatch batch_graphs(const std::vector<const PopulationGraph*>& graphs, const torch::Device& device) {
-  std::vector<torch::Tensor> xs, srcs, dsts, ws, owners;
-  int64_t offset = 0;
-  for (size_t i = 0; i < graphs.size(); ++i) {
-    const auto& g = *graphs[i];
-    xs.push_back(g.x);
-    srcs.push_back(g.src + offset);
-    dsts.push_back(g.dst + offset);
-    ws.push_back(g.weight);
-    owners.push_back(torch::full({g.nodes()}, static_cast<int64_t>(i), torch::kLong));
-    offset += g.nodes();
-  }
+  std::vector<torch::Tensor> xs, rows, cols, ws;
   GraphBatch b;
+  int64_t offset = 0;
+  bool identity = true;
+  for (const PopulationGraph* g : graphs) {
+    xs.push_back(g->x);
+    rows.push_back(g->dst + offset);
+    cols.push_back(g->src + offset);
+    ws.push_back(g->weight);
+    identity = identity && g->src.size(0) == g->nodes();  // self-loops only (k = 0) have weight 1
+    b.sizes.push_back(g->nodes());
+    offset += g->nodes();
+  }
   b.x = torch::cat(xs).to(device);
-  b.src = torch::cat(srcs).to(device);
-  b.dst = torch::cat(dsts).to(device);
-  b.weight = torch::cat(ws).to(device);
-  b.graph_of_node = torch::cat(owners).to(device);
-  b.graphs = static_cast<int64_t>(graphs.size());
+  if (!identity) {
+    auto index = torch::stack({torch::cat(rows), torch::cat(cols)});
+    b.adjacency = torch::sparse_coo_tensor(index, torch::cat(ws), {offset, offset}).to(device);
+  }
   return b;
 }
+
+namespace {
+
+// y = A h for a symmetric sparse A, with the gradient A g: autograd would
+// otherwise transpose (and re-sort) A in every backward pass.
+struct SymmetricPropagate : public torch::autograd::Function<SymmetricPropagate> {
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& adjacency,
+                               const torch::Tensor& h) {
+    ctx->saved_data["adjacency"] = adjacency;
+    return torch::mm(adjacency, h);
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad) {
+    auto adjacency = ctx->saved_data["adjacency"].toTensor();
+    return {torch::Tensor(), torch::mm(adjacency, grad[0])};
+  }
+};
+
+}  // namespace
 
 EncoderKind encoder_kind(const std::string& name) {
   if (name == "gcn") return EncoderKind::GCN;
@@ -143,22 +162,25 @@ torch::Tensor PopulationEncoderImpl::forward(const GraphBatch& b) {
   torch::Tensor h;
   if (config_.kind == EncoderKind::KME) {
     auto proj = torch::matmul(b.x, frequencies_);
-    h = torch::cat({torch::cos(proj), torch::sin(proj)}, 1);
+    h = torch::cat({torch::cos(proj), torch::sin(proj)}, 1) * std::sqrt(2.0 / config_.width);
   } else {
     h = b.x;
     for (size_t l = 0; l < linears_->size(); ++l) {
       // Transform first, then propagate: messages have the (small) output width.
-      auto hw = linears_[l]->as<torch::nn::Linear>()->forward(h);
-      auto msg = hw.index_select(0, b.src) * b.weight.unsqueeze(1);
-      h = torch::zeros_like(hw).index_add(0, b.dst, msg) + biases_[l];
+      h = linears_[l]->as<torch::nn::Linear>()->forward(h);
+      if (b.adjacency.defined()) h = SymmetricPropagate::apply(b.adjacency, h);
+      h = h + biases_[l];
       if (l + 1 < linears_->size()) h = torch::relu(h);
     }
   }
-  // Mean over each graph's nodes, then unit length.
-  auto sums = torch::zeros({b.graphs, h.size(1)}, h.options()).index_add(0, b.graph_of_node, h);
-  auto counts = torch::zeros({b.graphs}, h.options())
-                    .index_add(0, b.graph_of_node, torch::ones({h.size(0)}, h.options()));
-  auto mean = sums / counts.unsqueeze(1);
+  // Mean over each graph's nodes (stacked in order), then unit length.
+  std::vector<torch::Tensor> means;
+  int64_t offset = 0;
+  for (int64_t n : b.sizes) {
+    means.push_back(h.narrow(0, offset, n).mean(0));
+    offset += n;
+  }
+  auto mean = torch::stack(means);
   return mean / mean.norm(2, 1, true).clamp_min(1e-12);
 }
 

@@ -31,11 +31,13 @@ PopulationGraph build_graph(const torch::Tensor& x, int64_t k, int64_t max_cells
 // The normalised adjacency as a dense [m, m] matrix (tests, small graphs).
 torch::Tensor dense_adjacency(const PopulationGraph& graph);
 
-// Several graphs as one block-diagonal graph, with each node's graph index.
+// Several graphs as one block-diagonal graph: their cells stacked, the
+// normalised adjacency as one sparse [M, M] matrix (undefined when every
+// graph has self-loops only, where it is the identity).
 struct GraphBatch {
-  torch::Tensor x, src, dst, weight;
-  torch::Tensor graph_of_node;  // [M] long
-  int64_t graphs = 0;
+  torch::Tensor x;
+  torch::Tensor adjacency;
+  std::vector<int64_t> sizes;  // nodes per graph, in order
 };
 GraphBatch batch_graphs(const std::vector<const PopulationGraph*>& graphs, const torch::Device& device);
 
