@@ -357,8 +357,11 @@ embedPopulations <- function(object, x, population, threads = object$threads) {
 print.popflow_meta <- function(x, ...) {
   m <- x$method
   what <- if (attr(m, "kind") == "mfm") {
-    sprintf("%s encoder (%s%d layers, width %d), %s coupling, sigma %g", toupper(m$encoder),
-            if (m$encoder == "gcn") sprintf("k = %d, ", m$k) else "", m$layers, m$width, m$coupling, m$sigma)
+    encoder <- switch(m$encoder,
+      gcn = sprintf("GCN encoder (k = %d, %d layers, width %d)", m$k, m$layers, m$width),
+      mean = sprintf("mean encoder (%d layers, width %d)", m$layers, m$width),
+      kme = sprintf("kernel mean embedding (%d random features, bandwidth %g)", m$width, m$bandwidth))
+    sprintf("%s, %s coupling, sigma %g", encoder, m$coupling, m$sigma)
   } else {
     sprintf("label conditioning, %s coupling, sigma %g", m$coupling, m$sigma)
   }

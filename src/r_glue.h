@@ -47,7 +47,8 @@ T get_or(const Rcpp::List& l, const char* key, T fallback) {
   return l.containsElementNamed(key) && !Rf_isNull(l[key]) ? Rcpp::as<T>(l[key]) : fallback;
 }
 
-inline popflow::FlowConfig flow_config(const Rcpp::List& cfg, const Rcpp::NumericVector& times, int64_t dim, int64_t cond_dim) {
+inline popflow::FlowConfig flow_config(const Rcpp::List& cfg, const Rcpp::NumericVector& times, int64_t dim,
+                                       int64_t cond_dim) {
   // The text form is the single parser of method names, shared with model files.
   std::ostringstream os;
   os.precision(17);
@@ -90,11 +91,12 @@ inline popflow::TrainConfig train_config(const Rcpp::List& cfg) {
 }
 
 inline popflow::SolverConfig solver_config(const Rcpp::List& cfg) {
-  static const std::map<std::string, popflow::SolverKind> kinds{{"euler", popflow::SolverKind::Euler},
-                                                       {"heun", popflow::SolverKind::Heun},
-                                                       {"midpoint", popflow::SolverKind::Midpoint},
-                                                       {"rk4", popflow::SolverKind::RK4},
-                                                       {"dopri5", popflow::SolverKind::Dopri5}};
+  using popflow::SolverKind;
+  static const std::map<std::string, SolverKind> kinds{{"euler", SolverKind::Euler},
+                                                       {"heun", SolverKind::Heun},
+                                                       {"midpoint", SolverKind::Midpoint},
+                                                       {"rk4", SolverKind::RK4},
+                                                       {"dopri5", SolverKind::Dopri5}};
   popflow::SolverConfig s;
   auto name = get_or<std::string>(cfg, "method", "dopri5");
   auto it = kinds.find(name);

@@ -22,14 +22,14 @@ namespace popflow {
 constexpr const char* kMetaModelKind = "popflow-meta";
 
 struct MetaConfig {
-  bool use_encoder = true;  // false: CGFM (labels only)
-  EncoderConfig encoder;    // encoder.dim follows the cells' dimension
-  int64_t k = 50;           // kNN graph (GCN only; mean and KME use none)
-  int64_t max_cells = 2000; // cells per population used for its embedding; 0 = all
-  uint64_t graph_seed = 1;  // subsample of populations larger than max_cells
+  bool use_encoder = true;            // false: CGFM (labels only)
+  EncoderConfig encoder;              // encoder.dim follows the cells' dimension
+  int64_t k = 50;                     // kNN graph (GCN only; mean and KME use none)
+  int64_t max_cells = 2000;           // cells per population used for its embedding; 0 = all
+  uint64_t graph_seed = 1;            // subsample of populations larger than max_cells
   std::vector<int64_t> label_levels;  // per categorical label: number of values
-  int64_t label_dim = 8;    // embedding size of each categorical label
-  int64_t covariates = 0;   // numeric labels, used as they are
+  int64_t label_dim = 8;              // embedding size of each categorical label
+  int64_t covariates = 0;             // numeric labels, used as they are
   // Width of the field's conditioning input.
   int64_t cond_dim() const;
   // The graph degree actually used (0 for encoders that ignore the graph).

@@ -47,10 +47,10 @@ const char* encoder_name(EncoderKind kind);
 
 struct EncoderConfig {
   EncoderKind kind = EncoderKind::GCN;
-  int64_t dim = 2;        // cell features
-  int64_t layers = 3;     // GCN / mean: linear layers
-  int64_t width = 64;     // GCN / mean: layer width; KME: random features (even)
-  double bandwidth = 1.0; // KME: RBF kernel length scale
+  int64_t dim = 2;         // cell features
+  int64_t layers = 3;      // GCN / mean: linear layers
+  int64_t width = 64;      // GCN / mean: layer width; KME: random features (even)
+  double bandwidth = 1.0;  // KME: RBF kernel length scale
   int64_t output_size() const { return width; }
 };
 
