@@ -37,6 +37,38 @@ pf_torch_version <- function() {
     .Call(`_popflow_pf_torch_version`)
 }
 
+pf_meta_fit <- function(x, side, population, labels, label_levels, covariates, config, meta, progress, progress_every) {
+    .Call(`_popflow_pf_meta_fit`, x, side, population, labels, label_levels, covariates, config, meta, progress, progress_every)
+}
+
+pf_meta_load <- function(bytes, device) {
+    .Call(`_popflow_pf_meta_load`, bytes, device)
+}
+
+pf_model_kind <- function(bytes) {
+    .Call(`_popflow_pf_model_kind`, bytes)
+}
+
+pf_meta_with_metadata <- function(bytes, metadata) {
+    .Call(`_popflow_pf_meta_with_metadata`, bytes, metadata)
+}
+
+pf_meta_metadata <- function(bytes) {
+    .Call(`_popflow_pf_meta_metadata`, bytes)
+}
+
+pf_meta_config <- function(bytes) {
+    .Call(`_popflow_pf_meta_config`, bytes)
+}
+
+pf_meta_embed <- function(handle, x, population, n_pop, threads) {
+    .Call(`_popflow_pf_meta_embed`, handle, x, population, n_pop, threads)
+}
+
+pf_meta_transport <- function(handle, x, population, n_pop, labels, covariates, times, solver, threads) {
+    .Call(`_popflow_pf_meta_transport`, handle, x, population, n_pop, labels, covariates, times, solver, threads)
+}
+
 pf_wasserstein <- function(x, y, p) {
     .Call(`_popflow_pf_wasserstein`, x, y, p)
 }

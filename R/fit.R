@@ -25,8 +25,16 @@
 #'   in time order).
 #' @param group Optional grouping (e.g. condition or population), one value per
 #'   cell of `x` and `target` together; cells are only ever paired within a group.
-#' @param method A method name (`"icfm"`, `"otcfm"`, `"sbcfm"`, `"targetfm"`)
-#'   or a parameter object such as [OTCFMParam()].
+#' @param population For `method = "mfm"` or `"cgfm"`: the population (for
+#'   example patient, or patient x cell type) of each cell of `x` and `target`
+#'   together. MFM learns an embedding of each population's source cells and
+#'   predicts for populations never seen in training.
+#' @param label For `"mfm"` and `"cgfm"`: known labels of each cell of `x` and
+#'   `target` together (treatment, dose, ...), a vector or a data.frame of label
+#'   columns, constant within a population. Categorical labels become learnt
+#'   embeddings, numeric labels covariates; see [MFMParam()].
+#' @param method A method name (`"icfm"`, `"otcfm"`, `"sbcfm"`, `"targetfm"`,
+#'   `"mfm"`, `"cgfm"`) or a parameter object such as [OTCFMParam()] or [MFMParam()].
 #' @param network A [NetworkParam()] object.
 #' @param training A [TrainingParam()] object.
 #' @param device `"cpu"` or `"cuda"` (an error if the linked LibTorch has no CUDA).
@@ -35,7 +43,9 @@
 #' @param verbose Show a progress bar.
 #' @param ... Passed to methods.
 #' @return A `popflow_flow` model: use [predict()], [sampleTrajectories()],
-#'   [evaluateFlow()], `plot()` (loss curve) and [saveFlow()].
+#'   [evaluateFlow()], `plot()` (loss curve) and [saveFlow()]. MFM and CGFM
+#'   models are `popflow_meta` objects (a subclass): use
+#'   [predict.popflow_meta()] and [embedPopulations()].
 #' @examples
 #' set.seed(1)
 #' source <- matrix(rnorm(400), ncol = 2)
@@ -51,13 +61,24 @@ fitFlow <- function(x, ...) UseMethod("fitFlow")
 #' @export
 fitFlow.default <- function(x, target = NULL, time = NULL, group = NULL, method = "otcfm",
                             network = NetworkParam(), training = TrainingParam(), device = "cpu",
-                            threads = 1L, verbose = TRUE, ...) {
+                            threads = 1L, verbose = TRUE, population = NULL, label = NULL, ...) {
   method <- as_flow_param(method)
   network <- expect_param(network, "network", "NetworkParam")
   training <- expect_param(training, "training", "TrainingParam")
   device <- check_device(device)
   threads <- check_count(threads, "threads")
   verbose <- check_flag(verbose, "verbose")
+  if (is_population_method(method)) {
+    if (!is.null(time) || !is.null(group)) {
+      pf_abort(if (is.null(time)) "group" else "time", sprintf("is not used by method \"%s\"", attr(method, "kind")),
+               "give source cells as `x`, target cells as `target`, and `population` (and `label`)")
+    }
+    return(fit_population_flow(x, target, population, label, method, network, training, device, threads, verbose))
+  }
+  if (!is.null(population) || !is.null(label)) {
+    pf_abort(if (is.null(population)) "label" else "population",
+             "is used only by method = \"mfm\" or \"cgfm\"", "use `group` to pair cells within groups")
+  }
   data <- flow_training_data(x, target, time, group, generative = attr(method, "kind") == "targetfm")
 
   config <- c(unclass(method), unclass(network), unclass(training), list(threads = threads, device = device))

@@ -4,14 +4,15 @@
 
 new_flow <- function(bytes, meta) {
   structure(c(list(bytes = bytes), meta, list(cache = new.env(parent = emptyenv()))),
-            class = "popflow_flow")
+            class = c(if (identical(meta$model_kind, "meta")) "popflow_meta", "popflow_flow"))
 }
 
 flow_handle <- function(object, device = NULL) {
   device <- device %||% (if (startsWith(object$device, "cuda") && pf_cuda_available()) object$device else "cpu")
   cache <- object$cache
   if (is.null(cache$ptr) || !pf_handle_valid(cache$ptr) || !identical(cache$device, device)) {
-    cache$ptr <- pf_load(object$bytes, device)
+    load <- if (inherits(object, "popflow_meta")) pf_meta_load else pf_load
+    cache$ptr <- load(object$bytes, device)
     cache$device <- device
   }
   cache$ptr
@@ -20,7 +21,8 @@ flow_handle <- function(object, device = NULL) {
 `%||%` <- function(a, b) if (is.null(a)) b else a
 
 method_label <- function(method) {
-  switch(attr(method, "kind"), icfm = "I-CFM", otcfm = "OT-CFM", sbcfm = "SB-CFM", targetfm = "Target FM")
+  switch(attr(method, "kind"), icfm = "I-CFM", otcfm = "OT-CFM", sbcfm = "SB-CFM", targetfm = "Target FM",
+         mfm = "MFM", cgfm = "CGFM")
 }
 
 # A time given by the user (a label, or a number on the model's time scale) -> model time.
@@ -62,6 +64,10 @@ start_cells <- function(object, newdata, n, seed) {
 }
 
 run_transport <- function(object, x, times, solver, threads, device = NULL) {
+  if (inherits(object, "popflow_meta")) {
+    pf_abort("object", "is a population model (MFM/CGFM)",
+             "use predict(object, newdata, population = , label = ), which embeds each population first")
+  }
   solver <- expect_param(solver, "solver", "SolverParam")
   threads <- check_count(threads, "threads")
   res <- pf_transport(flow_handle(object, device), x, times, NULL, unclass(solver), threads)
@@ -163,8 +169,12 @@ summary.popflow_flow <- function(object, ...) {
   structure(list(method = method_label(object$method), status = object$status, steps = object$steps_done,
                  seconds = object$seconds, final_loss = recent_loss(object$loss),
                  n_cells = object$n_cells, times = object$time_labels,
-                 configuration = strsplit(pf_model_config(object$bytes), "\n")[[1]]),
+                 configuration = strsplit(model_config_text(object), "\n")[[1]]),
             class = "summary.popflow_flow")
+}
+
+model_config_text <- function(object) {
+  if (inherits(object, "popflow_meta")) pf_meta_config(object$bytes) else pf_model_config(object$bytes)
 }
 
 #' @export
@@ -226,7 +236,8 @@ saveFlow <- function(object, file) {
   if (!inherits(object, "popflow_flow")) pf_abort("object", "must be a model from fitFlow()")
   if (!is.character(file) || length(file) != 1) pf_abort("file", "must be a single file path")
   meta <- unclass(object)[setdiff(names(object), c("bytes", "cache"))]
-  bytes <- pf_with_metadata(object$bytes, serialize(meta, NULL))
+  with_metadata <- if (inherits(object, "popflow_meta")) pf_meta_with_metadata else pf_with_metadata
+  bytes <- with_metadata(object$bytes, serialize(meta, NULL))
   writeBin(bytes, file)
   invisible(file)
 }
@@ -238,7 +249,9 @@ loadFlow <- function(file) {
     pf_abort("file", sprintf("must be the path of an existing file, not %s", deparse1(file)))
   }
   bytes <- readBin(file, "raw", file.size(file))
-  meta_raw <- tryCatch(pf_metadata(bytes), error = function(e) {
+  meta_raw <- tryCatch({
+    if (identical(pf_model_kind(bytes), "popflow-meta")) pf_meta_metadata(bytes) else pf_metadata(bytes)
+  }, error = function(e) {
     stop(sprintf("cannot load '%s': %s", file, conditionMessage(e)), call. = FALSE)
   })
   if (!length(meta_raw)) {

@@ -1,8 +1,9 @@
 # Method, network, training and solver choices as small parameter objects
 # (in the spirit of BiocNeighbors' KmknnParam()).
 
-new_param <- function(kind, class, ...) {
-  structure(list(...), kind = kind, class = c(class, "popflow_param"))
+# Dotted formals: settings such as `k` must not partially match them.
+new_param <- function(.kind, .class, ...) {
+  structure(list(...), kind = .kind, class = c(.class, "popflow_param"))
 }
 
 #' Flow-matching method parameters
@@ -159,16 +160,16 @@ print.popflow_param <- function(x, ...) {
 
 # A method given as a name or a parameter object -> parameter object.
 as_flow_param <- function(method) {
-  if (inherits(method, "popflow_param") && attr(method, "kind") %in% c("icfm", "otcfm", "sbcfm", "targetfm")) {
+  methods <- c("icfm", "otcfm", "sbcfm", "targetfm", "mfm", "cgfm")
+  if (inherits(method, "popflow_param") && attr(method, "kind") %in% methods) {
     return(method)
   }
-  methods <- c("icfm", "otcfm", "sbcfm", "targetfm")
   if (!is.character(method) || length(method) != 1 || !(tolower(method) %in% methods)) {
     pf_abort("method", sprintf("must be one of %s, or a parameter object such as OTCFMParam()",
                                paste0("\"", methods, "\"", collapse = ", ")))
   }
   switch(tolower(method), icfm = ICFMParam(), otcfm = OTCFMParam(), sbcfm = SBCFMParam(),
-         targetfm = TargetFMParam())
+         targetfm = TargetFMParam(), mfm = MFMParam(), cgfm = CGFMParam())
 }
 
 expect_param <- function(x, arg, class) {

@@ -121,6 +121,117 @@ BEGIN_RCPP
     return rcpp_result_gen;
 END_RCPP
 }
+// pf_meta_fit
+Rcpp::List pf_meta_fit(Rcpp::NumericMatrix x, Rcpp::IntegerVector side, Rcpp::IntegerVector population, Rcpp::Nullable<Rcpp::IntegerMatrix> labels, Rcpp::IntegerVector label_levels, Rcpp::Nullable<Rcpp::NumericMatrix> covariates, Rcpp::List config, Rcpp::List meta, Rcpp::Nullable<Rcpp::Function> progress, int progress_every);
+RcppExport SEXP _popflow_pf_meta_fit(SEXP xSEXP, SEXP sideSEXP, SEXP populationSEXP, SEXP labelsSEXP, SEXP label_levelsSEXP, SEXP covariatesSEXP, SEXP configSEXP, SEXP metaSEXP, SEXP progressSEXP, SEXP progress_everySEXP) {
+BEGIN_RCPP
+    Rcpp::RObject rcpp_result_gen;
+    Rcpp::RNGScope rcpp_rngScope_gen;
+    Rcpp::traits::input_parameter< Rcpp::NumericMatrix >::type x(xSEXP);
+    Rcpp::traits::input_parameter< Rcpp::IntegerVector >::type side(sideSEXP);
+    Rcpp::traits::input_parameter< Rcpp::IntegerVector >::type population(populationSEXP);
+    Rcpp::traits::input_parameter< Rcpp::Nullable<Rcpp::IntegerMatrix> >::type labels(labelsSEXP);
+    Rcpp::traits::input_parameter< Rcpp::IntegerVector >::type label_levels(label_levelsSEXP);
+    Rcpp::traits::input_parameter< Rcpp::Nullable<Rcpp::NumericMatrix> >::type covariates(covariatesSEXP);
+    Rcpp::traits::input_parameter< Rcpp::List >::type config(configSEXP);
+    Rcpp::traits::input_parameter< Rcpp::List >::type meta(metaSEXP);
+    Rcpp::traits::input_parameter< Rcpp::Nullable<Rcpp::Function> >::type progress(progressSEXP);
+    Rcpp::traits::input_parameter< int >::type progress_every(progress_everySEXP);
+    rcpp_result_gen = Rcpp::wrap(pf_meta_fit(x, side, population, labels, label_levels, covariates, config, meta, progress, progress_every));
+    return rcpp_result_gen;
+END_RCPP
+}
+// pf_meta_load
+SEXP pf_meta_load(Rcpp::RawVector bytes, std::string device);
+RcppExport SEXP _popflow_pf_meta_load(SEXP bytesSEXP, SEXP deviceSEXP) {
+BEGIN_RCPP
+    Rcpp::RObject rcpp_result_gen;
+    Rcpp::RNGScope rcpp_rngScope_gen;
+    Rcpp::traits::input_parameter< Rcpp::RawVector >::type bytes(bytesSEXP);
+    Rcpp::traits::input_parameter< std::string >::type device(deviceSEXP);
+    rcpp_result_gen = Rcpp::wrap(pf_meta_load(bytes, device));
+    return rcpp_result_gen;
+END_RCPP
+}
+// pf_model_kind
+std::string pf_model_kind(Rcpp::RawVector bytes);
+RcppExport SEXP _popflow_pf_model_kind(SEXP bytesSEXP) {
+BEGIN_RCPP
+    Rcpp::RObject rcpp_result_gen;
+    Rcpp::RNGScope rcpp_rngScope_gen;
+    Rcpp::traits::input_parameter< Rcpp::RawVector >::type bytes(bytesSEXP);
+    rcpp_result_gen = Rcpp::wrap(pf_model_kind(bytes));
+    return rcpp_result_gen;
+END_RCPP
+}
+// pf_meta_with_metadata
+Rcpp::RawVector pf_meta_with_metadata(Rcpp::RawVector bytes, Rcpp::RawVector metadata);
+RcppExport SEXP _popflow_pf_meta_with_metadata(SEXP bytesSEXP, SEXP metadataSEXP) {
+BEGIN_RCPP
+    Rcpp::RObject rcpp_result_gen;
+    Rcpp::RNGScope rcpp_rngScope_gen;
+    Rcpp::traits::input_parameter< Rcpp::RawVector >::type bytes(bytesSEXP);
+    Rcpp::traits::input_parameter< Rcpp::RawVector >::type metadata(metadataSEXP);
+    rcpp_result_gen = Rcpp::wrap(pf_meta_with_metadata(bytes, metadata));
+    return rcpp_result_gen;
+END_RCPP
+}
+// pf_meta_metadata
+Rcpp::RawVector pf_meta_metadata(Rcpp::RawVector bytes);
+RcppExport SEXP _popflow_pf_meta_metadata(SEXP bytesSEXP) {
+BEGIN_RCPP
+    Rcpp::RObject rcpp_result_gen;
+    Rcpp::RNGScope rcpp_rngScope_gen;
+    Rcpp::traits::input_parameter< Rcpp::RawVector >::type bytes(bytesSEXP);
+    rcpp_result_gen = Rcpp::wrap(pf_meta_metadata(bytes));
+    return rcpp_result_gen;
+END_RCPP
+}
+// pf_meta_config
+std::string pf_meta_config(Rcpp::RawVector bytes);
+RcppExport SEXP _popflow_pf_meta_config(SEXP bytesSEXP) {
+BEGIN_RCPP
+    Rcpp::RObject rcpp_result_gen;
+    Rcpp::RNGScope rcpp_rngScope_gen;
+    Rcpp::traits::input_parameter< Rcpp::RawVector >::type bytes(bytesSEXP);
+    rcpp_result_gen = Rcpp::wrap(pf_meta_config(bytes));
+    return rcpp_result_gen;
+END_RCPP
+}
+// pf_meta_embed
+Rcpp::NumericMatrix pf_meta_embed(SEXP handle, Rcpp::NumericMatrix x, Rcpp::IntegerVector population, int n_pop, int threads);
+RcppExport SEXP _popflow_pf_meta_embed(SEXP handleSEXP, SEXP xSEXP, SEXP populationSEXP, SEXP n_popSEXP, SEXP threadsSEXP) {
+BEGIN_RCPP
+    Rcpp::RObject rcpp_result_gen;
+    Rcpp::RNGScope rcpp_rngScope_gen;
+    Rcpp::traits::input_parameter< SEXP >::type handle(handleSEXP);
+    Rcpp::traits::input_parameter< Rcpp::NumericMatrix >::type x(xSEXP);
+    Rcpp::traits::input_parameter< Rcpp::IntegerVector >::type population(populationSEXP);
+    Rcpp::traits::input_parameter< int >::type n_pop(n_popSEXP);
+    Rcpp::traits::input_parameter< int >::type threads(threadsSEXP);
+    rcpp_result_gen = Rcpp::wrap(pf_meta_embed(handle, x, population, n_pop, threads));
+    return rcpp_result_gen;
+END_RCPP
+}
+// pf_meta_transport
+Rcpp::List pf_meta_transport(SEXP handle, Rcpp::NumericMatrix x, Rcpp::IntegerVector population, int n_pop, Rcpp::Nullable<Rcpp::IntegerMatrix> labels, Rcpp::Nullable<Rcpp::NumericMatrix> covariates, Rcpp::NumericVector times, Rcpp::List solver, int threads);
+RcppExport SEXP _popflow_pf_meta_transport(SEXP handleSEXP, SEXP xSEXP, SEXP populationSEXP, SEXP n_popSEXP, SEXP labelsSEXP, SEXP covariatesSEXP, SEXP timesSEXP, SEXP solverSEXP, SEXP threadsSEXP) {
+BEGIN_RCPP
+    Rcpp::RObject rcpp_result_gen;
+    Rcpp::RNGScope rcpp_rngScope_gen;
+    Rcpp::traits::input_parameter< SEXP >::type handle(handleSEXP);
+    Rcpp::traits::input_parameter< Rcpp::NumericMatrix >::type x(xSEXP);
+    Rcpp::traits::input_parameter< Rcpp::IntegerVector >::type population(populationSEXP);
+    Rcpp::traits::input_parameter< int >::type n_pop(n_popSEXP);
+    Rcpp::traits::input_parameter< Rcpp::Nullable<Rcpp::IntegerMatrix> >::type labels(labelsSEXP);
+    Rcpp::traits::input_parameter< Rcpp::Nullable<Rcpp::NumericMatrix> >::type covariates(covariatesSEXP);
+    Rcpp::traits::input_parameter< Rcpp::NumericVector >::type times(timesSEXP);
+    Rcpp::traits::input_parameter< Rcpp::List >::type solver(solverSEXP);
+    Rcpp::traits::input_parameter< int >::type threads(threadsSEXP);
+    rcpp_result_gen = Rcpp::wrap(pf_meta_transport(handle, x, population, n_pop, labels, covariates, times, solver, threads));
+    return rcpp_result_gen;
+END_RCPP
+}
 // pf_wasserstein
 double pf_wasserstein(Rcpp::NumericMatrix x, Rcpp::NumericMatrix y, int p);
 RcppExport SEXP _popflow_pf_wasserstein(SEXP xSEXP, SEXP ySEXP, SEXP pSEXP) {
@@ -216,6 +327,14 @@ static const R_CallMethodDef CallEntries[] = {
     {"_popflow_pf_transport", (DL_FUNC) &_popflow_pf_transport, 6},
     {"_popflow_pf_cuda_available", (DL_FUNC) &_popflow_pf_cuda_available, 0},
     {"_popflow_pf_torch_version", (DL_FUNC) &_popflow_pf_torch_version, 0},
+    {"_popflow_pf_meta_fit", (DL_FUNC) &_popflow_pf_meta_fit, 10},
+    {"_popflow_pf_meta_load", (DL_FUNC) &_popflow_pf_meta_load, 2},
+    {"_popflow_pf_model_kind", (DL_FUNC) &_popflow_pf_model_kind, 1},
+    {"_popflow_pf_meta_with_metadata", (DL_FUNC) &_popflow_pf_meta_with_metadata, 2},
+    {"_popflow_pf_meta_metadata", (DL_FUNC) &_popflow_pf_meta_metadata, 1},
+    {"_popflow_pf_meta_config", (DL_FUNC) &_popflow_pf_meta_config, 1},
+    {"_popflow_pf_meta_embed", (DL_FUNC) &_popflow_pf_meta_embed, 5},
+    {"_popflow_pf_meta_transport", (DL_FUNC) &_popflow_pf_meta_transport, 9},
     {"_popflow_pf_wasserstein", (DL_FUNC) &_popflow_pf_wasserstein, 3},
     {"_popflow_pf_mmd", (DL_FUNC) &_popflow_pf_mmd, 3},
     {"_popflow_pf_energy", (DL_FUNC) &_popflow_pf_energy, 2},

@@ -63,6 +63,41 @@ const std::map<Activation, const char*> kActivationNames{{Activation::SELU, "sel
 
 }  // namespace
 
+std::string pack_model_file(const std::string& kind, const std::vector<std::string>& blocks) {
+  std::string out(kMagic, sizeof(kMagic));
+  put<uint32_t>(out, kModelFormatVersion);
+  put<uint64_t>(out, kind.size());
+  out += kind;
+  for (const std::string& block : blocks) {
+    put<uint64_t>(out, block.size());
+    out += block;
+  }
+  put<uint64_t>(out, checksum(out.data(), out.size()));
+  return out;
+}
+
+std::vector<std::string> unpack_model_file(const std::string& bytes, std::string* kind) {
+  if (bytes.size() < sizeof(kMagic) + 4 + 8 || std::memcmp(bytes.data(), kMagic, sizeof(kMagic)) != 0)
+    throw std::runtime_error("not a popflow model file (bad header)");
+  const size_t body = bytes.size() - 8;
+  uint64_t stored;
+  std::memcpy(&stored, bytes.data() + body, 8);
+  size_t pos = sizeof(kMagic);
+  uint32_t version = get<uint32_t>(bytes, pos);
+  if (version != kModelFormatVersion)
+    throw std::runtime_error("model file format version " + std::to_string(version) +
+                             " is not supported by this popflow (reads version " +
+                             std::to_string(kModelFormatVersion) + ")");
+  if (checksum(bytes.data(), body) != stored)
+    throw std::runtime_error("model file is corrupted or truncated (checksum mismatch)");
+  const std::string body_bytes = bytes.substr(0, body);
+  std::string k = get_block(body_bytes, pos);
+  std::vector<std::string> blocks;
+  while (pos < body_bytes.size()) blocks.push_back(get_block(body_bytes, pos));
+  if (kind) *kind = std::move(k);
+  return blocks;
+}
+
 double FlowModel::model_time(double t) const {
   const double a = config.times.front(), b = config.times.back();
   return b == a ? 0.0 : (t - a) / (b - a);
@@ -189,40 +224,19 @@ std::string save_model(const FlowModel& model, const std::string& metadata) {
     archive.save_to(params);
     if (!on_cpu) net->to(model.device);
   }
-  std::string out(kMagic, sizeof(kMagic));
-  put<uint32_t>(out, kModelFormatVersion);
-  const std::string kind = kModelKind, config = config_to_text(model.config), p = params.str();
-  for (const std::string* block : {&kind, &config, &p, &metadata}) {
-    put<uint64_t>(out, block->size());
-    out += *block;
-  }
-  put<uint64_t>(out, checksum(out.data(), out.size()));
-  return out;
+  return pack_model_file(kModelKind, {config_to_text(model.config), params.str(), metadata});
 }
 
 std::shared_ptr<FlowModel> load_model(const std::string& bytes, const std::string& device,
                                       std::string* metadata) {
-  if (bytes.size() < sizeof(kMagic) + 4 + 8 || std::memcmp(bytes.data(), kMagic, sizeof(kMagic)) != 0)
-    throw std::runtime_error("not a popflow model file (bad header)");
-  const size_t body = bytes.size() - 8;
-  uint64_t stored;
-  std::memcpy(&stored, bytes.data() + body, 8);
-  size_t pos = sizeof(kMagic);
-  uint32_t version = get<uint32_t>(bytes, pos);
-  if (version != kModelFormatVersion)
-    throw std::runtime_error("model file format version " + std::to_string(version) +
-                             " is not supported by this popflow (reads version " +
-                             std::to_string(kModelFormatVersion) + ")");
-  if (checksum(bytes.data(), body) != stored)
-    throw std::runtime_error("model file is corrupted or truncated (checksum mismatch)");
-  const std::string body_bytes = bytes.substr(0, body);
-  std::string kind = get_block(body_bytes, pos);
+  std::string kind;
+  std::vector<std::string> blocks = unpack_model_file(bytes, &kind);
   if (kind != kModelKind) throw std::runtime_error("model file holds a '" + kind + "', not a popflow flow model");
-  FlowConfig config = config_from_text(get_block(body_bytes, pos));
-  std::string params = get_block(body_bytes, pos);
-  std::string meta = get_block(body_bytes, pos);
-  if (pos != body_bytes.size()) throw std::runtime_error("model file has trailing bytes");
-  if (metadata) *metadata = std::move(meta);
+  if (blocks.size() < 3) throw std::runtime_error("model file is truncated");
+  if (blocks.size() > 3) throw std::runtime_error("model file has trailing bytes");
+  FlowConfig config = config_from_text(blocks[0]);
+  const std::string& params = blocks[1];
+  if (metadata) *metadata = std::move(blocks[2]);
   std::shared_ptr<FlowModel> model;
   try {
     model = make_model(config, "cpu");

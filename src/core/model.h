@@ -5,6 +5,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "config.h"
 #include "network.h"
@@ -38,6 +39,12 @@ std::string save_model(const FlowModel& model, const std::string& metadata = "")
 // wrong-kind or wrong-version file. Fills `metadata` when given.
 std::shared_ptr<FlowModel> load_model(const std::string& bytes, const std::string& device = "cpu",
                                       std::string* metadata = nullptr);
+
+// The container every model kind is saved in: magic, format version, kind,
+// length-prefixed blocks, FNV-1a checksum. unpack_model_file checks the
+// header, version and checksum and throws std::runtime_error naming the problem.
+std::string pack_model_file(const std::string& kind, const std::vector<std::string>& blocks);
+std::vector<std::string> unpack_model_file(const std::string& bytes, std::string* kind);
 
 // Configuration <-> "key=value" lines (also used to report a model's settings).
 std::string config_to_text(const FlowConfig& config);

@@ -26,8 +26,14 @@ Blocks make_blocks(const TrainingData& data, size_t n_times, int64_t n_groups) {
   return blocks;
 }
 
-// n rows from pool: without replacement when the pool is large enough (Floyd's algorithm).
-torch::Tensor draw(const std::vector<int64_t>& pool, int64_t n, std::mt19937_64& rng) {
+struct Batch {
+  torch::Tensor xt, t, ut, cond;
+};
+
+}  // namespace
+
+// Floyd's algorithm when drawing without replacement.
+torch::Tensor draw_rows(const std::vector<int64_t>& pool, int64_t n, std::mt19937_64& rng) {
   auto out = torch::empty({n}, torch::kLong);
   auto* p = out.data_ptr<int64_t>();
   const int64_t m = static_cast<int64_t>(pool.size());
@@ -47,12 +53,6 @@ torch::Tensor draw(const std::vector<int64_t>& pool, int64_t n, std::mt19937_64&
   std::shuffle(p, p + n, rng);
   return out;
 }
-
-struct Batch {
-  torch::Tensor xt, t, ut, cond;
-};
-
-}  // namespace
 
 std::string validate_training_data(const FlowModel& model, const TrainingData& data) {
   const auto& cfg = model.config;
@@ -127,9 +127,9 @@ TrainResult train(FlowModel& model, const TrainingData& data, const TrainConfig&
       std::shuffle(groups.begin(), groups.end(), rng);
       groups.resize(std::min<size_t>(groups.size(), config.groups_per_step));
       for (int64_t g : groups) {
-        auto x1 = x_all.index_select(0, draw(blocks[k + 1][g], config.batch_size, rng).to(dev));
+        auto x1 = x_all.index_select(0, draw_rows(blocks[k + 1][g], config.batch_size, rng).to(dev));
         auto x0 = target_fm ? torch::randn({config.batch_size, d}, fopt)
-                            : x_all.index_select(0, draw(blocks[k][g], config.batch_size, rng).to(dev));
+                            : x_all.index_select(0, draw_rows(blocks[k][g], config.batch_size, rng).to(dev));
         auto pair = couple(model.config.coupling, x0, x1, reg_default, rng);
         auto s = torch::rand({config.batch_size}, fopt);
         auto ps = sample_path(model.config.path, pair.x0, pair.x1, s);

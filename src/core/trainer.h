@@ -5,6 +5,7 @@
 #include <torch/torch.h>
 
 #include <functional>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -33,6 +34,10 @@ struct TrainResult {
   std::string status;        // completed, interrupted, time_limit, nonfinite
   double seconds = 0;
 };
+
+// n row indices from pool ([n] long): without replacement when the pool has
+// at least n rows, with replacement otherwise.
+torch::Tensor draw_rows(const std::vector<int64_t>& pool, int64_t n, std::mt19937_64& rng);
 
 // Checks the data against the model and returns a readable reason, or "" if usable.
 std::string validate_training_data(const FlowModel& model, const TrainingData& data);

@@ -1,0 +1,402 @@
+#include "meta.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <map>
+#include <random>
+#include <sstream>
+#include <stdexcept>
+
+#include "coupling.h"
+#include "optimizer.h"
+#include "paths.h"
+#include "threads.h"
+
+namespace popflow {
+
+int64_t MetaConfig::cond_dim() const {
+  return (use_encoder ? encoder.output_size() : 0) + static_cast<int64_t>(label_levels.size()) * label_dim +
+         covariates;
+}
+
+int64_t MetaConfig::graph_k() const { return use_encoder && encoder.kind == EncoderKind::GCN ? k : 0; }
+
+std::string meta_config_to_text(const MetaConfig& c) {
+  std::ostringstream os;
+  os.precision(17);
+  os << "encoder=" << (c.use_encoder ? encoder_name(c.encoder.kind) : "none") << "\n"
+     << "layers=" << c.encoder.layers << "\n"
+     << "encoder_width=" << c.encoder.width << "\n"
+     << "bandwidth=" << c.encoder.bandwidth << "\n"
+     << "k=" << c.k << "\n"
+     << "max_cells=" << c.max_cells << "\n"
+     << "graph_seed=" << c.graph_seed << "\n"
+     << "label_levels=";
+  for (size_t i = 0; i < c.label_levels.size(); ++i) os << (i ? "," : "") << c.label_levels[i];
+  os << "\n"
+     << "label_dim=" << c.label_dim << "\n"
+     << "covariates=" << c.covariates << "\n";
+  return os.str();
+}
+
+MetaConfig meta_config_from_text(const std::string& text) {
+  std::map<std::string, std::string> kv;
+  std::istringstream is(text);
+  std::string line;
+  while (std::getline(is, line)) {
+    auto eq = line.find('=');
+    if (eq == std::string::npos) throw std::runtime_error("meta configuration: malformed line '" + line + "'");
+    kv[line.substr(0, eq)] = line.substr(eq + 1);
+  }
+  auto need = [&](const char* key) -> const std::string& {
+    auto it = kv.find(key);
+    if (it == kv.end()) throw std::runtime_error(std::string("meta configuration: missing '") + key + "'");
+    return it->second;
+  };
+  auto number = [&](const std::string& text, const char* key) {
+    try {
+      size_t used = 0;
+      double v = std::stod(text, &used);
+      if (used != text.size()) throw std::invalid_argument("trailing characters");
+      return v;
+    } catch (const std::logic_error&) {
+      throw std::runtime_error(std::string("meta configuration: bad number for '") + key + "'");
+    }
+  };
+  auto count = [&](const char* key, double lo, double hi) {
+    double v = number(need(key), key);
+    if (!(v >= lo && v <= hi)) throw std::runtime_error(std::string("meta configuration: '") + key + "' out of range");
+    return static_cast<int64_t>(v);
+  };
+  MetaConfig c;
+  const std::string& enc = need("encoder");
+  c.use_encoder = enc != "none";
+  if (c.use_encoder) {
+    try {
+      c.encoder.kind = encoder_kind(enc);
+    } catch (const std::invalid_argument& e) {
+      throw std::runtime_error(std::string("meta configuration: ") + e.what());
+    }
+  }
+  c.encoder.layers = count("layers", 1, 1e4);
+  c.encoder.width = count("encoder_width", 1, 1e6);
+  c.encoder.bandwidth = number(need("bandwidth"), "bandwidth");
+  c.k = count("k", 0, 1e6);
+  c.max_cells = count("max_cells", 0, 1e12);
+  c.graph_seed = static_cast<uint64_t>(number(need("graph_seed"), "graph_seed"));
+  std::istringstream levels(need("label_levels"));
+  std::string item;
+  while (std::getline(levels, item, ',')) {
+    double v = number(item, "label_levels");
+    if (!(v >= 1 && v <= 1e9)) throw std::runtime_error("meta configuration: 'label_levels' out of range");
+    c.label_levels.push_back(static_cast<int64_t>(v));
+  }
+  c.label_dim = count("label_dim", 1, 1e5);
+  c.covariates = count("covariates", 0, 1e6);
+  return c;
+}
+
+MetaNetImpl::MetaNetImpl(const NetworkConfig& network, const MetaConfig& meta) {
+  field = register_module("field", VectorField(network));
+  if (meta.use_encoder) encoder = register_module("encoder", PopulationEncoder(meta.encoder));
+  for (int64_t levels : meta.label_levels) label_embeddings->push_back(torch::nn::Embedding(levels, meta.label_dim));
+  register_module("labels", label_embeddings);
+}
+
+torch::Tensor MetaNetImpl::condition(const torch::Tensor& embedding, const torch::Tensor& labels,
+                                     const torch::Tensor& covariates) {
+  std::vector<torch::Tensor> parts;
+  if (encoder) parts.push_back(embedding);
+  for (size_t j = 0; j < label_embeddings->size(); ++j)
+    parts.push_back(label_embeddings[j]->as<torch::nn::Embedding>()->forward(labels.select(1, j)));
+  if (covariates.defined() && covariates.size(1) > 0) parts.push_back(covariates);
+  if (parts.empty()) throw std::invalid_argument("meta model: no conditioning (no encoder, labels or covariates)");
+  return torch::cat(parts, 1);
+}
+
+FlowModel MetaModel::flow() const {
+  FlowModel f;
+  f.config = config;
+  f.net = net->field;
+  f.device = device;
+  return f;
+}
+
+std::shared_ptr<MetaModel> make_meta_model(FlowConfig config, MetaConfig meta, const std::string& device) {
+  if (config.times.size() != 2) throw std::invalid_argument("meta model: exactly two times (source, target) expected");
+  if (config.path.kind == PathKind::TargetFM)
+    throw std::invalid_argument("meta model: target FM has no source population; use the icfm or sbcfm path");
+  meta.encoder.dim = config.network.dim;
+  config.network.cond_dim = meta.cond_dim();
+  if (config.network.cond_dim == 0)
+    throw std::invalid_argument("meta model: needs a population encoder or labels to condition on");
+  auto model = std::make_shared<MetaModel>();
+  model->config = config;
+  model->meta = meta;
+  model->device = parse_device(device);
+  model->net = MetaNet(config.network, meta);
+  model->net->to(model->device);
+  return model;
+}
+
+namespace {
+
+int64_t population_count(const PopulationSet& data) {
+  return data.population.empty() ? 0 : *std::max_element(data.population.begin(), data.population.end()) + 1;
+}
+
+// Optional per-population rows, moved to the model's device (undefined stays undefined).
+torch::Tensor rows_on(const torch::Tensor& t, const torch::Tensor& index, const torch::Device& dev,
+                      torch::ScalarType type) {
+  if (!t.defined() || t.size(1) == 0) return torch::Tensor();
+  return t.to(dev, type).index_select(0, index);
+}
+
+}  // namespace
+
+std::string validate_population_set(const MetaModel& model, const PopulationSet& data) {
+  if (!data.x.defined() || data.x.dim() != 2) return "cells must be a 2-d matrix";
+  if (data.x.size(1) != model.config.network.dim)
+    return "cells have " + std::to_string(data.x.size(1)) + " features, the model expects " +
+           std::to_string(model.config.network.dim);
+  const int64_t n = data.x.size(0);
+  if (static_cast<int64_t>(data.side.size()) != n) return "one side (source or target) per cell is required";
+  if (static_cast<int64_t>(data.population.size()) != n) return "one population per cell is required";
+  if (!torch::isfinite(data.x).all().item<bool>()) return "cells contain NA, NaN or infinite values";
+  for (int64_t s : data.side)
+    if (s != 0 && s != 1) return "side must be 0 (source) or 1 (target)";
+  for (int64_t p : data.population)
+    if (p < 0) return "negative population id";
+  const int64_t n_pop = population_count(data);
+  const auto n_labels = static_cast<int64_t>(model.meta.label_levels.size());
+  if (n_labels > 0) {
+    if (!data.labels.defined() || data.labels.dim() != 2 || data.labels.size(0) != n_pop ||
+        data.labels.size(1) != n_labels)
+      return "labels must have one row per population and " + std::to_string(n_labels) + " columns";
+    auto lab = data.labels.to(torch::kLong);
+    for (int64_t j = 0; j < n_labels; ++j) {
+      auto col = lab.select(1, j);
+      if (col.min().item<int64_t>() < 0 || col.max().item<int64_t>() >= model.meta.label_levels[j])
+        return "label codes out of range";
+    }
+  }
+  if (model.meta.covariates > 0 &&
+      (!data.covariates.defined() || data.covariates.dim() != 2 || data.covariates.size(0) != n_pop ||
+       data.covariates.size(1) != model.meta.covariates))
+    return "covariates must have one row per population and " + std::to_string(model.meta.covariates) + " columns";
+  return "";
+}
+
+TrainResult train_meta(MetaModel& model, const PopulationSet& data, const TrainConfig& config,
+                       const TrainCallbacks& callbacks) {
+  std::string problem = validate_population_set(model, data);
+  if (!problem.empty()) throw std::invalid_argument(problem);
+  if (config.steps < 1 || config.batch_size < 1 || config.groups_per_step < 1)
+    throw std::invalid_argument("steps, cells per population and populations per step must be >= 1");
+  if (!(config.lr > 0)) throw std::invalid_argument("lr must be > 0");
+
+  torch::manual_seed(config.seed);
+  std::mt19937_64 rng(config.seed);
+  ThreadScope thread_scope(config.threads);
+  const auto start = std::chrono::steady_clock::now();
+  const auto dev = model.device;
+  const auto fopt = torch::TensorOptions().dtype(torch::kFloat).device(dev);
+  auto x_all = data.x.to(fopt);
+  const int64_t n_pop = population_count(data);
+
+  // Source and target cells of each population; only those with both take part.
+  std::vector<std::vector<int64_t>> sources(n_pop), targets(n_pop);
+  for (size_t i = 0; i < data.population.size(); ++i)
+    (data.side[i] == 0 ? sources : targets)[data.population[i]].push_back(static_cast<int64_t>(i));
+  std::vector<int64_t> usable;
+  for (int64_t p = 0; p < n_pop; ++p)
+    if (!sources[p].empty() && !targets[p].empty()) usable.push_back(p);
+  if (usable.empty()) throw std::invalid_argument("no population has both source and target cells; nothing to learn");
+
+  // The graphs are fixed for the whole run: built once here.
+  std::vector<PopulationGraph> graphs(n_pop);
+  if (model.meta.use_encoder) {
+    const int64_t k = model.meta.graph_k();
+    auto x_cpu = data.x.to(torch::kCPU, torch::kFloat);
+    for (int64_t p : usable) {
+      if (static_cast<int64_t>(sources[p].size()) <= k)
+        throw std::invalid_argument("population " + std::to_string(p) + " has " + std::to_string(sources[p].size()) +
+                                    " source cells; a kNN graph with k = " + std::to_string(k) +
+                                    " needs more than k");
+      graphs[p] = build_graph(x_cpu.index_select(0, torch::tensor(sources[p], torch::kLong)), k,
+                              model.meta.max_cells, model.meta.graph_seed + static_cast<uint64_t>(p));
+    }
+  }
+
+  const double reg_default = std::max(2 * model.config.path.sigma * model.config.path.sigma, 1e-3);
+  const int64_t n_cells = config.batch_size;
+  AdamSettings adam;
+  adam.lr = config.lr;
+  adam.weight_decay = config.weight_decay;
+  adam.ema_decay = config.ema_decay;
+  FlatAdam opt(*model.net, adam);
+
+  TrainResult result;
+  result.status = "completed";
+  model.net->train();
+  for (int64_t step = 1; step <= config.steps; ++step) {
+    std::vector<int64_t> chosen = usable;
+    std::shuffle(chosen.begin(), chosen.end(), rng);
+    chosen.resize(std::min<size_t>(chosen.size(), config.groups_per_step));
+    auto chosen_index = torch::tensor(chosen, torch::kLong).to(dev);
+
+    torch::Tensor embedding;
+    if (model.meta.use_encoder) {
+      std::vector<const PopulationGraph*> batch;
+      for (int64_t p : chosen) batch.push_back(&graphs[p]);
+      // Through the encoder every step, so it trains end to end with the field.
+      embedding = model.net->encoder->forward(batch_graphs(batch, dev));
+    }
+    auto cond_pop = model.net->condition(embedding, rows_on(data.labels, chosen_index, dev, torch::kLong),
+                                         rows_on(data.covariates, chosen_index, dev, torch::kFloat));
+
+    std::vector<torch::Tensor> xts, ts, uts, conds;
+    for (size_t i = 0; i < chosen.size(); ++i) {
+      const int64_t p = chosen[i];
+      auto x0 = x_all.index_select(0, draw_rows(sources[p], n_cells, rng).to(dev));
+      auto x1 = x_all.index_select(0, draw_rows(targets[p], n_cells, rng).to(dev));
+      auto pair = couple(model.config.coupling, x0, x1, reg_default, rng);
+      auto t = torch::rand({n_cells}, fopt);
+      auto ps = sample_path(model.config.path, pair.x0, pair.x1, t);
+      xts.push_back(ps.xt);
+      ts.push_back(t);
+      uts.push_back(ps.ut);
+      conds.push_back(cond_pop[static_cast<int64_t>(i)].unsqueeze(0).expand({n_cells, -1}));
+    }
+    auto pred = model.net->field->forward(torch::cat(xts), torch::cat(ts), torch::cat(conds));
+    auto loss = torch::mse_loss(pred, torch::cat(uts));
+    double loss_value = loss.item<double>();
+    if (!std::isfinite(loss_value)) {
+      result.status = "nonfinite";
+      break;
+    }
+    opt.zero_grad();
+    loss.backward();
+    if (!std::isfinite(opt.clip_grad_norm(config.clip_norm))) {
+      result.status = "nonfinite";
+      break;
+    }
+    opt.step();
+    result.loss.push_back(loss_value);
+    result.steps_done = step;
+    const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    if (config.time_limit_s > 0 && elapsed > config.time_limit_s && step < config.steps) {
+      result.status = "time_limit";
+      break;
+    }
+    if (callbacks.progress && (step % std::max<int64_t>(callbacks.every, 1) == 0 || step == config.steps)) {
+      if (!callbacks.progress(step, loss_value)) {
+        result.status = "interrupted";
+        break;
+      }
+    }
+  }
+  opt.use_average();
+  model.net->eval();
+  result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return result;
+}
+
+torch::Tensor embed_populations(MetaModel& model, const std::vector<torch::Tensor>& sources) {
+  if (!model.meta.use_encoder) throw std::invalid_argument("this model has no population encoder (CGFM)");
+  const int64_t k = model.meta.graph_k();
+  std::vector<PopulationGraph> graphs;
+  for (size_t p = 0; p < sources.size(); ++p) {
+    const auto& x = sources[p];
+    if (x.dim() != 2 || x.size(1) != model.config.network.dim)
+      throw std::invalid_argument("population cells have the wrong number of features");
+    if (x.size(0) <= k)
+      throw std::invalid_argument("a population has " + std::to_string(x.size(0)) +
+                                  " source cells; a kNN graph with k = " + std::to_string(k) + " needs more than k");
+    graphs.push_back(build_graph(x, k, model.meta.max_cells, model.meta.graph_seed + static_cast<uint64_t>(p)));
+  }
+  std::vector<const PopulationGraph*> batch;
+  for (const auto& g : graphs) batch.push_back(&g);
+  torch::NoGradGuard no_grad;
+  model.net->eval();
+  return model.net->encoder->forward(batch_graphs(batch, model.device)).to(torch::kCPU);
+}
+
+torch::Tensor population_condition(MetaModel& model, const std::vector<torch::Tensor>& sources,
+                                   const torch::Tensor& labels, const torch::Tensor& covariates) {
+  const auto n_pop = static_cast<int64_t>(sources.size());
+  if (n_pop < 1) throw std::invalid_argument("no populations given");
+  PopulationSet check;  // reuse the training checks for labels and covariates
+  check.population = {n_pop - 1};
+  check.x = torch::zeros({1, model.config.network.dim});
+  check.side = {0};
+  check.labels = labels;
+  check.covariates = covariates;
+  std::string problem = validate_population_set(model, check);
+  if (!problem.empty()) throw std::invalid_argument(problem);
+  torch::Tensor embedding;
+  if (model.meta.use_encoder) embedding = embed_populations(model, sources).to(model.device);
+  auto all = torch::arange(n_pop, torch::kLong).to(model.device);
+  torch::NoGradGuard no_grad;
+  return model.net
+      ->condition(embedding, rows_on(labels, all, model.device, torch::kLong),
+                  rows_on(covariates, all, model.device, torch::kFloat))
+      .to(torch::kCPU);
+}
+
+std::string save_meta_model(const MetaModel& model, const std::string& metadata) {
+  std::ostringstream params;
+  {
+    torch::serialize::OutputArchive archive;
+    MetaNet net = model.net;
+    const bool on_cpu = model.device.is_cpu();
+    if (!on_cpu) net->to(torch::kCPU);
+    net->save(archive);
+    archive.save_to(params);
+    if (!on_cpu) net->to(model.device);
+  }
+  return pack_model_file(kMetaModelKind,
+                         {config_to_text(model.config), meta_config_to_text(model.meta), params.str(), metadata});
+}
+
+std::shared_ptr<MetaModel> load_meta_model(const std::string& bytes, const std::string& device,
+                                           std::string* metadata) {
+  std::string kind;
+  std::vector<std::string> blocks = unpack_model_file(bytes, &kind);
+  if (kind != kMetaModelKind)
+    throw std::runtime_error("model file holds a '" + kind + "', not a popflow population (MFM/CGFM) model");
+  if (blocks.size() < 4) throw std::runtime_error("model file is truncated");
+  if (blocks.size() > 4) throw std::runtime_error("model file has trailing bytes");
+  FlowConfig config = config_from_text(blocks[0]);
+  MetaConfig meta = meta_config_from_text(blocks[1]);
+  std::shared_ptr<MetaModel> model;
+  try {
+    model = make_meta_model(config, meta, "cpu");
+    if (model->config.network.cond_dim != config.network.cond_dim)
+      throw std::runtime_error("model file configurations disagree on the conditioning width");
+    auto shapes = [&model] {
+      std::map<std::string, std::vector<int64_t>> out;
+      for (const auto& p : model->net->named_parameters()) out[p.key()] = p.value().sizes().vec();
+      for (const auto& b : model->net->named_buffers()) out[b.key()] = b.value().sizes().vec();
+      return out;
+    };
+    const auto expected = shapes();
+    std::istringstream is(blocks[2]);
+    torch::serialize::InputArchive archive;
+    archive.load_from(is);
+    model->net->load(archive);
+    if (shapes() != expected) throw std::runtime_error("model file parameters do not match its configuration");
+  } catch (const c10::Error& e) {
+    throw std::runtime_error(std::string("model file parameters are unreadable: ") + e.what_without_backtrace());
+  } catch (const std::invalid_argument& e) {
+    throw std::runtime_error(std::string("model configuration is invalid: ") + e.what());
+  }
+  if (metadata) *metadata = std::move(blocks[3]);
+  model->device = parse_device(device);
+  model->net->to(model->device);
+  model->net->eval();
+  return model;
+}
+
+}  // namespace popflow

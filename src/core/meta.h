@@ -1,0 +1,98 @@
+// Meta Flow Matching (MFM) and conditional generator flow matching (CGFM):
+// a velocity field conditioned on a learned embedding of the whole source
+// population (MFM) and/or on known labels of the population (both). The
+// field, the population encoder and the label embeddings form one module,
+// trained end to end (Algorithm 1) and saved as one "popflow-meta" file.
+#pragma once
+#include <torch/torch.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "config.h"
+#include "model.h"
+#include "network.h"
+#include "ode.h"
+#include "population.h"
+#include "trainer.h"
+
+namespace popflow {
+
+constexpr const char* kMetaModelKind = "popflow-meta";
+
+struct MetaConfig {
+  bool use_encoder = true;            // false: CGFM (labels only)
+  EncoderConfig encoder;              // encoder.dim follows the cells' dimension
+  int64_t k = 50;                     // kNN graph (GCN only; mean and KME use none)
+  int64_t max_cells = 2000;           // cells per population used for its embedding; 0 = all
+  uint64_t graph_seed = 1;            // subsample of populations larger than max_cells
+  std::vector<int64_t> label_levels;  // per categorical label: number of values
+  int64_t label_dim = 8;              // embedding size of each categorical label
+  int64_t covariates = 0;             // numeric labels, used as they are
+  // Width of the field's conditioning input.
+  int64_t cond_dim() const;
+  // The graph degree actually used (0 for encoders that ignore the graph).
+  int64_t graph_k() const;
+};
+
+std::string meta_config_to_text(const MetaConfig& config);
+MetaConfig meta_config_from_text(const std::string& text);
+
+class MetaNetImpl : public torch::nn::Module {
+ public:
+  MetaNetImpl(const NetworkConfig& network, const MetaConfig& meta);
+  // Conditioning rows [P, cond_dim] of P populations: [embedding, label
+  // embeddings, covariates]. Undefined arguments for parts the model lacks.
+  torch::Tensor condition(const torch::Tensor& embedding, const torch::Tensor& labels,
+                          const torch::Tensor& covariates);
+
+  VectorField field{nullptr};
+  PopulationEncoder encoder{nullptr};
+  torch::nn::ModuleList label_embeddings;
+};
+TORCH_MODULE(MetaNet);
+
+struct MetaModel {
+  FlowConfig config;  // network.cond_dim = meta.cond_dim()
+  MetaConfig meta;
+  MetaNet net{nullptr};
+  torch::Device device = torch::kCPU;
+  // The velocity field as a plain flow model (shares the parameters), for the ODE solvers.
+  FlowModel flow() const;
+};
+
+// A new model with fresh weights; sets config.network.cond_dim and meta.encoder.dim.
+std::shared_ptr<MetaModel> make_meta_model(FlowConfig config, MetaConfig meta, const std::string& device);
+
+// Training data: cells of all populations, each cell a source or a target cell.
+struct PopulationSet {
+  torch::Tensor x;                  // [N, d] cells
+  std::vector<int64_t> side;        // per cell: 0 = source, 1 = target
+  std::vector<int64_t> population;  // per cell: population id in [0, P)
+  torch::Tensor labels;             // [P, n_categorical] long codes, or undefined
+  torch::Tensor covariates;         // [P, n_covariates], or undefined
+};
+
+std::string validate_population_set(const MetaModel& model, const PopulationSet& data);
+
+// Algorithm 1: each step draws config.groups_per_step populations and
+// config.batch_size source and target cells from each, couples them within
+// the population, and regresses v(x_t, t | phi(source population), labels).
+// The kNN graphs are built once, before the first step.
+TrainResult train_meta(MetaModel& model, const PopulationSet& data, const TrainConfig& config,
+                       const TrainCallbacks& callbacks = {});
+
+// Unit-length embeddings [P, E] of populations given by their source cells.
+torch::Tensor embed_populations(MetaModel& model, const std::vector<torch::Tensor>& sources);
+
+// Algorithm 2: conditioning rows [P, cond_dim] for populations given by their
+// source cells (embedded once each) and their labels / covariates ([P, .]).
+torch::Tensor population_condition(MetaModel& model, const std::vector<torch::Tensor>& sources,
+                                   const torch::Tensor& labels, const torch::Tensor& covariates);
+
+std::string save_meta_model(const MetaModel& model, const std::string& metadata = "");
+std::shared_ptr<MetaModel> load_meta_model(const std::string& bytes, const std::string& device = "cpu",
+                                           std::string* metadata = nullptr);
+
+}  // namespace popflow

@@ -1,0 +1,187 @@
+#include "population.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <random>
+#include <stdexcept>
+
+namespace popflow {
+
+torch::Tensor knn_indices(const torch::Tensor& x, int64_t k, int64_t chunk_rows) {
+  if (x.dim() != 2) throw std::invalid_argument("knn: cells must be a 2-d matrix");
+  const int64_t n = x.size(0);
+  if (k < 1 || k >= n)
+    throw std::invalid_argument("knn: k = " + std::to_string(k) + " needs more than k cells, got " +
+                                std::to_string(n));
+  torch::NoGradGuard no_grad;
+  auto xf = x.to(torch::kFloat).contiguous();
+  std::vector<torch::Tensor> parts;
+  for (int64_t begin = 0; begin < n; begin += chunk_rows) {
+    const int64_t end = std::min(n, begin + chunk_rows);
+    auto d = torch::cdist(xf.slice(0, begin, end), xf);
+    // A cell is not its own neighbour, even when duplicates tie with it.
+    auto rows = torch::arange(end - begin, torch::kLong);
+    d.index_put_({rows, rows + begin}, std::numeric_limits<float>::infinity());
+    parts.push_back(std::get<1>(torch::topk(d, k, 1, /*largest=*/false, /*sorted=*/true)));
+  }
+  return torch::cat(parts);
+}
+
+PopulationGraph build_graph(const torch::Tensor& x, int64_t k, int64_t max_cells, uint64_t seed) {
+  if (x.dim() != 2 || x.size(0) < 1) throw std::invalid_argument("population graph: no cells");
+  if (k < 0) throw std::invalid_argument("population graph: k must be >= 0");
+  torch::NoGradGuard no_grad;
+  PopulationGraph g;
+  const int64_t n = x.size(0);
+  auto cells = x.to(torch::kCPU, torch::kFloat);
+  if (max_cells > 0 && n > max_cells) {
+    std::vector<int64_t> order(n);
+    std::iota(order.begin(), order.end(), 0);
+    std::mt19937_64 rng(seed);
+    std::shuffle(order.begin(), order.end(), rng);
+    order.resize(max_cells);
+    std::sort(order.begin(), order.end());  // keeps the cells' order: same subsample, same graph
+    cells = cells.index_select(0, torch::tensor(order, torch::kLong));
+  }
+  g.x = cells.contiguous();
+  const int64_t m = g.x.size(0);
+  auto self = torch::arange(m, torch::kLong);
+  torch::Tensor src = self, dst = self;
+  if (k > 0) {
+    auto nn = knn_indices(g.x, k);
+    // Symmetrise (an edge if either cell lists the other), then drop duplicates.
+    auto nn_acc = nn.accessor<int64_t, 2>();
+    std::vector<int64_t> keys;
+    keys.reserve(static_cast<size_t>(2 * m * k));
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = 0; j < k; ++j) {
+        keys.push_back(i * m + nn_acc[i][j]);
+        keys.push_back(nn_acc[i][j] * m + i);
+      }
+    std::sort(keys.begin(), keys.end());
+    keys.erase(std::unique(keys.begin(), keys.end()), keys.end());
+    std::vector<int64_t> from(keys.size()), to(keys.size());
+    for (size_t e = 0; e < keys.size(); ++e) {
+      from[e] = keys[e] / m;
+      to[e] = keys[e] % m;
+    }
+    src = torch::cat({torch::tensor(from, torch::kLong), self});
+    dst = torch::cat({torch::tensor(to, torch::kLong), self});
+  }
+  auto degree = torch::zeros({m}, torch::kFloat).index_add_(0, dst, torch::ones({dst.size(0)}, torch::kFloat));
+  auto inv_sqrt = degree.rsqrt();
+  g.src = src;
+  g.dst = dst;
+  g.weight = inv_sqrt.index_select(0, src) * inv_sqrt.index_select(0, dst);
+  return g;
+}
+
+torch::Tensor dense_adjacency(const PopulationGraph& graph) {
+  const int64_t m = graph.nodes();
+  auto a = torch::zeros({m, m}, torch::kFloat);
+  a.index_put_({graph.dst, graph.src}, graph.weight, /*accumulate=*/true);
+  return a;
+}
+
+GraphBatch batch_graphs(const std::vector<const PopulationGraph*>& graphs, const torch::Device& device) {
+  std::vector<torch::Tensor> xs, rows, cols, ws;
+  GraphBatch b;
+  int64_t offset = 0;
+  bool identity = true;
+  for (const PopulationGraph* g : graphs) {
+    xs.push_back(g->x);
+    rows.push_back(g->dst + offset);
+    cols.push_back(g->src + offset);
+    ws.push_back(g->weight);
+    identity = identity && g->src.size(0) == g->nodes();  // self-loops only (k = 0) have weight 1
+    b.sizes.push_back(g->nodes());
+    offset += g->nodes();
+  }
+  b.x = torch::cat(xs).to(device);
+  if (!identity) {
+    auto index = torch::stack({torch::cat(rows), torch::cat(cols)});
+    b.adjacency = torch::sparse_coo_tensor(index, torch::cat(ws), {offset, offset}).to(device);
+  }
+  return b;
+}
+
+namespace {
+
+// y = A h for a symmetric sparse A, with the gradient A g: autograd would
+// otherwise transpose (and re-sort) A in every backward pass.
+struct SymmetricPropagate : public torch::autograd::Function<SymmetricPropagate> {
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& adjacency,
+                               const torch::Tensor& h) {
+    ctx->saved_data["adjacency"] = adjacency;
+    return torch::mm(adjacency, h);
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad) {
+    auto adjacency = ctx->saved_data["adjacency"].toTensor();
+    return {torch::Tensor(), torch::mm(adjacency, grad[0])};
+  }
+};
+
+}  // namespace
+
+EncoderKind encoder_kind(const std::string& name) {
+  if (name == "gcn") return EncoderKind::GCN;
+  if (name == "mean") return EncoderKind::Mean;
+  if (name == "kme") return EncoderKind::KME;
+  throw std::invalid_argument("unknown population encoder '" + name + "'; use \"gcn\", \"mean\" or \"kme\"");
+}
+
+const char* encoder_name(EncoderKind kind) {
+  switch (kind) {
+    case EncoderKind::GCN: return "gcn";
+    case EncoderKind::Mean: return "mean";
+    case EncoderKind::KME: return "kme";
+  }
+  return "?";
+}
+
+PopulationEncoderImpl::PopulationEncoderImpl(const EncoderConfig& config) : config_(config) {
+  if (config.dim < 1 || config.width < 1) throw std::invalid_argument("encoder: dim and width must be >= 1");
+  if (config.kind == EncoderKind::KME) {
+    if (config.width % 2 != 0) throw std::invalid_argument("encoder: KME width (random features) must be even");
+    if (!(config.bandwidth > 0)) throw std::invalid_argument("encoder: KME bandwidth must be > 0");
+    frequencies_ = register_buffer("frequencies", torch::randn({config.dim, config.width / 2}) / config.bandwidth);
+    return;
+  }
+  if (config.layers < 1) throw std::invalid_argument("encoder: layers must be >= 1");
+  for (int64_t l = 0; l < config.layers; ++l) {
+    const int64_t in = l == 0 ? config.dim : config.width;
+    linears_->push_back(torch::nn::Linear(torch::nn::LinearOptions(in, config.width).bias(false)));
+    biases_.push_back(register_parameter("bias" + std::to_string(l), torch::zeros({config.width})));
+  }
+  register_module("layers", linears_);
+}
+
+torch::Tensor PopulationEncoderImpl::forward(const GraphBatch& b) {
+  torch::Tensor h;
+  if (config_.kind == EncoderKind::KME) {
+    auto proj = torch::matmul(b.x, frequencies_);
+    h = torch::cat({torch::cos(proj), torch::sin(proj)}, 1) * std::sqrt(2.0 / config_.width);
+  } else {
+    h = b.x;
+    for (size_t l = 0; l < linears_->size(); ++l) {
+      // Transform first, then propagate: messages have the (small) output width.
+      h = linears_[l]->as<torch::nn::Linear>()->forward(h);
+      if (b.adjacency.defined()) h = SymmetricPropagate::apply(b.adjacency, h);
+      h = h + biases_[l];
+      if (l + 1 < linears_->size()) h = torch::relu(h);
+    }
+  }
+  // Mean over each graph's nodes (stacked in order), then unit length.
+  std::vector<torch::Tensor> means;
+  int64_t offset = 0;
+  for (int64_t n : b.sizes) {
+    means.push_back(h.narrow(0, offset, n).mean(0));
+    offset += n;
+  }
+  auto mean = torch::stack(means);
+  return mean / mean.norm(2, 1, true).clamp_min(1e-12);
+}
+
+}  // namespace popflow

@@ -1,0 +1,76 @@
+// A population's cells as a graph, and encoders that map a whole population
+// to one unit-length vector phi(p) (Meta Flow Matching's population embedding).
+#pragma once
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace popflow {
+
+// Exact k nearest neighbours of every row of x (itself excluded), by chunked
+// brute force: [n, k] long indices, nearest first. Needs k < n rows.
+torch::Tensor knn_indices(const torch::Tensor& x, int64_t k, int64_t chunk_rows = 1024);
+
+// Cells (a capped subsample) and the GCN-normalised adjacency of their kNN
+// graph, D^-1/2 (A + I) D^-1/2 with A the symmetrised kNN graph, as weighted
+// edges (self-loops included). Built once per population and reused.
+struct PopulationGraph {
+  torch::Tensor x;       // [m, d] float cells used for the embedding
+  torch::Tensor src;     // [E] long: message from node src ...
+  torch::Tensor dst;     // [E] long: ... to node dst
+  torch::Tensor weight;  // [E] float normalised edge weight
+  int64_t nodes() const { return x.size(0); }
+};
+
+// k = 0 gives self-loops only (weight 1): the GCN becomes a per-cell MLP.
+// max_cells > 0 caps the cells used (a random subsample drawn with `seed`).
+PopulationGraph build_graph(const torch::Tensor& x, int64_t k, int64_t max_cells, uint64_t seed);
+
+// The normalised adjacency as a dense [m, m] matrix (tests, small graphs).
+torch::Tensor dense_adjacency(const PopulationGraph& graph);
+
+// Several graphs as one block-diagonal graph: their cells stacked, the
+// normalised adjacency as one sparse [M, M] matrix (undefined when every
+// graph has self-loops only, where it is the identity).
+struct GraphBatch {
+  torch::Tensor x;
+  torch::Tensor adjacency;
+  std::vector<int64_t> sizes;  // nodes per graph, in order
+};
+GraphBatch batch_graphs(const std::vector<const PopulationGraph*>& graphs, const torch::Device& device);
+
+enum class EncoderKind { GCN, Mean, KME };
+EncoderKind encoder_kind(const std::string& name);  // "gcn", "mean", "kme"
+const char* encoder_name(EncoderKind kind);
+
+struct EncoderConfig {
+  EncoderKind kind = EncoderKind::GCN;
+  int64_t dim = 2;         // cell features
+  int64_t layers = 3;      // GCN / mean: linear layers
+  int64_t width = 64;      // GCN / mean: layer width; KME: random features (even)
+  double bandwidth = 1.0;  // KME: RBF kernel length scale
+  int64_t output_size() const { return width; }
+};
+
+// GCN: h <- A_hat h W + b per layer, ReLU between layers, mean over each
+// graph's nodes, unit L2 norm. Mean (DeepSets): the same on self-loop-only
+// graphs. KME: random Fourier features of the cells averaged over each graph
+// (fixed; no parameters), unit norm.
+class PopulationEncoderImpl : public torch::nn::Module {
+ public:
+  explicit PopulationEncoderImpl(const EncoderConfig& config);
+  // Returns [graphs, output_size()].
+  torch::Tensor forward(const GraphBatch& batch);
+  const EncoderConfig& config() const { return config_; }
+
+ private:
+  EncoderConfig config_;
+  torch::nn::ModuleList linears_;
+  std::vector<torch::Tensor> biases_;
+  torch::Tensor frequencies_;  // KME buffer [dim, width / 2]
+};
+TORCH_MODULE(PopulationEncoder);
+
+}  // namespace popflow
