@@ -1,0 +1,70 @@
+# Shared helpers for the popflow benchmark scripts (sourced, not a package file).
+#
+# popflow is loaded from the library in R_LIBS (e.g. R_LIBS=/tmp/rlib); the TorchCFM peer
+# scripts run with PEER_PYTHON (default /usr/bin/python3, Debian's, which has torch and POT).
+
+bench_dir <- function() {
+  args <- commandArgs(trailingOnly = FALSE)
+  f <- sub("^--file=", "", args[grep("^--file=", args)])
+  if (length(f)) return(normalizePath(dirname(f[1])))
+  normalizePath("bench")
+}
+
+BENCH <- bench_dir()
+RESULTS <- file.path(BENCH, "results")
+dir.create(RESULTS, showWarnings = FALSE, recursive = TRUE)
+PEER_PYTHON <- Sys.getenv("PEER_PYTHON", "/usr/bin/python3")
+
+load_popflow <- function() {
+  libs <- strsplit(Sys.getenv("R_LIBS", ""), ":", fixed = TRUE)[[1]]
+  libs <- libs[nzchar(libs)]
+  suppressPackageStartupMessages(library(popflow, lib.loc = c(libs, .libPaths())))
+}
+
+data_dir <- function() {
+  d <- Sys.getenv("POPFLOW_BENCH_DATA", file.path(BENCH, "..", "..", "shared", "data"))
+  if (!dir.exists(d)) d <- "/work/shared/data"
+  normalizePath(d)
+}
+
+read_emt <- function() {
+  d <- utils::read.csv(file.path(data_dir(), "emt_timecourse.csv.gz"))
+  list(time = d$samples, x = as.matrix(d[, grep("^x[0-9]+$", names(d))]))
+}
+
+# Integer-valued environment setting with a default (lets the driver shrink runs for a smoke test).
+env_int <- function(name, default) as.integer(Sys.getenv(name, as.character(default)))
+env_ints <- function(name, default) as.integer(strsplit(Sys.getenv(name, default), ",")[[1]])
+
+# "mean ± sd"; format = "f" gives `digits` decimals, "g" gives `digits` significant digits.
+mean_sd <- function(v, digits = 4, format = "f") {
+  v <- v[is.finite(v)]
+  if (!length(v)) return("NA")
+  if (length(v) == 1) return(formatC(v, digits = digits, format = format))
+  sprintf("%s ± %s", formatC(mean(v), digits = digits, format = format),
+          formatC(stats::sd(v), digits = if (format == "g") 2 else digits, format = format))
+}
+
+md_table <- function(df) {
+  df[] <- lapply(df, function(col) if (is.numeric(col)) format(col, digits = 4) else as.character(col))
+  cat("| ", paste(names(df), collapse = " | "), " |\n", sep = "")
+  cat("|", paste(rep("---", ncol(df)), collapse = "|"), "|\n", sep = "")
+  for (i in seq_len(nrow(df))) cat("| ", paste(unlist(df[i, ]), collapse = " | "), " |\n", sep = "")
+  invisible(df)
+}
+
+# Run a peer (Python) script. Returns the exit status; 77 means "peer absent, skipped".
+run_peer <- function(script, args, stdout = "", stderr = "") {
+  if (!file.exists(PEER_PYTHON)) {
+    message("SKIP: no Python at ", PEER_PYTHON, " (set PEER_PYTHON); the TorchCFM peer is skipped")
+    return(77L)
+  }
+  status <- system2(PEER_PYTHON, c(shQuote(file.path(BENCH, script)), args), stdout = stdout, stderr = stderr)
+  if (status == 77L) message("SKIP: TorchCFM peer not available; its rows are omitted")
+  status
+}
+
+versions_line <- function() {
+  sprintf("R %s, popflow %s (LibTorch %s)", getRversion(), utils::packageVersion("popflow"),
+          tryCatch(popflow:::pf_torch_version(), error = function(e) "?"))
+}
