@@ -41,14 +41,7 @@ std::string meta_config_to_text(const MetaConfig& c) {
 }
 
 MetaConfig meta_config_from_text(const std::string& text) {
-  std::map<std::string, std::string> kv;
-  std::istringstream is(text);
-  std::string line;
-  while (std::getline(is, line)) {
-    auto eq = line.find('=');
-    if (eq == std::string::npos) throw std::runtime_error("meta configuration: malformed line '" + line + "'");
-    kv[line.substr(0, eq)] = line.substr(eq + 1);
-  }
+  const std::map<std::string, std::string> kv = parse_key_values(text, "meta configuration");
   auto need = [&](const char* key) -> const std::string& {
     auto it = kv.find(key);
     if (it == kv.end()) throw std::runtime_error(std::string("meta configuration: missing '") + key + "'");
@@ -271,31 +264,7 @@ TrainResult train_meta(MetaModel& model, const PopulationSet& data, const TrainC
     }
     auto pred = model.net->field->forward(torch::cat(xts), torch::cat(ts), torch::cat(conds));
     auto loss = torch::mse_loss(pred, torch::cat(uts));
-    double loss_value = loss.item<double>();
-    if (!std::isfinite(loss_value)) {
-      result.status = "nonfinite";
-      break;
-    }
-    opt.zero_grad();
-    loss.backward();
-    if (!std::isfinite(opt.clip_grad_norm(config.clip_norm))) {
-      result.status = "nonfinite";
-      break;
-    }
-    opt.step();
-    result.loss.push_back(loss_value);
-    result.steps_done = step;
-    const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    if (config.time_limit_s > 0 && elapsed > config.time_limit_s && step < config.steps) {
-      result.status = "time_limit";
-      break;
-    }
-    if (callbacks.progress && (step % std::max<int64_t>(callbacks.every, 1) == 0 || step == config.steps)) {
-      if (!callbacks.progress(step, loss_value)) {
-        result.status = "interrupted";
-        break;
-      }
-    }
+    if (!optimisation_step(opt, loss, step, config, callbacks, start, result)) break;
   }
   opt.use_average();
   model.net->eval();

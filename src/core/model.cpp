@@ -150,15 +150,20 @@ std::string config_to_text(const FlowConfig& c) {
   return os.str();
 }
 
-FlowConfig config_from_text(const std::string& text) {
+std::map<std::string, std::string> parse_key_values(const std::string& text, const std::string& what) {
   std::map<std::string, std::string> kv;
   std::istringstream is(text);
   std::string line;
   while (std::getline(is, line)) {
     auto eq = line.find('=');
-    if (eq == std::string::npos) throw std::runtime_error("model configuration: malformed line '" + line + "'");
+    if (eq == std::string::npos) throw std::runtime_error(what + ": malformed line '" + line + "'");
     kv[line.substr(0, eq)] = line.substr(eq + 1);
   }
+  return kv;
+}
+
+FlowConfig config_from_text(const std::string& text) {
+  const std::map<std::string, std::string> kv = parse_key_values(text, "model configuration");
   auto need = [&](const char* key) -> const std::string& {
     auto it = kv.find(key);
     if (it == kv.end()) throw std::runtime_error(std::string("model configuration: missing '") + key + "'");

@@ -3,6 +3,7 @@
 #pragma once
 #include <torch/torch.h>
 
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -49,5 +50,7 @@ std::vector<std::string> unpack_model_file(const std::string& bytes, std::string
 // Configuration <-> "key=value" lines (also used to report a model's settings).
 std::string config_to_text(const FlowConfig& config);
 FlowConfig config_from_text(const std::string& text);
+// "key=value" lines to a map; `what` names the block in error messages.
+std::map<std::string, std::string> parse_key_values(const std::string& text, const std::string& what);
 
 }  // namespace popflow

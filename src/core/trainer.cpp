@@ -73,6 +73,37 @@ std::string validate_training_data(const FlowModel& model, const TrainingData& d
   return "";
 }
 
+bool optimisation_step(FlatAdam& opt, const torch::Tensor& loss, int64_t step, const TrainConfig& config,
+                       const TrainCallbacks& callbacks, std::chrono::steady_clock::time_point start,
+                       TrainResult& result) {
+  const double loss_value = loss.item<double>();
+  if (!std::isfinite(loss_value)) {
+    result.status = "nonfinite";  // parameters still hold the last finite step
+    return false;
+  }
+  opt.zero_grad();
+  loss.backward();
+  // The norm is needed anyway to refuse a non-finite update before it reaches the weights.
+  if (!std::isfinite(opt.clip_grad_norm(config.clip_norm))) {
+    result.status = "nonfinite";
+    return false;
+  }
+  opt.step();
+  result.loss.push_back(loss_value);
+  result.steps_done = step;
+  const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  if (config.time_limit_s > 0 && elapsed > config.time_limit_s && step < config.steps) {
+    result.status = "time_limit";
+    return false;
+  }
+  const bool report = step % std::max<int64_t>(callbacks.every, 1) == 0 || step == config.steps;
+  if (callbacks.progress && report && !callbacks.progress(step, loss_value)) {
+    result.status = "interrupted";
+    return false;
+  }
+  return true;
+}
+
 TrainResult train(FlowModel& model, const TrainingData& data, const TrainConfig& config,
                   const TrainCallbacks& callbacks) {
   std::string problem = validate_training_data(model, data);
@@ -141,32 +172,7 @@ TrainResult train(FlowModel& model, const TrainingData& data, const TrainConfig&
     }
     Batch b{torch::cat(xts), torch::cat(ts), torch::cat(uts), conds.empty() ? torch::Tensor() : torch::cat(conds)};
     auto loss = torch::mse_loss(model.net->forward(b.xt, b.t, b.cond), b.ut);
-    double loss_value = loss.item<double>();
-    if (!std::isfinite(loss_value)) {
-      result.status = "nonfinite";  // parameters still hold the last finite step
-      break;
-    }
-    opt.zero_grad();
-    loss.backward();
-    // The norm is needed anyway to refuse a non-finite update before it reaches the weights.
-    if (!std::isfinite(opt.clip_grad_norm(config.clip_norm))) {
-      result.status = "nonfinite";
-      break;
-    }
-    opt.step();
-    result.loss.push_back(loss_value);
-    result.steps_done = step;
-    const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    if (config.time_limit_s > 0 && elapsed > config.time_limit_s && step < config.steps) {
-      result.status = "time_limit";
-      break;
-    }
-    if (callbacks.progress && (step % std::max<int64_t>(callbacks.every, 1) == 0 || step == config.steps)) {
-      if (!callbacks.progress(step, loss_value)) {
-        result.status = "interrupted";
-        break;
-      }
-    }
+    if (!optimisation_step(opt, loss, step, config, callbacks, start, result)) break;
   }
   opt.use_average();
   model.net->eval();

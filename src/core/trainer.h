@@ -4,6 +4,7 @@
 #pragma once
 #include <torch/torch.h>
 
+#include <chrono>
 #include <functional>
 #include <random>
 #include <string>
@@ -11,6 +12,7 @@
 
 #include "config.h"
 #include "model.h"
+#include "optimizer.h"
 
 namespace popflow {
 
@@ -41,6 +43,14 @@ torch::Tensor draw_rows(const std::vector<int64_t>& pool, int64_t n, std::mt1993
 
 // Checks the data against the model and returns a readable reason, or "" if usable.
 std::string validate_training_data(const FlowModel& model, const TrainingData& data);
+
+// One optimisation step, shared by the training loops: refuses a non-finite
+// loss or gradient before it reaches the weights, records the loss, and
+// applies the time limit and the progress callback. Returns false when
+// training must stop; result.status says why.
+bool optimisation_step(FlatAdam& opt, const torch::Tensor& loss, int64_t step, const TrainConfig& config,
+                       const TrainCallbacks& callbacks, std::chrono::steady_clock::time_point start,
+                       TrainResult& result);
 
 TrainResult train(FlowModel& model, const TrainingData& data, const TrainConfig& config,
                   const TrainCallbacks& callbacks = {});
