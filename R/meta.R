@@ -375,10 +375,7 @@ print.popflow_meta <- function(x, ...) {
       if (i$type == "numeric") sprintf("%s (numeric)", nm) else sprintf("%s (%d values)", nm, length(i$levels))
     }, character(1)), collapse = ", ")))
   }
-  net <- x$network
-  cat(sprintf("  network: %s, width %d, depth %d, %s, time embedding %d%s\n",
-              if (net$residual) "residual MLP" else "MLP", net$width, net$depth, net$activation, net$time_dim,
-              if (net$fourier_features > 0) sprintf(", %d Fourier features", net$fourier_features) else ""))
+  cat(network_line(x$network))
   if (length(x$loss)) {
     cat(sprintf("  training: %d steps in %.1f s (%.0f steps/s) on %s, %d populations x %d cells a step, final loss %.4g%s\n",
                 x$steps_done, x$seconds, x$steps_done / max(x$seconds, 1e-9), x$device, m$populations_per_step,

@@ -150,16 +150,19 @@ print.popflow_flow <- function(x, ...) {
   cat(sprintf("<popflow flow> %s: %s\n", method_label(m), extra))
   cat(sprintf("  cells: %d features; snapshots %s\n", x$n_features,
               paste(sprintf("%s (%d)", names(x$n_cells), x$n_cells), collapse = ", ")))
-  net <- x$network
-  cat(sprintf("  network: %s, width %d, depth %d, %s, time embedding %d%s\n",
-              if (net$residual) "residual MLP" else "MLP", net$width, net$depth, net$activation, net$time_dim,
-              if (net$fourier_features > 0) sprintf(", %d Fourier features", net$fourier_features) else ""))
+  cat(network_line(x$network))
   if (length(x$loss)) {
     cat(sprintf("  training: %d steps in %.1f s (%.0f steps/s) on %s, final loss %.4g%s\n",
                 x$steps_done, x$seconds, x$steps_done / max(x$seconds, 1e-9), x$device, recent_loss(x$loss),
                 if (x$status != "completed") sprintf(" [%s]", x$status) else ""))
   }
   invisible(x)
+}
+
+network_line <- function(net) {
+  sprintf("  network: %s, width %d, depth %d, %s, time embedding %d%s\n",
+          if (net$residual) "residual MLP" else "MLP", net$width, net$depth, net$activation, net$time_dim,
+          if (net$fourier_features > 0) sprintf(", %d Fourier features", net$fourier_features) else "")
 }
 
 recent_loss <- function(loss) mean(utils::tail(loss, max(1, length(loss) %/% 20)))

@@ -41,29 +41,9 @@ std::string meta_config_to_text(const MetaConfig& c) {
 }
 
 MetaConfig meta_config_from_text(const std::string& text) {
-  const std::map<std::string, std::string> kv = parse_key_values(text, "meta configuration");
-  auto need = [&](const char* key) -> const std::string& {
-    auto it = kv.find(key);
-    if (it == kv.end()) throw std::runtime_error(std::string("meta configuration: missing '") + key + "'");
-    return it->second;
-  };
-  auto number = [&](const std::string& text, const char* key) {
-    try {
-      size_t used = 0;
-      double v = std::stod(text, &used);
-      if (used != text.size()) throw std::invalid_argument("trailing characters");
-      return v;
-    } catch (const std::logic_error&) {
-      throw std::runtime_error(std::string("meta configuration: bad number for '") + key + "'");
-    }
-  };
-  auto count = [&](const char* key, double lo, double hi) {
-    double v = number(need(key), key);
-    if (!(v >= lo && v <= hi)) throw std::runtime_error(std::string("meta configuration: '") + key + "' out of range");
-    return static_cast<int64_t>(v);
-  };
+  const ConfigText cfg(text, "meta configuration");
   MetaConfig c;
-  const std::string& enc = need("encoder");
+  const std::string& enc = cfg.value("encoder");
   c.use_encoder = enc != "none";
   if (c.use_encoder) {
     try {
@@ -72,21 +52,21 @@ MetaConfig meta_config_from_text(const std::string& text) {
       throw std::runtime_error(std::string("meta configuration: ") + e.what());
     }
   }
-  c.encoder.layers = count("layers", 1, 1e4);
-  c.encoder.width = count("encoder_width", 1, 1e6);
-  c.encoder.bandwidth = number(need("bandwidth"), "bandwidth");
-  c.k = count("k", 0, 1e6);
-  c.max_cells = count("max_cells", 0, 1e12);
-  c.graph_seed = static_cast<uint64_t>(number(need("graph_seed"), "graph_seed"));
-  std::istringstream levels(need("label_levels"));
+  c.encoder.layers = cfg.count("layers", 1, 1e4);
+  c.encoder.width = cfg.count("encoder_width", 1, 1e6);
+  c.encoder.bandwidth = cfg.number("bandwidth");
+  c.k = cfg.count("k", 0, 1e6);
+  c.max_cells = cfg.count("max_cells", 0, 1e12);
+  c.graph_seed = static_cast<uint64_t>(cfg.number("graph_seed"));
+  std::istringstream levels(cfg.value("label_levels"));
   std::string item;
   while (std::getline(levels, item, ',')) {
-    double v = number(item, "label_levels");
+    double v = cfg.parse_number(item, "label_levels");
     if (!(v >= 1 && v <= 1e9)) throw std::runtime_error("meta configuration: 'label_levels' out of range");
     c.label_levels.push_back(static_cast<int64_t>(v));
   }
-  c.label_dim = count("label_dim", 1, 1e5);
-  c.covariates = count("covariates", 0, 1e6);
+  c.label_dim = cfg.count("label_dim", 1, 1e5);
+  c.covariates = cfg.count("covariates", 0, 1e6);
   return c;
 }
 

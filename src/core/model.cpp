@@ -150,67 +150,67 @@ std::string config_to_text(const FlowConfig& c) {
   return os.str();
 }
 
-std::map<std::string, std::string> parse_key_values(const std::string& text, const std::string& what) {
-  std::map<std::string, std::string> kv;
+ConfigText::ConfigText(const std::string& text, std::string what) : what_(std::move(what)) {
   std::istringstream is(text);
   std::string line;
   while (std::getline(is, line)) {
     auto eq = line.find('=');
-    if (eq == std::string::npos) throw std::runtime_error(what + ": malformed line '" + line + "'");
-    kv[line.substr(0, eq)] = line.substr(eq + 1);
+    if (eq == std::string::npos) throw std::runtime_error(what_ + ": malformed line '" + line + "'");
+    values_[line.substr(0, eq)] = line.substr(eq + 1);
   }
-  return kv;
+}
+
+const std::string& ConfigText::value(const std::string& key) const {
+  auto it = values_.find(key);
+  if (it == values_.end()) throw std::runtime_error(what_ + ": missing '" + key + "'");
+  return it->second;
+}
+
+double ConfigText::parse_number(const std::string& text, const std::string& key) const {
+  try {
+    size_t used = 0;
+    double v = std::stod(text, &used);
+    if (used != text.size()) throw std::invalid_argument("trailing characters");
+    return v;
+  } catch (const std::logic_error&) {
+    throw std::runtime_error(what_ + ": bad number for '" + key + "'");
+  }
+}
+
+double ConfigText::number(const std::string& key) const { return parse_number(value(key), key); }
+
+int64_t ConfigText::count(const std::string& key, double lo, double hi) const {
+  double v = number(key);
+  if (!(v >= lo && v <= hi)) throw std::runtime_error(what_ + ": '" + key + "' out of range");
+  return static_cast<int64_t>(v);
 }
 
 FlowConfig config_from_text(const std::string& text) {
-  const std::map<std::string, std::string> kv = parse_key_values(text, "model configuration");
-  auto need = [&](const char* key) -> const std::string& {
-    auto it = kv.find(key);
-    if (it == kv.end()) throw std::runtime_error(std::string("model configuration: missing '") + key + "'");
-    return it->second;
-  };
-  auto num = [&](const char* key) {
-    try {
-      const std::string& text = need(key);
-      size_t used = 0;
-      double v = std::stod(text, &used);
-      if (used != text.size()) throw std::invalid_argument("trailing characters");
-      return v;
-    } catch (const std::logic_error&) {
-      throw std::runtime_error(std::string("model configuration: bad number for '") + key + "'");
-    }
-  };
-  auto count = [&](const char* key, double lo, double hi) {
-    double v = num(key);
-    if (!(v >= lo && v <= hi)) throw std::runtime_error(std::string("model configuration: '") + key + "' out of range");
-    return static_cast<int64_t>(v);
-  };
+  const ConfigText cfg(text, "model configuration");
   FlowConfig c;
-  c.path.kind = enum_value(need("path"), kPathNames, "path");
-  c.path.sigma = num("sigma");
-  c.path.sigma_min = num("sigma_min");
-  c.coupling.kind = enum_value(need("coupling"), kCouplingNames, "coupling");
-  c.coupling.mode = enum_value(need("ot_mode"), kModeNames, "ot_mode");
-  c.coupling.sinkhorn_reg = num("sinkhorn_reg");
-  c.coupling.sinkhorn_iters = static_cast<int>(count("sinkhorn_iters", 1, 1e7));
-  c.network.dim = count("dim", 1, 1e6);
-  c.network.cond_dim = count("cond_dim", 0, 1e6);
-  c.network.width = count("width", 1, 1e6);
-  c.network.depth = count("depth", 1, 1e4);
-  c.network.residual = count("residual", 0, 1) == 1;
-  c.network.activation = enum_value(need("activation"), kActivationNames, "activation");
-  c.network.time_dim = count("time_dim", 0, 1e5);
-  c.network.fourier_features = count("fourier_features", 0, 1e6);
-  c.network.fourier_scale = num("fourier_scale");
+  c.path.kind = enum_value(cfg.value("path"), kPathNames, "path");
+  c.path.sigma = cfg.number("sigma");
+  c.path.sigma_min = cfg.number("sigma_min");
+  c.coupling.kind = enum_value(cfg.value("coupling"), kCouplingNames, "coupling");
+  c.coupling.mode = enum_value(cfg.value("ot_mode"), kModeNames, "ot_mode");
+  c.coupling.sinkhorn_reg = cfg.number("sinkhorn_reg");
+  c.coupling.sinkhorn_iters = static_cast<int>(cfg.count("sinkhorn_iters", 1, 1e7));
+  c.network.dim = cfg.count("dim", 1, 1e6);
+  c.network.cond_dim = cfg.count("cond_dim", 0, 1e6);
+  c.network.width = cfg.count("width", 1, 1e6);
+  c.network.depth = cfg.count("depth", 1, 1e4);
+  c.network.residual = cfg.count("residual", 0, 1) == 1;
+  c.network.activation = enum_value(cfg.value("activation"), kActivationNames, "activation");
+  c.network.time_dim = cfg.count("time_dim", 0, 1e5);
+  c.network.fourier_features = cfg.count("fourier_features", 0, 1e6);
+  c.network.fourier_scale = cfg.number("fourier_scale");
   c.times.clear();
-  std::istringstream ts(need("times"));
+  std::istringstream ts(cfg.value("times"));
   std::string item;
   while (std::getline(ts, item, ',')) {
     try {
-      size_t used = 0;
-      c.times.push_back(std::stod(item, &used));
-      if (used != item.size()) throw std::invalid_argument("trailing characters");
-    } catch (const std::logic_error&) {
+      c.times.push_back(cfg.parse_number(item, "times"));
+    } catch (const std::runtime_error&) {
       throw std::runtime_error("model configuration: bad time value");
     }
   }

@@ -50,7 +50,21 @@ std::vector<std::string> unpack_model_file(const std::string& bytes, std::string
 // Configuration <-> "key=value" lines (also used to report a model's settings).
 std::string config_to_text(const FlowConfig& config);
 FlowConfig config_from_text(const std::string& text);
-// "key=value" lines to a map; `what` names the block in error messages.
-std::map<std::string, std::string> parse_key_values(const std::string& text, const std::string& what);
+// A "key=value" configuration block read back from a model file, with
+// checked access; every error names the block (`what`) and the key.
+class ConfigText {
+ public:
+  ConfigText(const std::string& text, std::string what);
+  const std::string& value(const std::string& key) const;  // throws when missing
+  double number(const std::string& key) const;
+  // A whole number within [lo, hi].
+  int64_t count(const std::string& key, double lo, double hi) const;
+  // Parses one number (the whole string) that belongs to `key`.
+  double parse_number(const std::string& text, const std::string& key) const;
+
+ private:
+  std::map<std::string, std::string> values_;
+  std::string what_;
+};
 
 }  // namespace popflow
