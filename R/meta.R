@@ -265,7 +265,10 @@ fit_population_flow <- function(x, target, population, label, method, network, t
 #' values must have been (see [MFMParam()] for the error on an unseen value).
 #'
 #' @param object A model from [fitFlow()] with `method = "mfm"` or `"cgfm"`.
-#' @param newdata Source cells (cells x features, the fitted features).
+#' @param newdata Source cells (cells x features, the fitted features), or a
+#'   SingleCellExperiment or Seurat object for a model fitted on one (its
+#'   populations and labels are then read from the fitted columns; see
+#'   [cell-objects]).
 #' @param population The population of each row of `newdata`; a population's
 #'   cells are embedded together. For CGFM it may be `NULL` (the label
 #'   combinations are the populations).
@@ -289,6 +292,9 @@ fit_population_flow <- function(x, target, population, label, method, network, t
 #' @export
 predict.popflow_meta <- function(object, newdata, population = NULL, label = NULL, solver = SolverParam(),
                                  threads = object$threads, device = NULL, ...) {
+  if (is_cell_object(newdata)) {
+    return(predict_cell_object(object, newdata, solver = solver, threads = threads, device = device))
+  }
   if (missing(newdata) || is.null(newdata)) {
     pf_abort("newdata", "is missing", "give the source cells to move (a cells x features matrix)")
   }
@@ -320,11 +326,14 @@ predict.popflow_meta <- function(object, newdata, population = NULL, label = NUL
 #' unit-length vector per population, for plotting or clustering patients.
 #'
 #' @param object A model from [fitFlow()] with `method = "mfm"`.
-#' @param x Source cells (cells x features, the fitted features).
-#' @param population The population of each row of `x`.
+#' @param x Source cells (cells x features, the fitted features), or a
+#'   SingleCellExperiment or Seurat object for a model fitted on one (see
+#'   [cell-objects]).
+#' @param population The population of each row of `x` (not used for objects).
 #' @param threads LibTorch threads.
 #' @return A matrix, populations x embedding dimensions, with the population
-#'   ids as row names (in order of first appearance).
+#'   ids as row names (in order of first appearance); for an object, a
+#'   `DataFrame` keyed by population (see [cell-objects]).
 #' @examples
 #' set.seed(1)
 #' mu <- c(-2, -1, 1, 2)
@@ -338,6 +347,7 @@ predict.popflow_meta <- function(object, newdata, population = NULL, label = NUL
 #' rowSums(emb^2)
 #' @export
 embedPopulations <- function(object, x, population, threads = object$threads) {
+  if (is_cell_object(x)) return(embed_cell_populations(object, x, threads))
   if (!inherits(object, "popflow_meta") || attr(object$method, "kind") != "mfm") {
     pf_abort("object", "must be an MFM model from fitFlow(method = \"mfm\")",
              "CGFM and plain flows have no population encoder")

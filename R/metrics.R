@@ -91,8 +91,10 @@ metric_row <- function(predicted, observed, max_cells, seed) {
 #' beat them has learnt nothing.
 #'
 #' @param object A model from [fitFlow()].
-#' @param source Cells at time `from`.
-#' @param target Observed cells at time `to`.
+#' @param source Cells at time `from`, or a SingleCellExperiment or Seurat
+#'   object for a model fitted on one (see [cell-objects]).
+#' @param target Observed cells at time `to`; for an object `source`, missing
+#'   (its own target cells) or a second object.
 #' @inheritParams predict.popflow_flow
 #' @param max_cells Largest number of cells per set for W1, W2, MMD and energy
 #'   distance (random subsample, reproducible through `seed`).
@@ -109,6 +111,9 @@ metric_row <- function(predicted, observed, max_cells, seed) {
 evaluateFlow <- function(object, source, target, from = NULL, to = NULL, solver = SolverParam(),
                          max_cells = 1000, seed = 1, baselines = TRUE) {
   if (!inherits(object, "popflow_flow")) pf_abort("object", "must be a model from fitFlow()")
+  if (is_cell_object(source)) {
+    return(evaluate_cell_object(object, source, if (!missing(target)) target, from, to, solver, max_cells, seed, baselines))
+  }
   source <- same_features(as_cell_matrix(source, "source"), "source", object$feature_names, object$n_features)
   target <- same_features(as_cell_matrix(target, "target"), "target", object$feature_names, object$n_features)
   max_cells <- check_count(max_cells, "max_cells", min = 2)

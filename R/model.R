@@ -85,7 +85,8 @@ run_transport <- function(object, x, times, solver, threads, device = NULL) {
 #' @param object A model from [fitFlow()].
 #' @param newdata Cells to move (cells x features, the features used in
 #'   fitting). For target-FM models it may be `NULL`: `n` cells are drawn from
-#'   the Gaussian source.
+#'   the Gaussian source. Or a SingleCellExperiment or Seurat object, for a
+#'   model fitted on one: see [cell-objects].
 #' @param from,to Start and end times: time labels, or numbers on the fitted
 #'   time scale (so times between snapshots work). Default: the first and the
 #'   last snapshot.
@@ -94,7 +95,8 @@ run_transport <- function(object, x, times, solver, threads, device = NULL) {
 #' @param threads LibTorch threads.
 #' @param device `NULL` (the model's device when available, else CPU), `"cpu"` or `"cuda"`.
 #' @param ... Unused.
-#' @return A matrix of predicted cells, one row per row of `newdata`.
+#' @return A matrix of predicted cells, one row per row of `newdata`; for an
+#'   object, an object of the same kind holding the predicted cells.
 #' @examples
 #' set.seed(1)
 #' source <- matrix(rnorm(400), ncol = 2)
@@ -103,6 +105,7 @@ run_transport <- function(object, x, times, solver, threads, device = NULL) {
 #' @export
 predict.popflow_flow <- function(object, newdata = NULL, from = NULL, to = NULL, solver = SolverParam(),
                                  n = NULL, seed = 1, threads = object$threads, device = NULL, ...) {
+  if (is_cell_object(newdata)) return(predict_cell_object(object, newdata, from, to, solver, threads, device))
   x <- start_cells(object, newdata, n, seed)
   t0 <- if (is.null(from)) object$times[1] else resolve_time(object, from, "from")
   t1 <- if (is.null(to)) object$times[length(object$times)] else resolve_time(object, to, "to")
