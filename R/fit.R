@@ -19,7 +19,8 @@
 #' Gaussian noise.
 #'
 #' @param x A numeric matrix, cells in rows and features (for example
-#'   principal components) in columns. Sparse matrices are densified.
+#'   principal components) in columns. Sparse matrices are densified. For a
+#'   SingleCellExperiment or Seurat object, see [fitFlow-objects].
 #' @param target Target cells (same features as `x`), or `NULL` when `time` is given.
 #' @param time One time label per row of `x` (numeric, or a factor with levels
 #'   in time order).

@@ -386,6 +386,7 @@ print.popflow_meta <- function(x, ...) {
     }, character(1)), collapse = ", ")))
   }
   cat(network_line(x$network))
+  cat(cell_object_line(x$cell_object))
   if (length(x$loss)) {
     cat(sprintf("  training: %d steps in %.1f s (%.0f steps/s) on %s, %d populations x %d cells a step, final loss %.4g%s\n",
                 x$steps_done, x$seconds, x$steps_done / max(x$seconds, 1e-9), x$device, m$populations_per_step,

@@ -154,6 +154,7 @@ print.popflow_flow <- function(x, ...) {
   cat(sprintf("  cells: %d features; snapshots %s\n", x$n_features,
               paste(sprintf("%s (%d)", names(x$n_cells), x$n_cells), collapse = ", ")))
   cat(network_line(x$network))
+  cat(cell_object_line(x$cell_object))
   if (length(x$loss)) {
     cat(sprintf("  training: %d steps in %.1f s (%.0f steps/s) on %s, final loss %.4g%s\n",
                 x$steps_done, x$seconds, x$steps_done / max(x$seconds, 1e-9), x$device, recent_loss(x$loss),

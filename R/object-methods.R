@@ -60,7 +60,7 @@
 #'   fit <- fitFlow(sce, space = "PCA", condition = "condition", source = "ctrl", target = "stim",
 #'                  population = c("patient", "cell_type"), method = "icfm",
 #'                  cells = sce$patient != "107", training = TrainingParam(steps = 100), verbose = FALSE)
-#'   fit$cell_object$population
+#'   fit
 #' }
 #' @name fitFlow-objects
 #' @export
@@ -211,8 +211,8 @@ fit_cell_object <- function(x, space, condition, source, target, time, populatio
 #'                  training = TrainingParam(steps = 100), verbose = FALSE)
 #'   held_out <- sce[, some_types & sce$patient == "107"]
 #'   pred <- predict(fit, held_out, solver = SolverParam("rk4", steps = 5))
-#'   pred
-#'   embedPopulations(fit, sce[, some_types])
+#'   print(pred)
+#'   print(embedPopulations(fit, sce[, some_types]))
 #'   evaluateFlow(fit, held_out, solver = SolverParam("rk4", steps = 5))
 #' }
 NULL
@@ -404,4 +404,25 @@ population_scores <- function(object, source, predicted, observed, max_cells, se
   out <- do.call(rbind, rows)
   out$cells <- nrow(source)
   out
+}
+
+# One line of print() for a model fitted on an object: where its cells come from.
+cell_object_line <- function(spec) {
+  if (is.null(spec)) return("")
+  where <- if (!is.null(spec$space)) {
+    sprintf("%s '%s'", if (spec$class == "Seurat") "reduction" else "reducedDim", spec$space)
+  } else {
+    sprintf("assay '%s' (%d features)", spec$assay, length(spec$features))
+  }
+  cells <- if (!is.null(spec$condition)) {
+    sprintf("%s %s -> %s", spec$condition, spec$source, spec$target)
+  } else if (!is.null(spec$time)) {
+    sprintf("time '%s'", spec$time)
+  } else {
+    "all cells"
+  }
+  extra <- c(if (length(spec$population)) sprintf("populations %s", paste(spec$population, collapse = " x ")),
+             if (length(spec$label)) sprintf("labels %s", paste(spec$label, collapse = ", ")),
+             if (!is.null(spec$expression)) sprintf("expression of %d genes", nrow(spec$expression$rotation)))
+  sprintf("  object: %s, %s; %s%s\n", spec$class, where, cells, paste0("; ", extra, collapse = ""))
 }

@@ -73,6 +73,8 @@ test_that("an MFM fitted on a SingleCellExperiment predicts a held-out patient a
   expect_equal(fit$populations$population, c("P1/A", "P1/B", "P2/A", "P2/B"))
   expect_equal(fit$cell_object$population, c("patient", "cell_type"))
   expect_equal(fit$cell_object$space, "PCA")
+  expect_output(print(fit), paste("object: SingleCellExperiment, reducedDim 'PCA'; condition ctrl -> stim;",
+                                  "populations patient x cell_type; expression of 6 genes"), fixed = TRUE)
 
   held <- sce[, sce$patient == "P3"]
   pred <- predict(fit, held, solver = toy_solver)
