@@ -246,6 +246,10 @@ object_source_cells <- function(object, x, from, arg) {
 
 predict_cell_object <- function(object, newdata, from = NULL, to = NULL, solver = SolverParam(),
                                 threads = object$threads, device = NULL) {
+  if (attr(object$method, "kind") == "targetfm") {
+    pf_abort("newdata", "is an object, but a target FM model starts from Gaussian noise, not from cells",
+             "draw new cells with predict(fit, n = )")
+  }
   src <- object_source_cells(object, newdata, from, "newdata")
   if (inherits(object, "popflow_meta")) {
     pred <- predict.popflow_meta(object, src$x, population = src$population, label = src$label, solver = solver,

@@ -273,6 +273,9 @@ test_that("bad object input gives errors that name the argument and list what ex
   expect_error(do.call(fit_on, c(cond, time = "condition")), "`time` and `condition` are both given")
   expect_error(do.call(fit_on, c(cond, cells = list(c(TRUE, FALSE)))), "`cells` must be a logical vector")
   expect_error(do.call(fit_on, c(cond, label = "patient")), "`label` is used only by method")
+  generative <- fitFlow(sce, method = "targetfm", training = toy_training(2), verbose = FALSE)
+  expect_equal(dim(predict(generative, n = 10)), c(10, 4))
+  expect_error(predict(generative, sce), "`newdata` is an object, but a target FM model starts from Gaussian noise")
   se <- SummarizedExperiment::SummarizedExperiment(list(logcounts = SummarizedExperiment::assay(sce)),
                                                    colData = SummarizedExperiment::colData(sce))
   expect_error(fitFlow(se, condition = "condition", source = "ctrl", target = "stim", verbose = FALSE),
