@@ -316,7 +316,7 @@ seurat_cells <- function(newdata, spec, pred, meta, expression) {
   }
   assay_object <- SeuratObject::CreateAssayObject(data = data)
   SeuratObject::Key(assay_object) <- paste0(gsub("[^[:alnum:]]", "", tolower(assay)), "_")
-  out <- SeuratObject::CreateSeuratObject(counts = assay_object, assay = assay, meta.data = meta)
+  out <- SeuratObject::CreateSeuratObject(counts = assay_object, assay = assay, meta.data = meta, project = "popflow")
   if (!is.null(spec$space)) {
     key <- SeuratObject::Key(newdata[[spec$space]])
     colnames(pred) <- paste0(key, seq_len(ncol(pred)))

@@ -218,6 +218,7 @@ test_that("a Seurat user goes from object to predicted Seurat object in three ca
   expect_equal(colnames(pcs), paste0("PC_", 1:4))
   md <- pred[[]]
   expect_true(all(md$predicted))
+  expect_equal(unique(as.character(md$orig.ident)), "popflow")
   expect_equal(md$source_cell, ctrl)
   expect_equal(unique(md$condition), "stim")
   expect_equal(md$patient, seu$patient[ctrl], ignore_attr = TRUE)
