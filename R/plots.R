@@ -188,8 +188,11 @@ plotEmbeddings <- function(emb, color = NULL, label = TRUE) {
     ggplot2::geom_point(size = 2.5) +
     ggplot2::labs(x = axes[1], y = axes[2], colour = NULL, title = "Population embeddings") +
     ggplot2::theme_bw()
-  if (label) p <- p + ggplot2::geom_text(ggplot2::aes(label = .data$population), vjust = -0.9, size = 3,
-                                         show.legend = FALSE)
+  if (label) {
+    # Room above the top points for their labels.
+    p <- p + ggplot2::geom_text(ggplot2::aes(label = .data$population), vjust = -0.9, size = 3, show.legend = FALSE) +
+      ggplot2::scale_y_continuous(expand = ggplot2::expansion(mult = c(0.05, 0.12)))
+  }
   p
 }
 
