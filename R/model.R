@@ -201,6 +201,7 @@ print.summary.popflow_flow <- function(x, ...) {
 #' @param y Unused.
 #' @param ... Passed to [graphics::plot()].
 #' @return `x`, invisibly.
+#' @seealso [plotLoss()], the same curve as a ggplot.
 #' @examples
 #' set.seed(1)
 #' source <- matrix(rnorm(200), ncol = 2)

@@ -3,7 +3,9 @@
 #' popflow learns how cell populations move (control to treated, one time
 #' point to the next) with the flow-matching family of generative models, in a
 #' C++ engine on LibTorch. Start with [fitFlow()], then [predict()],
-#' [sampleTrajectories()] and [evaluateFlow()]; see `vignette("popflow")`.
+#' [sampleTrajectories()] and [evaluateFlow()]; see the vignettes
+#' `vignette("getting-started", package = "popflow")` (every method on small
+#' data) and `vignette("trajectories", package = "popflow")` (EMT time course).
 #'
 #' @keywords internal
 #' @useDynLib popflow, .registration = TRUE

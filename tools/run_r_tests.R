@@ -1,7 +1,11 @@
 # Runs the testthat suite against the installed package and prints the closing
-# count line, adding the C++ counts passed as arguments.
-args <- as.integer(commandArgs(trailingOnly = TRUE))
-cpp <- if (length(args) == 2) args else c(0L, 0L)
+# count line, adding the counts of the other suites passed as arguments, each
+# "name:passed:failed:skipped" (e.g. "C++ tests:12:0:0" "vignettes:3:0:0").
+suites <- lapply(strsplit(commandArgs(trailingOnly = TRUE), ":", fixed = TRUE), function(s) {
+  n <- suppressWarnings(as.integer(s[-1]))
+  if (length(s) != 4 || anyNA(n)) stop("expected name:passed:failed:skipped, not ", paste(s, collapse = ":"))
+  list(name = s[1], n = n)
+})
 suppressPackageStartupMessages({
   library(testthat)
   library(popflow)
@@ -10,8 +14,9 @@ res <- as.data.frame(test_dir("tests/testthat", reporter = ProgressReporter$new(
                               stop_on_failure = FALSE, package = "popflow", load_package = "installed"))
 failed <- sum(res$failed > 0 | res$error)
 skipped <- sum(res$skipped & !(res$failed > 0 | res$error))
-passed <- nrow(res) - failed - skipped
-cat(sprintf("\nR tests: %d passed, %d failed, %d skipped; C++ tests: %d passed, %d failed\n",
-            passed, failed, skipped, cpp[1], cpp[2]))
-cat(sprintf("%d passed, %d failed, %d skipped\n", passed + cpp[1], failed + cpp[2], skipped))
-quit(status = if (failed + cpp[2] > 0) 1 else 0)
+suites <- c(list(list(name = "R tests", n = c(nrow(res) - failed - skipped, failed, skipped))), suites)
+cat("\n", paste(vapply(suites, function(s) sprintf("%s: %d passed, %d failed, %d skipped", s$name, s$n[1], s$n[2],
+                                                   s$n[3]), character(1)), collapse = "; "), "\n", sep = "")
+total <- Reduce(`+`, lapply(suites, `[[`, "n"))
+cat(sprintf("%d passed, %d failed, %d skipped\n", total[1], total[2], total[3]))
+quit(status = if (total[2] > 0) 1 else 0)
