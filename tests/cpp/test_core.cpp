@@ -1142,6 +1142,26 @@ TEST_CASE("solve_assignment: matches network simplex on random and tied problems
       PF_CHECK_NEAR(total / n, popflow::exact_transport(cost.data(), n, n).cost, 1e-9);
     }
   }
+  // Squared distances between shifted 2-d clouds: the case where the auction
+  // phase runs out of its bid budget and the augmenting paths must finish.
+  std::normal_distribution<double> normal(0, 1);
+  for (int n : {64, 256}) {
+    std::vector<double> a(2 * n), b(2 * n), cost(static_cast<size_t>(n) * n);
+    for (auto& v : a) v = normal(rng);
+    for (auto& v : b) v = normal(rng) + 3;
+    for (int i = 0; i < n; ++i)
+      for (int j = 0; j < n; ++j) {
+        const double dx = a[2 * i] - b[2 * j], dy = a[2 * i + 1] - b[2 * j + 1];
+        cost[static_cast<size_t>(i) * n + j] = dx * dx + dy * dy;
+      }
+    std::vector<int> col = popflow::solve_assignment(cost.data(), n);
+    std::vector<int> sorted = col;
+    std::sort(sorted.begin(), sorted.end());
+    for (int i = 0; i < n; ++i) PF_CHECK_MSG(sorted[i] == i, "not a permutation for 2-d n=" << n);
+    double total = 0;
+    for (int i = 0; i < n; ++i) total += cost[static_cast<size_t>(i) * n + col[i]];
+    PF_CHECK_NEAR(total / n, popflow::exact_transport(cost.data(), n, n).cost, 1e-9);
+  }
 }
 
 TEST_CASE("FlatAdam: same trajectory as torch::optim::Adam, with EMA and clipping") {
