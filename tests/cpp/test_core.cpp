@@ -1593,6 +1593,44 @@ TEST_CASE("resume: damaged training-state blocks (forged checksums) throw, never
                .find("'m'") != std::string::npos);
 }
 
+TEST_CASE("resume: on CUDA, same-seed runs, resumed runs and CPU/GPU predictions agree within 1e-4") {
+  if (!cuda_available()) return;  // CPU-only build: nothing to compare
+  auto data = [] {
+    torch::manual_seed(68);
+    return shifted_pair(300, 2.0);
+  }();
+  auto fit = [&](int64_t steps, std::shared_ptr<FlowModel> from = nullptr) {
+    TrainConfig tc = quick_train(steps);
+    tc.device = "cuda";
+    std::shared_ptr<FlowModel> model = from;
+    if (!model) {
+      torch::manual_seed(69);
+      model = make_model(small_flow(2), "cpu");
+      model->net->to(torch::kCUDA);
+      model->device = torch::kCUDA;
+    } else {
+      tc.resume = true;
+    }
+    auto res = train(*model, data, tc);
+    return std::make_pair(res.loss, model);
+  };
+  auto src = data.x.slice(0, 0, 300);
+  auto predict = [&](const FlowModel& m) {
+    return transport(m, src, {0.0, 1.0}, torch::Tensor(), solver(SolverKind::RK4, 10))[1];
+  };
+  auto a = fit(40), b = fit(40);
+  auto half = fit(20);
+  auto resumed = fit(40, load_model(save_model(*half.second), "cuda"));
+  double loss_gap = 0;
+  for (size_t i = 0; i < a.first.size(); ++i) loss_gap = std::max(loss_gap, std::abs(a.first[i] - resumed.first[i]));
+  const double same_seed = max_abs(predict(*a.second) - predict(*b.second));
+  const double resume_gap = max_abs(predict(*a.second) - predict(*resumed.second));
+  const double cpu_gpu = max_abs(predict(*a.second) - predict(*load_model(save_model(*a.second), "cpu")));
+  std::printf("  cuda: same seed max |dpred| %.3g, resumed vs straight max |dpred| %.3g (max |dloss| %.3g), "
+              "same weights CPU vs GPU max |dpred| %.3g\n", same_seed, resume_gap, loss_gap, cpu_gpu);
+  PF_CHECK(same_seed < 1e-4 && resume_gap < 1e-4 && cpu_gpu < 1e-4);
+}
+
 int main(int argc, char** argv) {
   bool verbose = false;
   std::string filter;
