@@ -49,7 +49,7 @@ if [ "$what" = all ] || [ "$what" = valgrind ]; then
   # refuses that instruction when the CPU does not advertise it (as in many VMs) and kills the program
   # before main(). popflow never calls Highway, so an empty stand-in library is loaded instead.
   stub_dir=build/valgrind/hwy-stub
-  if ldd build/cpp/popflow_bench | grep -q libhwy.so.1 && ! grep -qw rdtscp /proc/cpuinfo; then
+  if ldd build/cpp/popflow_bench | grep libhwy.so.1 >/dev/null && ! grep -qw rdtscp /proc/cpuinfo; then
     mkdir -p "$stub_dir"
     echo 'void popflow_hwy_stand_in(void) {}' >"$stub_dir/stub.c"
     cc -shared -fPIC -o "$stub_dir/libhwy.so.1" -Wl,-soname,libhwy.so.1 "$stub_dir/stub.c" || exit 1
