@@ -391,8 +391,8 @@ print.popflow_meta <- function(x, ...) {
   }
   cat(network_line(x$network))
   if (length(x$loss)) {
-    cat(sprintf("  training: %d steps in %.1f s (%.0f steps/s) on %s, %d populations x %d cells a step, final loss %.4g%s\n",
-                x$steps_done, x$seconds, x$steps_done / max(x$seconds, 1e-9), x$device, m$populations_per_step,
+    cat(sprintf("  training: %d steps%s on %s, %d populations x %d cells a step, final loss %.4g%s\n",
+                x$steps_done, training_speed(x), x$device, m$populations_per_step,
                 m$cells_per_population, recent_loss(x$loss),
                 if (x$status != "completed") sprintf(" [%s]", x$status) else ""))
   }

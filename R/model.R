@@ -154,11 +154,17 @@ print.popflow_flow <- function(x, ...) {
               paste(sprintf("%s (%d)", names(x$n_cells), x$n_cells), collapse = ", ")))
   cat(network_line(x$network))
   if (length(x$loss)) {
-    cat(sprintf("  training: %d steps in %.1f s (%.0f steps/s) on %s, final loss %.4g%s\n",
-                x$steps_done, x$seconds, x$steps_done / max(x$seconds, 1e-9), x$device, recent_loss(x$loss),
+    cat(sprintf("  training: %d steps%s on %s, final loss %.4g%s\n",
+                x$steps_done, training_speed(x), x$device, recent_loss(x$loss),
                 if (x$status != "completed") sprintf(" [%s]", x$status) else ""))
   }
   invisible(x)
+}
+
+# " in 1.2 s (250 steps/s)"; nothing for a checkpoint file, whose time is not recorded.
+training_speed <- function(x) {
+  if (is.null(x$seconds) || is.na(x$seconds)) return("")
+  sprintf(" in %.1f s (%.0f steps/s)", x$seconds, x$steps_done / max(x$seconds, 1e-9))
 }
 
 network_line <- function(net) {

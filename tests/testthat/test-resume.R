@@ -60,6 +60,7 @@ test_that("checkpoint files are complete models and resuming from one matches th
   ckpt <- loadFlow(path)
   expect_equal(ckpt$steps_done, 16)
   expect_equal(ckpt$status, "checkpoint")
+  expect_output(print(ckpt), "training: 16 steps on cpu, final loss .*\\[checkpoint\\]")
   expect_identical(ckpt$loss, full$loss[1:16])
   expect_true(all(is.finite(predict(ckpt, d$source))))
   early <- fitFlow(d$source, d$target, training = resume_training(16), verbose = FALSE)
