@@ -10,6 +10,11 @@ pf_abort <- function(arg, problem, fix = NULL) {
 # A cells x features double matrix, finite, with at least `min_rows` rows.
 as_cell_matrix <- function(x, arg, min_rows = 1L) {
   if (inherits(x, "Matrix") || inherits(x, "dgCMatrix")) {
+    # Densified: popflow works on a few dense features (e.g. principal components).
+    if (prod(as.numeric(dim(x))) > .Machine$integer.max) {
+      pf_abort(arg, sprintf("is a sparse %d x %d matrix, too large to use densely", nrow(x), ncol(x)),
+               "reduce it first, e.g. to 50 principal components (popflow works on dense low-dimensional features)")
+    }
     x <- as.matrix(x)
   }
   if (is.data.frame(x)) {
@@ -30,10 +35,11 @@ as_cell_matrix <- function(x, arg, min_rows = 1L) {
              "pass the numeric features only (storage.mode(x) <- \"double\" if they are numbers stored as text)")
   }
   if (nrow(x) < min_rows) {
-    pf_abort(arg, sprintf("has %d cells; at least %d %s needed", nrow(x), min_rows,
-                          if (min_rows == 1) "is" else "are"))
+    pf_abort(arg, sprintf("has %d cell%s; at least %d %s needed", nrow(x), if (nrow(x) == 1) "" else "s", min_rows,
+                          if (min_rows == 1) "is" else "are"),
+             "check the cell selection that produced it (an empty subset or a dropped population?)")
   }
-  if (ncol(x) < 1) pf_abort(arg, "has no feature columns")
+  if (ncol(x) < 1) pf_abort(arg, "has no feature columns", "pass the features (e.g. principal components) as columns")
   storage.mode(x) <- "double"
   n_bad <- sum(!is.finite(x))
   if (n_bad > 0) {
@@ -47,9 +53,26 @@ as_cell_matrix <- function(x, arg, min_rows = 1L) {
   x
 }
 
+# Features with one value across all cells carry no information; the flow
+# leaves them unchanged, which is harmless but usually an upstream mistake.
+warn_constant_features <- function(x, arg) {
+  constant <- which(apply(x, 2, function(v) all(v == v[1])))
+  if (length(constant)) {
+    names <- colnames(x)[constant] %||% as.character(constant)
+    warning(sprintf(paste0("`%s` has %d feature%s with the same value in every cell (%s): zero variance, ",
+                           "no information; the flow leaves %s unchanged.\n  Fix: drop constant features, ",
+                           "e.g. x[, apply(x, 2, stats::sd) > 0]"),
+                    arg, length(constant), if (length(constant) > 1) "s" else "",
+                    paste(utils::head(names, 5), collapse = ", "), if (length(constant) > 1) "them" else "it"),
+            call. = FALSE)
+  }
+  invisible(x)
+}
+
 check_count <- function(x, arg, min = 1) {
-  if (!is.numeric(x) || length(x) != 1 || is.na(x) || x != round(x) || x < min) {
-    pf_abort(arg, sprintf("must be a whole number >= %s, not %s", format(min), deparse1(x)))
+  if (!is.numeric(x) || length(x) != 1 || !is.finite(x) || x != round(x) || x < min || x > .Machine$integer.max) {
+    pf_abort(arg, sprintf("must be a whole number >= %s, not %s", format(min), deparse1(x)),
+             sprintf("use a single whole number of at least %s (and below 2^31)", format(min)))
   }
   as.integer(x)
 }
@@ -60,7 +83,8 @@ check_number <- function(x, arg, min = -Inf, max = Inf, min_inclusive = TRUE) {
   if (!ok) {
     range_txt <- sprintf("%s %s%s", if (min_inclusive) ">=" else ">", format(min),
                          if (is.finite(max)) sprintf(" and <= %s", format(max)) else "")
-    pf_abort(arg, sprintf("must be a single number %s, not %s", range_txt, deparse1(x)))
+    pf_abort(arg, sprintf("must be a single number %s, not %s", range_txt, deparse1(x)),
+             sprintf("use one finite number %s", range_txt))
   }
   as.numeric(x)
 }
@@ -68,19 +92,21 @@ check_number <- function(x, arg, min = -Inf, max = Inf, min_inclusive = TRUE) {
 check_choice <- function(x, arg, choices) {
   if (!is.character(x) || length(x) != 1 || !(x %in% choices)) {
     pf_abort(arg, sprintf("must be one of %s, not %s",
-                          paste0("\"", choices, "\"", collapse = ", "), deparse1(x)))
+                          paste0("\"", choices, "\"", collapse = ", "), deparse1(x)),
+             sprintf("use e.g. %s = \"%s\"", arg, choices[1]))
   }
   x
 }
 
 check_flag <- function(x, arg) {
-  if (!is.logical(x) || length(x) != 1 || is.na(x)) pf_abort(arg, "must be TRUE or FALSE")
+  if (!is.logical(x) || length(x) != 1 || is.na(x)) pf_abort(arg, "must be TRUE or FALSE", "use a single TRUE or FALSE")
   x
 }
 
 check_device <- function(device) {
   if (!is.character(device) || length(device) != 1 || !grepl("^(cpu|cuda(:[0-9]+)?)$", device)) {
-    pf_abort("device", sprintf("must be \"cpu\" or \"cuda\", not %s", deparse1(device)))
+    pf_abort("device", sprintf("must be \"cpu\" or \"cuda\", not %s", deparse1(device)),
+             "use device = \"cpu\", or \"cuda\" / \"cuda:N\" with a CUDA build")
   }
   if (startsWith(device, "cuda") && !pf_cuda_available()) {
     pf_abort("device", "is \"cuda\" but the LibTorch popflow was built against has no usable CUDA device",

@@ -19,8 +19,12 @@
 #' Gaussian noise.
 #'
 #' @param x A numeric matrix, cells in rows and features (for example
-#'   principal components) in columns. Sparse matrices are densified. For a
-#'   SingleCellExperiment or Seurat object, see [fitFlow-objects].
+#'   principal components) in columns, at least two cells (per snapshot).
+#'   Sparse matrices and numeric data frames are densified. NA, NaN, infinite
+#'   values and values beyond 1e6 in absolute value (scale the features
+#'   first) are errors; a feature with the same value in every cell gives a
+#'   warning (it carries no information and the flow leaves it unchanged).
+#'   For a SingleCellExperiment or Seurat object, see [fitFlow-objects].
 #' @param target Target cells (same features as `x`), or `NULL` when `time` is given.
 #' @param time One time label per row of `x` (numeric, or a factor with levels
 #'   in time order).
@@ -42,6 +46,13 @@
 #' @param threads Threads for LibTorch. The default, 1, is the fastest on small
 #'   machines and keeps forked R workers safe; see the README.
 #' @param verbose Show a progress bar.
+#' @param resume A fitted model, or the path of a saved model or checkpoint
+#'   file, to continue training from its last completed step up to
+#'   `training$steps` steps in all (for example after an interruption, a time
+#'   limit or to train longer). `method`, `network` and `training`, when left
+#'   out, are the resumed model's; the data must have the same features (and
+#'   snapshot times). On CPU with one thread, fitting N steps and resuming to
+#'   2N gives exactly the model that fitting 2N steps at once gives.
 #' @param ... Passed to methods.
 #' @return A `popflow_flow` model: use [predict()], [sampleTrajectories()],
 #'   [evaluateFlow()], `plot()` (loss curve) and [saveFlow()]. MFM and CGFM
@@ -62,10 +73,22 @@ fitFlow <- function(x, ...) UseMethod("fitFlow")
 #' @export
 fitFlow.default <- function(x, target = NULL, time = NULL, group = NULL, method = "otcfm",
                             network = NetworkParam(), training = TrainingParam(), device = "cpu",
-                            threads = 1L, verbose = TRUE, population = NULL, label = NULL, ...) {
+                            threads = 1L, verbose = TRUE, population = NULL, label = NULL, resume = NULL, ...) {
+  resume <- resume_model(resume)
+  if (!is.null(resume)) {
+    if (missing(method)) method <- resume$method
+    if (missing(network)) network <- resume$network
+    if (missing(training)) training <- resume$training
+  }
   method <- as_flow_param(method)
   network <- expect_param(network, "network", "NetworkParam")
   training <- expect_param(training, "training", "TrainingParam")
+  if (!is.null(resume) && inherits(resume, "popflow_meta") != is_population_method(method)) {
+    pf_abort("resume", sprintf("is a %s model, not one of method \"%s\"", method_label(resume$method),
+                               attr(method, "kind")),
+             "leave `method` out to use the resumed model's method")
+  }
+  check_resume_settings(resume, method, network, training)
   device <- check_device(device)
   threads <- check_count(threads, "threads")
   verbose <- check_flag(verbose, "verbose")
@@ -74,27 +97,29 @@ fitFlow.default <- function(x, target = NULL, time = NULL, group = NULL, method 
       pf_abort(if (is.null(time)) "group" else "time", sprintf("is not used by method \"%s\"", attr(method, "kind")),
                "give source cells as `x`, target cells as `target`, and `population` (and `label`)")
     }
-    return(fit_population_flow(x, target, population, label, method, network, training, device, threads, verbose))
+    return(fit_population_flow(x, target, population, label, method, network, training, device, threads, verbose,
+                               resume))
   }
   if (!is.null(population) || !is.null(label)) {
     pf_abort(if (is.null(population)) "label" else "population",
              "is used only by method = \"mfm\" or \"cgfm\"", "use `group` to pair cells within groups")
   }
   data <- flow_training_data(x, target, time, group, generative = attr(method, "kind") == "targetfm")
+  check_resume_data(resume, data$x, data$times)
 
   config <- c(unclass(method), unclass(network), unclass(training), list(threads = threads, device = device))
-  progress <- if (verbose) training_progress(training$steps) else NULL
-  res <- pf_fit(data$x, data$time_index, data$times, data$group, NULL, config,
-                progress$update, max(1L, training$steps %/% 100L))
-  if (!is.null(progress)) progress$done()
-
-  fit <- new_flow(res$bytes, list(
+  meta <- list(
     method = method, network = network, training = training, times = data$times,
     time_labels = data$time_labels, feature_names = colnames(data$x), n_features = ncol(data$x),
     n_cells = data$n_cells, time_means = data$time_means, groups = data$groups,
-    loss = res$loss, steps_done = res$steps_done, status = res$status, seconds = res$seconds,
-    device = device, threads = threads
-  ))
+    loss = numeric(0), steps_done = 0, status = "", seconds = 0, device = device, threads = threads
+  )
+  progress <- if (verbose) training_progress(training$steps) else NULL
+  res <- pf_fit(data$x, data$time_index, data$times, data$group, NULL, config,
+                progress$update, max(1L, training$steps %/% 100L), resume$bytes, checkpoint_metadata(meta, training))
+  if (!is.null(progress)) progress$done()
+
+  fit <- new_flow(res$bytes, fitted_fields(meta, res, resume))
   report_training_status(fit, training$steps)
   fit
 }
@@ -103,8 +128,8 @@ fitFlow.default <- function(x, target = NULL, time = NULL, group = NULL, method 
 flow_training_data <- function(x, target, time, group, generative) {
   if (!is.null(target)) {
     if (!is.null(time)) pf_abort("time", "must be NULL when `target` is given", "give either `target` or `time`")
-    x <- as_cell_matrix(x, "x")
-    target <- as_cell_matrix(target, "target")
+    x <- as_cell_matrix(x, "x", min_rows = 2)
+    target <- as_cell_matrix(target, "target", min_rows = 2)
     if (ncol(target) != ncol(x)) {
       pf_abort("target", sprintf("has %d features but `x` has %d", ncol(target), ncol(x)),
                "use the same features (columns) for source and target cells")
@@ -113,7 +138,7 @@ flow_training_data <- function(x, target, time, group, generative) {
     idx <- rep(0:1, c(nrow(x), nrow(target)))
     x <- rbind(x, target)
   } else if (generative && is.null(time)) {
-    x <- as_cell_matrix(x, "x")
+    x <- as_cell_matrix(x, "x", min_rows = 2)
     labels <- c(0, 1)
     idx <- rep(1L, nrow(x))  # the population sits at t = 1; t = 0 is noise
   } else {
@@ -130,7 +155,12 @@ flow_training_data <- function(x, target, time, group, generative) {
   grp <- group_codes(group, nrow(x))
   n_cells <- tabulate(idx + 1L, length(times))
   names(n_cells) <- as.character(labels)
-  if (!generative && any(n_cells == 0)) pf_abort("time", "has a time point with no cells")
+  if (!generative && any(n_cells == 0)) pf_abort("time", "has a time point with no cells", "drop unused factor levels or give cells for every time point")
+  if (any(n_cells == 1)) {
+    pf_abort("time", sprintf("has a single cell at time %s", names(n_cells)[n_cells == 1][1]),
+             "a flow learns from several cells per snapshot: drop that time point or add cells")
+  }
+  warn_constant_features(x, "x")
   time_means <- t(vapply(seq_along(times) - 1L, function(k) {
     if (any(idx == k)) colMeans(x[idx == k, , drop = FALSE]) else rep(NA_real_, ncol(x))
   }, numeric(ncol(x))))
@@ -150,14 +180,15 @@ time_labels <- function(time, n) {
     labels <- levels(time)
     index <- as.integer(time) - 1L
   } else if (is.numeric(time)) {
-    if (any(!is.finite(time))) pf_abort("time", "contains infinite values")
+    if (any(!is.finite(time))) pf_abort("time", "contains infinite values", "give finite time labels (or a factor with the levels in time order)")
     labels <- sort(unique(as.numeric(time)))
     index <- match(time, labels) - 1L
   } else {
     pf_abort("time", sprintf("must be numeric or a factor, not %s", class(time)[1]),
              "use factor(time, levels = c(...)) with the levels in time order")
   }
-  if (length(labels) < 2) pf_abort("time", "has a single time point; at least two are needed")
+  if (length(labels) < 2) pf_abort("time", "has a single time point; at least two are needed",
+                                     "give cells from two or more time points, or source and `target` cells")
   list(labels = labels, index = index)
 }
 
@@ -195,8 +226,9 @@ report_training_status <- function(fit, steps) {
   switch(fit$status,
     interrupted = warning(sprintf(paste0(
       "training was interrupted at step %d of %d; the model holds step %d. ",
-      "Continue with more steps or use it as it is."), done, steps, done), call. = FALSE),
-    time_limit = message(sprintf("training stopped at its time limit after %d of %d steps", done, steps)),
+      "Continue with fitFlow(..., resume = fit) or use it as it is."), done, steps, done), call. = FALSE),
+    time_limit = message(sprintf(paste0("training stopped at its time limit after %d of %d steps; ",
+                                        "continue with fitFlow(..., resume = fit)"), done, steps)),
     nonfinite = {
       if (done == 0) {
         stop("training diverged: the loss was NaN or infinite at step 1.\n  Fix: lower `lr` in TrainingParam() ",

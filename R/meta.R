@@ -67,7 +67,7 @@ MFMParam <- function(k = 50, layers = 3, width = 64, encoder = c("gcn", "mean", 
                      sigma = 0.1, label_dim = 8, bandwidth = 1) {
   encoder <- check_choice(encoder[1], "encoder", c("gcn", "mean", "kme"))
   width <- check_count(width, "width")
-  if (encoder == "kme" && width %% 2 != 0) pf_abort("width", "must be even for the \"kme\" encoder")
+  if (encoder == "kme" && width %% 2 != 0) pf_abort("width", "must be even for the \"kme\" encoder", "use e.g. width = 64")
   k <- check_count(k, "k", min = 0)
   if (encoder == "gcn" && k < 1) pf_abort("k", "must be >= 1 for the \"gcn\" encoder", "use encoder = \"mean\" for no graph")
   new_param("mfm", "MFMParam", path = "icfm",
@@ -106,11 +106,13 @@ label_columns <- function(label, n, arg = "label") {
       pf_abort(arg, sprintf("has %d values but there are %d cells", length(v), n),
                "give one label per cell (source and target cells together), or a data.frame of label columns")
     }
-    if (anyNA(v)) pf_abort(arg, sprintf("contains NA (column '%s')", nm))
+    if (anyNA(v)) pf_abort(arg, sprintf("contains NA or NaN (column '%s')", nm), "drop the cells without a label or give them a label value of their own")
     if (!(is.factor(v) || is.character(v) || is.logical(v) || is.numeric(v))) {
-      pf_abort(arg, sprintf("column '%s' must be a factor, character, logical or numeric vector", nm))
+      pf_abort(arg, sprintf("column '%s' must be a factor, character, logical or numeric vector, not %s", nm, class(v)[1]),
+               "convert it, e.g. with as.character() or as.numeric()")
     }
-    if (is.numeric(v) && any(!is.finite(v))) pf_abort(arg, sprintf("column '%s' contains infinite values", nm))
+    if (is.numeric(v) && any(!is.finite(v))) pf_abort(arg, sprintf("column '%s' contains infinite values", nm),
+                                                        "use finite numbers, or a categorical label")
   }
   cols
 }
@@ -164,7 +166,8 @@ encode_labels <- function(cols, pop_code, pop_names, info = NULL) {
   missing <- setdiff(names(info), names(cols))
   if (length(missing)) {
     pf_abort("label", sprintf("lacks the label column%s %s used in fitting", if (length(missing) > 1) "s" else "",
-                              paste0("'", missing, "'", collapse = ", ")))
+                              paste0("'", missing, "'", collapse = ", ")),
+             "give a data.frame with the label columns the model was fitted with, under the same names")
   }
   codes <- NULL
   if (length(cat_cols)) {
@@ -184,7 +187,9 @@ encode_labels <- function(cols, pop_code, pop_names, info = NULL) {
   if (length(num_cols)) {
     covariates <- vapply(num_cols, function(nm) {
       v <- cols[[nm]]
-      if (!is.numeric(v)) pf_abort("label", sprintf("column '%s' must be numeric, as in fitting", nm))
+      if (!is.numeric(v)) {
+        pf_abort("label", sprintf("column '%s' must be numeric, as in fitting", nm), "convert it with as.numeric()")
+      }
       per_population(as.numeric(v), pop_code, pop_names, nm)
     }, numeric(length(pop_names)))
     covariates <- matrix(as.numeric(covariates), nrow = length(pop_names))
@@ -204,16 +209,17 @@ population_codes <- function(population, cols, n, method) {
 }
 
 fit_population_flow <- function(x, target, population, label, method, network, training, device, threads,
-                                verbose) {
+                                verbose, resume = NULL) {
   if (is.null(target)) {
     pf_abort("target", "is missing", sprintf("method \"%s\" learns source -> target: give `target` cells", attr(method, "kind")))
   }
-  x <- as_cell_matrix(x, "x")
-  target <- as_cell_matrix(target, "target")
+  x <- as_cell_matrix(x, "x", min_rows = 2)
+  target <- as_cell_matrix(target, "target", min_rows = 2)
   if (ncol(target) != ncol(x)) {
     pf_abort("target", sprintf("has %d features but `x` has %d", ncol(target), ncol(x)),
              "use the same features (columns) for source and target cells")
   }
+  warn_constant_features(rbind(x, target), "x")
   n <- nrow(x) + nrow(target)
   side <- rep(0:1, c(nrow(x), nrow(target)))
   cols <- label_columns(label, n)
@@ -228,7 +234,13 @@ fit_population_flow <- function(x, target, population, label, method, network, t
              "give source and target cells of the same population the same id")
   }
   check_graph_sizes(method, n_source, pops$names)
-  labels <- encode_labels(cols, pops$code, pops$names)
+  check_resume_data(resume, x)
+  if (!is.null(resume) && length(cols) != length(resume$labels)) {
+    pf_abort("label", sprintf("has %d label column%s but `resume` was fitted with %d", length(cols),
+                              if (length(cols) == 1) "" else "s", length(resume$labels)),
+             "give the labels the resumed model was fitted with")
+  }
+  labels <- encode_labels(cols, pops$code, pops$names, resume$labels)
   xx <- rbind(x, target)
   # MFMParam's population sampling takes the place of TrainingParam's batch settings.
   train <- unclass(training)
@@ -238,20 +250,22 @@ fit_population_flow <- function(x, target, population, label, method, network, t
               list(threads = threads, device = device))
   meta <- list(encoder = method$encoder, k = method$k, layers = method$layers, width = method$width,
                max_cells = method$max_cells, label_dim = method$label_dim, bandwidth = method$bandwidth,
-               graph_seed = training$seed)
-  progress <- if (verbose) training_progress(training$steps) else NULL
-  res <- pf_meta_fit(xx, side, pops$code - 1L, labels$codes, labels$levels, labels$covariates, config, meta,
-                     progress$update, max(1L, training$steps %/% 100L))
-  if (!is.null(progress)) progress$done()
-  fit <- new_flow(res$bytes, list(
+               graph_seed = if (is.null(resume)) training$seed else resume$training$seed)
+  fields <- list(
     model_kind = "meta", method = method, network = network, training = training, times = c(0, 1),
     time_labels = c("source", "target"), feature_names = colnames(x), n_features = ncol(x),
     n_cells = c(source = nrow(x), target = nrow(target)),
     time_means = rbind(colMeans(x), colMeans(target)), groups = NULL,
     populations = data.frame(population = pops$names, source_cells = n_source, target_cells = n_target),
-    labels = labels$info, loss = res$loss, steps_done = res$steps_done, status = res$status,
-    seconds = res$seconds, device = device, threads = threads
-  ))
+    labels = labels$info, loss = numeric(0), steps_done = 0, status = "", seconds = 0, device = device,
+    threads = threads
+  )
+  progress <- if (verbose) training_progress(training$steps) else NULL
+  res <- pf_meta_fit(xx, side, pops$code - 1L, labels$codes, labels$levels, labels$covariates, config, meta,
+                     progress$update, max(1L, training$steps %/% 100L), resume$bytes,
+                     checkpoint_metadata(fields, training))
+  if (!is.null(progress)) progress$done()
+  fit <- new_flow(res$bytes, fitted_fields(fields, res, resume))
   report_training_status(fit, training$steps)
   fit
 }
@@ -388,8 +402,8 @@ print.popflow_meta <- function(x, ...) {
   cat(network_line(x$network))
   cat(cell_object_line(x$cell_object))
   if (length(x$loss)) {
-    cat(sprintf("  training: %d steps in %.1f s (%.0f steps/s) on %s, %d populations x %d cells a step, final loss %.4g%s\n",
-                x$steps_done, x$seconds, x$steps_done / max(x$seconds, 1e-9), x$device, m$populations_per_step,
+    cat(sprintf("  training: %d steps%s on %s, %d populations x %d cells a step, final loss %.4g%s\n",
+                x$steps_done, training_speed(x), x$device, m$populations_per_step,
                 m$cells_per_population, recent_loss(x$loss),
                 if (x$status != "completed") sprintf(" [%s]", x$status) else ""))
   }

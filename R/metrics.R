@@ -32,7 +32,7 @@ NULL
 #' @export
 wassersteinDistance <- function(x, y, p = 1, max_cells = 2000, seed = 1) {
   if (!(identical(p, 1) || identical(p, 2) || identical(p, 1L) || identical(p, 2L))) {
-    pf_abort("p", sprintf("must be 1 or 2, not %s", deparse1(p)))
+    pf_abort("p", sprintf("must be 1 or 2, not %s", deparse1(p)), "use p = 1 (W1) or p = 2 (W2)")
   }
   xy <- distance_inputs(x, y, max_cells, seed)
   pf_wasserstein(xy$x, xy$y, as.integer(p))
@@ -42,7 +42,7 @@ wassersteinDistance <- function(x, y, p = 1, max_cells = 2000, seed = 1) {
 #' @export
 mmdDistance <- function(x, y, gammas = c(2, 1, 0.5, 0.1, 0.01, 0.005), max_cells = 2000, seed = 1) {
   if (!is.numeric(gammas) || !length(gammas) || any(!is.finite(gammas)) || any(gammas <= 0)) {
-    pf_abort("gammas", "must be positive numbers")
+    pf_abort("gammas", "must be positive numbers", "use e.g. gammas = c(2, 1, 0.5, 0.1)")
   }
   xy <- distance_inputs(x, y, max_cells, seed)
   pf_mmd(xy$x, xy$y, as.numeric(gammas))
@@ -110,7 +110,7 @@ metric_row <- function(predicted, observed, max_cells, seed) {
 #' @export
 evaluateFlow <- function(object, source, target, from = NULL, to = NULL, solver = SolverParam(),
                          max_cells = 1000, seed = 1, baselines = TRUE) {
-  if (!inherits(object, "popflow_flow")) pf_abort("object", "must be a model from fitFlow()")
+  if (!inherits(object, "popflow_flow")) pf_abort("object", "must be a model from fitFlow()", "fit one with fitFlow() or load one with loadFlow()")
   if (is_cell_object(source)) {
     return(evaluate_cell_object(object, source, if (!missing(target)) target, from, to, solver, max_cells, seed, baselines))
   }

@@ -93,7 +93,13 @@ TargetFMParam <- function(sigma_min = 1e-4) {
 #' @param seed Random seed: on CPU with one thread, the same seed gives identical models.
 #' @param groups_per_step Groups drawn per interval and step when `group` is given.
 #' @param time_limit Stop training after this many seconds (0 = no limit);
-#'   the model keeps the last completed step.
+#'   the model keeps the last completed step (continue it with
+#'   `fitFlow(..., resume = fit)`).
+#' @param checkpoint_every,checkpoint_file Write the model to
+#'   `checkpoint_file` every `checkpoint_every` steps (0 = never). Each write
+#'   replaces the file atomically (a temporary file renamed over it), so the
+#'   file is always a complete model: [loadFlow()] reads it and
+#'   `fitFlow(..., resume = checkpoint_file)` continues training from it.
 #' @param method ODE solver: `"euler"`, `"heun"`, `"midpoint"`, `"rk4"` or
 #'   `"dopri5"` (adaptive Dormand-Prince 5(4)).
 #' @param atol,rtol Absolute and relative tolerances of `"dopri5"`.
@@ -126,7 +132,10 @@ NetworkParam <- function(width = 64, depth = 3, residual = FALSE, activation = c
 #' @rdname ModelParams
 #' @export
 TrainingParam <- function(steps = 2000, batch_size = 256, lr = 1e-3, weight_decay = 0, clip_norm = 0,
-                          ema_decay = 0, seed = 1, groups_per_step = 1, time_limit = 0) {
+                          ema_decay = 0, seed = 1, groups_per_step = 1, time_limit = 0,
+                          checkpoint_every = 0, checkpoint_file = NULL) {
+  checkpoint_every <- check_count(checkpoint_every, "checkpoint_every", min = 0)
+  checkpoint_file <- check_checkpoint_file(checkpoint_file, checkpoint_every)
   new_param("training", "TrainingParam",
             steps = check_count(steps, "steps"), batch_size = check_count(batch_size, "batch_size"),
             lr = check_number(lr, "lr", min = 0, min_inclusive = FALSE),
@@ -135,7 +144,28 @@ TrainingParam <- function(steps = 2000, batch_size = 256, lr = 1e-3, weight_deca
             ema_decay = check_number(ema_decay, "ema_decay", min = 0, max = 0.999999),
             seed = check_count(seed, "seed", min = 0),
             groups_per_step = check_count(groups_per_step, "groups_per_step"),
-            time_limit = check_number(time_limit, "time_limit", min = 0))
+            time_limit = check_number(time_limit, "time_limit", min = 0),
+            checkpoint_every = checkpoint_every, checkpoint_file = checkpoint_file)
+}
+
+check_checkpoint_file <- function(file, every) {
+  if (is.null(file)) {
+    if (every > 0) {
+      pf_abort("checkpoint_file", "is missing while `checkpoint_every` is set",
+               "give a path, e.g. checkpoint_file = \"fit.popflow\"")
+    }
+    return(NULL)
+  }
+  if (!is.character(file) || length(file) != 1 || is.na(file) || !nzchar(file)) {
+    pf_abort("checkpoint_file", "must be a single file path", "e.g. checkpoint_file = \"fit.popflow\"")
+  }
+  if (every == 0) pf_abort("checkpoint_every", "is 0 while `checkpoint_file` is set", "set e.g. checkpoint_every = 100")
+  file <- path.expand(file)
+  if (!dir.exists(dirname(file))) {
+    pf_abort("checkpoint_file", sprintf("is in a folder that does not exist (%s)", dirname(file)),
+             "create the folder first or choose another path")
+  }
+  file
 }
 
 #' @rdname ModelParams
@@ -166,13 +196,14 @@ as_flow_param <- function(method) {
   }
   if (!is.character(method) || length(method) != 1 || !(tolower(method) %in% methods)) {
     pf_abort("method", sprintf("must be one of %s, or a parameter object such as OTCFMParam()",
-                               paste0("\"", methods, "\"", collapse = ", ")))
+                               paste0("\"", methods, "\"", collapse = ", ")),
+             "use e.g. method = \"otcfm\" or method = OTCFMParam(sigma = 0.1)")
   }
   switch(tolower(method), icfm = ICFMParam(), otcfm = OTCFMParam(), sbcfm = SBCFMParam(),
          targetfm = TargetFMParam(), mfm = MFMParam(), cgfm = CGFMParam())
 }
 
 expect_param <- function(x, arg, class) {
-  if (!inherits(x, class)) pf_abort(arg, sprintf("must be made by %s()", class))
+  if (!inherits(x, class)) pf_abort(arg, sprintf("must be made by %s()", class), sprintf("use %s = %s(...)", arg, class))
   x
 }

@@ -11,8 +11,8 @@ Rcpp::Rostream<false>& Rcpp::Rcerr = Rcpp::Rcpp_cerr_get();
 #endif
 
 // pf_fit
-Rcpp::List pf_fit(Rcpp::NumericMatrix x, Rcpp::IntegerVector time_index, Rcpp::NumericVector times, Rcpp::IntegerVector group, Rcpp::Nullable<Rcpp::NumericMatrix> group_cond, Rcpp::List config, Rcpp::Nullable<Rcpp::Function> progress, int progress_every);
-RcppExport SEXP _popflow_pf_fit(SEXP xSEXP, SEXP time_indexSEXP, SEXP timesSEXP, SEXP groupSEXP, SEXP group_condSEXP, SEXP configSEXP, SEXP progressSEXP, SEXP progress_everySEXP) {
+Rcpp::List pf_fit(Rcpp::NumericMatrix x, Rcpp::IntegerVector time_index, Rcpp::NumericVector times, Rcpp::IntegerVector group, Rcpp::Nullable<Rcpp::NumericMatrix> group_cond, Rcpp::List config, Rcpp::Nullable<Rcpp::Function> progress, int progress_every, Rcpp::Nullable<Rcpp::RawVector> resume, Rcpp::RawVector metadata);
+RcppExport SEXP _popflow_pf_fit(SEXP xSEXP, SEXP time_indexSEXP, SEXP timesSEXP, SEXP groupSEXP, SEXP group_condSEXP, SEXP configSEXP, SEXP progressSEXP, SEXP progress_everySEXP, SEXP resumeSEXP, SEXP metadataSEXP) {
 BEGIN_RCPP
     Rcpp::RObject rcpp_result_gen;
     Rcpp::RNGScope rcpp_rngScope_gen;
@@ -24,7 +24,9 @@ BEGIN_RCPP
     Rcpp::traits::input_parameter< Rcpp::List >::type config(configSEXP);
     Rcpp::traits::input_parameter< Rcpp::Nullable<Rcpp::Function> >::type progress(progressSEXP);
     Rcpp::traits::input_parameter< int >::type progress_every(progress_everySEXP);
-    rcpp_result_gen = Rcpp::wrap(pf_fit(x, time_index, times, group, group_cond, config, progress, progress_every));
+    Rcpp::traits::input_parameter< Rcpp::Nullable<Rcpp::RawVector> >::type resume(resumeSEXP);
+    Rcpp::traits::input_parameter< Rcpp::RawVector >::type metadata(metadataSEXP);
+    rcpp_result_gen = Rcpp::wrap(pf_fit(x, time_index, times, group, group_cond, config, progress, progress_every, resume, metadata));
     return rcpp_result_gen;
 END_RCPP
 }
@@ -41,14 +43,15 @@ BEGIN_RCPP
 END_RCPP
 }
 // pf_with_metadata
-Rcpp::RawVector pf_with_metadata(Rcpp::RawVector bytes, Rcpp::RawVector metadata);
-RcppExport SEXP _popflow_pf_with_metadata(SEXP bytesSEXP, SEXP metadataSEXP) {
+Rcpp::RawVector pf_with_metadata(Rcpp::RawVector bytes, Rcpp::RawVector metadata, bool keep_state);
+RcppExport SEXP _popflow_pf_with_metadata(SEXP bytesSEXP, SEXP metadataSEXP, SEXP keep_stateSEXP) {
 BEGIN_RCPP
     Rcpp::RObject rcpp_result_gen;
     Rcpp::RNGScope rcpp_rngScope_gen;
     Rcpp::traits::input_parameter< Rcpp::RawVector >::type bytes(bytesSEXP);
     Rcpp::traits::input_parameter< Rcpp::RawVector >::type metadata(metadataSEXP);
-    rcpp_result_gen = Rcpp::wrap(pf_with_metadata(bytes, metadata));
+    Rcpp::traits::input_parameter< bool >::type keep_state(keep_stateSEXP);
+    rcpp_result_gen = Rcpp::wrap(pf_with_metadata(bytes, metadata, keep_state));
     return rcpp_result_gen;
 END_RCPP
 }
@@ -60,6 +63,17 @@ BEGIN_RCPP
     Rcpp::RNGScope rcpp_rngScope_gen;
     Rcpp::traits::input_parameter< Rcpp::RawVector >::type bytes(bytesSEXP);
     rcpp_result_gen = Rcpp::wrap(pf_metadata(bytes));
+    return rcpp_result_gen;
+END_RCPP
+}
+// pf_training_state
+Rcpp::List pf_training_state(Rcpp::RawVector bytes);
+RcppExport SEXP _popflow_pf_training_state(SEXP bytesSEXP) {
+BEGIN_RCPP
+    Rcpp::RObject rcpp_result_gen;
+    Rcpp::RNGScope rcpp_rngScope_gen;
+    Rcpp::traits::input_parameter< Rcpp::RawVector >::type bytes(bytesSEXP);
+    rcpp_result_gen = Rcpp::wrap(pf_training_state(bytes));
     return rcpp_result_gen;
 END_RCPP
 }
@@ -122,8 +136,8 @@ BEGIN_RCPP
 END_RCPP
 }
 // pf_meta_fit
-Rcpp::List pf_meta_fit(Rcpp::NumericMatrix x, Rcpp::IntegerVector side, Rcpp::IntegerVector population, Rcpp::Nullable<Rcpp::IntegerMatrix> labels, Rcpp::IntegerVector label_levels, Rcpp::Nullable<Rcpp::NumericMatrix> covariates, Rcpp::List config, Rcpp::List meta, Rcpp::Nullable<Rcpp::Function> progress, int progress_every);
-RcppExport SEXP _popflow_pf_meta_fit(SEXP xSEXP, SEXP sideSEXP, SEXP populationSEXP, SEXP labelsSEXP, SEXP label_levelsSEXP, SEXP covariatesSEXP, SEXP configSEXP, SEXP metaSEXP, SEXP progressSEXP, SEXP progress_everySEXP) {
+Rcpp::List pf_meta_fit(Rcpp::NumericMatrix x, Rcpp::IntegerVector side, Rcpp::IntegerVector population, Rcpp::Nullable<Rcpp::IntegerMatrix> labels, Rcpp::IntegerVector label_levels, Rcpp::Nullable<Rcpp::NumericMatrix> covariates, Rcpp::List config, Rcpp::List meta, Rcpp::Nullable<Rcpp::Function> progress, int progress_every, Rcpp::Nullable<Rcpp::RawVector> resume, Rcpp::RawVector metadata);
+RcppExport SEXP _popflow_pf_meta_fit(SEXP xSEXP, SEXP sideSEXP, SEXP populationSEXP, SEXP labelsSEXP, SEXP label_levelsSEXP, SEXP covariatesSEXP, SEXP configSEXP, SEXP metaSEXP, SEXP progressSEXP, SEXP progress_everySEXP, SEXP resumeSEXP, SEXP metadataSEXP) {
 BEGIN_RCPP
     Rcpp::RObject rcpp_result_gen;
     Rcpp::RNGScope rcpp_rngScope_gen;
@@ -137,7 +151,9 @@ BEGIN_RCPP
     Rcpp::traits::input_parameter< Rcpp::List >::type meta(metaSEXP);
     Rcpp::traits::input_parameter< Rcpp::Nullable<Rcpp::Function> >::type progress(progressSEXP);
     Rcpp::traits::input_parameter< int >::type progress_every(progress_everySEXP);
-    rcpp_result_gen = Rcpp::wrap(pf_meta_fit(x, side, population, labels, label_levels, covariates, config, meta, progress, progress_every));
+    Rcpp::traits::input_parameter< Rcpp::Nullable<Rcpp::RawVector> >::type resume(resumeSEXP);
+    Rcpp::traits::input_parameter< Rcpp::RawVector >::type metadata(metadataSEXP);
+    rcpp_result_gen = Rcpp::wrap(pf_meta_fit(x, side, population, labels, label_levels, covariates, config, meta, progress, progress_every, resume, metadata));
     return rcpp_result_gen;
 END_RCPP
 }
@@ -165,14 +181,15 @@ BEGIN_RCPP
 END_RCPP
 }
 // pf_meta_with_metadata
-Rcpp::RawVector pf_meta_with_metadata(Rcpp::RawVector bytes, Rcpp::RawVector metadata);
-RcppExport SEXP _popflow_pf_meta_with_metadata(SEXP bytesSEXP, SEXP metadataSEXP) {
+Rcpp::RawVector pf_meta_with_metadata(Rcpp::RawVector bytes, Rcpp::RawVector metadata, bool keep_state);
+RcppExport SEXP _popflow_pf_meta_with_metadata(SEXP bytesSEXP, SEXP metadataSEXP, SEXP keep_stateSEXP) {
 BEGIN_RCPP
     Rcpp::RObject rcpp_result_gen;
     Rcpp::RNGScope rcpp_rngScope_gen;
     Rcpp::traits::input_parameter< Rcpp::RawVector >::type bytes(bytesSEXP);
     Rcpp::traits::input_parameter< Rcpp::RawVector >::type metadata(metadataSEXP);
-    rcpp_result_gen = Rcpp::wrap(pf_meta_with_metadata(bytes, metadata));
+    Rcpp::traits::input_parameter< bool >::type keep_state(keep_stateSEXP);
+    rcpp_result_gen = Rcpp::wrap(pf_meta_with_metadata(bytes, metadata, keep_state));
     return rcpp_result_gen;
 END_RCPP
 }
@@ -318,19 +335,20 @@ END_RCPP
 }
 
 static const R_CallMethodDef CallEntries[] = {
-    {"_popflow_pf_fit", (DL_FUNC) &_popflow_pf_fit, 8},
+    {"_popflow_pf_fit", (DL_FUNC) &_popflow_pf_fit, 10},
     {"_popflow_pf_load", (DL_FUNC) &_popflow_pf_load, 2},
-    {"_popflow_pf_with_metadata", (DL_FUNC) &_popflow_pf_with_metadata, 2},
+    {"_popflow_pf_with_metadata", (DL_FUNC) &_popflow_pf_with_metadata, 3},
     {"_popflow_pf_metadata", (DL_FUNC) &_popflow_pf_metadata, 1},
+    {"_popflow_pf_training_state", (DL_FUNC) &_popflow_pf_training_state, 1},
     {"_popflow_pf_handle_valid", (DL_FUNC) &_popflow_pf_handle_valid, 1},
     {"_popflow_pf_model_config", (DL_FUNC) &_popflow_pf_model_config, 1},
     {"_popflow_pf_transport", (DL_FUNC) &_popflow_pf_transport, 6},
     {"_popflow_pf_cuda_available", (DL_FUNC) &_popflow_pf_cuda_available, 0},
     {"_popflow_pf_torch_version", (DL_FUNC) &_popflow_pf_torch_version, 0},
-    {"_popflow_pf_meta_fit", (DL_FUNC) &_popflow_pf_meta_fit, 10},
+    {"_popflow_pf_meta_fit", (DL_FUNC) &_popflow_pf_meta_fit, 12},
     {"_popflow_pf_meta_load", (DL_FUNC) &_popflow_pf_meta_load, 2},
     {"_popflow_pf_model_kind", (DL_FUNC) &_popflow_pf_model_kind, 1},
-    {"_popflow_pf_meta_with_metadata", (DL_FUNC) &_popflow_pf_meta_with_metadata, 2},
+    {"_popflow_pf_meta_with_metadata", (DL_FUNC) &_popflow_pf_meta_with_metadata, 3},
     {"_popflow_pf_meta_metadata", (DL_FUNC) &_popflow_pf_meta_metadata, 1},
     {"_popflow_pf_meta_config", (DL_FUNC) &_popflow_pf_meta_config, 1},
     {"_popflow_pf_meta_embed", (DL_FUNC) &_popflow_pf_meta_embed, 5},

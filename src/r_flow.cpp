@@ -2,6 +2,7 @@
 // R side validates arguments; this file converts types and maps errors.
 #include "r_glue.h"
 
+#include "core/meta.h"
 #include "core/model.h"
 #include "core/sampler.h"
 #include "core/trainer.h"
@@ -28,10 +29,13 @@ std::shared_ptr<FlowModel> model_from(SEXP handle) {
 
 }  // namespace
 
+// `resume`: bytes of a model with a training state to continue, or NULL.
+// `metadata`: R's fields, stored in checkpoint files.
 // [[Rcpp::export]]
 Rcpp::List pf_fit(Rcpp::NumericMatrix x, Rcpp::IntegerVector time_index, Rcpp::NumericVector times,
                   Rcpp::IntegerVector group, Rcpp::Nullable<Rcpp::NumericMatrix> group_cond,
-                  Rcpp::List config, Rcpp::Nullable<Rcpp::Function> progress, int progress_every) {
+                  Rcpp::List config, Rcpp::Nullable<Rcpp::Function> progress, int progress_every,
+                  Rcpp::Nullable<Rcpp::RawVector> resume, Rcpp::RawVector metadata) {
   PF_GUARD_BEGIN
   TrainingData data;
   data.x = to_tensor(x);
@@ -44,11 +48,25 @@ Rcpp::List pf_fit(Rcpp::NumericMatrix x, Rcpp::IntegerVector time_index, Rcpp::N
   }
   TrainConfig tc = train_config(config);
   torch::set_num_threads(tc.threads);
-  torch::manual_seed(tc.seed);  // weight initialisation is part of the seeded run
-  auto model = make_model(flow_config(config, times, x.ncol(), cond_dim), tc.device);
+  const FlowConfig asked = flow_config(config, times, x.ncol(), cond_dim);
+  std::shared_ptr<FlowModel> model;
+  if (resume.isNotNull()) {
+    model = load_model(from_raw(Rcpp::RawVector(resume.get())), tc.device);
+    popflow_r::check_resume_config(config_to_text(model->config), config_to_text(asked));
+    tc.resume = true;
+  } else {
+    torch::manual_seed(tc.seed);  // weight initialisation is part of the seeded run
+    model = make_model(asked, tc.device);
+  }
 
   bool user_interrupt = false;
-  TrainResult res = train(*model, data, tc, popflow_r::r_callbacks(progress, progress_every, tc.steps, &user_interrupt));
+  auto callbacks = popflow_r::r_callbacks(progress, progress_every, tc.steps, &user_interrupt);
+  const std::string meta = from_raw(metadata);
+  popflow_r::add_checkpoints(callbacks, config, [&](const TrainState& state) {
+    model->train_state = state;
+    return save_model(*model, meta);
+  });
+  TrainResult res = train(*model, data, tc, callbacks);
   return popflow_r::fit_result(save_model(*model), res, user_interrupt);
   PF_GUARD_END
   return R_NilValue;
@@ -63,11 +81,13 @@ SEXP pf_load(Rcpp::RawVector bytes, std::string device) {
   return R_NilValue;
 }
 
-// Re-saves a model's bytes with an opaque metadata block (R's own fields).
+// Re-saves a model's bytes with an opaque metadata block (R's own fields),
+// with or without its training state.
 // [[Rcpp::export]]
-Rcpp::RawVector pf_with_metadata(Rcpp::RawVector bytes, Rcpp::RawVector metadata) {
+Rcpp::RawVector pf_with_metadata(Rcpp::RawVector bytes, Rcpp::RawVector metadata, bool keep_state) {
   PF_GUARD_BEGIN
   auto model = load_model(from_raw(bytes), "cpu");
+  if (!keep_state) model->train_state = TrainState();
   return to_raw(save_model(*model, from_raw(metadata)));
   PF_GUARD_END
   return Rcpp::RawVector();
@@ -82,6 +102,20 @@ Rcpp::RawVector pf_metadata(Rcpp::RawVector bytes) {
   return to_raw(meta);
   PF_GUARD_END
   return Rcpp::RawVector();
+}
+
+// Completed steps and loss history of a model's training state (steps 0 when it has none).
+// [[Rcpp::export]]
+Rcpp::List pf_training_state(Rcpp::RawVector bytes) {
+  PF_GUARD_BEGIN
+  std::string kind;
+  unpack_model_file(from_raw(bytes), &kind);
+  const TrainState state = kind == kMetaModelKind ? load_meta_model(from_raw(bytes), "cpu")->train_state
+                                                   : load_model(from_raw(bytes), "cpu")->train_state;
+  return Rcpp::List::create(Rcpp::Named("steps") = static_cast<double>(state.step),
+                            Rcpp::Named("loss") = Rcpp::wrap(state.loss));
+  PF_GUARD_END
+  return R_NilValue;
 }
 
 // [[Rcpp::export]]

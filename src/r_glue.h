@@ -4,6 +4,7 @@
 #include <torch/torch.h>
 #include <Rcpp.h>
 
+#include <functional>
 #include <map>
 #include <sstream>
 #include <string>
@@ -143,6 +144,32 @@ inline popflow::TrainCallbacks r_callbacks(const Rcpp::Nullable<Rcpp::Function>&
     return true;
   };
   return cb;
+}
+
+// Resuming: the saved model must have the configuration this fit asks for
+// (the R side checks first, with friendlier messages; this is the backstop).
+inline void check_resume_config(const std::string& saved, const std::string& asked) {
+  if (saved == asked) return;
+  std::istringstream a(saved), b(asked);
+  std::string la, lb;
+  while (std::getline(a, la) && std::getline(b, lb) && la == lb) {
+  }
+  throw std::invalid_argument("`resume` holds a model fitted with other settings (" + la + " there, " + lb +
+                              " here)\n  Fix: resume with the method, network and features the model was fitted "
+                              "with, or fit a new model without `resume`");
+}
+
+// Checkpoints every `checkpoint_every` steps to `checkpoint_file` (atomically:
+// a reader never sees a half-written file); `save` turns a state into model bytes.
+inline void add_checkpoints(popflow::TrainCallbacks& cb, const Rcpp::List& config,
+                            std::function<std::string(const popflow::TrainState&)> save) {
+  const auto path = get_or<std::string>(config, "checkpoint_file", "");
+  const auto every = static_cast<int64_t>(get_or<double>(config, "checkpoint_every", 0));
+  if (path.empty() || every <= 0) return;
+  cb.checkpoint_every = every;
+  cb.checkpoint = [path, save](int64_t, const popflow::TrainState& state) {
+    popflow::write_file_atomic(path, save(state));
+  };
 }
 
 inline Rcpp::List fit_result(const std::string& bytes, const popflow::TrainResult& res, bool interrupted) {

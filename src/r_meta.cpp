@@ -65,11 +65,13 @@ std::shared_ptr<MetaModel> meta_from(SEXP handle) {
 
 }  // namespace
 
+// `resume` and `metadata` as for pf_fit().
 // [[Rcpp::export]]
 Rcpp::List pf_meta_fit(Rcpp::NumericMatrix x, Rcpp::IntegerVector side, Rcpp::IntegerVector population,
                        Rcpp::Nullable<Rcpp::IntegerMatrix> labels, Rcpp::IntegerVector label_levels,
                        Rcpp::Nullable<Rcpp::NumericMatrix> covariates, Rcpp::List config, Rcpp::List meta,
-                       Rcpp::Nullable<Rcpp::Function> progress, int progress_every) {
+                       Rcpp::Nullable<Rcpp::Function> progress, int progress_every,
+                       Rcpp::Nullable<Rcpp::RawVector> resume, Rcpp::RawVector metadata) {
   PF_GUARD_BEGIN
   PopulationSet data;
   data.x = to_tensor(x);
@@ -80,12 +82,29 @@ Rcpp::List pf_meta_fit(Rcpp::NumericMatrix x, Rcpp::IntegerVector side, Rcpp::In
   const int64_t n_cov = data.covariates.defined() ? data.covariates.size(1) : 0;
   TrainConfig tc = popflow_r::train_config(config);
   torch::set_num_threads(tc.threads);
-  torch::manual_seed(tc.seed);  // weight initialisation is part of the seeded run
-  auto model = make_meta_model(popflow_r::flow_config(config, Rcpp::NumericVector::create(0, 1), x.ncol(), 0),
-                               meta_config(meta, label_levels, n_cov), tc.device);
+  const FlowConfig flow = popflow_r::flow_config(config, Rcpp::NumericVector::create(0, 1), x.ncol(), 0);
+  const MetaConfig asked = meta_config(meta, label_levels, n_cov);
+  std::shared_ptr<MetaModel> model;
+  if (resume.isNotNull()) {
+    model = load_meta_model(from_raw(Rcpp::RawVector(resume.get())), tc.device);
+    // cond_dim follows the meta configuration, so compare the field's settings without it.
+    FlowConfig saved_flow = model->config;
+    saved_flow.network.cond_dim = 0;
+    popflow_r::check_resume_config(config_to_text(saved_flow) + meta_config_to_text(model->meta),
+                                   config_to_text(flow) + meta_config_to_text(asked));
+    tc.resume = true;
+  } else {
+    torch::manual_seed(tc.seed);  // weight initialisation is part of the seeded run
+    model = make_meta_model(flow, asked, tc.device);
+  }
   bool user_interrupt = false;
-  TrainResult res =
-      train_meta(*model, data, tc, popflow_r::r_callbacks(progress, progress_every, tc.steps, &user_interrupt));
+  auto callbacks = popflow_r::r_callbacks(progress, progress_every, tc.steps, &user_interrupt);
+  const std::string saved_meta = from_raw(metadata);
+  popflow_r::add_checkpoints(callbacks, config, [&](const TrainState& state) {
+    model->train_state = state;
+    return save_meta_model(*model, saved_meta);
+  });
+  TrainResult res = train_meta(*model, data, tc, callbacks);
   return popflow_r::fit_result(save_meta_model(*model), res, user_interrupt);
   PF_GUARD_END
   return R_NilValue;
@@ -111,9 +130,11 @@ std::string pf_model_kind(Rcpp::RawVector bytes) {
 }
 
 // [[Rcpp::export]]
-Rcpp::RawVector pf_meta_with_metadata(Rcpp::RawVector bytes, Rcpp::RawVector metadata) {
+Rcpp::RawVector pf_meta_with_metadata(Rcpp::RawVector bytes, Rcpp::RawVector metadata, bool keep_state) {
   PF_GUARD_BEGIN
-  return to_raw(save_meta_model(*load_meta_model(from_raw(bytes), "cpu"), from_raw(metadata)));
+  auto model = load_meta_model(from_raw(bytes), "cpu");
+  if (!keep_state) model->train_state = TrainState();
+  return to_raw(save_meta_model(*model, from_raw(metadata)));
   PF_GUARD_END
   return Rcpp::RawVector();
 }

@@ -52,6 +52,7 @@ struct TrainConfig {
   int threads = 1;
   std::string device = "cpu";
   double time_limit_s = 0.0;     // 0 = none
+  bool resume = false;           // continue from the model's saved training state
 };
 
 struct SolverConfig {

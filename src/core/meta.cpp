@@ -169,8 +169,7 @@ TrainResult train_meta(MetaModel& model, const PopulationSet& data, const TrainC
     throw std::invalid_argument("steps, cells per population and populations per step must be >= 1");
   if (!(config.lr > 0)) throw std::invalid_argument("lr must be > 0");
 
-  torch::manual_seed(config.seed);
-  std::mt19937_64 rng(config.seed);
+  std::mt19937_64 rng;
   ThreadScope thread_scope(config.threads);
   const auto start = std::chrono::steady_clock::now();
   const auto dev = model.device;
@@ -212,8 +211,10 @@ TrainResult train_meta(MetaModel& model, const PopulationSet& data, const TrainC
 
   TrainResult result;
   result.status = "completed";
+  const int64_t first_step = resume_training(model.train_state, config, opt, result);
   model.net->train();
-  for (int64_t step = 1; step <= config.steps; ++step) {
+  for (int64_t step = first_step; step <= config.steps; ++step) {
+    seed_step(config.seed, step, rng);
     std::vector<int64_t> chosen = usable;
     std::shuffle(chosen.begin(), chosen.end(), rng);
     chosen.resize(std::min<size_t>(chosen.size(), config.groups_per_step));
@@ -246,7 +247,7 @@ TrainResult train_meta(MetaModel& model, const PopulationSet& data, const TrainC
     auto loss = torch::mse_loss(pred, torch::cat(uts));
     if (!optimisation_step(opt, loss, step, config, callbacks, start, result)) break;
   }
-  opt.use_average();
+  model.train_state = finish_training(opt, result);
   model.net->eval();
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return result;
@@ -305,8 +306,10 @@ std::string save_meta_model(const MetaModel& model, const std::string& metadata)
     archive.save_to(params);
     if (!on_cpu) net->to(model.device);
   }
-  return pack_model_file(kMetaModelKind,
-                         {config_to_text(model.config), meta_config_to_text(model.meta), params.str(), metadata});
+  std::vector<std::string> blocks{config_to_text(model.config), meta_config_to_text(model.meta), params.str(),
+                                  metadata};
+  if (model.train_state.step > 0) blocks.push_back(train_state_to_bytes(model.train_state));
+  return pack_model_file(kMetaModelKind, blocks);
 }
 
 std::shared_ptr<MetaModel> load_meta_model(const std::string& bytes, const std::string& device,
@@ -316,7 +319,7 @@ std::shared_ptr<MetaModel> load_meta_model(const std::string& bytes, const std::
   if (kind != kMetaModelKind)
     throw std::runtime_error("model file holds a '" + kind + "', not a popflow population (MFM/CGFM) model");
   if (blocks.size() < 4) throw std::runtime_error("model file is truncated");
-  if (blocks.size() > 4) throw std::runtime_error("model file has trailing bytes");
+  if (blocks.size() > 5) throw std::runtime_error("model file has trailing bytes");
   FlowConfig config = config_from_text(blocks[0]);
   MetaConfig meta = meta_config_from_text(blocks[1]);
   std::shared_ptr<MetaModel> model;
@@ -342,6 +345,7 @@ std::shared_ptr<MetaModel> load_meta_model(const std::string& bytes, const std::
     throw std::runtime_error(std::string("model configuration is invalid: ") + e.what());
   }
   if (metadata) *metadata = std::move(blocks[3]);
+  if (blocks.size() == 5) model->train_state = train_state_from_bytes(blocks[4], parameter_count(*model->net));
   model->device = parse_device(device);
   model->net->to(model->device);
   model->net->eval();

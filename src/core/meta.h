@@ -58,6 +58,7 @@ struct MetaModel {
   MetaConfig meta;
   MetaNet net{nullptr};
   torch::Device device = torch::kCPU;
+  TrainState train_state;  // for resuming training (an optional block of the model file)
   // The velocity field as a plain flow model (shares the parameters), for the ODE solvers.
   FlowModel flow() const;
 };

@@ -1,6 +1,9 @@
 #include "model.h"
 
+#include <cerrno>
+#include <cstdio>
 #include <cstring>
+#include <fstream>
 #include <map>
 #include <sstream>
 #include <stdexcept>
@@ -61,7 +64,89 @@ const std::map<CouplingKind, const char*> kCouplingNames{
 const std::map<OTMode, const char*> kModeNames{{OTMode::Resample, "resample"}, {OTMode::Permutation, "permutation"}};
 const std::map<Activation, const char*> kActivationNames{{Activation::SELU, "selu"}, {Activation::SiLU, "silu"}};
 
+const char kStateTag[] = "popflow-train-state-1\n";
+
+void put_floats(std::string& out, const torch::Tensor& t) {
+  if (!t.defined()) {
+    put<uint64_t>(out, 0);
+    return;
+  }
+  auto c = t.to(torch::kCPU, torch::kFloat).contiguous();
+  put<uint64_t>(out, static_cast<uint64_t>(c.numel()));
+  out.append(reinterpret_cast<const char*>(c.data_ptr<float>()), c.numel() * sizeof(float));
+}
+
+// A flat tensor of `n` floats, or of 0 when `optional` (undefined tensor).
+torch::Tensor get_floats(const std::string& in, size_t& pos, int64_t n, bool optional, const char* what) {
+  const uint64_t count = get<uint64_t>(in, pos);
+  if (count == 0 && optional) return torch::Tensor();
+  if (count != static_cast<uint64_t>(n))
+    throw std::runtime_error(std::string("model file training state: '") + what + "' has " + std::to_string(count) +
+                             " values, the network has " + std::to_string(n) + " parameters");
+  if (count * sizeof(float) > in.size() - pos) throw std::runtime_error("model file training state is truncated");
+  auto t = torch::empty({n}, torch::kFloat);
+  std::memcpy(t.data_ptr<float>(), in.data() + pos, count * sizeof(float));
+  pos += count * sizeof(float);
+  return t;
+}
+
 }  // namespace
+
+int64_t parameter_count(torch::nn::Module& module) {
+  int64_t n = 0;
+  for (const auto& p : module.parameters()) n += p.numel();
+  return n;
+}
+
+std::string train_state_to_bytes(const TrainState& s) {
+  std::string out(kStateTag);
+  put<uint64_t>(out, static_cast<uint64_t>(s.step));
+  put<uint64_t>(out, s.loss.size());
+  out.append(reinterpret_cast<const char*>(s.loss.data()), s.loss.size() * sizeof(double));
+  for (const auto* t : {&s.m, &s.v, &s.ema, &s.raw}) put_floats(out, *t);
+  return out;
+}
+
+TrainState train_state_from_bytes(const std::string& in, int64_t n_params) {
+  const size_t tag = std::strlen(kStateTag);
+  if (in.compare(0, tag, kStateTag) != 0) throw std::runtime_error("model file training state: unknown layout");
+  size_t pos = tag;
+  TrainState s;
+  const uint64_t step = get<uint64_t>(in, pos), n_loss = get<uint64_t>(in, pos);
+  if (step < 1 || step > (1ULL << 40) || n_loss != step)
+    throw std::runtime_error("model file training state: inconsistent step count");
+  if (n_loss * sizeof(double) > in.size() - pos) throw std::runtime_error("model file training state is truncated");
+  s.step = static_cast<int64_t>(step);
+  s.loss.resize(n_loss);
+  std::memcpy(s.loss.data(), in.data() + pos, n_loss * sizeof(double));
+  pos += n_loss * sizeof(double);
+  s.m = get_floats(in, pos, n_params, false, "m");
+  s.v = get_floats(in, pos, n_params, false, "v");
+  s.ema = get_floats(in, pos, n_params, true, "ema");
+  s.raw = get_floats(in, pos, n_params, true, "raw");
+  if (s.ema.defined() != s.raw.defined())
+    throw std::runtime_error("model file training state: a moving average needs the raw weights too");
+  if (pos != in.size()) throw std::runtime_error("model file training state has trailing bytes");
+  return s;
+}
+
+void write_file_atomic(const std::string& path, const std::string& bytes) {
+  const std::string tmp = path + ".partial";
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    out.close();
+    if (!out) {
+      std::remove(tmp.c_str());
+      throw std::runtime_error("cannot write the checkpoint file '" + tmp + "'");
+    }
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    const std::string why = std::strerror(errno);
+    std::remove(tmp.c_str());
+    throw std::runtime_error("cannot replace the checkpoint file '" + path + "': " + why);
+  }
+}
 
 std::string pack_model_file(const std::string& kind, const std::vector<std::string>& blocks) {
   std::string out(kMagic, sizeof(kMagic));
@@ -229,7 +314,9 @@ std::string save_model(const FlowModel& model, const std::string& metadata) {
     archive.save_to(params);
     if (!on_cpu) net->to(model.device);
   }
-  return pack_model_file(kModelKind, {config_to_text(model.config), params.str(), metadata});
+  std::vector<std::string> blocks{config_to_text(model.config), params.str(), metadata};
+  if (model.train_state.step > 0) blocks.push_back(train_state_to_bytes(model.train_state));
+  return pack_model_file(kModelKind, blocks);
 }
 
 std::shared_ptr<FlowModel> load_model(const std::string& bytes, const std::string& device,
@@ -238,7 +325,7 @@ std::shared_ptr<FlowModel> load_model(const std::string& bytes, const std::strin
   std::vector<std::string> blocks = unpack_model_file(bytes, &kind);
   if (kind != kModelKind) throw std::runtime_error("model file holds a '" + kind + "', not a popflow flow model");
   if (blocks.size() < 3) throw std::runtime_error("model file is truncated");
-  if (blocks.size() > 3) throw std::runtime_error("model file has trailing bytes");
+  if (blocks.size() > 4) throw std::runtime_error("model file has trailing bytes");
   FlowConfig config = config_from_text(blocks[0]);
   const std::string& params = blocks[1];
   if (metadata) *metadata = std::move(blocks[2]);
@@ -264,6 +351,7 @@ std::shared_ptr<FlowModel> load_model(const std::string& bytes, const std::strin
   } catch (const std::invalid_argument& e) {
     throw std::runtime_error(std::string("model configuration is invalid: ") + e.what());
   }
+  if (blocks.size() == 4) model->train_state = train_state_from_bytes(blocks[3], parameter_count(*model->net));
   model->device = parse_device(device);
   model->net->to(model->device);
   return model;

@@ -10,6 +10,7 @@
 
 #include "config.h"
 #include "network.h"
+#include "optimizer.h"
 
 namespace popflow {
 
@@ -20,6 +21,8 @@ struct FlowModel {
   FlowConfig config;
   VectorField net{nullptr};
   torch::Device device = torch::kCPU;
+  // Optimiser state for resuming training (saved as an optional block).
+  TrainState train_state;
 
   // Snapshot time (user units) to model time in [0, 1].
   double model_time(double t) const;
@@ -40,6 +43,17 @@ std::string save_model(const FlowModel& model, const std::string& metadata = "")
 // wrong-kind or wrong-version file. Fills `metadata` when given.
 std::shared_ptr<FlowModel> load_model(const std::string& bytes, const std::string& device = "cpu",
                                       std::string* metadata = nullptr);
+
+// The optional training-state block of a model file (popflow's own layout of
+// raw numbers, never LibTorch's archive reader). train_state_from_bytes checks
+// every size against `n_params` and throws std::runtime_error naming the problem.
+std::string train_state_to_bytes(const TrainState& state);
+TrainState train_state_from_bytes(const std::string& bytes, int64_t n_params);
+int64_t parameter_count(torch::nn::Module& module);
+
+// Writes `bytes` to a temporary file next to `path` and renames it over
+// `path`, so a reader never sees a half-written file. Throws std::runtime_error.
+void write_file_atomic(const std::string& path, const std::string& bytes);
 
 // The container every model kind is saved in: magic, format version, kind,
 // length-prefixed blocks, FNV-1a checksum. unpack_model_file checks the

@@ -1,6 +1,7 @@
 #include "optimizer.h"
 
 #include <cmath>
+#include <stdexcept>
 
 namespace popflow {
 
@@ -11,23 +12,33 @@ FlatAdam::FlatAdam(torch::nn::Module& module, const AdamSettings& settings) : s_
   auto opts = params_.empty() ? torch::TensorOptions() : params_[0].options();
   data_ = torch::empty({total}, opts);
   grad_ = torch::zeros({total}, opts);
-  torch::NoGradGuard no_grad;
-  int64_t offset = 0;
-  for (auto& p : params_) {
-    const int64_t n = p.numel();
-    auto view = data_.narrow(0, offset, n).view(p.sizes());
-    view.copy_(p.detach());
-    p.set_data(view);
-    // A defined .grad is accumulated into in place, so backward() fills grad_.
-    p.mutable_grad() = grad_.narrow(0, offset, n).view(p.sizes());
-    offset += n;
+  {
+    torch::NoGradGuard no_grad;
+    int64_t offset = 0;
+    for (auto& p : params_) {
+      data_.narrow(0, offset, p.numel()).view(p.sizes()).copy_(p.detach());
+      offset += p.numel();
+    }
   }
+  bind_views();
   m_ = torch::zeros_like(data_);
   v_ = torch::zeros_like(data_);
   if (s_.ema_decay > 0) ema_ = data_.clone();
 }
 
 FlatAdam::~FlatAdam() { release(); }
+
+void FlatAdam::bind_views() {
+  torch::NoGradGuard no_grad;
+  int64_t offset = 0;
+  for (auto& p : params_) {
+    const int64_t n = p.numel();
+    p.set_data(data_.narrow(0, offset, n).view(p.sizes()));
+    // A defined .grad is accumulated into in place, so backward() fills grad_.
+    p.mutable_grad() = grad_.narrow(0, offset, n).view(p.sizes());
+    offset += n;
+  }
+}
 
 void FlatAdam::release() {
   torch::NoGradGuard no_grad;
@@ -55,6 +66,53 @@ void FlatAdam::step() {
   auto denom = (v_.sqrt() / std::sqrt(bias2)).add_(s_.eps);
   data_.addcdiv_(m_, denom, -s_.lr / bias1);
   if (ema_.defined()) ema_.mul_(s_.ema_decay).add_(data_, 1 - s_.ema_decay);
+}
+
+TrainState FlatAdam::state() const {
+  TrainState s;
+  s.m = m_.to(torch::kCPU, /*non_blocking=*/false, /*copy=*/true);
+  s.v = v_.to(torch::kCPU, false, true);
+  if (ema_.defined()) {
+    s.ema = ema_.to(torch::kCPU, false, true);
+    s.raw = data_.to(torch::kCPU, false, true);
+  }
+  return s;
+}
+
+void FlatAdam::restore(const TrainState& state) {
+  const int64_t n = data_.numel();
+  auto fits = [n](const torch::Tensor& t) { return t.defined() && t.dim() == 1 && t.numel() == n; };
+  if (!fits(state.m) || !fits(state.v) || (state.ema.defined() && !fits(state.ema)) ||
+      (state.raw.defined() && !fits(state.raw)))
+    throw std::invalid_argument("the saved optimiser state does not fit this network's parameters");
+  torch::NoGradGuard no_grad;
+  // The saved weights are the average when there is one; training goes on from the raw weights.
+  auto saved_weights = data_.clone();
+  if (state.raw.defined()) data_.copy_(state.raw);
+  m_.copy_(state.m);
+  v_.copy_(state.v);
+  if (ema_.defined()) ema_.copy_(state.ema.defined() ? state.ema.to(ema_.device()) : saved_weights);
+  t_ = state.step;
+}
+
+void FlatAdam::with_weights_to_save(const std::function<void()>& save) {
+  torch::NoGradGuard no_grad;
+  torch::Tensor raw;
+  if (ema_.defined() && t_ > 0) {
+    raw = data_.clone();
+    data_.copy_(ema_);
+  }
+  // Views into the flat buffer would be saved as the whole buffer: give each its own copy meanwhile.
+  for (auto& p : params_) p.set_data(p.detach().clone());
+  try {
+    save();
+  } catch (...) {
+    bind_views();
+    if (raw.defined()) data_.copy_(raw);
+    throw;
+  }
+  bind_views();
+  if (raw.defined()) data_.copy_(raw);
 }
 
 void FlatAdam::use_average() {

@@ -5,9 +5,21 @@
 #pragma once
 #include <torch/torch.h>
 
+#include <functional>
 #include <vector>
 
 namespace popflow {
+
+// What resuming a fit needs beyond the saved weights: the completed steps and
+// their losses, Adam's moments and, with a moving average, the average and
+// the raw weights (the saved weights are then the average). Flat float32 CPU
+// tensors over the module's parameters, in module.parameters() order.
+struct TrainState {
+  int64_t step = 0;  // completed steps; 0 = no state (a fresh model)
+  std::vector<double> loss;  // one per completed step
+  torch::Tensor m, v;
+  torch::Tensor ema, raw;  // undefined without a moving average
+};
 
 struct AdamSettings {
   double lr = 1e-3;
@@ -32,8 +44,20 @@ class FlatAdam {
   void step();
   // Copies the moving average into the parameters (no-op without one).
   void use_average();
+  int64_t parameter_count() const { return data_.numel(); }
+
+  // Adam's moments, step count and average (copies); `step` and `loss` are left to the caller.
+  TrainState state() const;
+  // Continues from a saved state: the parameters must hold the saved weights.
+  // A state without an average starts one from the raw weights when this
+  // optimiser keeps one. Throws std::invalid_argument on a size mismatch.
+  void restore(const TrainState& state);
+  // Runs `save` while the parameters hold the weights a saved model should
+  // have (the average, if any) in storage of their own, then returns to training.
+  void with_weights_to_save(const std::function<void()>& save);
 
  private:
+  void bind_views();
   void release();
   std::vector<torch::Tensor> params_;
   torch::Tensor data_, grad_, m_, v_, ema_;

@@ -73,6 +73,41 @@ std::string validate_training_data(const FlowModel& model, const TrainingData& d
   return "";
 }
 
+void seed_step(uint64_t seed, int64_t step, std::mt19937_64& rng) {
+  // splitmix64 of (seed, step): nearby seeds and steps give unrelated streams.
+  uint64_t z = seed * 0x9E3779B97F4A7C15ULL + static_cast<uint64_t>(step);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+  z ^= z >> 31;
+  rng.seed(z);
+  torch::manual_seed(z);
+}
+
+int64_t resume_training(const TrainState& state, const TrainConfig& config, FlatAdam& opt, TrainResult& result) {
+  if (!config.resume) return 1;
+  if (state.step == 0)
+    throw std::invalid_argument("the model to resume holds no training state (it was saved without one, "
+                                "or by an older popflow); fit it again");
+  if (state.step >= config.steps)
+    throw std::invalid_argument("the model to resume has already completed " + std::to_string(state.step) +
+                                " steps; ask for more than that many steps in total");
+  opt.restore(state);
+  result.loss = state.loss;
+  result.steps_done = state.step;
+  return state.step + 1;
+}
+
+TrainState finish_training(FlatAdam& opt, const TrainResult& result) {
+  TrainState state;
+  if (result.steps_done > 0) {
+    state = opt.state();
+    state.step = result.steps_done;
+    state.loss = result.loss;
+  }
+  opt.use_average();
+  return state;
+}
+
 bool optimisation_step(FlatAdam& opt, const torch::Tensor& loss, int64_t step, const TrainConfig& config,
                        const TrainCallbacks& callbacks, std::chrono::steady_clock::time_point start,
                        TrainResult& result) {
@@ -91,6 +126,12 @@ bool optimisation_step(FlatAdam& opt, const torch::Tensor& loss, int64_t step, c
   opt.step();
   result.loss.push_back(loss_value);
   result.steps_done = step;
+  if (callbacks.checkpoint && callbacks.checkpoint_every > 0 && step % callbacks.checkpoint_every == 0) {
+    TrainState state = opt.state();
+    state.step = step;
+    state.loss = result.loss;
+    opt.with_weights_to_save([&] { callbacks.checkpoint(step, state); });
+  }
   const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   if (config.time_limit_s > 0 && elapsed > config.time_limit_s && step < config.steps) {
     result.status = "time_limit";
@@ -112,8 +153,7 @@ TrainResult train(FlowModel& model, const TrainingData& data, const TrainConfig&
     throw std::invalid_argument("steps, batch_size and groups_per_step must be >= 1");
   if (!(config.lr > 0)) throw std::invalid_argument("lr must be > 0");
 
-  torch::manual_seed(config.seed);
-  std::mt19937_64 rng(config.seed);
+  std::mt19937_64 rng;
   ThreadScope thread_scope(config.threads);
   const auto start = std::chrono::steady_clock::now();
   const auto dev = model.device;
@@ -148,8 +188,10 @@ TrainResult train(FlowModel& model, const TrainingData& data, const TrainConfig&
 
   TrainResult result;
   result.status = "completed";
+  const int64_t first_step = resume_training(model.train_state, config, opt, result);
   model.net->train();
-  for (int64_t step = 1; step <= config.steps; ++step) {
+  for (int64_t step = first_step; step <= config.steps; ++step) {
+    seed_step(config.seed, step, rng);
     std::vector<torch::Tensor> xts, ts, uts, conds;
     for (size_t k = 0; k + 1 < times.size(); ++k) {
       if (usable[k].empty()) continue;
@@ -174,7 +216,7 @@ TrainResult train(FlowModel& model, const TrainingData& data, const TrainConfig&
     auto loss = torch::mse_loss(model.net->forward(b.xt, b.t, b.cond), b.ut);
     if (!optimisation_step(opt, loss, step, config, callbacks, start, result)) break;
   }
-  opt.use_average();
+  model.train_state = finish_training(opt, result);
   model.net->eval();
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return result;

@@ -28,6 +28,11 @@ struct TrainCallbacks {
   // returning false stops training (the model keeps the last completed step).
   std::function<bool(int64_t step, double loss)> progress;
   int64_t every = 10;
+  // Called after every `checkpoint_every` completed steps (0 = never) while
+  // the model's parameters hold the weights to save (the average, if any);
+  // `state` is what the model file needs for resuming.
+  std::function<void(int64_t step, const TrainState& state)> checkpoint;
+  int64_t checkpoint_every = 0;
 };
 
 struct TrainResult {
@@ -44,9 +49,23 @@ torch::Tensor draw_rows(const std::vector<int64_t>& pool, int64_t n, std::mt1993
 // Checks the data against the model and returns a readable reason, or "" if usable.
 std::string validate_training_data(const FlowModel& model, const TrainingData& data);
 
+// Every step's randomness is a function of (seed, step): both generators are
+// reseeded at the start of each step, so a run resumed after step s draws
+// exactly what the uninterrupted run draws from step s + 1 on.
+void seed_step(uint64_t seed, int64_t step, std::mt19937_64& rng);
+
+// With config.resume, restores the optimiser and the loss
+// history into `result` and returns the first step to run (else 1). Throws
+// std::invalid_argument when there is no state or it already reaches config.steps.
+int64_t resume_training(const TrainState& state, const TrainConfig& config, FlatAdam& opt, TrainResult& result);
+
+// After the last step: the state to keep with the model, and the averaged
+// weights (if any) left in the parameters.
+TrainState finish_training(FlatAdam& opt, const TrainResult& result);
+
 // One optimisation step, shared by the training loops: refuses a non-finite
 // loss or gradient before it reaches the weights, records the loss, and
-// applies the time limit and the progress callback. Returns false when
+// applies the time limit and the progress and checkpoint callbacks. Returns false when
 // training must stop; result.status says why.
 bool optimisation_step(FlatAdam& opt, const torch::Tensor& loss, int64_t step, const TrainConfig& config,
                        const TrainCallbacks& callbacks, std::chrono::steady_clock::time_point start,

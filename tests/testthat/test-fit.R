@@ -178,7 +178,7 @@ test_that("Ctrl-C during training stops cleanly and keeps the last completed ste
       TRUE
     }, interrupt = function(e) FALSE)
   }
-  res <- popflow:::pf_fit(x, rep(0:1, each = 100), c(0, 1), integer(0), NULL, cfg, hook, 1L)
+  res <- popflow:::pf_fit(x, rep(0:1, each = 100), c(0, 1), integer(0), NULL, cfg, hook, 1L, NULL, raw(0))
   expect_equal(res$status, "interrupted")
   expect_true(res$user_interrupt)
   expect_gte(res$steps_done, 20)
@@ -189,4 +189,12 @@ test_that("Ctrl-C during training stops cleanly and keeps the last completed ste
   expect_true(all(is.finite(predict(fit, d$source))))
   expect_warning(popflow:::report_training_status(list(status = "interrupted", steps_done = 20), 100),
                  "interrupted at step 20 of 100")
+  # The interrupted model resumes: 10 more steps, and the run matches one that was never interrupted.
+  total <- res$steps_done + 10
+  cfg$steps <- total
+  resumed <- popflow:::pf_fit(x, rep(0:1, each = 100), c(0, 1), integer(0), NULL, cfg, NULL, 1L, res$bytes, raw(0))
+  straight <- popflow:::pf_fit(x, rep(0:1, each = 100), c(0, 1), integer(0), NULL, cfg, NULL, 1L, NULL, raw(0))
+  expect_equal(resumed$status, "completed")
+  expect_identical(resumed$loss, straight$loss)
+  expect_identical(resumed$bytes, straight$bytes)
 })
