@@ -24,7 +24,7 @@ test_that("simulateLetters returns index-paired, rotated letter populations", {
   unrotate <- function(p) {
     i <- sim$cells$population == p
     a <- sim$cells$rotation[i][1]
-    sim$target[i, ] %*% matrix(c(cos(a), -sin(a), sin(a), cos(a)), 2)
+    sim$target[i, ] %*% matrix(c(cos(a), sin(a), -sin(a), cos(a)), 2)  # target = glyph %*% t(R)
   }
   expect_lt(max(abs(unrotate("A_01") - unrotate("A_02"))), 0.6)
   expect_gt(max(abs(sim$target[sim$cells$population == "A_01", ] - sim$target[sim$cells$population == "A_02", ])), 1)
