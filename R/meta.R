@@ -33,6 +33,14 @@
 #' `batch_size` and `groups_per_step` of [TrainingParam()], whose other
 #' settings (steps, learning rate, seed, ...) apply.
 #'
+#' `schedule` chooses how the encoder and the field are optimised:
+#' `"joint"` takes one Adam step on both a training step (end to end);
+#' `"alternating"` follows the reference implementation of the letters
+#' experiment: odd steps update the field (and label embeddings) on cached,
+#' detached population embeddings, even steps update only the encoder (its own
+#' Adam with learning rate `encoder_lr`) and refresh the cached embeddings of
+#' the populations they drew. The fixed `"kme"` encoder trains jointly.
+#'
 #' Labels (the `label` argument of [fitFlow()]) must be constant within a
 #' population. Categorical labels (factor, character or logical) are learnt
 #' embeddings of `label_dim` numbers; numeric labels are used as they are.
@@ -53,9 +61,13 @@
 #' @param sigma Noise level of the probability path.
 #' @param label_dim Embedding size of each categorical label.
 #' @param bandwidth Length scale of the `"kme"` kernel (in the units of the data).
+#' @param schedule `"joint"` or `"alternating"` (see above).
+#' @param encoder_lr Learning rate of the encoder's optimiser under the
+#'   alternating schedule (`NULL`: the `lr` of [TrainingParam()]).
 #' @return An object of class `popflow_param`.
 #' @examples
 #' MFMParam(k = 10, encoder = "gcn")
+#' MFMParam(k = 50, schedule = "alternating", encoder_lr = 1e-4)
 #' CGFMParam(populations_per_step = 4)
 #' @name PopulationParams
 NULL
@@ -64,7 +76,8 @@ NULL
 #' @export
 MFMParam <- function(k = 50, layers = 3, width = 64, encoder = c("gcn", "mean", "kme"), populations_per_step = 10,
                      cells_per_population = 700, max_cells = 2000, coupling = c("independent", "exact"),
-                     sigma = 0.1, label_dim = 8, bandwidth = 1) {
+                     sigma = 0.1, label_dim = 8, bandwidth = 1, schedule = c("joint", "alternating"),
+                     encoder_lr = NULL) {
   encoder <- check_choice(encoder[1], "encoder", c("gcn", "mean", "kme"))
   width <- check_count(width, "width")
   if (encoder == "kme" && width %% 2 != 0) pf_abort("width", "must be even for the \"kme\" encoder", "use e.g. width = 64")
@@ -78,7 +91,10 @@ MFMParam <- function(k = 50, layers = 3, width = 64, encoder = c("gcn", "mean", 
             cells_per_population = check_count(cells_per_population, "cells_per_population"),
             max_cells = check_count(max_cells, "max_cells", min = 0),
             label_dim = check_count(label_dim, "label_dim"),
-            bandwidth = check_number(bandwidth, "bandwidth", min = 0, min_inclusive = FALSE))
+            bandwidth = check_number(bandwidth, "bandwidth", min = 0, min_inclusive = FALSE),
+            schedule = check_choice(schedule[1], "schedule", c("joint", "alternating")),
+            encoder_lr = if (is.null(encoder_lr)) NULL else check_number(encoder_lr, "encoder_lr", min = 0,
+                                                                          min_inclusive = FALSE))
 }
 
 #' @rdname PopulationParams
@@ -155,7 +171,9 @@ check_graph_sizes <- function(method, sizes, names, what = "source cells") {
 
 # Labels in the engine's form: categorical codes [P, n_cat] (0-based) and
 # covariates [P, n_num], with the label dictionary (fitting) or against it (prediction).
-encode_labels <- function(cols, pop_code, pop_names, info = NULL) {
+# unseen = "average": a categorical value not seen in training becomes code -1,
+# which the engine reads as the mean of the learnt embeddings.
+encode_labels <- function(cols, pop_code, pop_names, info = NULL, unseen = "error") {
   if (is.null(info)) {
     info <- lapply(cols, function(v) {
       if (is.numeric(v)) list(type = "numeric") else list(type = "categorical", levels = sort(unique(as.character(v))))
@@ -174,7 +192,9 @@ encode_labels <- function(cols, pop_code, pop_names, info = NULL) {
     codes <- vapply(cat_cols, function(nm) {
       v <- per_population(as.character(cols[[nm]]), pop_code, pop_names, nm)
       k <- match(v, info[[nm]]$levels)
-      if (anyNA(k)) {
+      if (anyNA(k) && unseen == "average") {
+        k[is.na(k)] <- 0L
+      } else if (anyNA(k)) {
         pf_abort("label", sprintf("has the value '%s' (column '%s') that was not seen in training; known values: %s",
                                   v[is.na(k)][1], nm, paste(info[[nm]]$levels, collapse = ", ")),
                  "a categorical label has a learnt embedding only for values seen in training")
@@ -250,12 +270,14 @@ fit_population_flow <- function(x, target, population, label, method, network, t
               list(threads = threads, device = device))
   meta <- list(encoder = method$encoder, k = method$k, layers = method$layers, width = method$width,
                max_cells = method$max_cells, label_dim = method$label_dim, bandwidth = method$bandwidth,
-               graph_seed = if (is.null(resume)) training$seed else resume$training$seed)
+               graph_seed = if (is.null(resume)) training$seed else resume$training$seed,
+               schedule = method$schedule %||% "joint", encoder_lr = method$encoder_lr %||% 0)
   fields <- list(
     model_kind = "meta", method = method, network = network, training = training, times = c(0, 1),
     time_labels = c("source", "target"), feature_names = colnames(x), n_features = ncol(x),
     n_cells = c(source = nrow(x), target = nrow(target)),
     time_means = rbind(colMeans(x), colMeans(target)), groups = NULL,
+    population_means = population_means(x, target, pops$code, side, length(pops$names)),
     populations = data.frame(population = pops$names, source_cells = n_source, target_cells = n_target),
     labels = labels$info, loss = numeric(0), steps_done = 0, status = "", seconds = 0, device = device,
     threads = threads
@@ -268,6 +290,26 @@ fit_population_flow <- function(x, target, population, label, method, network, t
   fit <- new_flow(res$bytes, fitted_fields(fields, res, resume))
   report_training_status(fit, training$steps)
   fit
+}
+
+# Mean source and target cell of every training population (rows; NA without cells).
+population_means <- function(x, target, pop_code, side, n_pop) {
+  means <- function(m, code) {
+    out <- matrix(NA_real_, n_pop, ncol(m))
+    sums <- rowsum(m, code, reorder = TRUE)
+    out[as.integer(rownames(sums)), ] <- sums / as.vector(table(code)[rownames(sums)])
+    out
+  }
+  list(source = means(x, pop_code[side == 0]), target = means(target, pop_code[side == 1]))
+}
+
+# The average over training populations of the target-minus-source mean
+# ("mean shift" baseline of a population model).
+population_mean_shift <- function(object) {
+  pm <- object$population_means
+  if (is.null(pm)) return(object$time_means[2, ] - object$time_means[1, ])  # models fitted before it was kept
+  d <- pm$target - pm$source
+  colMeans(d[stats::complete.cases(d), , drop = FALSE])
 }
 
 #' Predict cells of (new) populations with an MFM or CGFM model
@@ -288,6 +330,11 @@ fit_population_flow <- function(x, target, population, label, method, network, t
 #'   combinations are the populations).
 #' @param label Labels of each row of `newdata`, as in fitting (a vector, or a
 #'   data.frame with the fitted label columns).
+#' @param unseen_label What a categorical label value not seen in training
+#'   does: `"error"`, or `"average"`: the population is conditioned on the mean
+#'   of the learnt embeddings of all training values of that label (what the
+#'   MFM paper's CGFM does for unseen populations: the average of the training
+#'   one-hot conditions).
 #' @param solver A [SolverParam()] object.
 #' @param threads LibTorch threads.
 #' @param device `NULL` (the model's device when available, else CPU), `"cpu"` or `"cuda"`.
@@ -305,7 +352,7 @@ fit_population_flow <- function(x, target, population, label, method, network, t
 #' colMeans(predict(fit, new, population = rep("new", 50), solver = SolverParam("rk4", steps = 8)))
 #' @export
 predict.popflow_meta <- function(object, newdata, population = NULL, label = NULL, solver = SolverParam(),
-                                 threads = object$threads, device = NULL, ...) {
+                                 threads = object$threads, device = NULL, unseen_label = c("error", "average"), ...) {
   if (is_cell_object(newdata)) {
     return(predict_cell_object(object, newdata, solver = solver, threads = threads, device = device))
   }
@@ -313,6 +360,13 @@ predict.popflow_meta <- function(object, newdata, population = NULL, label = NUL
     pf_abort("newdata", "is missing", "give the source cells to move (a cells x features matrix)")
   }
   x <- same_features(as_cell_matrix(newdata, "newdata"), "newdata", object$feature_names, object$n_features)
+  meta_transport(object, x, population, label, c(0, 1), solver, threads, device, unseen_label)[[2]]
+}
+
+# Cells of populations moved through a population model: their states at `times` (in [0, 1]).
+meta_transport <- function(object, x, population, label, times, solver, threads, device = NULL,
+                           unseen_label = "error") {
+  unseen_label <- check_choice(unseen_label[1], "unseen_label", c("error", "average"))
   solver <- expect_param(solver, "solver", "SolverParam")
   threads <- check_count(threads, "threads")
   if (!is.null(device)) device <- check_device(device)
@@ -326,12 +380,13 @@ predict.popflow_meta <- function(object, newdata, population = NULL, label = NUL
   }
   pops <- population_codes(population, cols, nrow(x), object$method)
   check_graph_sizes(object$method, tabulate(pops$code, length(pops$names)), pops$names, "cells")
-  labels <- encode_labels(cols, pops$code, pops$names, object$labels)
+  labels <- encode_labels(cols, pops$code, pops$names, object$labels, unseen = unseen_label)
   res <- pf_meta_transport(flow_handle(object, device), x, pops$code - 1L, length(pops$names), labels$codes,
-                           labels$covariates, c(0, 1), unclass(solver), threads)
-  out <- res$states[[2]]
-  dimnames(out) <- list(rownames(x), object$feature_names)
-  out
+                           labels$covariates, times, unclass(solver), threads)
+  lapply(res$states, function(s) {
+    dimnames(s) <- list(rownames(x), object$feature_names)
+    s
+  })
 }
 
 #' Population embeddings of an MFM model
@@ -385,7 +440,8 @@ print.popflow_meta <- function(x, ...) {
       gcn = sprintf("GCN encoder (k = %d, %d layers, width %d)", m$k, m$layers, m$width),
       mean = sprintf("mean encoder (%d layers, width %d)", m$layers, m$width),
       kme = sprintf("kernel mean embedding (%d random features, bandwidth %g)", m$width, m$bandwidth))
-    sprintf("%s, %s coupling, sigma %g", encoder, m$coupling, m$sigma)
+    schedule <- if (identical(m$schedule, "alternating")) ", alternating encoder/field steps" else ""
+    sprintf("%s, %s coupling, sigma %g%s", encoder, m$coupling, m$sigma, schedule)
   } else {
     sprintf("label conditioning, %s coupling, sigma %g", m$coupling, m$sigma)
   }

@@ -90,6 +90,12 @@ metric_row <- function(predicted, observed, max_cells, seed) {
 #' linearly interpolated for times between snapshots). A model that does not
 #' beat them has learnt nothing.
 #'
+#' For a population model (MFM, CGFM), every population is scored on its own:
+#' its source cells are moved from source to target (each population embedded
+#' from its own source cells) and compared with its observed target cells.
+#' There the "mean shift" baseline adds the average, over the training
+#' populations, of the target-minus-source mean.
+#'
 #' @param object A model from [fitFlow()].
 #' @param source Cells at time `from`, or a SingleCellExperiment or Seurat
 #'   object for a model fitted on one (see [cell-objects]).
@@ -99,17 +105,37 @@ metric_row <- function(predicted, observed, max_cells, seed) {
 #' @param max_cells Largest number of cells per set for W1, W2, MMD and energy
 #'   distance (random subsample, reproducible through `seed`).
 #' @param baselines Also score the baselines.
+#' @param population,target_population Population models only: the
+#'   population of each source and of each target cell (`target_population`
+#'   may be left out when `source` and `target` are index-paired, as in
+#'   [simulateLetters()]). Every population of `source` needs target cells.
+#' @param label Population models only: labels of each source cell, as in
+#'   [predict.popflow_meta()].
+#' @param unseen_label Population models only: see [predict.popflow_meta()].
 #' @return A data.frame, one row per prediction (model, "no change",
-#'   "mean shift"), lower is better except for `mean_R2` and `corr_r`.
+#'   "mean shift"), lower is better except for `mean_R2` and `corr_r`; for a
+#'   population model one such row per population and prediction, with a
+#'   `population` column first. `cells` is the number of source cells.
 #' @examples
 #' set.seed(1)
 #' source <- matrix(rnorm(400), ncol = 2)
 #' target <- source %*% matrix(c(0, 1, -1, 0), 2) + 3   # rotate and shift
 #' fit <- fitFlow(source, target, training = TrainingParam(steps = 300), verbose = FALSE)
 #' evaluateFlow(fit, source, target)
+#'
+#' # A population model, scored per population of simulated letters.
+#' train <- simulateLetters(c("L", "T", "V"), rotations = 2, points = 300, seed = 1)
+#' pop <- rep(train$cells$population, 2)
+#' mfm <- fitFlow(train$source, train$target, population = pop,
+#'                method = MFMParam(k = 5, width = 16, populations_per_step = 3, cells_per_population = 64),
+#'                training = TrainingParam(steps = 50), verbose = FALSE)
+#' test <- simulateLetters("L", rotations = 1, points = 300, seed = 2)
+#' evaluateFlow(mfm, test$source, test$target, population = test$cells$population,
+#'              solver = SolverParam("rk4", steps = 8), max_cells = 300)
 #' @export
 evaluateFlow <- function(object, source, target, from = NULL, to = NULL, solver = SolverParam(),
-                         max_cells = 1000, seed = 1, baselines = TRUE) {
+                         max_cells = 1000, seed = 1, baselines = TRUE, population = NULL, target_population = NULL,
+                         label = NULL, unseen_label = c("error", "average")) {
   if (!inherits(object, "popflow_flow")) pf_abort("object", "must be a model from fitFlow()", "fit one with fitFlow() or load one with loadFlow()")
   if (is_cell_object(source)) {
     return(evaluate_cell_object(object, source, if (!missing(target)) target, from, to, solver, max_cells, seed, baselines))
@@ -117,6 +143,17 @@ evaluateFlow <- function(object, source, target, from = NULL, to = NULL, solver 
   source <- same_features(as_cell_matrix(source, "source"), "source", object$feature_names, object$n_features)
   target <- same_features(as_cell_matrix(target, "target"), "target", object$feature_names, object$n_features)
   max_cells <- check_count(max_cells, "max_cells", min = 2)
+  if (inherits(object, "popflow_meta")) {
+    if (!is.null(from) || !is.null(to)) {
+      pf_abort(if (is.null(from)) "to" else "from", "is not used by population models",
+               "they move source cells (time 0) to target cells (time 1)")
+    }
+    return(evaluate_populations(object, source, target, population, target_population, label, unseen_label,
+                                solver, max_cells, seed, baselines))
+  }
+  if (!is.null(population) || !is.null(target_population) || !is.null(label)) {
+    pf_abort(if (!is.null(label)) "label" else "population", "is used only by population models (MFM, CGFM)")
+  }
   t0 <- if (is.null(from)) object$times[1] else resolve_time(object, from, "from")
   t1 <- if (is.null(to)) object$times[length(object$times)] else resolve_time(object, to, "to")
   predicted <- run_transport(object, source, c(t0, t1), solver, object$threads)[[2]]
@@ -131,6 +168,43 @@ evaluateFlow <- function(object, source, target, from = NULL, to = NULL, solver 
   }
   out <- do.call(rbind, rows)
   out$cells <- nrow(source)
+  out
+}
+
+# evaluateFlow() for MFM / CGFM: metric rows per population.
+evaluate_populations <- function(object, source, target, population, target_population, label, unseen_label,
+                                 solver, max_cells, seed, baselines) {
+  src_pop <- check_population(population, nrow(source))
+  if (is.null(target_population)) {
+    if (nrow(target) != nrow(source)) {
+      pf_abort("target_population", "is missing",
+               "give the population of every target cell (source and target differ in their numbers of cells)")
+    }
+    target_population <- src_pop
+  }
+  tgt_pop <- check_population(target_population, nrow(target), "target_population")
+  pops <- unique(src_pop)
+  lacking <- setdiff(pops, tgt_pop)
+  if (length(lacking)) {
+    pf_abort("target_population", sprintf("has no cells of population '%s'", lacking[1]),
+             "every population of the source cells needs observed target cells to be scored")
+  }
+  predicted <- meta_transport(object, source, src_pop, label, c(0, 1), solver, object$threads,
+                              unseen_label = unseen_label)[[2]]
+  shift <- population_mean_shift(object)
+  label_model <- method_label(object$method)
+  rows <- lapply(pops, function(p) {
+    s <- source[src_pop == p, , drop = FALSE]
+    o <- target[tgt_pop == p, , drop = FALSE]
+    r <- list(cbind(prediction = label_model, metric_row(predicted[src_pop == p, , drop = FALSE], o, max_cells, seed)))
+    if (baselines) {
+      r <- c(r, list(cbind(prediction = "no change", metric_row(s, o, max_cells, seed)),
+                     cbind(prediction = "mean shift", metric_row(sweep(s, 2, shift, "+"), o, max_cells, seed))))
+    }
+    cbind(population = p, do.call(rbind, r), cells = nrow(s))
+  })
+  out <- do.call(rbind, rows)
+  rownames(out) <- NULL
   out
 }
 

@@ -121,7 +121,11 @@ predict.popflow_flow <- function(object, newdata = NULL, from = NULL, to = NULL,
 #' @param x Cells at time `times[1]`.
 #' @param times Increasing (or decreasing) times at which to record the cells;
 #'   labels or numbers on the fitted time scale. Default: 11 equally spaced
-#'   times over the fitted range.
+#'   times over the fitted range. For population models (MFM, CGFM) the
+#'   range is 0 (source) to 1 (target).
+#' @param population,label Population models only: the population of each row
+#'   of `x` and its labels, as in [predict.popflow_meta()]; each population is
+#'   embedded once, from its cells in `x`.
 #' @return An array cells x features x times.
 #' @examples
 #' set.seed(1)
@@ -129,16 +133,34 @@ predict.popflow_flow <- function(object, newdata = NULL, from = NULL, to = NULL,
 #' fit <- fitFlow(source, source + 2, training = TrainingParam(steps = 100), verbose = FALSE)
 #' traj <- sampleTrajectories(fit, source[1:5, ], times = seq(0, 1, by = 0.25))
 #' dim(traj)
+#' # A population model: the trajectories of one population's cells.
+#' mu <- c(-2, -1, 1, 2)
+#' src <- do.call(rbind, lapply(mu, function(m) matrix(rnorm(200, m), ncol = 2)))
+#' pop <- rep(paste0("p", seq_along(mu)), each = 100)
+#' mfm <- fitFlow(src, src + 2 * rep(mu, each = 100), population = c(pop, pop),
+#'                method = MFMParam(k = 5, width = 16, populations_per_step = 4, cells_per_population = 64),
+#'                training = TrainingParam(steps = 50), verbose = FALSE)
+#' traj <- sampleTrajectories(mfm, src[1:100, ], times = c(0, 0.5, 1), population = pop[1:100],
+#'                            solver = SolverParam("rk4", steps = 8))
+#' dim(traj)
 #' @export
-sampleTrajectories <- function(object, x, times = NULL, solver = SolverParam(), threads = object$threads) {
+sampleTrajectories <- function(object, x, times = NULL, solver = SolverParam(), threads = object$threads,
+                               population = NULL, label = NULL) {
   if (!inherits(object, "popflow_flow")) pf_abort("object", "must be a model from fitFlow()", "fit one with fitFlow() or load one with loadFlow()")
   x <- same_features(as_cell_matrix(x, "x"), "x", object$feature_names, object$n_features)
+  if (!inherits(object, "popflow_meta") && (!is.null(population) || !is.null(label))) {
+    pf_abort(if (is.null(population)) "label" else "population", "is used only by population models (MFM, CGFM)")
+  }
   if (is.null(times)) times <- seq(min(object$times), max(object$times), length.out = 11)
   if (length(times) < 2) pf_abort("times", "needs at least two time points", "use e.g. times = c(0, 0.5, 1)")
   tt <- vapply(seq_along(times), function(i) resolve_time(object, times[[i]], "times"), numeric(1))
   d <- diff(tt)
   if (!(all(d > 0) || all(d < 0))) pf_abort("times", "must be strictly increasing or strictly decreasing", "sort the times, e.g. sort(unique(times))")
-  states <- run_transport(object, x, tt, solver, threads)
+  states <- if (inherits(object, "popflow_meta")) {
+    meta_transport(object, x, population, label, tt, solver, threads)
+  } else {
+    run_transport(object, x, tt, solver, threads)
+  }
   out <- array(unlist(states), dim = c(nrow(x), ncol(x), length(tt)),
                dimnames = list(rownames(x), object$feature_names, as.character(times)))
   out

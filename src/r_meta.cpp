@@ -30,6 +30,8 @@ MetaConfig meta_config(const Rcpp::List& m, const Rcpp::IntegerVector& label_lev
   c.label_dim = get_or<int>(m, "label_dim", 8);
   c.label_levels.assign(label_levels.begin(), label_levels.end());
   c.covariates = covariates;
+  c.alternating = get_or<std::string>(m, "schedule", "joint") == "alternating";
+  c.encoder_lr = get_or<double>(m, "encoder_lr", 0.0);
   return c;
 }
 

@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 PKGS=(r-base-dev r-cran-rcpp r-cran-testthat r-cran-roxygen2 r-cran-pkgbuild
       libtorch-dev libopenblas0-pthread liblemon-dev
       r-bioc-singlecellexperiment r-cran-seurat r-cran-seuratobject r-cran-matrix
-      r-cran-knitr r-cran-rmarkdown pandoc r-cran-ggplot2 r-cran-cli cmake g++ make)
+      r-cran-knitr r-cran-rmarkdown pandoc r-cran-ggplot2 r-cran-cli cmake g++ make
+      r-cran-png fonts-dejavu-core)  # png + fonts: only tools/make_letters.R (letters data)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

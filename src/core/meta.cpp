@@ -36,7 +36,9 @@ std::string meta_config_to_text(const MetaConfig& c) {
   for (size_t i = 0; i < c.label_levels.size(); ++i) os << (i ? "," : "") << c.label_levels[i];
   os << "\n"
      << "label_dim=" << c.label_dim << "\n"
-     << "covariates=" << c.covariates << "\n";
+     << "covariates=" << c.covariates << "\n"
+     << "schedule=" << (c.alternating ? "alternating" : "joint") << "\n"
+     << "encoder_lr=" << c.encoder_lr << "\n";
   return os.str();
 }
 
@@ -67,6 +69,16 @@ MetaConfig meta_config_from_text(const std::string& text) {
   }
   c.label_dim = cfg.count("label_dim", 1, 1e5);
   c.covariates = cfg.count("covariates", 0, 1e6);
+  std::string schedule;
+  try {
+    schedule = cfg.value("schedule");
+  } catch (const std::runtime_error&) {
+    schedule = "joint";  // files written before the schedule existed trained jointly
+  }
+  if (schedule != "joint" && schedule != "alternating")
+    throw std::runtime_error("meta configuration: unknown schedule '" + schedule + "'");
+  c.alternating = schedule == "alternating";
+  if (c.alternating) c.encoder_lr = cfg.number("encoder_lr");
   return c;
 }
 
@@ -81,8 +93,16 @@ torch::Tensor MetaNetImpl::condition(const torch::Tensor& embedding, const torch
                                      const torch::Tensor& covariates) {
   std::vector<torch::Tensor> parts;
   if (encoder) parts.push_back(embedding);
-  for (size_t j = 0; j < label_embeddings->size(); ++j)
-    parts.push_back(label_embeddings[j]->as<torch::nn::Embedding>()->forward(labels.select(1, j)));
+  for (size_t j = 0; j < label_embeddings->size(); ++j) {
+    auto table = label_embeddings[j]->as<torch::nn::Embedding>();
+    auto codes = labels.select(1, j);
+    auto unseen = codes.lt(0);
+    auto rows = table->forward(codes.clamp_min(0));
+    // The mean embedding is what averaging one-hot conditions over the training values gives.
+    if (unseen.any().item<bool>())
+      rows = torch::where(unseen.unsqueeze(1), table->weight.mean(0).unsqueeze(0).expand_as(rows), rows);
+    parts.push_back(rows);
+  }
   if (covariates.defined() && covariates.size(1) > 0) parts.push_back(covariates);
   if (parts.empty()) throw std::invalid_argument("meta model: no conditioning (no encoder, labels or covariates)");
   return torch::cat(parts, 1);
@@ -126,6 +146,37 @@ torch::Tensor rows_on(const torch::Tensor& t, const torch::Tensor& index, const 
   return t.to(dev, type).index_select(0, index);
 }
 
+// The field and the label embeddings without the encoder: what the alternating
+// schedule's field steps optimise.
+struct AlternatingParts {
+  explicit AlternatingParts(MetaModel& model) : field(std::make_shared<torch::nn::Module>()) {
+    field->register_module("field", model.net->field);
+    field->register_module("labels", model.net->label_embeddings);
+  }
+  std::shared_ptr<torch::nn::Module> field;
+};
+
+// Detached embeddings [chosen, E] from the cache; populations not embedded yet are embedded now.
+torch::Tensor cached_embeddings(MetaModel& model, const std::vector<PopulationGraph>& graphs,
+                                const std::vector<int64_t>& chosen, std::vector<torch::Tensor>& cached,
+                                const torch::Device& dev) {
+  std::vector<int64_t> missing;
+  std::vector<const PopulationGraph*> batch;
+  for (int64_t p : chosen)
+    if (!cached[p].defined()) {
+      missing.push_back(p);
+      batch.push_back(&graphs[p]);
+    }
+  if (!missing.empty()) {
+    torch::NoGradGuard no_grad;
+    auto fresh = model.net->encoder->forward(batch_graphs(batch, dev));
+    for (size_t i = 0; i < missing.size(); ++i) cached[missing[i]] = fresh[static_cast<int64_t>(i)];
+  }
+  std::vector<torch::Tensor> rows;
+  for (int64_t p : chosen) rows.push_back(cached[p]);
+  return torch::stack(rows);
+}
+
 }  // namespace
 
 std::string validate_population_set(const MetaModel& model, const PopulationSet& data) {
@@ -150,7 +201,7 @@ std::string validate_population_set(const MetaModel& model, const PopulationSet&
     auto lab = data.labels.to(torch::kLong);
     for (int64_t j = 0; j < n_labels; ++j) {
       auto col = lab.select(1, j);
-      if (col.min().item<int64_t>() < 0 || col.max().item<int64_t>() >= model.meta.label_levels[j])
+      if (col.min().item<int64_t>() < -1 || col.max().item<int64_t>() >= model.meta.label_levels[j])
         return "label codes out of range";
     }
   }
@@ -168,6 +219,8 @@ TrainResult train_meta(MetaModel& model, const PopulationSet& data, const TrainC
   if (config.steps < 1 || config.batch_size < 1 || config.groups_per_step < 1)
     throw std::invalid_argument("steps, cells per population and populations per step must be >= 1");
   if (!(config.lr > 0)) throw std::invalid_argument("lr must be > 0");
+  if (data.labels.defined() && data.labels.numel() > 0 && data.labels.min().item<int64_t>() < 0)
+    throw std::invalid_argument("label codes out of range (unseen values exist only at prediction)");
 
   std::mt19937_64 rng;
   ThreadScope thread_scope(config.threads);
@@ -207,10 +260,23 @@ TrainResult train_meta(MetaModel& model, const PopulationSet& data, const TrainC
   adam.lr = config.lr;
   adam.weight_decay = config.weight_decay;
   adam.ema_decay = config.ema_decay;
-  FlatAdam opt(*model.net, adam);
+  // A fixed encoder (kernel mean embedding) has nothing to alternate with.
+  const bool alternate =
+      model.meta.use_encoder && model.meta.alternating && !model.net->encoder->parameters().empty();
+  AlternatingParts parts(model);
+  FlatAdam opt(alternate ? *parts.field : *model.net, adam);
+  std::unique_ptr<FlatAdam> encoder_opt;
+  if (alternate) {
+    AdamSettings encoder_adam = adam;
+    if (model.meta.encoder_lr > 0) encoder_adam.lr = model.meta.encoder_lr;
+    encoder_opt = std::make_unique<FlatAdam>(*model.net->encoder, encoder_adam);
+  }
+  std::vector<torch::Tensor> cached(n_pop);  // alternating: detached embedding per population
 
   TrainResult result;
   result.status = "completed";
+  if (alternate && config.resume)
+    throw std::invalid_argument("a fit with the alternating schedule cannot be resumed; refit it, or use schedule = \"joint\"");
   const int64_t first_step = resume_training(model.train_state, config, opt, result);
   model.net->train();
   for (int64_t step = first_step; step <= config.steps; ++step) {
@@ -220,12 +286,17 @@ TrainResult train_meta(MetaModel& model, const PopulationSet& data, const TrainC
     chosen.resize(std::min<size_t>(chosen.size(), config.groups_per_step));
     auto chosen_index = torch::tensor(chosen, torch::kLong).to(dev);
 
+    const bool encoder_step = alternate && step % 2 == 0;
     torch::Tensor embedding;
-    if (model.meta.use_encoder) {
+    if (model.meta.use_encoder && (!alternate || encoder_step)) {
       std::vector<const PopulationGraph*> batch;
       for (int64_t p : chosen) batch.push_back(&graphs[p]);
-      // Through the encoder every step, so it trains end to end with the field.
+      // Through the encoder, so that its step (or the joint step) trains it on the field's loss.
       embedding = model.net->encoder->forward(batch_graphs(batch, dev));
+      if (alternate)
+        for (size_t i = 0; i < chosen.size(); ++i) cached[chosen[i]] = embedding[static_cast<int64_t>(i)].detach();
+    } else if (alternate) {
+      embedding = cached_embeddings(model, graphs, chosen, cached, dev);
     }
     auto cond_pop = model.net->condition(embedding, rows_on(data.labels, chosen_index, dev, torch::kLong),
                                          rows_on(data.covariates, chosen_index, dev, torch::kFloat));
@@ -245,9 +316,14 @@ TrainResult train_meta(MetaModel& model, const PopulationSet& data, const TrainC
     }
     auto pred = model.net->field->forward(torch::cat(xts), torch::cat(ts), torch::cat(conds));
     auto loss = torch::mse_loss(pred, torch::cat(uts));
-    if (!optimisation_step(opt, loss, step, config, callbacks, start, result)) break;
+    if (!optimisation_step(encoder_step ? *encoder_opt : opt, loss, step, config, callbacks, start, result)) break;
   }
   model.train_state = finish_training(opt, result);
+  if (encoder_opt) {
+    encoder_opt->use_average();
+    // Two optimisers and cached embeddings: this state cannot be resumed from.
+    model.train_state = TrainState();
+  }
   model.net->eval();
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return result;

@@ -30,6 +30,13 @@ struct MetaConfig {
   std::vector<int64_t> label_levels;  // per categorical label: number of values
   int64_t label_dim = 8;              // embedding size of each categorical label
   int64_t covariates = 0;             // numeric labels, used as they are
+  // "joint": field and encoder take one optimiser step together. "alternating"
+  // (the reference's letters training): odd steps update the field and label
+  // embeddings on cached, detached population embeddings; even steps update
+  // only the encoder, with its own Adam (learning rate encoder_lr; 0 = the
+  // training rate), and refresh the cache.
+  bool alternating = false;
+  double encoder_lr = 0;
   // Width of the field's conditioning input.
   int64_t cond_dim() const;
   // The graph degree actually used (0 for encoders that ignore the graph).
@@ -44,6 +51,8 @@ class MetaNetImpl : public torch::nn::Module {
   MetaNetImpl(const NetworkConfig& network, const MetaConfig& meta);
   // Conditioning rows [P, cond_dim] of P populations: [embedding, label
   // embeddings, covariates]. Undefined arguments for parts the model lacks.
+  // Label code -1 (a value not seen in training) stands for the mean of that
+  // label's learnt embeddings.
   torch::Tensor condition(const torch::Tensor& embedding, const torch::Tensor& labels,
                           const torch::Tensor& covariates);
 

@@ -1649,6 +1649,50 @@ TEST_CASE("resume: on CUDA, same-seed runs, resumed runs and CPU/GPU predictions
   std::printf("  cuda: same seed max |dpred| %.3g, resumed vs straight max |dpred| %.3g (max |dloss| %.3g), "
               "same weights CPU vs GPU max |dpred| %.3g\n", same_seed, resume_gap, loss_gap, cpu_gpu);
   PF_CHECK(same_seed < 1e-4 && resume_gap < 1e-4 && cpu_gpu < 1e-4);
+
+TEST_CASE("train_meta: alternating schedule trains, round-trips, and unseen labels use the mean embedding") {
+  torch::manual_seed(55);
+  auto data = mean_shift_populations({{-1.5, 0}, {1.5, 0}, {0, 1.5}, {0, -1.5}}, 120);
+  data.labels = torch::tensor({0, 1, 0, 1}, torch::kLong).reshape({4, 1});
+  MetaConfig mc;
+  mc.encoder.width = 8;
+  mc.k = 5;
+  mc.label_levels = {2};
+  mc.label_dim = 4;
+  mc.alternating = true;
+  mc.encoder_lr = 2e-3;
+  auto model = make_meta_model(meta_flow(), mc, "cpu");
+  auto encoder_before = model->net->encoder->parameters()[0].clone();
+  auto field_before = model->net->field->parameters()[0].clone();
+  TrainConfig tc;
+  tc.steps = 200;
+  tc.batch_size = 64;
+  tc.groups_per_step = 4;
+  tc.lr = 3e-3;
+  auto res = train_meta(*model, data, tc);
+  PF_CHECK(res.status == "completed" && res.steps_done == 200);
+  // Both parts learn, each on its own steps.
+  PF_CHECK(!torch::equal(encoder_before, model->net->encoder->parameters()[0]));
+  PF_CHECK(!torch::equal(field_before, model->net->field->parameters()[0]));
+  const double first = std::accumulate(res.loss.begin(), res.loss.begin() + 10, 0.0) / 10;
+  const double last = std::accumulate(res.loss.end() - 10, res.loss.end(), 0.0) / 10;
+  PF_CHECK_MSG(last < first, "loss " << first << " -> " << last);
+  auto back = load_meta_model(save_meta_model(*model), "cpu");
+  PF_CHECK(back->meta.alternating && back->meta.encoder_lr == 2e-3);
+  PF_CHECK(meta_config_to_text(back->meta) == meta_config_to_text(model->meta));
+  // A file without the schedule keys (written before they existed) reads as joint.
+  std::string text = meta_config_to_text(model->meta);
+  text = text.substr(0, text.find("schedule="));
+  PF_CHECK(!meta_config_from_text(text).alternating);
+  PF_CHECK_THROWS_AS(meta_config_from_text(text + "schedule=sometimes\n"), std::runtime_error);
+  // Code -1: the mean of the label's embeddings; training refuses it.
+  auto src = torch::randn({60, 2});
+  auto cond = population_condition(*model, {src, src, src}, torch::tensor({0, 1, -1}, torch::kLong).reshape({3, 1}),
+                                   torch::Tensor());
+  auto labels = cond.slice(1, cond.size(1) - 4);
+  PF_CHECK_NEAR(max_abs(labels[2] - (labels[0] + labels[1]) / 2), 0.0, 1e-6);
+  data.labels = torch::tensor({0, 1, -1, 1}, torch::kLong).reshape({4, 1});
+  PF_CHECK_THROWS_AS(train_meta(*model, data, tc), std::invalid_argument);
 }
 
 int main(int argc, char** argv) {
