@@ -249,8 +249,9 @@ TrainResult train_meta(MetaModel& model, const PopulationSet& data, const TrainC
         throw std::invalid_argument("population " + std::to_string(p) + " has " + std::to_string(sources[p].size()) +
                                     " source cells; a kNN graph with k = " + std::to_string(k) +
                                     " needs more than k");
-      graphs[p] = build_graph(x_cpu.index_select(0, torch::tensor(sources[p], torch::kLong)), k,
-                              model.meta.max_cells, model.meta.graph_seed + static_cast<uint64_t>(p));
+      graphs[p] = graph_on(build_graph(x_cpu.index_select(0, torch::tensor(sources[p], torch::kLong)), k,
+                                       model.meta.max_cells, model.meta.graph_seed + static_cast<uint64_t>(p)),
+                           dev);
     }
   }
 
@@ -301,21 +302,31 @@ TrainResult train_meta(MetaModel& model, const PopulationSet& data, const TrainC
     auto cond_pop = model.net->condition(embedding, rows_on(data.labels, chosen_index, dev, torch::kLong),
                                          rows_on(data.covariates, chosen_index, dev, torch::kFloat));
 
-    std::vector<torch::Tensor> xts, ts, uts, conds;
-    for (size_t i = 0; i < chosen.size(); ++i) {
-      const int64_t p = chosen[i];
-      auto x0 = x_all.index_select(0, draw_rows(sources[p], n_cells, rng).to(dev));
-      auto x1 = x_all.index_select(0, draw_rows(targets[p], n_cells, rng).to(dev));
-      auto pair = couple(model.config.coupling, x0, x1, reg_default, rng);
-      auto t = torch::rand({n_cells}, fopt);
-      auto ps = sample_path(model.config.path, pair.x0, pair.x1, t);
-      xts.push_back(ps.xt);
-      ts.push_back(t);
-      uts.push_back(ps.ut);
-      conds.push_back(cond_pop[static_cast<int64_t>(i)].unsqueeze(0).expand({n_cells, -1}));
+    // All populations' rows are drawn on the CPU and moved in one transfer;
+    // with independent coupling the whole batch then takes one path sample.
+    const int64_t n_chosen = static_cast<int64_t>(chosen.size());
+    auto rows0 = torch::empty({n_chosen, n_cells}, torch::kLong), rows1 = torch::empty_like(rows0);
+    for (int64_t i = 0; i < n_chosen; ++i) {
+      rows0[i].copy_(draw_rows(sources[chosen[i]], n_cells, rng));
+      rows1[i].copy_(draw_rows(targets[chosen[i]], n_cells, rng));
     }
-    auto pred = model.net->field->forward(torch::cat(xts), torch::cat(ts), torch::cat(conds));
-    auto loss = torch::mse_loss(pred, torch::cat(uts));
+    auto x0 = x_all.index_select(0, rows0.view(-1).to(dev));
+    auto x1 = x_all.index_select(0, rows1.view(-1).to(dev));
+    if (model.config.coupling.kind != CouplingKind::Independent) {
+      std::vector<torch::Tensor> paired0, paired1;
+      for (int64_t i = 0; i < n_chosen; ++i) {
+        auto pair = couple(model.config.coupling, x0.narrow(0, i * n_cells, n_cells),
+                           x1.narrow(0, i * n_cells, n_cells), reg_default, rng);
+        paired0.push_back(pair.x0);
+        paired1.push_back(pair.x1);
+      }
+      x0 = torch::cat(paired0);
+      x1 = torch::cat(paired1);
+    }
+    auto t = torch::rand({n_chosen * n_cells}, fopt);
+    auto ps = sample_path(model.config.path, x0, x1, t);
+    auto pred = model.net->field->forward(ps.xt, t, cond_pop.repeat_interleave(n_cells, 0));
+    auto loss = torch::mse_loss(pred, ps.ut);
     if (!optimisation_step(encoder_step ? *encoder_opt : opt, loss, step, config, callbacks, start, result)) break;
   }
   model.train_state = finish_training(opt, result);

@@ -52,13 +52,17 @@ PopulationGraph build_graph(const torch::Tensor& x, int64_t k, int64_t max_cells
     auto nn = knn_indices(g.x, k);
     // Symmetrise (an edge if either cell lists the other), then drop duplicates.
     auto nn_acc = nn.accessor<int64_t, 2>();
+    // Self-loops join the sort, so the edges come out unique and in row-major
+    // order: batch_graphs() can then hand the sparse product a coalesced matrix.
     std::vector<int64_t> keys;
-    keys.reserve(static_cast<size_t>(2 * m * k));
-    for (int64_t i = 0; i < m; ++i)
+    keys.reserve(static_cast<size_t>(2 * m * k + m));
+    for (int64_t i = 0; i < m; ++i) {
+      keys.push_back(i * m + i);
       for (int64_t j = 0; j < k; ++j) {
         keys.push_back(i * m + nn_acc[i][j]);
         keys.push_back(nn_acc[i][j] * m + i);
       }
+    }
     std::sort(keys.begin(), keys.end());
     keys.erase(std::unique(keys.begin(), keys.end()), keys.end());
     std::vector<int64_t> from(keys.size()), to(keys.size());
@@ -66,8 +70,8 @@ PopulationGraph build_graph(const torch::Tensor& x, int64_t k, int64_t max_cells
       from[e] = keys[e] / m;
       to[e] = keys[e] % m;
     }
-    src = torch::cat({torch::tensor(from, torch::kLong), self});
-    dst = torch::cat({torch::tensor(to, torch::kLong), self});
+    src = torch::tensor(from, torch::kLong);
+    dst = torch::tensor(to, torch::kLong);
   }
   auto degree = torch::zeros({m}, torch::kFloat).index_add_(0, dst, torch::ones({dst.size(0)}, torch::kFloat));
   auto inv_sqrt = degree.rsqrt();
@@ -75,6 +79,10 @@ PopulationGraph build_graph(const torch::Tensor& x, int64_t k, int64_t max_cells
   g.dst = dst;
   g.weight = inv_sqrt.index_select(0, src) * inv_sqrt.index_select(0, dst);
   return g;
+}
+
+PopulationGraph graph_on(const PopulationGraph& g, const torch::Device& device) {
+  return PopulationGraph{g.x.to(device), g.src.to(device), g.dst.to(device), g.weight.to(device)};
 }
 
 torch::Tensor dense_adjacency(const PopulationGraph& graph) {
@@ -90,18 +98,24 @@ GraphBatch batch_graphs(const std::vector<const PopulationGraph*>& graphs, const
   int64_t offset = 0;
   bool identity = true;
   for (const PopulationGraph* g : graphs) {
-    xs.push_back(g->x);
-    rows.push_back(g->dst + offset);
-    cols.push_back(g->src + offset);
-    ws.push_back(g->weight);
+    xs.push_back(g->x.to(device));
+    // The matrix is symmetric, so (src, dst) serves as (row, column): the order build_graph() sorted.
+    rows.push_back(g->src.to(device) + offset);
+    cols.push_back(g->dst.to(device) + offset);
+    ws.push_back(g->weight.to(device));
     identity = identity && g->src.size(0) == g->nodes();  // self-loops only (k = 0) have weight 1
     b.sizes.push_back(g->nodes());
     offset += g->nodes();
   }
-  b.x = torch::cat(xs).to(device);
+  b.x = torch::cat(xs);
+  auto sizes = torch::tensor(b.sizes, torch::kLong).to(device);
+  b.graph_of = torch::repeat_interleave(torch::arange(static_cast<int64_t>(b.sizes.size()), sizes.options()), sizes);
   if (!identity) {
     auto index = torch::stack({torch::cat(rows), torch::cat(cols)});
-    b.adjacency = torch::sparse_coo_tensor(index, torch::cat(ws), {offset, offset}).to(device);
+    // Blocks of sorted, unique entries at increasing offsets: already coalesced,
+    // which spares the sparse product a sort of every edge at every step.
+    b.adjacency = torch::sparse_coo_tensor(index, torch::cat(ws), {offset, offset});
+    b.adjacency._coalesced_(true);
   }
   return b;
 }
@@ -173,14 +187,10 @@ torch::Tensor PopulationEncoderImpl::forward(const GraphBatch& b) {
       if (l + 1 < linears_->size()) h = torch::relu(h);
     }
   }
-  // Mean over each graph's nodes (stacked in order), then unit length.
-  std::vector<torch::Tensor> means;
-  int64_t offset = 0;
-  for (int64_t n : b.sizes) {
-    means.push_back(h.narrow(0, offset, n).mean(0));
-    offset += n;
-  }
-  auto mean = torch::stack(means);
+  // Mean over each graph's nodes (one segment sum for all graphs), then unit length.
+  const auto n_graphs = static_cast<int64_t>(b.sizes.size());
+  auto counts = torch::tensor(b.sizes, torch::kLong).to(h.device(), h.scalar_type()).unsqueeze(1);
+  auto mean = torch::zeros({n_graphs, h.size(1)}, h.options()).index_add(0, b.graph_of, h) / counts;
   return mean / mean.norm(2, 1, true).clamp_min(1e-12);
 }
 

@@ -28,6 +28,9 @@ struct PopulationGraph {
 // max_cells > 0 caps the cells used (a random subsample drawn with `seed`).
 PopulationGraph build_graph(const torch::Tensor& x, int64_t k, int64_t max_cells, uint64_t seed);
 
+// The same graph with its tensors on `device` (training keeps its graphs there).
+PopulationGraph graph_on(const PopulationGraph& g, const torch::Device& device);
+
 // The normalised adjacency as a dense [m, m] matrix (tests, small graphs).
 torch::Tensor dense_adjacency(const PopulationGraph& graph);
 
@@ -38,6 +41,7 @@ struct GraphBatch {
   torch::Tensor x;
   torch::Tensor adjacency;
   std::vector<int64_t> sizes;  // nodes per graph, in order
+  torch::Tensor graph_of;      // [nodes] long: the graph of each node (for the mean readout)
 };
 GraphBatch batch_graphs(const std::vector<const PopulationGraph*>& graphs, const torch::Device& device);
 

@@ -1649,6 +1649,7 @@ TEST_CASE("resume: on CUDA, same-seed runs, resumed runs and CPU/GPU predictions
   std::printf("  cuda: same seed max |dpred| %.3g, resumed vs straight max |dpred| %.3g (max |dloss| %.3g), "
               "same weights CPU vs GPU max |dpred| %.3g\n", same_seed, resume_gap, loss_gap, cpu_gpu);
   PF_CHECK(same_seed < 1e-4 && resume_gap < 1e-4 && cpu_gpu < 1e-4);
+}
 
 TEST_CASE("train_meta: alternating schedule trains, round-trips, and unseen labels use the mean embedding") {
   torch::manual_seed(55);
