@@ -10,7 +10,8 @@
 #                 /tmp/torchcfm_peer (outside the repository). Peer rows are skipped, with a
 #                 message, when neither exists.
 #   PEER_PYTHON   Python with torch and POT (default /usr/bin/python3, Debian's)
-#   BENCH_ONLY    space-separated subset of: emt_holdout throughput sampling_steps letters
+#   BENCH_ONLY    space-separated subset of: emt_holdout throughput sampling_steps letters kang_lopo
+#                 mfm_throughput (default: the first three; the MFM ones take 15-25 minutes each)
 #                 (letters, the MFM letters task, is not in the default set: about 25 min of CPU)
 # Each benchmark prints a markdown table, writes CSVs to bench/results/ and a log to
 # bench/results/<name>.log.
