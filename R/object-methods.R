@@ -371,15 +371,16 @@ evaluate_cell_object <- function(object, source, target, from, to, solver, max_c
   }
   keep <- src$population %in% shared
   if (inherits(object, "popflow_meta")) {
-    predicted <- predict.popflow_meta(object, src$x[keep, , drop = FALSE], population = src$population[keep],
-                                      label = rows_of(src$label, keep), solver = solver)
+    in_obs <- obs_population %in% shared
+    by_population <- evaluate_populations(object, src$x[keep, , drop = FALSE], obs_coords[obs[in_obs], , drop = FALSE],
+                                          src$population[keep], obs_population[in_obs], rows_of(src$label, keep),
+                                          "error", solver, max_cells, seed, baselines)
   }
   rows <- lapply(shared, function(p) {
     in_p <- src$population == p
     observed <- obs_coords[obs[obs_population == p], , drop = FALSE]
     scores <- if (inherits(object, "popflow_meta")) {
-      population_scores(object, src$x[in_p, , drop = FALSE], predicted[src$population[keep] == p, , drop = FALSE],
-                        observed, max_cells, seed, baselines)
+      by_population[by_population$population == p, names(by_population) != "population", drop = FALSE]
     } else {
       evaluateFlow(object, src$x[in_p, , drop = FALSE], observed, from = from, to = to, solver = solver,
                    max_cells = max_cells, seed = seed, baselines = baselines)
@@ -391,22 +392,6 @@ evaluate_cell_object <- function(object, source, target, from, to, solver, max_c
   })
   out <- do.call(rbind, rows)
   rownames(out) <- NULL
-  out
-}
-
-# The rows of evaluateFlow() for a population model's prediction of one
-# population (evaluateFlow() itself moves cells with a plain flow).
-population_scores <- function(object, source, predicted, observed, max_cells, seed, baselines) {
-  rows <- list(cbind(prediction = method_label(object$method), metric_row(predicted, observed, max_cells, seed)))
-  if (baselines) {
-    shifted <- sweep(source, 2, object$time_means[2, ] - object$time_means[1, ], "+")
-    rows <- c(rows, list(
-      cbind(prediction = "no change", metric_row(source, observed, max_cells, seed)),
-      cbind(prediction = "mean shift", metric_row(shifted, observed, max_cells, seed))
-    ))
-  }
-  out <- do.call(rbind, rows)
-  out$cells <- nrow(source)
   out
 }
 
