@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <map>
 #include <random>
 #include <sstream>
 #include <stdexcept>
@@ -383,18 +382,8 @@ torch::Tensor population_condition(MetaModel& model, const std::vector<torch::Te
 }
 
 std::string save_meta_model(const MetaModel& model, const std::string& metadata) {
-  std::ostringstream params;
-  {
-    torch::serialize::OutputArchive archive;
-    MetaNet net = model.net;
-    const bool on_cpu = model.device.is_cpu();
-    if (!on_cpu) net->to(torch::kCPU);
-    net->save(archive);
-    archive.save_to(params);
-    if (!on_cpu) net->to(model.device);
-  }
-  std::vector<std::string> blocks{config_to_text(model.config), meta_config_to_text(model.meta), params.str(),
-                                  metadata};
+  std::vector<std::string> blocks{config_to_text(model.config), meta_config_to_text(model.meta),
+                                  module_bytes(*model.net.ptr(), model.device), metadata};
   if (model.train_state.step > 0) blocks.push_back(train_state_to_bytes(model.train_state));
   return pack_model_file(kMetaModelKind, blocks);
 }
@@ -414,18 +403,7 @@ std::shared_ptr<MetaModel> load_meta_model(const std::string& bytes, const std::
     model = make_meta_model(config, meta, "cpu");
     if (model->config.network.cond_dim != config.network.cond_dim)
       throw std::runtime_error("model file configurations disagree on the conditioning width");
-    auto shapes = [&model] {
-      std::map<std::string, std::vector<int64_t>> out;
-      for (const auto& p : model->net->named_parameters()) out[p.key()] = p.value().sizes().vec();
-      for (const auto& b : model->net->named_buffers()) out[b.key()] = b.value().sizes().vec();
-      return out;
-    };
-    const auto expected = shapes();
-    std::istringstream is(blocks[2]);
-    torch::serialize::InputArchive archive;
-    archive.load_from(is);
-    model->net->load(archive);
-    if (shapes() != expected) throw std::runtime_error("model file parameters do not match its configuration");
+    load_module_bytes(*model->net, blocks[2]);
   } catch (const c10::Error& e) {
     throw std::runtime_error(std::string("model file parameters are unreadable: ") + e.what_without_backtrace());
   } catch (const std::invalid_argument& e) {

@@ -303,18 +303,35 @@ FlowConfig config_from_text(const std::string& text) {
   return c;
 }
 
+std::string module_bytes(torch::nn::Module& net, const torch::Device& device) {
+  std::ostringstream out;
+  torch::serialize::OutputArchive archive;
+  const bool on_cpu = device.is_cpu();
+  if (!on_cpu) net.to(torch::kCPU);
+  net.save(archive);
+  archive.save_to(out);
+  if (!on_cpu) net.to(device);
+  return out.str();
+}
+
+void load_module_bytes(torch::nn::Module& net, const std::string& bytes) {
+  auto shapes = [&net] {
+    std::map<std::string, std::vector<int64_t>> out;
+    for (const auto& p : net.named_parameters()) out[p.key()] = p.value().sizes().vec();
+    for (const auto& b : net.named_buffers()) out[b.key()] = b.value().sizes().vec();
+    return out;
+  };
+  const auto expected = shapes();
+  std::istringstream is(bytes);
+  torch::serialize::InputArchive archive;
+  archive.load_from(is);
+  net.load(archive);
+  if (shapes() != expected) throw std::runtime_error("model file parameters do not match its configuration");
+}
+
 std::string save_model(const FlowModel& model, const std::string& metadata) {
-  std::ostringstream params;
-  {
-    torch::serialize::OutputArchive archive;
-    VectorField net = model.net;  // parameters are stored as CPU tensors, whatever the device
-    const bool on_cpu = model.device.is_cpu();
-    if (!on_cpu) net->to(torch::kCPU);
-    net->save(archive);
-    archive.save_to(params);
-    if (!on_cpu) net->to(model.device);
-  }
-  std::vector<std::string> blocks{config_to_text(model.config), params.str(), metadata};
+  std::vector<std::string> blocks{config_to_text(model.config), module_bytes(*model.net.ptr(), model.device),
+                                  metadata};
   if (model.train_state.step > 0) blocks.push_back(train_state_to_bytes(model.train_state));
   return pack_model_file(kModelKind, blocks);
 }
@@ -327,25 +344,11 @@ std::shared_ptr<FlowModel> load_model(const std::string& bytes, const std::strin
   if (blocks.size() < 3) throw std::runtime_error("model file is truncated");
   if (blocks.size() > 4) throw std::runtime_error("model file has trailing bytes");
   FlowConfig config = config_from_text(blocks[0]);
-  const std::string& params = blocks[1];
   if (metadata) *metadata = std::move(blocks[2]);
   std::shared_ptr<FlowModel> model;
   try {
     model = make_model(config, "cpu");
-    // Module::load replaces tensors whatever their shape, so check that the
-    // parameters fit the network the configuration describes.
-    auto shapes = [&model] {
-      std::map<std::string, std::vector<int64_t>> out;
-      for (const auto& p : model->net->named_parameters()) out[p.key()] = p.value().sizes().vec();
-      for (const auto& b : model->net->named_buffers()) out[b.key()] = b.value().sizes().vec();
-      return out;
-    };
-    const auto expected = shapes();
-    std::istringstream is(params);
-    torch::serialize::InputArchive archive;
-    archive.load_from(is);
-    model->net->load(archive);
-    if (shapes() != expected) throw std::runtime_error("model file parameters do not match its configuration");
+    load_module_bytes(*model->net, blocks[1]);
   } catch (const c10::Error& e) {
     throw std::runtime_error(std::string("model file parameters are unreadable: ") + e.what_without_backtrace());
   } catch (const std::invalid_argument& e) {

@@ -51,6 +51,14 @@ std::string train_state_to_bytes(const TrainState& state);
 TrainState train_state_from_bytes(const std::string& bytes, int64_t n_params);
 int64_t parameter_count(torch::nn::Module& module);
 
+// A network's parameters and buffers as a LibTorch archive of CPU tensors,
+// whatever `device` the network lives on (the parameter block of every model kind).
+std::string module_bytes(torch::nn::Module& net, const torch::Device& device);
+// Loads such an archive into `net`; Module::load accepts tensors of any shape,
+// so a shape that differs from the network's is a std::runtime_error.
+// LibTorch's own errors (c10::Error) pass through to the caller.
+void load_module_bytes(torch::nn::Module& net, const std::string& bytes);
+
 // Writes `bytes` to a temporary file next to `path` and renames it over
 // `path`, so a reader never sees a half-written file. Throws std::runtime_error.
 void write_file_atomic(const std::string& path, const std::string& bytes);
