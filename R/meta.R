@@ -1,6 +1,6 @@
 # Population models: Meta Flow Matching (MFM) and conditional generator flow
 # matching (CGFM). The R side turns population ids and labels into codes, the
-# engine (src/core/meta.h) trains and predicts.
+# engine (src/core/population_model.h) trains and predicts.
 
 #' Population-model parameters: Meta Flow Matching and CGFM
 #'

@@ -2,9 +2,9 @@
 // R side validates arguments; this file converts types and maps errors.
 #include "r_glue.h"
 
-#include "core/meta.h"
+#include "core/population_model.h"
 #include "core/model.h"
-#include "core/sampler.h"
+#include "core/transport.h"
 #include "core/trainer.h"
 
 using namespace popflow;
@@ -110,7 +110,7 @@ Rcpp::List pf_training_state(Rcpp::RawVector bytes) {
   PF_GUARD_BEGIN
   std::string kind;
   unpack_model_file(from_raw(bytes), &kind);
-  const TrainState state = kind == kMetaModelKind ? load_meta_model(from_raw(bytes), "cpu")->train_state
+  const TrainState state = kind == kPopulationModelKind ? load_population_model(from_raw(bytes), "cpu")->train_state
                                                    : load_model(from_raw(bytes), "cpu")->train_state;
   return Rcpp::List::create(Rcpp::Named("steps") = static_cast<double>(state.step),
                             Rcpp::Named("loss") = Rcpp::wrap(state.loss));

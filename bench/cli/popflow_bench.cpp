@@ -38,7 +38,7 @@
 #include "metrics.h"
 #include "model.h"
 #include "ode.h"
-#include "sampler.h"
+#include "transport.h"
 #include "trainer.h"
 
 namespace {

@@ -25,7 +25,7 @@
 #include <stdexcept>
 #include <string>
 
-#include "meta.h"
+#include "population_model.h"
 
 namespace {
 
@@ -105,13 +105,13 @@ popflow::TrainResult fit(const Options& o, const popflow::PopulationSet& data, i
   flow.network.fourier_features = 256;
   flow.network.fourier_scale = 0.01;
   flow.times = {0.0, 1.0};
-  popflow::MetaConfig meta;
-  meta.k = o.k;
-  meta.max_cells = o.cells;
-  meta.encoder.kind = popflow::encoder_kind(o.encoder);
-  meta.encoder.layers = o.gcn_layers;
-  meta.encoder.width = o.gcn_width;
-  auto model = popflow::make_meta_model(flow, meta, o.device);
+  popflow::PopulationConfig population;
+  population.k = o.k;
+  population.max_cells = o.cells;
+  population.encoder.kind = popflow::encoder_kind(o.encoder);
+  population.encoder.layers = o.gcn_layers;
+  population.encoder.width = o.gcn_width;
+  auto model = popflow::make_population_model(flow, population, o.device);
   popflow::TrainConfig train;
   train.steps = steps;
   train.batch_size = o.cells;
@@ -130,7 +130,7 @@ popflow::TrainResult fit(const Options& o, const popflow::PopulationSet& data, i
     }
     return true;
   };
-  return popflow::train_meta(*model, data, train, callbacks);
+  return popflow::train_population_model(*model, data, train, callbacks);
 }
 
 }  // namespace

@@ -16,7 +16,7 @@
 #include "config.h"
 #include "coupling.h"
 #include "exact_ot.h"
-#include "meta.h"
+#include "population_model.h"
 #include "metrics.h"
 #include "model.h"
 #include "optimizer.h"
@@ -24,8 +24,8 @@
 #include "network.h"
 #include "ode.h"
 #include "paths.h"
-#include "population.h"
-#include "sampler.h"
+#include "encoders.h"
+#include "transport.h"
 #include "trainer.h"
 
 using namespace popflow;
@@ -1323,7 +1323,7 @@ PopulationSet mean_shift_populations(const std::vector<std::vector<float>>& mean
   return d;
 }
 
-FlowConfig meta_flow() {
+FlowConfig population_flow() {
   FlowConfig c;
   c.network.dim = 2;
   c.network.width = 64;
@@ -1333,7 +1333,7 @@ FlowConfig meta_flow() {
 }
 }  // namespace
 
-TEST_CASE("train_meta: MFM predicts an unseen population's mean-dependent shift") {
+TEST_CASE("train_population_model: MFM predicts an unseen population's mean-dependent shift") {
   torch::manual_seed(53);
   std::vector<std::vector<float>> means;
   for (int i = 0; i < 12; ++i) {
@@ -1341,12 +1341,12 @@ TEST_CASE("train_meta: MFM predicts an unseen population's mean-dependent shift"
     means.push_back({static_cast<float>(1.5 * std::cos(a)), static_cast<float>(1.5 * std::sin(a))});
   }
   auto data = mean_shift_populations(means, 150);
-  MetaConfig mc;
+  PopulationConfig mc;
   mc.encoder.kind = EncoderKind::GCN;
   mc.encoder.layers = 2;
   mc.encoder.width = 16;
   mc.k = 10;
-  auto model = make_meta_model(meta_flow(), mc, "cpu");
+  auto model = make_population_model(population_flow(), mc, "cpu");
   PF_CHECK(model->config.network.cond_dim == 16);
   PF_CHECK(validate_population_set(*model, data).empty());
   TrainConfig tc;
@@ -1355,7 +1355,7 @@ TEST_CASE("train_meta: MFM predicts an unseen population's mean-dependent shift"
   tc.groups_per_step = 4;
   tc.lr = 3e-3;
   tc.seed = 3;
-  auto res = train_meta(*model, data, tc);
+  auto res = train_population_model(*model, data, tc);
   PF_CHECK(res.status == "completed" && res.steps_done == 400);
   const double first = std::accumulate(res.loss.begin(), res.loss.begin() + 20, 0.0) / 20;
   const double last = std::accumulate(res.loss.end() - 20, res.loss.end(), 0.0) / 20;
@@ -1370,25 +1370,25 @@ TEST_CASE("train_meta: MFM predicts an unseen population's mean-dependent shift"
   auto gap = (pred.mean(0) - (src.mean(0) + 2 * mu).to(torch::kDouble)).norm().item<double>();
   PF_CHECK_MSG(gap < 0.6, "unseen population's predicted mean is off by " << gap);
   // Save/load: the same conditioning and the same predictions, bit for bit.
-  const std::string bytes = save_meta_model(*model, "meta");
+  const std::string bytes = save_population_model(*model, "meta");
   std::string meta;
-  auto back = load_meta_model(bytes, "cpu", &meta);
+  auto back = load_population_model(bytes, "cpu", &meta);
   PF_CHECK(meta == "meta");
-  PF_CHECK(meta_config_to_text(back->meta) == meta_config_to_text(model->meta));
+  PF_CHECK(population_config_to_text(back->population) == population_config_to_text(model->population));
   auto cond2 = population_condition(*back, {src}, torch::Tensor(), torch::Tensor());
   PF_CHECK(torch::equal(cond, cond2));
   PF_CHECK(torch::equal(pred, transport(back->flow(), src, {0.0, 1.0}, cond2.expand({200, -1}), SolverConfig())[1]));
-  PF_CHECK(save_meta_model(*back, "meta") == bytes);
+  PF_CHECK(save_population_model(*back, "meta") == bytes);
   // The kinds do not mix, and damage is caught.
   PF_CHECK_THROWS_AS(load_model(bytes), std::runtime_error);
-  PF_CHECK_THROWS_AS(load_meta_model(save_model(model->flow())), std::runtime_error);
-  PF_CHECK_THROWS_AS(load_meta_model(bytes.substr(0, bytes.size() / 2)), std::runtime_error);
+  PF_CHECK_THROWS_AS(load_population_model(save_model(model->flow())), std::runtime_error);
+  PF_CHECK_THROWS_AS(load_population_model(bytes.substr(0, bytes.size() / 2)), std::runtime_error);
   // Too small a population for the graph.
   PF_CHECK_THROWS_AS(population_condition(*model, {src.slice(0, 0, 5)}, torch::Tensor(), torch::Tensor()),
                      std::invalid_argument);
 }
 
-TEST_CASE("train_meta: CGFM learns label-dependent shifts; encoders and OT coupling run") {
+TEST_CASE("train_population_model: CGFM learns label-dependent shifts; encoders and OT coupling run") {
   torch::manual_seed(54);
   // Two labels: +2 or -2 along x, whatever the population.
   auto data = mean_shift_populations({{0, 0}, {0, 0}, {0, 1}, {0, 1}}, 120);
@@ -1401,19 +1401,19 @@ TEST_CASE("train_meta: CGFM learns label-dependent shifts; encoders and OT coupl
   data.x = x;
   data.labels = torch::tensor({0, 1, 0, 1}, torch::kLong).reshape({4, 1});
   data.covariates = torch::tensor({0.5f, 0.5f, -0.5f, -0.5f}).reshape({4, 1});
-  MetaConfig mc;
+  PopulationConfig mc;
   mc.use_encoder = false;
   mc.label_levels = {2};
   mc.label_dim = 4;
   mc.covariates = 1;
-  auto model = make_meta_model(meta_flow(), mc, "cpu");
+  auto model = make_population_model(population_flow(), mc, "cpu");
   PF_CHECK(model->config.network.cond_dim == 5);
   TrainConfig tc;
   tc.steps = 300;
   tc.batch_size = 64;
   tc.groups_per_step = 4;
   tc.lr = 3e-3;
-  auto res = train_meta(*model, data, tc);
+  auto res = train_population_model(*model, data, tc);
   PF_CHECK(res.status == "completed");
   auto src = torch::randn({100, 2});
   auto cond = population_condition(*model, {src, src}, torch::tensor({0, 1}, torch::kLong).reshape({2, 1}),
@@ -1428,31 +1428,31 @@ TEST_CASE("train_meta: CGFM learns label-dependent shifts; encoders and OT coupl
   PF_CHECK_THROWS_AS(embed_populations(*model, {src}), std::invalid_argument);
   // Every encoder with an exact-OT coupling runs a few steps; mean and KME need no graph.
   for (auto kind : {EncoderKind::GCN, EncoderKind::Mean, EncoderKind::KME}) {
-    MetaConfig m2;
+    PopulationConfig m2;
     m2.encoder.kind = kind;
     m2.encoder.width = 8;
     m2.k = 5;
     m2.max_cells = 50;
     m2.label_levels = {2};
-    FlowConfig fc = meta_flow();
+    FlowConfig fc = population_flow();
     fc.coupling.kind = CouplingKind::ExactOT;
-    auto mm = make_meta_model(fc, m2, "cpu");
+    auto mm = make_population_model(fc, m2, "cpu");
     TrainConfig t2;
     t2.steps = 3;
     t2.batch_size = 16;
     t2.groups_per_step = 2;
     data.covariates = torch::Tensor();
-    auto r2 = train_meta(*mm, data, t2);
+    auto r2 = train_population_model(*mm, data, t2);
     PF_CHECK(r2.status == "completed" && r2.steps_done == 3);
     auto e = embed_populations(*mm, {src, src + 1});
     PF_CHECK(e.size(0) == 2 && e.size(1) == 8);
     PF_CHECK_NEAR(max_abs(e.norm(2, 1) - 1), 0.0, 1e-5);
-    PF_CHECK(meta_config_from_text(meta_config_to_text(mm->meta)).graph_k() == mm->meta.graph_k());
+    PF_CHECK(population_config_from_text(population_config_to_text(mm->population)).graph_k() == mm->population.graph_k());
   }
   // A model without anything to condition on is refused.
-  MetaConfig none;
+  PopulationConfig none;
   none.use_encoder = false;
-  PF_CHECK_THROWS_AS(make_meta_model(meta_flow(), none, "cpu"), std::invalid_argument);
+  PF_CHECK_THROWS_AS(make_population_model(population_flow(), none, "cpu"), std::invalid_argument);
 }
 
 // ---------------------------------------------------------------- resuming
@@ -1497,26 +1497,26 @@ TEST_CASE("resume: N steps, save, load and resume to 2N equals 2N steps at once 
 TEST_CASE("resume: population model (MFM) resumes to the uninterrupted result") {
   torch::manual_seed(63);
   auto data = mean_shift_populations({{-1.f, 0.f}, {0.f, 1.f}, {1.f, 0.f}}, 60);
-  MetaConfig mc;
+  PopulationConfig mc;
   mc.encoder.layers = 1;
   mc.encoder.width = 8;
   mc.k = 5;
   auto fresh = [&] {
     torch::manual_seed(64);
-    return make_meta_model(meta_flow(), mc, "cpu");
+    return make_population_model(population_flow(), mc, "cpu");
   };
   TrainConfig tc = quick_train(20);
   tc.batch_size = 16;
   tc.groups_per_step = 2;
   auto full = fresh();
-  auto res_full = train_meta(*full, data, tc);
+  auto res_full = train_population_model(*full, data, tc);
   auto half = fresh();
   tc.steps = 10;
-  train_meta(*half, data, tc);
-  auto resumed = load_meta_model(save_meta_model(*half));
+  train_population_model(*half, data, tc);
+  auto resumed = load_population_model(save_population_model(*half));
   tc.steps = 20;
   tc.resume = true;
-  auto res = train_meta(*resumed, data, tc);
+  auto res = train_population_model(*resumed, data, tc);
   PF_CHECK(res.loss == res_full.loss);
   PF_CHECK(same_parameters(*resumed->net, *full->net));
 }
@@ -1651,18 +1651,18 @@ TEST_CASE("resume: on CUDA, same-seed runs, resumed runs and CPU/GPU predictions
   PF_CHECK(same_seed < 1e-4 && resume_gap < 1e-4 && cpu_gpu < 1e-4);
 }
 
-TEST_CASE("train_meta: alternating schedule trains, round-trips, and unseen labels use the mean embedding") {
+TEST_CASE("train_population_model: alternating schedule trains, round-trips, and unseen labels use the mean embedding") {
   torch::manual_seed(55);
   auto data = mean_shift_populations({{-1.5, 0}, {1.5, 0}, {0, 1.5}, {0, -1.5}}, 120);
   data.labels = torch::tensor({0, 1, 0, 1}, torch::kLong).reshape({4, 1});
-  MetaConfig mc;
+  PopulationConfig mc;
   mc.encoder.width = 8;
   mc.k = 5;
   mc.label_levels = {2};
   mc.label_dim = 4;
   mc.alternating = true;
   mc.encoder_lr = 2e-3;
-  auto model = make_meta_model(meta_flow(), mc, "cpu");
+  auto model = make_population_model(population_flow(), mc, "cpu");
   auto encoder_before = model->net->encoder->parameters()[0].clone();
   auto field_before = model->net->field->parameters()[0].clone();
   TrainConfig tc;
@@ -1670,7 +1670,7 @@ TEST_CASE("train_meta: alternating schedule trains, round-trips, and unseen labe
   tc.batch_size = 64;
   tc.groups_per_step = 4;
   tc.lr = 3e-3;
-  auto res = train_meta(*model, data, tc);
+  auto res = train_population_model(*model, data, tc);
   PF_CHECK(res.status == "completed" && res.steps_done == 200);
   // Both parts learn, each on its own steps.
   PF_CHECK(!torch::equal(encoder_before, model->net->encoder->parameters()[0]));
@@ -1678,14 +1678,14 @@ TEST_CASE("train_meta: alternating schedule trains, round-trips, and unseen labe
   const double first = std::accumulate(res.loss.begin(), res.loss.begin() + 10, 0.0) / 10;
   const double last = std::accumulate(res.loss.end() - 10, res.loss.end(), 0.0) / 10;
   PF_CHECK_MSG(last < first, "loss " << first << " -> " << last);
-  auto back = load_meta_model(save_meta_model(*model), "cpu");
-  PF_CHECK(back->meta.alternating && back->meta.encoder_lr == 2e-3);
-  PF_CHECK(meta_config_to_text(back->meta) == meta_config_to_text(model->meta));
+  auto back = load_population_model(save_population_model(*model), "cpu");
+  PF_CHECK(back->population.alternating && back->population.encoder_lr == 2e-3);
+  PF_CHECK(population_config_to_text(back->population) == population_config_to_text(model->population));
   // A file without the schedule keys (written before they existed) reads as joint.
-  std::string text = meta_config_to_text(model->meta);
+  std::string text = population_config_to_text(model->population);
   text = text.substr(0, text.find("schedule="));
-  PF_CHECK(!meta_config_from_text(text).alternating);
-  PF_CHECK_THROWS_AS(meta_config_from_text(text + "schedule=sometimes\n"), std::runtime_error);
+  PF_CHECK(!population_config_from_text(text).alternating);
+  PF_CHECK_THROWS_AS(population_config_from_text(text + "schedule=sometimes\n"), std::runtime_error);
   // Code -1: the mean of the label's embeddings; training refuses it.
   auto src = torch::randn({60, 2});
   auto cond = population_condition(*model, {src, src, src}, torch::tensor({0, 1, -1}, torch::kLong).reshape({3, 1}),
@@ -1693,7 +1693,7 @@ TEST_CASE("train_meta: alternating schedule trains, round-trips, and unseen labe
   auto labels = cond.slice(1, cond.size(1) - 4);
   PF_CHECK_NEAR(max_abs(labels[2] - (labels[0] + labels[1]) / 2), 0.0, 1e-6);
   data.labels = torch::tensor({0, 1, -1, 1}, torch::kLong).reshape({4, 1});
-  PF_CHECK_THROWS_AS(train_meta(*model, data, tc), std::invalid_argument);
+  PF_CHECK_THROWS_AS(train_population_model(*model, data, tc), std::invalid_argument);
 }
 
 int main(int argc, char** argv) {

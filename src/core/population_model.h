@@ -2,7 +2,7 @@
 // a velocity field conditioned on a learned embedding of the whole source
 // population (MFM) and/or on known labels of the population (both). The
 // field, the population encoder and the label embeddings form one module,
-// trained end to end (Algorithm 1) and saved as one "popflow-meta" file.
+// trained end to end (Algorithm 1) and saved as one model file of kind "popflow-meta" (its name predates the rename).
 #pragma once
 #include <torch/torch.h>
 
@@ -14,14 +14,14 @@
 #include "model.h"
 #include "network.h"
 #include "ode.h"
-#include "population.h"
+#include "encoders.h"
 #include "trainer.h"
 
 namespace popflow {
 
-constexpr const char* kMetaModelKind = "popflow-meta";
+constexpr const char* kPopulationModelKind = "popflow-meta";
 
-struct MetaConfig {
+struct PopulationConfig {
   bool use_encoder = true;            // false: CGFM (labels only)
   EncoderConfig encoder;              // encoder.dim follows the cells' dimension
   int64_t k = 50;                     // kNN graph (GCN only; mean and KME use none)
@@ -43,12 +43,12 @@ struct MetaConfig {
   int64_t graph_k() const;
 };
 
-std::string meta_config_to_text(const MetaConfig& config);
-MetaConfig meta_config_from_text(const std::string& text);
+std::string population_config_to_text(const PopulationConfig& config);
+PopulationConfig population_config_from_text(const std::string& text);
 
-class MetaNetImpl : public torch::nn::Module {
+class PopulationNetImpl : public torch::nn::Module {
  public:
-  MetaNetImpl(const NetworkConfig& network, const MetaConfig& meta);
+  PopulationNetImpl(const NetworkConfig& network, const PopulationConfig& population);
   // Conditioning rows [P, cond_dim] of P populations: [embedding, label
   // embeddings, covariates]. Undefined arguments for parts the model lacks.
   // Label code -1 (a value not seen in training) stands for the mean of that
@@ -60,20 +60,20 @@ class MetaNetImpl : public torch::nn::Module {
   PopulationEncoder encoder{nullptr};
   torch::nn::ModuleList label_embeddings;
 };
-TORCH_MODULE(MetaNet);
+TORCH_MODULE(PopulationNet);
 
-struct MetaModel {
-  FlowConfig config;  // network.cond_dim = meta.cond_dim()
-  MetaConfig meta;
-  MetaNet net{nullptr};
+struct PopulationModel {
+  FlowConfig config;  // network.cond_dim = population.cond_dim()
+  PopulationConfig population;
+  PopulationNet net{nullptr};
   torch::Device device = torch::kCPU;
   TrainState train_state;  // for resuming training (an optional block of the model file)
   // The velocity field as a plain flow model (shares the parameters), for the ODE solvers.
   FlowModel flow() const;
 };
 
-// A new model with fresh weights; sets config.network.cond_dim and meta.encoder.dim.
-std::shared_ptr<MetaModel> make_meta_model(FlowConfig config, MetaConfig meta, const std::string& device);
+// A new model with fresh weights; sets config.network.cond_dim and population.encoder.dim.
+std::shared_ptr<PopulationModel> make_population_model(FlowConfig config, PopulationConfig population, const std::string& device);
 
 // Training data: cells of all populations, each cell a source or a target cell.
 struct PopulationSet {
@@ -84,25 +84,25 @@ struct PopulationSet {
   torch::Tensor covariates;         // [P, n_covariates], or undefined
 };
 
-std::string validate_population_set(const MetaModel& model, const PopulationSet& data);
+std::string validate_population_set(const PopulationModel& model, const PopulationSet& data);
 
 // Algorithm 1: each step draws config.groups_per_step populations and
 // config.batch_size source and target cells from each, couples them within
 // the population, and regresses v(x_t, t | phi(source population), labels).
 // The kNN graphs are built once, before the first step.
-TrainResult train_meta(MetaModel& model, const PopulationSet& data, const TrainConfig& config,
+TrainResult train_population_model(PopulationModel& model, const PopulationSet& data, const TrainConfig& config,
                        const TrainCallbacks& callbacks = {});
 
 // Unit-length embeddings [P, E] of populations given by their source cells.
-torch::Tensor embed_populations(MetaModel& model, const std::vector<torch::Tensor>& sources);
+torch::Tensor embed_populations(PopulationModel& model, const std::vector<torch::Tensor>& sources);
 
 // Algorithm 2: conditioning rows [P, cond_dim] for populations given by their
 // source cells (embedded once each) and their labels / covariates ([P, .]).
-torch::Tensor population_condition(MetaModel& model, const std::vector<torch::Tensor>& sources,
+torch::Tensor population_condition(PopulationModel& model, const std::vector<torch::Tensor>& sources,
                                    const torch::Tensor& labels, const torch::Tensor& covariates);
 
-std::string save_meta_model(const MetaModel& model, const std::string& metadata = "");
-std::shared_ptr<MetaModel> load_meta_model(const std::string& bytes, const std::string& device = "cpu",
+std::string save_population_model(const PopulationModel& model, const std::string& metadata = "");
+std::shared_ptr<PopulationModel> load_population_model(const std::string& bytes, const std::string& device = "cpu",
                                            std::string* metadata = nullptr);
 
 }  // namespace popflow

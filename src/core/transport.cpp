@@ -1,4 +1,4 @@
-#include "sampler.h"
+#include "transport.h"
 
 #include <stdexcept>
 

@@ -1,4 +1,4 @@
-#include "population.h"
+#include "encoders.h"
 
 #include <algorithm>
 #include <cmath>

@@ -3,8 +3,8 @@
 // and turns population ids and labels into 0-based codes.
 #include "r_glue.h"
 
-#include "core/meta.h"
-#include "core/sampler.h"
+#include "core/population_model.h"
+#include "core/transport.h"
 #include "core/threads.h"
 
 using namespace popflow;
@@ -16,8 +16,8 @@ using popflow_r::to_tensor;
 
 namespace {
 
-MetaConfig meta_config(const Rcpp::List& m, const Rcpp::IntegerVector& label_levels, int64_t covariates) {
-  MetaConfig c;
+PopulationConfig meta_config(const Rcpp::List& m, const Rcpp::IntegerVector& label_levels, int64_t covariates) {
+  PopulationConfig c;
   const auto encoder = get_or<std::string>(m, "encoder", "gcn");
   c.use_encoder = encoder != "none";
   if (c.use_encoder) c.encoder.kind = encoder_kind(encoder);
@@ -56,10 +56,10 @@ std::vector<torch::Tensor> split_populations(const torch::Tensor& x, const Rcpp:
   return out;
 }
 
-void finalize_meta(std::shared_ptr<MetaModel>* p) { delete p; }
-using MetaPtr = Rcpp::XPtr<std::shared_ptr<MetaModel>, Rcpp::PreserveStorage, finalize_meta>;
+void finalize_meta(std::shared_ptr<PopulationModel>* p) { delete p; }
+using MetaPtr = Rcpp::XPtr<std::shared_ptr<PopulationModel>, Rcpp::PreserveStorage, finalize_meta>;
 
-std::shared_ptr<MetaModel> meta_from(SEXP handle) {
+std::shared_ptr<PopulationModel> meta_from(SEXP handle) {
   MetaPtr ptr(handle);
   if (ptr.get() == nullptr) throw std::invalid_argument("model handle is empty; reload the model");
   return *ptr;
@@ -85,29 +85,29 @@ Rcpp::List pf_meta_fit(Rcpp::NumericMatrix x, Rcpp::IntegerVector side, Rcpp::In
   TrainConfig tc = popflow_r::train_config(config);
   torch::set_num_threads(tc.threads);
   const FlowConfig flow = popflow_r::flow_config(config, Rcpp::NumericVector::create(0, 1), x.ncol(), 0);
-  const MetaConfig asked = meta_config(meta, label_levels, n_cov);
-  std::shared_ptr<MetaModel> model;
+  const PopulationConfig asked = meta_config(meta, label_levels, n_cov);
+  std::shared_ptr<PopulationModel> model;
   if (resume.isNotNull()) {
-    model = load_meta_model(from_raw(Rcpp::RawVector(resume.get())), tc.device);
+    model = load_population_model(from_raw(Rcpp::RawVector(resume.get())), tc.device);
     // cond_dim follows the meta configuration, so compare the field's settings without it.
     FlowConfig saved_flow = model->config;
     saved_flow.network.cond_dim = 0;
-    popflow_r::check_resume_config(config_to_text(saved_flow) + meta_config_to_text(model->meta),
-                                   config_to_text(flow) + meta_config_to_text(asked));
+    popflow_r::check_resume_config(config_to_text(saved_flow) + population_config_to_text(model->population),
+                                   config_to_text(flow) + population_config_to_text(asked));
     tc.resume = true;
   } else {
     torch::manual_seed(tc.seed);  // weight initialisation is part of the seeded run
-    model = make_meta_model(flow, asked, tc.device);
+    model = make_population_model(flow, asked, tc.device);
   }
   bool user_interrupt = false;
   auto callbacks = popflow_r::r_callbacks(progress, progress_every, tc.steps, &user_interrupt);
   const std::string saved_meta = from_raw(metadata);
   popflow_r::add_checkpoints(callbacks, config, [&](const TrainState& state) {
     model->train_state = state;
-    return save_meta_model(*model, saved_meta);
+    return save_population_model(*model, saved_meta);
   });
-  TrainResult res = train_meta(*model, data, tc, callbacks);
-  return popflow_r::fit_result(save_meta_model(*model), res, user_interrupt);
+  TrainResult res = train_population_model(*model, data, tc, callbacks);
+  return popflow_r::fit_result(save_population_model(*model), res, user_interrupt);
   PF_GUARD_END
   return R_NilValue;
 }
@@ -115,7 +115,7 @@ Rcpp::List pf_meta_fit(Rcpp::NumericMatrix x, Rcpp::IntegerVector side, Rcpp::In
 // [[Rcpp::export]]
 SEXP pf_meta_load(Rcpp::RawVector bytes, std::string device) {
   PF_GUARD_BEGIN
-  return MetaPtr(new std::shared_ptr<MetaModel>(load_meta_model(from_raw(bytes), device)), true);
+  return MetaPtr(new std::shared_ptr<PopulationModel>(load_population_model(from_raw(bytes), device)), true);
   PF_GUARD_END
   return R_NilValue;
 }
@@ -134,9 +134,9 @@ std::string pf_model_kind(Rcpp::RawVector bytes) {
 // [[Rcpp::export]]
 Rcpp::RawVector pf_meta_with_metadata(Rcpp::RawVector bytes, Rcpp::RawVector metadata, bool keep_state) {
   PF_GUARD_BEGIN
-  auto model = load_meta_model(from_raw(bytes), "cpu");
+  auto model = load_population_model(from_raw(bytes), "cpu");
   if (!keep_state) model->train_state = TrainState();
-  return to_raw(save_meta_model(*model, from_raw(metadata)));
+  return to_raw(save_population_model(*model, from_raw(metadata)));
   PF_GUARD_END
   return Rcpp::RawVector();
 }
@@ -145,7 +145,7 @@ Rcpp::RawVector pf_meta_with_metadata(Rcpp::RawVector bytes, Rcpp::RawVector met
 Rcpp::RawVector pf_meta_metadata(Rcpp::RawVector bytes) {
   PF_GUARD_BEGIN
   std::string meta;
-  load_meta_model(from_raw(bytes), "cpu", &meta);
+  load_population_model(from_raw(bytes), "cpu", &meta);
   return to_raw(meta);
   PF_GUARD_END
   return Rcpp::RawVector();
@@ -154,8 +154,8 @@ Rcpp::RawVector pf_meta_metadata(Rcpp::RawVector bytes) {
 // [[Rcpp::export]]
 std::string pf_meta_config(Rcpp::RawVector bytes) {
   PF_GUARD_BEGIN
-  auto model = load_meta_model(from_raw(bytes), "cpu");
-  return config_to_text(model->config) + meta_config_to_text(model->meta);
+  auto model = load_population_model(from_raw(bytes), "cpu");
+  return config_to_text(model->config) + population_config_to_text(model->population);
   PF_GUARD_END
   return "";
 }

@@ -1,4 +1,4 @@
-#include "meta.h"
+#include "population_model.h"
 
 #include <algorithm>
 #include <chrono>
@@ -14,14 +14,14 @@
 
 namespace popflow {
 
-int64_t MetaConfig::cond_dim() const {
+int64_t PopulationConfig::cond_dim() const {
   return (use_encoder ? encoder.output_size() : 0) + static_cast<int64_t>(label_levels.size()) * label_dim +
          covariates;
 }
 
-int64_t MetaConfig::graph_k() const { return use_encoder && encoder.kind == EncoderKind::GCN ? k : 0; }
+int64_t PopulationConfig::graph_k() const { return use_encoder && encoder.kind == EncoderKind::GCN ? k : 0; }
 
-std::string meta_config_to_text(const MetaConfig& c) {
+std::string population_config_to_text(const PopulationConfig& c) {
   std::ostringstream os;
   os.precision(17);
   os << "encoder=" << (c.use_encoder ? encoder_name(c.encoder.kind) : "none") << "\n"
@@ -41,16 +41,16 @@ std::string meta_config_to_text(const MetaConfig& c) {
   return os.str();
 }
 
-MetaConfig meta_config_from_text(const std::string& text) {
-  const ConfigText cfg(text, "meta configuration");
-  MetaConfig c;
+PopulationConfig population_config_from_text(const std::string& text) {
+  const ConfigText cfg(text, "population configuration");
+  PopulationConfig c;
   const std::string& enc = cfg.value("encoder");
   c.use_encoder = enc != "none";
   if (c.use_encoder) {
     try {
       c.encoder.kind = encoder_kind(enc);
     } catch (const std::invalid_argument& e) {
-      throw std::runtime_error(std::string("meta configuration: ") + e.what());
+      throw std::runtime_error(std::string("population configuration: ") + e.what());
     }
   }
   c.encoder.layers = cfg.count("layers", 1, 1e4);
@@ -63,7 +63,7 @@ MetaConfig meta_config_from_text(const std::string& text) {
   std::string item;
   while (std::getline(levels, item, ',')) {
     double v = cfg.parse_number(item, "label_levels");
-    if (!(v >= 1 && v <= 1e9)) throw std::runtime_error("meta configuration: 'label_levels' out of range");
+    if (!(v >= 1 && v <= 1e9)) throw std::runtime_error("population configuration: 'label_levels' out of range");
     c.label_levels.push_back(static_cast<int64_t>(v));
   }
   c.label_dim = cfg.count("label_dim", 1, 1e5);
@@ -75,20 +75,20 @@ MetaConfig meta_config_from_text(const std::string& text) {
     schedule = "joint";  // files written before the schedule existed trained jointly
   }
   if (schedule != "joint" && schedule != "alternating")
-    throw std::runtime_error("meta configuration: unknown schedule '" + schedule + "'");
+    throw std::runtime_error("population configuration: unknown schedule '" + schedule + "'");
   c.alternating = schedule == "alternating";
   if (c.alternating) c.encoder_lr = cfg.number("encoder_lr");
   return c;
 }
 
-MetaNetImpl::MetaNetImpl(const NetworkConfig& network, const MetaConfig& meta) {
+PopulationNetImpl::PopulationNetImpl(const NetworkConfig& network, const PopulationConfig& population) {
   field = register_module("field", VectorField(network));
-  if (meta.use_encoder) encoder = register_module("encoder", PopulationEncoder(meta.encoder));
-  for (int64_t levels : meta.label_levels) label_embeddings->push_back(torch::nn::Embedding(levels, meta.label_dim));
+  if (population.use_encoder) encoder = register_module("encoder", PopulationEncoder(population.encoder));
+  for (int64_t levels : population.label_levels) label_embeddings->push_back(torch::nn::Embedding(levels, population.label_dim));
   register_module("labels", label_embeddings);
 }
 
-torch::Tensor MetaNetImpl::condition(const torch::Tensor& embedding, const torch::Tensor& labels,
+torch::Tensor PopulationNetImpl::condition(const torch::Tensor& embedding, const torch::Tensor& labels,
                                      const torch::Tensor& covariates) {
   std::vector<torch::Tensor> parts;
   if (encoder) parts.push_back(embedding);
@@ -103,11 +103,11 @@ torch::Tensor MetaNetImpl::condition(const torch::Tensor& embedding, const torch
     parts.push_back(rows);
   }
   if (covariates.defined() && covariates.size(1) > 0) parts.push_back(covariates);
-  if (parts.empty()) throw std::invalid_argument("meta model: no conditioning (no encoder, labels or covariates)");
+  if (parts.empty()) throw std::invalid_argument("population model: no conditioning (no encoder, labels or covariates)");
   return torch::cat(parts, 1);
 }
 
-FlowModel MetaModel::flow() const {
+FlowModel PopulationModel::flow() const {
   FlowModel f;
   f.config = config;
   f.net = net->field;
@@ -115,19 +115,19 @@ FlowModel MetaModel::flow() const {
   return f;
 }
 
-std::shared_ptr<MetaModel> make_meta_model(FlowConfig config, MetaConfig meta, const std::string& device) {
-  if (config.times.size() != 2) throw std::invalid_argument("meta model: exactly two times (source, target) expected");
+std::shared_ptr<PopulationModel> make_population_model(FlowConfig config, PopulationConfig population, const std::string& device) {
+  if (config.times.size() != 2) throw std::invalid_argument("population model: exactly two times (source, target) expected");
   if (config.path.kind == PathKind::TargetFM)
-    throw std::invalid_argument("meta model: target FM has no source population; use the icfm or sbcfm path");
-  meta.encoder.dim = config.network.dim;
-  config.network.cond_dim = meta.cond_dim();
+    throw std::invalid_argument("population model: target FM has no source population; use the icfm or sbcfm path");
+  population.encoder.dim = config.network.dim;
+  config.network.cond_dim = population.cond_dim();
   if (config.network.cond_dim == 0)
-    throw std::invalid_argument("meta model: needs a population encoder or labels to condition on");
-  auto model = std::make_shared<MetaModel>();
+    throw std::invalid_argument("population model: needs a population encoder or labels to condition on");
+  auto model = std::make_shared<PopulationModel>();
   model->config = config;
-  model->meta = meta;
+  model->population = population;
   model->device = parse_device(device);
-  model->net = MetaNet(config.network, meta);
+  model->net = PopulationNet(config.network, population);
   model->net->to(model->device);
   return model;
 }
@@ -148,7 +148,7 @@ torch::Tensor rows_on(const torch::Tensor& t, const torch::Tensor& index, const 
 // The field and the label embeddings without the encoder: what the alternating
 // schedule's field steps optimise.
 struct AlternatingParts {
-  explicit AlternatingParts(MetaModel& model) : field(std::make_shared<torch::nn::Module>()) {
+  explicit AlternatingParts(PopulationModel& model) : field(std::make_shared<torch::nn::Module>()) {
     field->register_module("field", model.net->field);
     field->register_module("labels", model.net->label_embeddings);
   }
@@ -156,7 +156,7 @@ struct AlternatingParts {
 };
 
 // Detached embeddings [chosen, E] from the cache; populations not embedded yet are embedded now.
-torch::Tensor cached_embeddings(MetaModel& model, const std::vector<PopulationGraph>& graphs,
+torch::Tensor cached_embeddings(PopulationModel& model, const std::vector<PopulationGraph>& graphs,
                                 const std::vector<int64_t>& chosen, std::vector<torch::Tensor>& cached,
                                 const torch::Device& dev) {
   std::vector<int64_t> missing;
@@ -178,7 +178,7 @@ torch::Tensor cached_embeddings(MetaModel& model, const std::vector<PopulationGr
 
 }  // namespace
 
-std::string validate_population_set(const MetaModel& model, const PopulationSet& data) {
+std::string validate_population_set(const PopulationModel& model, const PopulationSet& data) {
   if (!data.x.defined() || data.x.dim() != 2) return "cells must be a 2-d matrix";
   if (data.x.size(1) != model.config.network.dim)
     return "cells have " + std::to_string(data.x.size(1)) + " features, the model expects " +
@@ -192,7 +192,7 @@ std::string validate_population_set(const MetaModel& model, const PopulationSet&
   for (int64_t p : data.population)
     if (p < 0) return "negative population id";
   const int64_t n_pop = population_count(data);
-  const auto n_labels = static_cast<int64_t>(model.meta.label_levels.size());
+  const auto n_labels = static_cast<int64_t>(model.population.label_levels.size());
   if (n_labels > 0) {
     if (!data.labels.defined() || data.labels.dim() != 2 || data.labels.size(0) != n_pop ||
         data.labels.size(1) != n_labels)
@@ -200,18 +200,18 @@ std::string validate_population_set(const MetaModel& model, const PopulationSet&
     auto lab = data.labels.to(torch::kLong);
     for (int64_t j = 0; j < n_labels; ++j) {
       auto col = lab.select(1, j);
-      if (col.min().item<int64_t>() < -1 || col.max().item<int64_t>() >= model.meta.label_levels[j])
+      if (col.min().item<int64_t>() < -1 || col.max().item<int64_t>() >= model.population.label_levels[j])
         return "label codes out of range";
     }
   }
-  if (model.meta.covariates > 0 &&
+  if (model.population.covariates > 0 &&
       (!data.covariates.defined() || data.covariates.dim() != 2 || data.covariates.size(0) != n_pop ||
-       data.covariates.size(1) != model.meta.covariates))
-    return "covariates must have one row per population and " + std::to_string(model.meta.covariates) + " columns";
+       data.covariates.size(1) != model.population.covariates))
+    return "covariates must have one row per population and " + std::to_string(model.population.covariates) + " columns";
   return "";
 }
 
-TrainResult train_meta(MetaModel& model, const PopulationSet& data, const TrainConfig& config,
+TrainResult train_population_model(PopulationModel& model, const PopulationSet& data, const TrainConfig& config,
                        const TrainCallbacks& callbacks) {
   std::string problem = validate_population_set(model, data);
   if (!problem.empty()) throw std::invalid_argument(problem);
@@ -240,8 +240,8 @@ TrainResult train_meta(MetaModel& model, const PopulationSet& data, const TrainC
 
   // The graphs are fixed for the whole run: built once here.
   std::vector<PopulationGraph> graphs(n_pop);
-  if (model.meta.use_encoder) {
-    const int64_t k = model.meta.graph_k();
+  if (model.population.use_encoder) {
+    const int64_t k = model.population.graph_k();
     auto x_cpu = data.x.to(torch::kCPU, torch::kFloat);
     for (int64_t p : usable) {
       if (static_cast<int64_t>(sources[p].size()) <= k)
@@ -249,7 +249,7 @@ TrainResult train_meta(MetaModel& model, const PopulationSet& data, const TrainC
                                     " source cells; a kNN graph with k = " + std::to_string(k) +
                                     " needs more than k");
       graphs[p] = graph_on(build_graph(x_cpu.index_select(0, torch::tensor(sources[p], torch::kLong)), k,
-                                       model.meta.max_cells, model.meta.graph_seed + static_cast<uint64_t>(p)),
+                                       model.population.max_cells, model.population.graph_seed + static_cast<uint64_t>(p)),
                            dev);
     }
   }
@@ -262,13 +262,13 @@ TrainResult train_meta(MetaModel& model, const PopulationSet& data, const TrainC
   adam.ema_decay = config.ema_decay;
   // A fixed encoder (kernel mean embedding) has nothing to alternate with.
   const bool alternate =
-      model.meta.use_encoder && model.meta.alternating && !model.net->encoder->parameters().empty();
+      model.population.use_encoder && model.population.alternating && !model.net->encoder->parameters().empty();
   AlternatingParts parts(model);
   FlatAdam opt(alternate ? *parts.field : *model.net, adam);
   std::unique_ptr<FlatAdam> encoder_opt;
   if (alternate) {
     AdamSettings encoder_adam = adam;
-    if (model.meta.encoder_lr > 0) encoder_adam.lr = model.meta.encoder_lr;
+    if (model.population.encoder_lr > 0) encoder_adam.lr = model.population.encoder_lr;
     encoder_opt = std::make_unique<FlatAdam>(*model.net->encoder, encoder_adam);
   }
   std::vector<torch::Tensor> cached(n_pop);  // alternating: detached embedding per population
@@ -288,7 +288,7 @@ TrainResult train_meta(MetaModel& model, const PopulationSet& data, const TrainC
 
     const bool encoder_step = alternate && step % 2 == 0;
     torch::Tensor embedding;
-    if (model.meta.use_encoder && (!alternate || encoder_step)) {
+    if (model.population.use_encoder && (!alternate || encoder_step)) {
       std::vector<const PopulationGraph*> batch;
       for (int64_t p : chosen) batch.push_back(&graphs[p]);
       // Through the encoder, so that its step (or the joint step) trains it on the field's loss.
@@ -339,9 +339,9 @@ TrainResult train_meta(MetaModel& model, const PopulationSet& data, const TrainC
   return result;
 }
 
-torch::Tensor embed_populations(MetaModel& model, const std::vector<torch::Tensor>& sources) {
-  if (!model.meta.use_encoder) throw std::invalid_argument("this model has no population encoder (CGFM)");
-  const int64_t k = model.meta.graph_k();
+torch::Tensor embed_populations(PopulationModel& model, const std::vector<torch::Tensor>& sources) {
+  if (!model.population.use_encoder) throw std::invalid_argument("this model has no population encoder (CGFM)");
+  const int64_t k = model.population.graph_k();
   std::vector<PopulationGraph> graphs;
   for (size_t p = 0; p < sources.size(); ++p) {
     const auto& x = sources[p];
@@ -350,7 +350,7 @@ torch::Tensor embed_populations(MetaModel& model, const std::vector<torch::Tenso
     if (x.size(0) <= k)
       throw std::invalid_argument("a population has " + std::to_string(x.size(0)) +
                                   " source cells; a kNN graph with k = " + std::to_string(k) + " needs more than k");
-    graphs.push_back(build_graph(x, k, model.meta.max_cells, model.meta.graph_seed + static_cast<uint64_t>(p)));
+    graphs.push_back(build_graph(x, k, model.population.max_cells, model.population.graph_seed + static_cast<uint64_t>(p)));
   }
   std::vector<const PopulationGraph*> batch;
   for (const auto& g : graphs) batch.push_back(&g);
@@ -359,7 +359,7 @@ torch::Tensor embed_populations(MetaModel& model, const std::vector<torch::Tenso
   return model.net->encoder->forward(batch_graphs(batch, model.device)).to(torch::kCPU);
 }
 
-torch::Tensor population_condition(MetaModel& model, const std::vector<torch::Tensor>& sources,
+torch::Tensor population_condition(PopulationModel& model, const std::vector<torch::Tensor>& sources,
                                    const torch::Tensor& labels, const torch::Tensor& covariates) {
   const auto n_pop = static_cast<int64_t>(sources.size());
   if (n_pop < 1) throw std::invalid_argument("no populations given");
@@ -372,7 +372,7 @@ torch::Tensor population_condition(MetaModel& model, const std::vector<torch::Te
   std::string problem = validate_population_set(model, check);
   if (!problem.empty()) throw std::invalid_argument(problem);
   torch::Tensor embedding;
-  if (model.meta.use_encoder) embedding = embed_populations(model, sources).to(model.device);
+  if (model.population.use_encoder) embedding = embed_populations(model, sources).to(model.device);
   auto all = torch::arange(n_pop, torch::kLong).to(model.device);
   torch::NoGradGuard no_grad;
   return model.net
@@ -381,26 +381,26 @@ torch::Tensor population_condition(MetaModel& model, const std::vector<torch::Te
       .to(torch::kCPU);
 }
 
-std::string save_meta_model(const MetaModel& model, const std::string& metadata) {
-  std::vector<std::string> blocks{config_to_text(model.config), meta_config_to_text(model.meta),
+std::string save_population_model(const PopulationModel& model, const std::string& metadata) {
+  std::vector<std::string> blocks{config_to_text(model.config), population_config_to_text(model.population),
                                   module_bytes(*model.net.ptr(), model.device), metadata};
   if (model.train_state.step > 0) blocks.push_back(train_state_to_bytes(model.train_state));
-  return pack_model_file(kMetaModelKind, blocks);
+  return pack_model_file(kPopulationModelKind, blocks);
 }
 
-std::shared_ptr<MetaModel> load_meta_model(const std::string& bytes, const std::string& device,
+std::shared_ptr<PopulationModel> load_population_model(const std::string& bytes, const std::string& device,
                                            std::string* metadata) {
   std::string kind;
   std::vector<std::string> blocks = unpack_model_file(bytes, &kind);
-  if (kind != kMetaModelKind)
+  if (kind != kPopulationModelKind)
     throw std::runtime_error("model file holds a '" + kind + "', not a popflow population (MFM/CGFM) model");
   if (blocks.size() < 4) throw std::runtime_error("model file is truncated");
   if (blocks.size() > 5) throw std::runtime_error("model file has trailing bytes");
   FlowConfig config = config_from_text(blocks[0]);
-  MetaConfig meta = meta_config_from_text(blocks[1]);
-  std::shared_ptr<MetaModel> model;
+  PopulationConfig population = population_config_from_text(blocks[1]);
+  std::shared_ptr<PopulationModel> model;
   try {
-    model = make_meta_model(config, meta, "cpu");
+    model = make_population_model(config, population, "cpu");
     if (model->config.network.cond_dim != config.network.cond_dim)
       throw std::runtime_error("model file configurations disagree on the conditioning width");
     load_module_bytes(*model->net, blocks[2]);
