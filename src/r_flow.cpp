@@ -52,7 +52,7 @@ Rcpp::List pf_fit(Rcpp::NumericMatrix x, Rcpp::IntegerVector time_index, Rcpp::N
   std::shared_ptr<FlowModel> model;
   if (resume.isNotNull()) {
     model = load_model(from_raw(Rcpp::RawVector(resume.get())), tc.device);
-    popflow_r::check_resume_config(config_to_text(model->config), config_to_text(asked));
+    popflow_r::check_resume_config(flow_config_to_text(model->config), flow_config_to_text(asked));
     tc.resume = true;
   } else {
     torch::manual_seed(tc.seed);  // weight initialisation is part of the seeded run
@@ -126,7 +126,7 @@ bool pf_handle_valid(SEXP handle) {
 // [[Rcpp::export]]
 std::string pf_model_config(Rcpp::RawVector bytes) {
   PF_GUARD_BEGIN
-  return config_to_text(load_model(from_raw(bytes), "cpu")->config);
+  return flow_config_to_text(load_model(from_raw(bytes), "cpu")->config);
   PF_GUARD_END
   return "";
 }

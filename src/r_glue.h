@@ -10,7 +10,9 @@
 #include <string>
 
 #include "core/config.h"
+#include "core/config_text.h"
 #include "core/model.h"
+#include "core/model_file.h"
 #include "core/trainer.h"
 
 #define PF_GUARD_BEGIN try {
@@ -72,7 +74,7 @@ inline popflow::FlowConfig flow_config(const Rcpp::List& cfg, const Rcpp::Numeri
      << "times=";
   for (R_xlen_t i = 0; i < times.size(); ++i) os << (i ? "," : "") << times[i];
   os << "\n";
-  return popflow::config_from_text(os.str());
+  return popflow::flow_config_from_text(os.str());
 }
 
 inline popflow::TrainConfig train_config(const Rcpp::List& cfg) {

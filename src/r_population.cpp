@@ -20,7 +20,7 @@ PopulationConfig meta_config(const Rcpp::List& m, const Rcpp::IntegerVector& lab
   PopulationConfig c;
   const auto encoder = get_or<std::string>(m, "encoder", "gcn");
   c.use_encoder = encoder != "none";
-  if (c.use_encoder) c.encoder.kind = encoder_kind(encoder);
+  if (c.use_encoder) c.encoder.kind = method_value<EncoderKind>(encoder);
   c.encoder.layers = get_or<int>(m, "layers", 3);
   c.encoder.width = get_or<int>(m, "width", 64);
   c.encoder.bandwidth = get_or<double>(m, "bandwidth", 1.0);
@@ -92,8 +92,8 @@ Rcpp::List pf_meta_fit(Rcpp::NumericMatrix x, Rcpp::IntegerVector side, Rcpp::In
     // cond_dim follows the meta configuration, so compare the field's settings without it.
     FlowConfig saved_flow = model->config;
     saved_flow.network.cond_dim = 0;
-    popflow_r::check_resume_config(config_to_text(saved_flow) + population_config_to_text(model->population),
-                                   config_to_text(flow) + population_config_to_text(asked));
+    popflow_r::check_resume_config(flow_config_to_text(saved_flow) + population_config_to_text(model->population),
+                                   flow_config_to_text(flow) + population_config_to_text(asked));
     tc.resume = true;
   } else {
     torch::manual_seed(tc.seed);  // weight initialisation is part of the seeded run
@@ -155,7 +155,7 @@ Rcpp::RawVector pf_meta_metadata(Rcpp::RawVector bytes) {
 std::string pf_meta_config(Rcpp::RawVector bytes) {
   PF_GUARD_BEGIN
   auto model = load_population_model(from_raw(bytes), "cpu");
-  return config_to_text(model->config) + population_config_to_text(model->population);
+  return flow_config_to_text(model->config) + population_config_to_text(model->population);
   PF_GUARD_END
   return "";
 }

@@ -25,6 +25,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "config_text.h"
 #include "population_model.h"
 
 namespace {
@@ -108,7 +109,7 @@ popflow::TrainResult fit(const Options& o, const popflow::PopulationSet& data, i
   popflow::PopulationConfig population;
   population.k = o.k;
   population.max_cells = o.cells;
-  population.encoder.kind = popflow::encoder_kind(o.encoder);
+  population.encoder.kind = popflow::method_value<popflow::EncoderKind>(o.encoder);
   population.encoder.layers = o.gcn_layers;
   population.encoder.width = o.gcn_width;
   auto model = popflow::make_population_model(flow, population, o.device);

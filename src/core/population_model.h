@@ -21,30 +21,7 @@ namespace popflow {
 
 constexpr const char* kPopulationModelKind = "popflow-meta";
 
-struct PopulationConfig {
-  bool use_encoder = true;            // false: CGFM (labels only)
-  EncoderConfig encoder;              // encoder.dim follows the cells' dimension
-  int64_t k = 50;                     // kNN graph (GCN only; mean and KME use none)
-  int64_t max_cells = 2000;           // cells per population used for its embedding; 0 = all
-  uint64_t graph_seed = 1;            // subsample of populations larger than max_cells
-  std::vector<int64_t> label_levels;  // per categorical label: number of values
-  int64_t label_dim = 8;              // embedding size of each categorical label
-  int64_t covariates = 0;             // numeric labels, used as they are
-  // "joint": field and encoder take one optimiser step together. "alternating"
-  // (the reference's letters training): odd steps update the field and label
-  // embeddings on cached, detached population embeddings; even steps update
-  // only the encoder, with its own Adam (learning rate encoder_lr; 0 = the
-  // training rate), and refresh the cache.
-  bool alternating = false;
-  double encoder_lr = 0;
-  // Width of the field's conditioning input.
-  int64_t cond_dim() const;
-  // The graph degree actually used (0 for encoders that ignore the graph).
-  int64_t graph_k() const;
-};
-
-std::string population_config_to_text(const PopulationConfig& config);
-PopulationConfig population_config_from_text(const std::string& text);
+// PopulationConfig (config.h) holds the encoder, labels and schedule; config_text.h its text form.
 
 class PopulationNetImpl : public torch::nn::Module {
  public:

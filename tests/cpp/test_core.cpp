@@ -14,11 +14,13 @@
 
 #include "check.h"
 #include "config.h"
+#include "config_text.h"
 #include "coupling.h"
 #include "exact_ot.h"
 #include "population_model.h"
 #include "metrics.h"
 #include "model.h"
+#include "model_file.h"
 #include "optimizer.h"
 #include "assignment.h"
 #include "network.h"
@@ -695,7 +697,7 @@ TEST_CASE("model: save/load round-trips configuration and parameters exactly") {
   auto model = make_model(format_config(), "cpu");
   const std::string bytes = save_model(*model);
   auto loaded = load_model(bytes);
-  PF_CHECK(config_to_text(loaded->config) == config_to_text(model->config));
+  PF_CHECK(flow_config_to_text(loaded->config) == flow_config_to_text(model->config));
   PF_CHECK(same_parameters(*model->net, *loaded->net));
   PF_CHECK(!model->net->named_buffers().is_empty());  // the Fourier matrix travels too
   auto x = torch::randn({7, 3});
@@ -703,8 +705,8 @@ TEST_CASE("model: save/load round-trips configuration and parameters exactly") {
   PF_CHECK(torch::equal(model->net->forward(x, t), loaded->net->forward(x, t)));
   PF_CHECK(save_model(*loaded) == bytes);  // the format is deterministic
   // The text form alone round-trips too.
-  FlowConfig back = config_from_text(config_to_text(format_config()));
-  PF_CHECK(config_to_text(back) == config_to_text(format_config()));
+  FlowConfig back = flow_config_from_text(flow_config_to_text(format_config()));
+  PF_CHECK(flow_config_to_text(back) == flow_config_to_text(format_config()));
   PF_CHECK(back.coupling.sinkhorn_reg == format_config().coupling.sinkhorn_reg);
   PF_CHECK(back.times == format_config().times);
 }
@@ -778,7 +780,7 @@ TEST_CASE("model: random mutations either load or throw (fuzz)") {
   cfg.network.width = 8;
   auto model = make_model(cfg, "cpu");
   const std::string bytes = save_model(*model);
-  const std::string cfg_text = config_to_text(model->config);
+  const std::string cfg_text = flow_config_to_text(model->config);
   const size_t kind_at = bytes.find(kModelKind), cfg_at = bytes.find(cfg_text);
   PF_CHECK(kind_at != std::string::npos && cfg_at != std::string::npos);
   std::mt19937_64 rng(23);
@@ -882,7 +884,7 @@ TEST_CASE("model: parameters that do not fit the configuration are rejected") {
     PF_CHECK_MSG(is_runtime, from << " -> " << to << ": " << msg);
   }
   // A parameter archive replaced by garbage of the same length.
-  const std::string cfg_text = config_to_text(model->config);
+  const std::string cfg_text = flow_config_to_text(model->config);
   const size_t params_at = bytes.find(cfg_text) + cfg_text.size() + 8;
   uint64_t params_len = 0;
   std::memcpy(&params_len, bytes.data() + params_at - 8, 8);
