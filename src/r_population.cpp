@@ -85,10 +85,16 @@ Rcpp::List pf_meta_fit(Rcpp::NumericMatrix x, Rcpp::IntegerVector side, Rcpp::In
   TrainConfig tc = popflow_r::train_config(config);
   torch::set_num_threads(tc.threads);
   const FlowConfig flow = popflow_r::flow_config(config, Rcpp::NumericVector::create(0, 1), x.ncol(), 0);
-  const PopulationConfig asked = meta_config(meta, label_levels, n_cov);
+  PopulationConfig asked = meta_config(meta, label_levels, n_cov);
+  // The R side passes the population sampling sizes as the batch settings.
+  asked.cells_per_population = tc.batch_size;
+  asked.populations_per_step = tc.groups_per_step;
   std::shared_ptr<PopulationModel> model;
   if (resume.isNotNull()) {
     model = load_population_model(from_raw(Rcpp::RawVector(resume.get())), tc.device);
+    // Sampling sizes may change on resuming (older files hold 0 for them).
+    model->population.cells_per_population = asked.cells_per_population;
+    model->population.populations_per_step = asked.populations_per_step;
     // cond_dim follows the meta configuration, so compare the field's settings without it.
     FlowConfig saved_flow = model->config;
     saved_flow.network.cond_dim = 0;

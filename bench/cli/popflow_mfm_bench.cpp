@@ -112,11 +112,11 @@ popflow::TrainResult fit(const Options& o, const popflow::PopulationSet& data, i
   population.encoder.kind = popflow::method_value<popflow::EncoderKind>(o.encoder);
   population.encoder.layers = o.gcn_layers;
   population.encoder.width = o.gcn_width;
+  population.cells_per_population = o.cells;
+  population.populations_per_step = o.per_step;
   auto model = popflow::make_population_model(flow, population, o.device);
   popflow::TrainConfig train;
   train.steps = steps;
-  train.batch_size = o.cells;
-  train.groups_per_step = o.per_step;
   train.lr = 1e-4;
   train.threads = o.threads;
   train.device = o.device;

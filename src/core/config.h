@@ -44,6 +44,7 @@ struct NetworkConfig {
 
 struct TrainConfig {
   int64_t steps = 1000;
+  // Flow models only; population models sample by their PopulationConfig.
   int64_t batch_size = 256;      // cells per (interval, group) block
   int64_t groups_per_step = 1;   // groups drawn per interval and step
   double lr = 1e-3;
@@ -100,6 +101,11 @@ struct PopulationConfig {
   // training rate), and refresh the cache.
   bool alternating = false;
   double encoder_lr = 0;
+  // Each training step draws populations_per_step populations and
+  // cells_per_population source and target cells from each (0 in a model
+  // file written before they were recorded: set them before training).
+  int64_t cells_per_population = 700;
+  int64_t populations_per_step = 10;
   // Width of the field's conditioning input.
   int64_t cond_dim() const {
     return (use_encoder ? encoder.output_size() : 0) + static_cast<int64_t>(label_levels.size()) * label_dim +

@@ -245,6 +245,8 @@ std::string population_config_to_text(const PopulationConfig& c) {
       .put("covariates", c.covariates)
       .put("schedule", c.alternating ? "alternating" : "joint")
       .put("encoder_lr", c.encoder_lr)
+      .put("cells_per_population", c.cells_per_population)
+      .put("populations_per_step", c.populations_per_step)
       .str();
 }
 
@@ -272,6 +274,8 @@ PopulationConfig population_config_from_text(const std::string& text) {
   c.alternating = schedule == "alternating";
   const double encoder_lr = cfg.has("encoder_lr") ? cfg.number("encoder_lr") : 0.0;
   if (c.alternating) c.encoder_lr = encoder_lr;  // a joint fit has no encoder rate of its own
+  c.cells_per_population = cfg.has("cells_per_population") ? cfg.count("cells_per_population", 0, 1e12) : 0;
+  c.populations_per_step = cfg.has("populations_per_step") ? cfg.count("populations_per_step", 0, 1e12) : 0;
   cfg.reject_unknown_keys();
   return c;
 }

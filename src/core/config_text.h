@@ -69,8 +69,9 @@ FlowConfig flow_config_from_text(const std::string& text);
 
 // Population model settings: encoder (or "none"), layers, encoder_width,
 // bandwidth, k, max_cells, graph_seed, label_levels, label_dim, covariates,
-// schedule, encoder_lr. Model files written before the last two existed
-// lack them: they read as "joint" and 0.
+// schedule, encoder_lr, cells_per_population, populations_per_step. Model
+// files written before a key existed lack it: schedule reads as "joint",
+// encoder_lr and the two sampling sizes as 0 (not recorded).
 std::string population_config_to_text(const PopulationConfig& config);
 PopulationConfig population_config_from_text(const std::string& text);
 

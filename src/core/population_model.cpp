@@ -149,8 +149,13 @@ TrainResult train_population_model(PopulationModel& model, const PopulationSet& 
                        const TrainCallbacks& callbacks) {
   std::string problem = validate_population_set(model, data);
   if (!problem.empty()) throw std::invalid_argument(problem);
-  if (config.steps < 1 || config.batch_size < 1 || config.groups_per_step < 1)
-    throw std::invalid_argument("steps, cells per population and populations per step must be >= 1");
+  if (config.steps < 1) throw std::invalid_argument("steps must be >= 1");
+  const PopulationConfig& sampling = model.population;
+  for (auto [name, value] : {std::make_pair("cells_per_population", sampling.cells_per_population),
+                             std::make_pair("populations_per_step", sampling.populations_per_step)})
+    if (value < 1)
+      throw std::invalid_argument(std::string(name) + " must be >= 1, not " + std::to_string(value) +
+                                  " (a model file written before it was recorded holds 0: set it before training)");
   if (!(config.lr > 0)) throw std::invalid_argument("lr must be > 0");
   if (data.labels.defined() && data.labels.numel() > 0 && data.labels.min().item<int64_t>() < 0)
     throw std::invalid_argument("label codes out of range (unseen values exist only at prediction)");
@@ -189,7 +194,7 @@ TrainResult train_population_model(PopulationModel& model, const PopulationSet& 
   }
 
   const double reg_default = std::max(2 * model.config.path.sigma * model.config.path.sigma, 1e-3);
-  const int64_t n_cells = config.batch_size;
+  const int64_t n_cells = sampling.cells_per_population;
   AdamSettings adam;
   adam.lr = config.lr;
   adam.weight_decay = config.weight_decay;
@@ -217,7 +222,7 @@ TrainResult train_population_model(PopulationModel& model, const PopulationSet& 
     seed_step(config.seed, step, rng);
     std::vector<int64_t> chosen = usable;
     std::shuffle(chosen.begin(), chosen.end(), rng);
-    chosen.resize(std::min<size_t>(chosen.size(), config.groups_per_step));
+    chosen.resize(std::min<size_t>(chosen.size(), sampling.populations_per_step));
     auto chosen_index = torch::tensor(chosen, torch::kLong).to(dev);
 
     const bool encoder_step = alternate && step % 2 == 0;

@@ -63,8 +63,9 @@ struct PopulationSet {
 
 std::string validate_population_set(const PopulationModel& model, const PopulationSet& data);
 
-// Algorithm 1: each step draws config.groups_per_step populations and
-// config.batch_size source and target cells from each, couples them within
+// Algorithm 1: each step draws population.populations_per_step populations and
+// population.cells_per_population source and target cells from each (the
+// TrainConfig's batch_size and groups_per_step are not used), couples them within
 // the population, and regresses v(x_t, t | phi(source population), labels).
 // The kNN graphs are built once, before the first step.
 TrainResult train_population_model(PopulationModel& model, const PopulationSet& data, const TrainConfig& config,
