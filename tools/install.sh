@@ -4,8 +4,8 @@
 # Safe to re-run: apt is a no-op when everything is present, and the package is
 # rebuilt only when its sources changed.
 #   usage: tools/install.sh [--system-only]
-#   --system-only: the apt packages only (tools/test.sh: R CMD check installs
-#                  the package itself, into a private library).
+#   --system-only: the apt packages only (tools/test.sh: tools/check_package.sh
+#                  installs the package into a private library for R CMD check).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 system_only=0
