@@ -130,12 +130,9 @@ fit_method.popflow_population_param <- function(method, x, target, time, group, 
   if (is.null(target)) {
     pf_abort("target", "is missing", sprintf("method \"%s\" learns source -> target: give `target` cells", attr(method, "kind")))
   }
-  x <- as_cell_matrix(x, "x", min_rows = 2)
-  target <- as_cell_matrix(target, "target", min_rows = 2)
-  if (ncol(target) != ncol(x)) {
-    pf_abort("target", sprintf("has %d features but `x` has %d", ncol(target), ncol(x)),
-             "use the same features (columns) for source and target cells")
-  }
+  cells <- source_target_cells(x, target)
+  x <- cells$x
+  target <- cells$target
   warn_constant_features(rbind(x, target), "x")
   n <- nrow(x) + nrow(target)
   side <- rep(0:1, c(nrow(x), nrow(target)))
@@ -196,19 +193,25 @@ train_model <- function(fields, training, verbose, resume, engine_fit) {
   fit
 }
 
+# Source and target cells as matrices with the same features.
+source_target_cells <- function(x, target) {
+  x <- as_cell_matrix(x, "x", min_rows = 2)
+  target <- as_cell_matrix(target, "target", min_rows = 2)
+  if (ncol(target) != ncol(x)) {
+    pf_abort("target", sprintf("has %d features but `x` has %d", ncol(target), ncol(x)),
+             "use the same features (columns) for source and target cells")
+  }
+  list(x = x, target = target)
+}
+
 # Cells, time indices and groups in the engine's form.
 flow_training_data <- function(x, target, time, group, generative) {
   if (!is.null(target)) {
     if (!is.null(time)) pf_abort("time", "must be NULL when `target` is given", "give either `target` or `time`")
-    x <- as_cell_matrix(x, "x", min_rows = 2)
-    target <- as_cell_matrix(target, "target", min_rows = 2)
-    if (ncol(target) != ncol(x)) {
-      pf_abort("target", sprintf("has %d features but `x` has %d", ncol(target), ncol(x)),
-               "use the same features (columns) for source and target cells")
-    }
+    cells <- source_target_cells(x, target)
     labels <- c(0, 1)
-    idx <- rep(0:1, c(nrow(x), nrow(target)))
-    x <- rbind(x, target)
+    idx <- rep(0:1, c(nrow(cells$x), nrow(cells$target)))
+    x <- rbind(cells$x, cells$target)
   } else if (generative && is.null(time)) {
     x <- as_cell_matrix(x, "x", min_rows = 2)
     labels <- c(0, 1)
