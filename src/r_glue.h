@@ -9,11 +9,12 @@
 #include <string>
 
 #include "core/config.h"
+#include "core/config_text.h"
 #include "core/model.h"
+#include "core/model_file.h"
 #include "core/ode.h"
 #include "core/population_model.h"
 #include "core/trainer.h"
-#include "r_engine_shim.h"
 
 #define PF_GUARD_BEGIN try {
 #define PF_GUARD_END                                             \
@@ -87,6 +88,10 @@ inline popflow::TrainConfig train_config(const Rcpp::List& config) {
 
 inline popflow::SolverConfig solver_config(const Rcpp::List& config) {
   return popflow::solver_config_from_text(section_text(config, "solver"));
+}
+
+inline popflow::PopulationConfig population_config(const Rcpp::List& config) {
+  return popflow::population_config_from_text(section_text(config, "population"));
 }
 
 // A fitted model of either kind, as R holds it: the header of its file says
@@ -197,6 +202,7 @@ inline void add_checkpoints(popflow::TrainCallbacks& cb, const Rcpp::List& confi
   const popflow::ConfigText checkpoint(section_text(config, "checkpoint"), "checkpoint settings");
   const auto every = checkpoint.count("every", 0, 1e15);
   const std::string path = checkpoint.value("file");
+  checkpoint.reject_unknown_keys();
   if (every == 0) return;
   if (path.empty()) throw std::invalid_argument("checkpoint settings: 'every' is set but 'file' is empty");
   cb.checkpoint_every = every;

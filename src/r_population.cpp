@@ -10,7 +10,6 @@
 
 using namespace popflow;
 using popflow_r::from_raw;
-using popflow_r::section_text;
 using popflow_r::to_matrix;
 using popflow_r::to_tensor;
 
@@ -56,16 +55,13 @@ Rcpp::List pf_population_fit(Rcpp::NumericMatrix x, Rcpp::IntegerVector side, Rc
   TrainConfig tc = popflow_r::train_config(config);
   torch::set_num_threads(tc.threads);
   const FlowConfig flow = popflow_r::flow_config(config);
-  const std::string population_text = section_text(config, "population");
-  const PopulationConfig asked = population_config_from_text(population_text);
-  {  // TEMPORARY (until the engine's population configuration carries them): the population sampling.
-    const ConfigText sampling(population_text, "population configuration");
-    tc.batch_size = sampling.count("cells_per_population", 1, 1e12);
-    tc.groups_per_step = sampling.count("populations_per_step", 1, 1e12);
-  }
+  const PopulationConfig asked = popflow_r::population_config(config);
   std::shared_ptr<PopulationModel> model;
   if (resume.isNotNull()) {
     model = load_population_model(from_raw(Rcpp::RawVector(resume.get())), tc.device);
+    // Sampling sizes may change on resuming (files written before they were recorded hold 0).
+    model->population.cells_per_population = asked.cells_per_population;
+    model->population.populations_per_step = asked.populations_per_step;
     // cond_dim follows the population configuration, so compare the field's settings without it.
     FlowConfig saved_flow = model->config;
     saved_flow.network.cond_dim = 0;

@@ -25,6 +25,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "config_text.h"
 #include "population_model.h"
 
 namespace {
@@ -108,14 +109,14 @@ popflow::TrainResult fit(const Options& o, const popflow::PopulationSet& data, i
   popflow::PopulationConfig population;
   population.k = o.k;
   population.max_cells = o.cells;
-  population.encoder.kind = popflow::encoder_kind(o.encoder);
+  population.encoder.kind = popflow::method_value<popflow::EncoderKind>(o.encoder);
   population.encoder.layers = o.gcn_layers;
   population.encoder.width = o.gcn_width;
+  population.cells_per_population = o.cells;
+  population.populations_per_step = o.per_step;
   auto model = popflow::make_population_model(flow, population, o.device);
   popflow::TrainConfig train;
   train.steps = steps;
-  train.batch_size = o.cells;
-  train.groups_per_step = o.per_step;
   train.lr = 1e-4;
   train.threads = o.threads;
   train.device = o.device;

@@ -14,6 +14,8 @@ enum class CouplingKind { Independent, ExactOT, Sinkhorn };
 enum class OTMode { Resample, Permutation };
 enum class Activation { SELU, SiLU };
 enum class SolverKind { Euler, Heun, Midpoint, RK4, Dopri5 };
+// Population encoders (encoders.h).
+enum class EncoderKind { GCN, Mean, KME };
 
 struct PathConfig {
   PathKind kind = PathKind::ICFM;
@@ -42,6 +44,7 @@ struct NetworkConfig {
 
 struct TrainConfig {
   int64_t steps = 1000;
+  // Flow models only; population models sample by their PopulationConfig.
   int64_t batch_size = 256;      // cells per (interval, group) block
   int64_t groups_per_step = 1;   // groups drawn per interval and step
   double lr = 1e-3;
@@ -69,6 +72,47 @@ struct FlowConfig {
   CouplingConfig coupling;
   NetworkConfig network;
   std::vector<double> times{0.0, 1.0};  // snapshot times (model time = normalised)
+};
+
+struct EncoderConfig {
+  EncoderKind kind = EncoderKind::GCN;
+  int64_t dim = 2;         // cell features
+  int64_t layers = 3;      // GCN / mean: linear layers
+  int64_t width = 64;      // GCN / mean: layer width; KME: random features (even)
+  double bandwidth = 1.0;  // KME: RBF kernel length scale
+  int64_t output_size() const { return width; }
+};
+
+// Population models (population_model.h): MFM conditions the field on an
+// embedding of the source population, CGFM on the population's labels.
+struct PopulationConfig {
+  bool use_encoder = true;            // false: CGFM (labels only)
+  EncoderConfig encoder;              // encoder.dim follows the cells' dimension
+  int64_t k = 50;                     // kNN graph (GCN only; mean and KME use none)
+  int64_t max_cells = 2000;           // cells per population used for its embedding; 0 = all
+  uint64_t graph_seed = 1;            // subsample of populations larger than max_cells
+  std::vector<int64_t> label_levels;  // per categorical label: number of values
+  int64_t label_dim = 8;              // embedding size of each categorical label
+  int64_t covariates = 0;             // numeric labels, used as they are
+  // "joint": field and encoder take one optimiser step together. "alternating"
+  // (the reference's letters training): odd steps update the field and label
+  // embeddings on cached, detached population embeddings; even steps update
+  // only the encoder, with its own Adam (learning rate encoder_lr; 0 = the
+  // training rate), and refresh the cache.
+  bool alternating = false;
+  double encoder_lr = 0;
+  // Each training step draws populations_per_step populations and
+  // cells_per_population source and target cells from each (0 in a model
+  // file written before they were recorded: set them before training).
+  int64_t cells_per_population = 700;
+  int64_t populations_per_step = 10;
+  // Width of the field's conditioning input.
+  int64_t cond_dim() const {
+    return (use_encoder ? encoder.output_size() : 0) + static_cast<int64_t>(label_levels.size()) * label_dim +
+           covariates;
+  }
+  // The graph degree actually used (0 for encoders that ignore the graph).
+  int64_t graph_k() const { return use_encoder && encoder.kind == EncoderKind::GCN ? k : 0; }
 };
 
 }  // namespace popflow

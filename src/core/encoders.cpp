@@ -139,22 +139,6 @@ struct SymmetricPropagate : public torch::autograd::Function<SymmetricPropagate>
 
 }  // namespace
 
-EncoderKind encoder_kind(const std::string& name) {
-  if (name == "gcn") return EncoderKind::GCN;
-  if (name == "mean") return EncoderKind::Mean;
-  if (name == "kme") return EncoderKind::KME;
-  throw std::invalid_argument("unknown population encoder '" + name + "'; use \"gcn\", \"mean\" or \"kme\"");
-}
-
-const char* encoder_name(EncoderKind kind) {
-  switch (kind) {
-    case EncoderKind::GCN: return "gcn";
-    case EncoderKind::Mean: return "mean";
-    case EncoderKind::KME: return "kme";
-  }
-  return "?";
-}
-
 PopulationEncoderImpl::PopulationEncoderImpl(const EncoderConfig& config) : config_(config) {
   if (config.dim < 1 || config.width < 1) throw std::invalid_argument("encoder: dim and width must be >= 1");
   if (config.kind == EncoderKind::KME) {

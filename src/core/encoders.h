@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "config.h"
+
 namespace popflow {
 
 // Exact k nearest neighbours of every row of x (itself excluded), by chunked
@@ -44,19 +46,6 @@ struct GraphBatch {
   torch::Tensor graph_of;      // [nodes] long: the graph of each node (for the mean readout)
 };
 GraphBatch batch_graphs(const std::vector<const PopulationGraph*>& graphs, const torch::Device& device);
-
-enum class EncoderKind { GCN, Mean, KME };
-EncoderKind encoder_kind(const std::string& name);  // "gcn", "mean", "kme"
-const char* encoder_name(EncoderKind kind);
-
-struct EncoderConfig {
-  EncoderKind kind = EncoderKind::GCN;
-  int64_t dim = 2;         // cell features
-  int64_t layers = 3;      // GCN / mean: linear layers
-  int64_t width = 64;      // GCN / mean: layer width; KME: random features (even)
-  double bandwidth = 1.0;  // KME: RBF kernel length scale
-  int64_t output_size() const { return width; }
-};
 
 // GCN: h <- A_hat h W + b per layer, ReLU between layers, mean over each
 // graph's nodes, unit L2 norm. Mean (DeepSets): the same on self-loop-only

@@ -4,82 +4,16 @@
 #include <chrono>
 #include <cmath>
 #include <random>
-#include <sstream>
 #include <stdexcept>
 
+#include "config_text.h"
 #include "coupling.h"
+#include "model_file.h"
 #include "optimizer.h"
 #include "paths.h"
 #include "threads.h"
 
 namespace popflow {
-
-int64_t PopulationConfig::cond_dim() const {
-  return (use_encoder ? encoder.output_size() : 0) + static_cast<int64_t>(label_levels.size()) * label_dim +
-         covariates;
-}
-
-int64_t PopulationConfig::graph_k() const { return use_encoder && encoder.kind == EncoderKind::GCN ? k : 0; }
-
-std::string population_config_to_text(const PopulationConfig& c) {
-  std::ostringstream os;
-  os.precision(17);
-  os << "encoder=" << (c.use_encoder ? encoder_name(c.encoder.kind) : "none") << "\n"
-     << "layers=" << c.encoder.layers << "\n"
-     << "encoder_width=" << c.encoder.width << "\n"
-     << "bandwidth=" << c.encoder.bandwidth << "\n"
-     << "k=" << c.k << "\n"
-     << "max_cells=" << c.max_cells << "\n"
-     << "graph_seed=" << c.graph_seed << "\n"
-     << "label_levels=";
-  for (size_t i = 0; i < c.label_levels.size(); ++i) os << (i ? "," : "") << c.label_levels[i];
-  os << "\n"
-     << "label_dim=" << c.label_dim << "\n"
-     << "covariates=" << c.covariates << "\n"
-     << "schedule=" << (c.alternating ? "alternating" : "joint") << "\n"
-     << "encoder_lr=" << c.encoder_lr << "\n";
-  return os.str();
-}
-
-PopulationConfig population_config_from_text(const std::string& text) {
-  const ConfigText cfg(text, "population configuration");
-  PopulationConfig c;
-  const std::string& enc = cfg.value("encoder");
-  c.use_encoder = enc != "none";
-  if (c.use_encoder) {
-    try {
-      c.encoder.kind = encoder_kind(enc);
-    } catch (const std::invalid_argument& e) {
-      throw std::runtime_error(std::string("population configuration: ") + e.what());
-    }
-  }
-  c.encoder.layers = cfg.count("layers", 1, 1e4);
-  c.encoder.width = cfg.count("encoder_width", 1, 1e6);
-  c.encoder.bandwidth = cfg.number("bandwidth");
-  c.k = cfg.count("k", 0, 1e6);
-  c.max_cells = cfg.count("max_cells", 0, 1e12);
-  c.graph_seed = static_cast<uint64_t>(cfg.number("graph_seed"));
-  std::istringstream levels(cfg.value("label_levels"));
-  std::string item;
-  while (std::getline(levels, item, ',')) {
-    double v = cfg.parse_number(item, "label_levels");
-    if (!(v >= 1 && v <= 1e9)) throw std::runtime_error("population configuration: 'label_levels' out of range");
-    c.label_levels.push_back(static_cast<int64_t>(v));
-  }
-  c.label_dim = cfg.count("label_dim", 1, 1e5);
-  c.covariates = cfg.count("covariates", 0, 1e6);
-  std::string schedule;
-  try {
-    schedule = cfg.value("schedule");
-  } catch (const std::runtime_error&) {
-    schedule = "joint";  // files written before the schedule existed trained jointly
-  }
-  if (schedule != "joint" && schedule != "alternating")
-    throw std::runtime_error("population configuration: unknown schedule '" + schedule + "'");
-  c.alternating = schedule == "alternating";
-  if (c.alternating) c.encoder_lr = cfg.number("encoder_lr");
-  return c;
-}
 
 PopulationNetImpl::PopulationNetImpl(const NetworkConfig& network, const PopulationConfig& population) {
   field = register_module("field", VectorField(network));
@@ -215,8 +149,13 @@ TrainResult train_population_model(PopulationModel& model, const PopulationSet& 
                        const TrainCallbacks& callbacks) {
   std::string problem = validate_population_set(model, data);
   if (!problem.empty()) throw std::invalid_argument(problem);
-  if (config.steps < 1 || config.batch_size < 1 || config.groups_per_step < 1)
-    throw std::invalid_argument("steps, cells per population and populations per step must be >= 1");
+  if (config.steps < 1) throw std::invalid_argument("steps must be >= 1");
+  const PopulationConfig& sampling = model.population;
+  for (auto [name, value] : {std::make_pair("cells_per_population", sampling.cells_per_population),
+                             std::make_pair("populations_per_step", sampling.populations_per_step)})
+    if (value < 1)
+      throw std::invalid_argument(std::string(name) + " must be >= 1, not " + std::to_string(value) +
+                                  " (a model file written before it was recorded holds 0: set it before training)");
   if (!(config.lr > 0)) throw std::invalid_argument("lr must be > 0");
   if (data.labels.defined() && data.labels.numel() > 0 && data.labels.min().item<int64_t>() < 0)
     throw std::invalid_argument("label codes out of range (unseen values exist only at prediction)");
@@ -255,7 +194,7 @@ TrainResult train_population_model(PopulationModel& model, const PopulationSet& 
   }
 
   const double reg_default = std::max(2 * model.config.path.sigma * model.config.path.sigma, 1e-3);
-  const int64_t n_cells = config.batch_size;
+  const int64_t n_cells = sampling.cells_per_population;
   AdamSettings adam;
   adam.lr = config.lr;
   adam.weight_decay = config.weight_decay;
@@ -283,7 +222,7 @@ TrainResult train_population_model(PopulationModel& model, const PopulationSet& 
     seed_step(config.seed, step, rng);
     std::vector<int64_t> chosen = usable;
     std::shuffle(chosen.begin(), chosen.end(), rng);
-    chosen.resize(std::min<size_t>(chosen.size(), config.groups_per_step));
+    chosen.resize(std::min<size_t>(chosen.size(), sampling.populations_per_step));
     auto chosen_index = torch::tensor(chosen, torch::kLong).to(dev);
 
     const bool encoder_step = alternate && step % 2 == 0;
@@ -382,7 +321,7 @@ torch::Tensor population_condition(PopulationModel& model, const std::vector<tor
 }
 
 std::string save_population_model(const PopulationModel& model, const std::string& metadata) {
-  std::vector<std::string> blocks{config_to_text(model.config), population_config_to_text(model.population),
+  std::vector<std::string> blocks{flow_config_to_text(model.config), population_config_to_text(model.population),
                                   module_bytes(*model.net.ptr(), model.device), metadata};
   if (model.train_state.step > 0) blocks.push_back(train_state_to_bytes(model.train_state));
   return pack_model_file(kPopulationModelKind, blocks);
@@ -396,7 +335,7 @@ std::shared_ptr<PopulationModel> load_population_model(const std::string& bytes,
     throw std::runtime_error("model file holds a '" + kind + "', not a popflow population (MFM/CGFM) model");
   if (blocks.size() < 4) throw std::runtime_error("model file is truncated");
   if (blocks.size() > 5) throw std::runtime_error("model file has trailing bytes");
-  FlowConfig config = config_from_text(blocks[0]);
+  FlowConfig config = flow_config_from_text(blocks[0]);
   PopulationConfig population = population_config_from_text(blocks[1]);
   std::shared_ptr<PopulationModel> model;
   try {

@@ -21,30 +21,7 @@ namespace popflow {
 
 constexpr const char* kPopulationModelKind = "popflow-meta";
 
-struct PopulationConfig {
-  bool use_encoder = true;            // false: CGFM (labels only)
-  EncoderConfig encoder;              // encoder.dim follows the cells' dimension
-  int64_t k = 50;                     // kNN graph (GCN only; mean and KME use none)
-  int64_t max_cells = 2000;           // cells per population used for its embedding; 0 = all
-  uint64_t graph_seed = 1;            // subsample of populations larger than max_cells
-  std::vector<int64_t> label_levels;  // per categorical label: number of values
-  int64_t label_dim = 8;              // embedding size of each categorical label
-  int64_t covariates = 0;             // numeric labels, used as they are
-  // "joint": field and encoder take one optimiser step together. "alternating"
-  // (the reference's letters training): odd steps update the field and label
-  // embeddings on cached, detached population embeddings; even steps update
-  // only the encoder, with its own Adam (learning rate encoder_lr; 0 = the
-  // training rate), and refresh the cache.
-  bool alternating = false;
-  double encoder_lr = 0;
-  // Width of the field's conditioning input.
-  int64_t cond_dim() const;
-  // The graph degree actually used (0 for encoders that ignore the graph).
-  int64_t graph_k() const;
-};
-
-std::string population_config_to_text(const PopulationConfig& config);
-PopulationConfig population_config_from_text(const std::string& text);
+// PopulationConfig (config.h) holds the encoder, labels and schedule; config_text.h its text form.
 
 class PopulationNetImpl : public torch::nn::Module {
  public:
@@ -86,8 +63,9 @@ struct PopulationSet {
 
 std::string validate_population_set(const PopulationModel& model, const PopulationSet& data);
 
-// Algorithm 1: each step draws config.groups_per_step populations and
-// config.batch_size source and target cells from each, couples them within
+// Algorithm 1: each step draws population.populations_per_step populations and
+// population.cells_per_population source and target cells from each (the
+// TrainConfig's batch_size and groups_per_step are not used), couples them within
 // the population, and regresses v(x_t, t | phi(source population), labels).
 // The kNN graphs are built once, before the first step.
 TrainResult train_population_model(PopulationModel& model, const PopulationSet& data, const TrainConfig& config,

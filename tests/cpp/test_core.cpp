@@ -14,11 +14,13 @@
 
 #include "check.h"
 #include "config.h"
+#include "config_text.h"
 #include "coupling.h"
 #include "exact_ot.h"
 #include "population_model.h"
 #include "metrics.h"
 #include "model.h"
+#include "model_file.h"
 #include "optimizer.h"
 #include "assignment.h"
 #include "network.h"
@@ -695,7 +697,7 @@ TEST_CASE("model: save/load round-trips configuration and parameters exactly") {
   auto model = make_model(format_config(), "cpu");
   const std::string bytes = save_model(*model);
   auto loaded = load_model(bytes);
-  PF_CHECK(config_to_text(loaded->config) == config_to_text(model->config));
+  PF_CHECK(flow_config_to_text(loaded->config) == flow_config_to_text(model->config));
   PF_CHECK(same_parameters(*model->net, *loaded->net));
   PF_CHECK(!model->net->named_buffers().is_empty());  // the Fourier matrix travels too
   auto x = torch::randn({7, 3});
@@ -703,8 +705,8 @@ TEST_CASE("model: save/load round-trips configuration and parameters exactly") {
   PF_CHECK(torch::equal(model->net->forward(x, t), loaded->net->forward(x, t)));
   PF_CHECK(save_model(*loaded) == bytes);  // the format is deterministic
   // The text form alone round-trips too.
-  FlowConfig back = config_from_text(config_to_text(format_config()));
-  PF_CHECK(config_to_text(back) == config_to_text(format_config()));
+  FlowConfig back = flow_config_from_text(flow_config_to_text(format_config()));
+  PF_CHECK(flow_config_to_text(back) == flow_config_to_text(format_config()));
   PF_CHECK(back.coupling.sinkhorn_reg == format_config().coupling.sinkhorn_reg);
   PF_CHECK(back.times == format_config().times);
 }
@@ -778,7 +780,7 @@ TEST_CASE("model: random mutations either load or throw (fuzz)") {
   cfg.network.width = 8;
   auto model = make_model(cfg, "cpu");
   const std::string bytes = save_model(*model);
-  const std::string cfg_text = config_to_text(model->config);
+  const std::string cfg_text = flow_config_to_text(model->config);
   const size_t kind_at = bytes.find(kModelKind), cfg_at = bytes.find(cfg_text);
   PF_CHECK(kind_at != std::string::npos && cfg_at != std::string::npos);
   std::mt19937_64 rng(23);
@@ -882,7 +884,7 @@ TEST_CASE("model: parameters that do not fit the configuration are rejected") {
     PF_CHECK_MSG(is_runtime, from << " -> " << to << ": " << msg);
   }
   // A parameter archive replaced by garbage of the same length.
-  const std::string cfg_text = config_to_text(model->config);
+  const std::string cfg_text = flow_config_to_text(model->config);
   const size_t params_at = bytes.find(cfg_text) + cfg_text.size() + 8;
   uint64_t params_len = 0;
   std::memcpy(&params_len, bytes.data() + params_at - 8, 8);
@@ -1346,13 +1348,13 @@ TEST_CASE("train_population_model: MFM predicts an unseen population's mean-depe
   mc.encoder.layers = 2;
   mc.encoder.width = 16;
   mc.k = 10;
+  mc.cells_per_population = 64;
+  mc.populations_per_step = 4;
   auto model = make_population_model(population_flow(), mc, "cpu");
   PF_CHECK(model->config.network.cond_dim == 16);
   PF_CHECK(validate_population_set(*model, data).empty());
   TrainConfig tc;
   tc.steps = 400;
-  tc.batch_size = 64;
-  tc.groups_per_step = 4;
   tc.lr = 3e-3;
   tc.seed = 3;
   auto res = train_population_model(*model, data, tc);
@@ -1406,12 +1408,12 @@ TEST_CASE("train_population_model: CGFM learns label-dependent shifts; encoders 
   mc.label_levels = {2};
   mc.label_dim = 4;
   mc.covariates = 1;
+  mc.cells_per_population = 64;
+  mc.populations_per_step = 4;
   auto model = make_population_model(population_flow(), mc, "cpu");
   PF_CHECK(model->config.network.cond_dim == 5);
   TrainConfig tc;
   tc.steps = 300;
-  tc.batch_size = 64;
-  tc.groups_per_step = 4;
   tc.lr = 3e-3;
   auto res = train_population_model(*model, data, tc);
   PF_CHECK(res.status == "completed");
@@ -1434,13 +1436,13 @@ TEST_CASE("train_population_model: CGFM learns label-dependent shifts; encoders 
     m2.k = 5;
     m2.max_cells = 50;
     m2.label_levels = {2};
+    m2.cells_per_population = 16;
+    m2.populations_per_step = 2;
     FlowConfig fc = population_flow();
     fc.coupling.kind = CouplingKind::ExactOT;
     auto mm = make_population_model(fc, m2, "cpu");
     TrainConfig t2;
     t2.steps = 3;
-    t2.batch_size = 16;
-    t2.groups_per_step = 2;
     data.covariates = torch::Tensor();
     auto r2 = train_population_model(*mm, data, t2);
     PF_CHECK(r2.status == "completed" && r2.steps_done == 3);
@@ -1501,13 +1503,13 @@ TEST_CASE("resume: population model (MFM) resumes to the uninterrupted result") 
   mc.encoder.layers = 1;
   mc.encoder.width = 8;
   mc.k = 5;
+  mc.cells_per_population = 16;
+  mc.populations_per_step = 2;
   auto fresh = [&] {
     torch::manual_seed(64);
     return make_population_model(population_flow(), mc, "cpu");
   };
   TrainConfig tc = quick_train(20);
-  tc.batch_size = 16;
-  tc.groups_per_step = 2;
   auto full = fresh();
   auto res_full = train_population_model(*full, data, tc);
   auto half = fresh();
@@ -1662,13 +1664,13 @@ TEST_CASE("train_population_model: alternating schedule trains, round-trips, and
   mc.label_dim = 4;
   mc.alternating = true;
   mc.encoder_lr = 2e-3;
+  mc.cells_per_population = 64;
+  mc.populations_per_step = 4;
   auto model = make_population_model(population_flow(), mc, "cpu");
   auto encoder_before = model->net->encoder->parameters()[0].clone();
   auto field_before = model->net->field->parameters()[0].clone();
   TrainConfig tc;
   tc.steps = 200;
-  tc.batch_size = 64;
-  tc.groups_per_step = 4;
   tc.lr = 3e-3;
   auto res = train_population_model(*model, data, tc);
   PF_CHECK(res.status == "completed" && res.steps_done == 200);
@@ -1694,6 +1696,32 @@ TEST_CASE("train_population_model: alternating schedule trains, round-trips, and
   PF_CHECK_NEAR(max_abs(labels[2] - (labels[0] + labels[1]) / 2), 0.0, 1e-6);
   data.labels = torch::tensor({0, 1, -1, 1}, torch::kLong).reshape({4, 1});
   PF_CHECK_THROWS_AS(train_population_model(*model, data, tc), std::invalid_argument);
+}
+
+TEST_CASE("train_population_model: samples by the population configuration, refuses sizes below 1") {
+  torch::manual_seed(56);
+  auto data = mean_shift_populations({{-1.f, 0.f}, {1.f, 0.f}}, 40);
+  PopulationConfig mc;
+  mc.use_encoder = false;
+  mc.covariates = 1;
+  data.covariates = torch::tensor({0.5f, -0.5f}).reshape({2, 1});
+  mc.cells_per_population = 24;
+  mc.populations_per_step = 1;
+  auto model = make_population_model(population_flow(), mc, "cpu");
+  TrainConfig tc = quick_train(2);
+  tc.batch_size = 0;  // a flow model's setting: not used here
+  tc.groups_per_step = 0;
+  PF_CHECK(train_population_model(*model, data, tc).steps_done == 2);
+  // The sizes travel with the model file.
+  auto back = load_population_model(save_population_model(*model));
+  PF_CHECK(back->population.cells_per_population == 24 && back->population.populations_per_step == 1);
+  for (auto [cells, populations] : std::vector<std::pair<int64_t, int64_t>>{{0, 1}, {24, 0}, {-3, 2}}) {
+    model->population.cells_per_population = cells;
+    model->population.populations_per_step = populations;
+    const std::string msg = thrown_message([&] { train_population_model(*model, data, tc); });
+    PF_CHECK_MSG(msg.find(cells < 1 ? "cells_per_population" : "populations_per_step") != std::string::npos, msg);
+    PF_CHECK_THROWS_AS(train_population_model(*model, data, tc), std::invalid_argument);
+  }
 }
 
 int main(int argc, char** argv) {
