@@ -1,5 +1,7 @@
-// Shared by the Rcpp glue: conversions between R matrices and tensors, and
-// a guard that turns engine exceptions into plain R errors (no C++ backtrace).
+// Shared by the Rcpp glue: conversions between R matrices and tensors, the
+// R configuration sections read by the engine's text readers, the handle of a
+// fitted model of either kind, the training run with R's callbacks, and a
+// guard that turns engine exceptions into plain R errors (no C++ backtrace).
 #pragma once
 #include <torch/torch.h>
 #include <Rcpp.h>
