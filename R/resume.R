@@ -68,17 +68,17 @@ check_resume_data <- function(resume, x, times = NULL) {
 
 # R's fields as stored in checkpoint files; loadFlow() fills in the loss and
 # step count from the file's training state.
-checkpoint_metadata <- function(meta, training) {
+checkpoint_metadata <- function(fields, training) {
   if ((training$checkpoint_every %||% 0) == 0) return(raw(0))
-  meta[c("loss", "steps_done", "status", "seconds")] <- list(numeric(0), 0, "checkpoint", NA_real_)
-  serialize(meta, NULL)
+  fields[c("loss", "steps_done", "status", "seconds")] <- list(numeric(0), 0, "checkpoint", NA_real_)
+  serialize(fields, NULL)
 }
 
 # A finished fit's fields: the loss history and steps count the whole run, old and new.
-fitted_fields <- function(meta, res, resume) {
-  meta$loss <- res$loss
-  meta$steps_done <- res$steps_done
-  meta$status <- res$status
-  meta$seconds <- res$seconds + if (is.null(resume)) 0 else sum(resume$seconds, na.rm = TRUE)
-  meta
+fitted_fields <- function(fields, res, resume) {
+  fields$loss <- res$loss
+  fields$steps_done <- res$steps_done
+  fields$status <- res$status
+  fields$seconds <- res$seconds + if (is.null(resume)) 0 else sum(resume$seconds, na.rm = TRUE)
+  fields
 }

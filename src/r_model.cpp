@@ -38,9 +38,9 @@ Rcpp::RawVector pf_with_metadata(Rcpp::RawVector bytes, Rcpp::RawVector metadata
 // [[Rcpp::export]]
 Rcpp::RawVector pf_metadata(Rcpp::RawVector bytes) {
   PF_GUARD_BEGIN
-  std::string meta;
-  load_handle(from_raw(bytes), "cpu", &meta);
-  return to_raw(meta);
+  std::string fields;
+  load_handle(from_raw(bytes), "cpu", &fields);
+  return to_raw(fields);
   PF_GUARD_END
   return Rcpp::RawVector();
 }
