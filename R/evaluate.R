@@ -27,7 +27,8 @@
 #' @inheritParams predict.popflow_flow
 #' @param max_cells Largest number of cells per set for W1, W2, MMD and energy
 #'   distance (random subsample, reproducible through `seed`).
-#' @param seed Seed of that subsample.
+#' @param seed Seed of that subsample (the session's random number stream is
+#'   left as it was).
 #' @param baselines Also score the baselines.
 #' @param population,target_population Population models only: the
 #'   population of each source and of each target cell (`target_population`

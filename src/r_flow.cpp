@@ -38,7 +38,7 @@ Rcpp::List pf_fit(Rcpp::NumericMatrix x, Rcpp::IntegerVector time_index, Rcpp::I
     torch::manual_seed(tc.seed);  // weight initialisation is part of the seeded run
     model = make_model(asked, tc.device);
   }
-  return popflow_r::run_training(
+  return popflow_r::train_for_r(
       *model, config, tc.steps, progress, progress_every, metadata,
       [](const FlowModel& m, const std::string& fields) { return save_model(m, fields); },
       [&](const TrainCallbacks& callbacks) { return train(*model, data, tc, callbacks); });

@@ -227,7 +227,7 @@ inline Rcpp::List transport_result(const std::vector<torch::Tensor>& states, con
 // checkpoints of `config`, and returns the fit for R: `save(model, metadata)`
 // writes the model's bytes, `train(callbacks)` runs the engine's training.
 template <typename Model, typename Save, typename Train>
-Rcpp::List run_training(Model& model, const Rcpp::List& config, int64_t steps,
+Rcpp::List train_for_r(Model& model, const Rcpp::List& config, int64_t steps,
                         const Rcpp::Nullable<Rcpp::Function>& progress, int progress_every,
                         const Rcpp::RawVector& metadata, Save save, Train train) {
   bool user_interrupt = false;

@@ -72,7 +72,7 @@ Rcpp::List pf_population_fit(Rcpp::NumericMatrix x, Rcpp::IntegerVector side, Rc
     torch::manual_seed(tc.seed);  // weight initialisation is part of the seeded run
     model = make_population_model(flow, asked, tc.device);
   }
-  return popflow_r::run_training(
+  return popflow_r::train_for_r(
       *model, config, tc.steps, progress, progress_every, metadata,
       [](const PopulationModel& m, const std::string& fields) { return save_population_model(m, fields); },
       [&](const TrainCallbacks& callbacks) { return train_population_model(*model, data, tc, callbacks); });

@@ -1,9 +1,19 @@
 #!/usr/bin/env bash
 # Installs popflow's system requirements (Debian 12, via apt) and the package
-# itself. Safe to re-run: apt is a no-op when everything is present, and the
-# package is rebuilt only when its sources changed.
+# itself into the default R library (tools/setup.sh, the README's first command).
+# Safe to re-run: apt is a no-op when everything is present, and the package is
+# rebuilt only when its sources changed.
+#   usage: tools/install.sh [--system-only]
+#   --system-only: the apt packages only (tools/test.sh: tools/check_package.sh
+#                  installs the package into a private library for R CMD check).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+system_only=0
+case "${1:-}" in
+  --system-only) system_only=1 ;;
+  "") ;;
+  *) echo "usage: tools/install.sh [--system-only]" >&2; exit 2 ;;
+esac
 
 PKGS=(r-base-dev r-cran-rcpp r-cran-testthat r-cran-roxygen2 r-cran-pkgbuild
       libtorch-dev libopenblas0-pthread liblemon-dev
@@ -19,6 +29,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "popflow: installing system packages: ${missing[*]}"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+if [ $system_only -eq 1 ]; then
+  echo "popflow: system packages present"
+  exit 0
 fi
 
 # Rebuild only when the package sources changed since the installed build.

@@ -1,6 +1,9 @@
-# Runs the testthat suite against the installed package and prints the closing
-# count line, adding the counts of the other suites passed as arguments, each
-# "name:passed:failed:skipped" (e.g. "C++ tests:12:0:0" "vignettes:3:0:0").
+# A shortcut for development, not used by tools/test.sh (there R CMD check runs
+# the testthat suite): runs tests/testthat against the popflow installed in the
+# library path (e.g. R_LIBS=build/check/lib Rscript tools/run_r_tests.R) and prints
+# the closing count line, one entry per test_that() block, adding the counts of
+# other suites passed as arguments, each "name:passed:failed:skipped"
+# (e.g. "C++ tests:12:0:0").
 suites <- lapply(strsplit(commandArgs(trailingOnly = TRUE), ":", fixed = TRUE), function(s) {
   n <- suppressWarnings(as.integer(s[-1]))
   if (length(s) != 4 || anyNA(n)) stop("expected name:passed:failed:skipped, not ", paste(s, collapse = ":"))

@@ -1,7 +1,6 @@
 #include "population_model.h"
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <random>
 #include <stdexcept>
@@ -11,7 +10,6 @@
 #include "model_file.h"
 #include "optimizer.h"
 #include "paths.h"
-#include "threads.h"
 
 namespace popflow {
 
@@ -79,16 +77,6 @@ torch::Tensor rows_on(const torch::Tensor& t, const torch::Tensor& index, const 
   return t.to(dev, type).index_select(0, index);
 }
 
-// The field and the label embeddings without the encoder: what the alternating
-// schedule's field steps optimise.
-struct AlternatingParts {
-  explicit AlternatingParts(PopulationModel& model) : field(std::make_shared<torch::nn::Module>()) {
-    field->register_module("field", model.net->field);
-    field->register_module("labels", model.net->label_embeddings);
-  }
-  std::shared_ptr<torch::nn::Module> field;
-};
-
 // Detached embeddings [chosen, E] from the cache; populations not embedded yet are embedded now.
 torch::Tensor cached_embeddings(PopulationModel& model, const std::vector<PopulationGraph>& graphs,
                                 const std::vector<int64_t>& chosen, std::vector<torch::Tensor>& cached,
@@ -145,137 +133,169 @@ std::string validate_population_set(const PopulationModel& model, const Populati
   return "";
 }
 
-TrainResult train_population_model(PopulationModel& model, const PopulationSet& data, const TrainConfig& config,
-                       const TrainCallbacks& callbacks) {
-  std::string problem = validate_population_set(model, data);
-  if (!problem.empty()) throw std::invalid_argument(problem);
-  if (config.steps < 1) throw std::invalid_argument("steps must be >= 1");
-  const PopulationConfig& sampling = model.population;
-  for (auto [name, value] : {std::make_pair("cells_per_population", sampling.cells_per_population),
-                             std::make_pair("populations_per_step", sampling.populations_per_step)})
-    if (value < 1)
-      throw std::invalid_argument(std::string(name) + " must be >= 1, not " + std::to_string(value) +
-                                  " (a model file written before it was recorded holds 0: set it before training)");
-  if (!(config.lr > 0)) throw std::invalid_argument("lr must be > 0");
-  if (data.labels.defined() && data.labels.numel() > 0 && data.labels.min().item<int64_t>() < 0)
-    throw std::invalid_argument("label codes out of range (unseen values exist only at prediction)");
+namespace {
 
-  std::mt19937_64 rng;
-  ThreadScope thread_scope(config.threads);
-  const auto start = std::chrono::steady_clock::now();
-  const auto dev = model.device;
-  const auto fopt = torch::TensorOptions().dtype(torch::kFloat).device(dev);
-  auto x_all = data.x.to(fopt);
-  const int64_t n_pop = population_count(data);
+// Algorithm 1's objective for population models. With the alternating
+// schedule, odd steps update the field and label embeddings (the primary
+// optimiser) on cached, detached embeddings, even steps only the encoder.
+class PopulationObjective : public TrainingObjective {
+ public:
+  PopulationObjective(PopulationModel& model, const PopulationSet& data) : model_(model), data_(data) {}
 
-  // Source and target cells of each population; only those with both take part.
-  std::vector<std::vector<int64_t>> sources(n_pop), targets(n_pop);
-  for (size_t i = 0; i < data.population.size(); ++i)
-    (data.side[i] == 0 ? sources : targets)[data.population[i]].push_back(static_cast<int64_t>(i));
-  std::vector<int64_t> usable;
-  for (int64_t p = 0; p < n_pop; ++p)
-    if (!sources[p].empty() && !targets[p].empty()) usable.push_back(p);
-  if (usable.empty()) throw std::invalid_argument("no population has both source and target cells; nothing to learn");
-
-  // The graphs are fixed for the whole run: built once here.
-  std::vector<PopulationGraph> graphs(n_pop);
-  if (model.population.use_encoder) {
-    const int64_t k = model.population.graph_k();
-    auto x_cpu = data.x.to(torch::kCPU, torch::kFloat);
-    for (int64_t p : usable) {
-      if (static_cast<int64_t>(sources[p].size()) <= k)
-        throw std::invalid_argument("population " + std::to_string(p) + " has " + std::to_string(sources[p].size()) +
-                                    " source cells; a kNN graph with k = " + std::to_string(k) +
-                                    " needs more than k");
-      graphs[p] = graph_on(build_graph(x_cpu.index_select(0, torch::tensor(sources[p], torch::kLong)), k,
-                                       model.population.max_cells, model.population.graph_seed + static_cast<uint64_t>(p)),
-                           dev);
-    }
+  void prepare(const TrainConfig& config) override {
+    const PopulationConfig& population = model_.population;
+    for (auto [name, value] : {std::make_pair("cells_per_population", population.cells_per_population),
+                               std::make_pair("populations_per_step", population.populations_per_step)})
+      if (value < 1)
+        throw std::invalid_argument(std::string(name) + " must be >= 1, not " + std::to_string(value) +
+                                    " (a model file written before it was recorded holds 0: set it before training)");
+    if (data_.labels.defined() && data_.labels.numel() > 0 && data_.labels.min().item<int64_t>() < 0)
+      throw std::invalid_argument("label codes out of range (unseen values exist only at prediction)");
+    fopt_ = torch::TensorOptions().dtype(torch::kFloat).device(model_.device);
+    x_all_ = data_.x.to(fopt_);
+    index_cells();
+    if (population.use_encoder) build_graphs();
+    reg_default_ = std::max(2 * model_.config.path.sigma * model_.config.path.sigma, 1e-3);
+    make_optimisers(adam_settings(config));
   }
 
-  const double reg_default = std::max(2 * model.config.path.sigma * model.config.path.sigma, 1e-3);
-  const int64_t n_cells = sampling.cells_per_population;
-  AdamSettings adam;
-  adam.lr = config.lr;
-  adam.weight_decay = config.weight_decay;
-  adam.ema_decay = config.ema_decay;
-  // A fixed encoder (kernel mean embedding) has nothing to alternate with.
-  const bool alternate =
-      model.population.use_encoder && model.population.alternating && !model.net->encoder->parameters().empty();
-  AlternatingParts parts(model);
-  FlatAdam opt(alternate ? *parts.field : *model.net, adam);
-  std::unique_ptr<FlatAdam> encoder_opt;
-  if (alternate) {
-    AdamSettings encoder_adam = adam;
-    if (model.population.encoder_lr > 0) encoder_adam.lr = model.population.encoder_lr;
-    encoder_opt = std::make_unique<FlatAdam>(*model.net->encoder, encoder_adam);
-  }
-  std::vector<torch::Tensor> cached(n_pop);  // alternating: detached embedding per population
+  torch::nn::Module& network() override { return *model_.net; }
 
-  TrainResult result;
-  result.status = "completed";
-  if (alternate && config.resume)
-    throw std::invalid_argument("a fit with the alternating schedule cannot be resumed; refit it, or use schedule = \"joint\"");
-  const int64_t first_step = resume_training(model.train_state, config, opt, result);
-  model.net->train();
-  for (int64_t step = first_step; step <= config.steps; ++step) {
-    seed_step(config.seed, step, rng);
-    std::vector<int64_t> chosen = usable;
+  std::vector<FlatAdam*> optimisers() override {
+    if (encoder_opt_) return {opt_.get(), encoder_opt_.get()};
+    return {opt_.get()};
+  }
+
+  FlatAdam& optimiser(int64_t step) override { return encoder_step(step) ? *encoder_opt_ : *opt_; }
+
+  std::string why_not_resumable() const override {
+    // Two optimisers and cached embeddings: no state to resume from.
+    return alternate_ ? "a fit with the alternating schedule cannot be resumed; refit it, or use schedule = \"joint\""
+                      : "";
+  }
+
+  torch::Tensor loss(int64_t step, std::mt19937_64& rng) override {
+    const auto dev = model_.device;
+    const int64_t n_cells = model_.population.cells_per_population;
+    std::vector<int64_t> chosen = usable_;
     std::shuffle(chosen.begin(), chosen.end(), rng);
-    chosen.resize(std::min<size_t>(chosen.size(), sampling.populations_per_step));
+    chosen.resize(std::min<size_t>(chosen.size(), model_.population.populations_per_step));
     auto chosen_index = torch::tensor(chosen, torch::kLong).to(dev);
 
-    const bool encoder_step = alternate && step % 2 == 0;
     torch::Tensor embedding;
-    if (model.population.use_encoder && (!alternate || encoder_step)) {
+    if (model_.population.use_encoder && (!alternate_ || encoder_step(step))) {
       std::vector<const PopulationGraph*> batch;
-      for (int64_t p : chosen) batch.push_back(&graphs[p]);
+      for (int64_t p : chosen) batch.push_back(&graphs_[p]);
       // Through the encoder, so that its step (or the joint step) trains it on the field's loss.
-      embedding = model.net->encoder->forward(batch_graphs(batch, dev));
-      if (alternate)
-        for (size_t i = 0; i < chosen.size(); ++i) cached[chosen[i]] = embedding[static_cast<int64_t>(i)].detach();
-    } else if (alternate) {
-      embedding = cached_embeddings(model, graphs, chosen, cached, dev);
+      embedding = model_.net->encoder->forward(batch_graphs(batch, dev));
+      if (alternate_)
+        for (size_t i = 0; i < chosen.size(); ++i) cached_[chosen[i]] = embedding[static_cast<int64_t>(i)].detach();
+    } else if (alternate_) {
+      embedding = cached_embeddings(model_, graphs_, chosen, cached_, dev);
     }
-    auto cond_pop = model.net->condition(embedding, rows_on(data.labels, chosen_index, dev, torch::kLong),
-                                         rows_on(data.covariates, chosen_index, dev, torch::kFloat));
+    auto cond_pop = model_.net->condition(embedding, rows_on(data_.labels, chosen_index, dev, torch::kLong),
+                                          rows_on(data_.covariates, chosen_index, dev, torch::kFloat));
 
     // All populations' rows are drawn on the CPU and moved in one transfer;
     // with independent coupling the whole batch then takes one path sample.
     const int64_t n_chosen = static_cast<int64_t>(chosen.size());
     auto rows0 = torch::empty({n_chosen, n_cells}, torch::kLong), rows1 = torch::empty_like(rows0);
     for (int64_t i = 0; i < n_chosen; ++i) {
-      rows0[i].copy_(draw_rows(sources[chosen[i]], n_cells, rng));
-      rows1[i].copy_(draw_rows(targets[chosen[i]], n_cells, rng));
+      rows0[i].copy_(draw_rows(sources_[chosen[i]], n_cells, rng));
+      rows1[i].copy_(draw_rows(targets_[chosen[i]], n_cells, rng));
     }
-    auto x0 = x_all.index_select(0, rows0.view(-1).to(dev));
-    auto x1 = x_all.index_select(0, rows1.view(-1).to(dev));
-    if (model.config.coupling.kind != CouplingKind::Independent) {
+    auto x0 = x_all_.index_select(0, rows0.view(-1).to(dev));
+    auto x1 = x_all_.index_select(0, rows1.view(-1).to(dev));
+    if (model_.config.coupling.kind != CouplingKind::Independent) {
       std::vector<torch::Tensor> paired0, paired1;
       for (int64_t i = 0; i < n_chosen; ++i) {
-        auto pair = couple(model.config.coupling, x0.narrow(0, i * n_cells, n_cells),
-                           x1.narrow(0, i * n_cells, n_cells), reg_default, rng);
+        auto pair = couple(model_.config.coupling, x0.narrow(0, i * n_cells, n_cells),
+                           x1.narrow(0, i * n_cells, n_cells), reg_default_, rng);
         paired0.push_back(pair.x0);
         paired1.push_back(pair.x1);
       }
       x0 = torch::cat(paired0);
       x1 = torch::cat(paired1);
     }
-    auto t = torch::rand({n_chosen * n_cells}, fopt);
-    auto ps = sample_path(model.config.path, x0, x1, t);
-    auto pred = model.net->field->forward(ps.xt, t, cond_pop.repeat_interleave(n_cells, 0));
-    auto loss = torch::mse_loss(pred, ps.ut);
-    if (!optimisation_step(encoder_step ? *encoder_opt : opt, loss, step, config, callbacks, start, result)) break;
+    auto t = torch::rand({n_chosen * n_cells}, fopt_);
+    auto ps = sample_path(model_.config.path, x0, x1, t);
+    auto pred = model_.net->field->forward(ps.xt, t, cond_pop.repeat_interleave(n_cells, 0));
+    return torch::mse_loss(pred, ps.ut);
   }
-  model.train_state = finish_training(opt, result);
-  if (encoder_opt) {
-    encoder_opt->use_average();
-    // Two optimisers and cached embeddings: this state cannot be resumed from.
-    model.train_state = TrainState();
+
+ private:
+  // Source and target cells of each population; only those with both take part.
+  void index_cells() {
+    const int64_t n_pop = population_count(data_);
+    sources_.assign(n_pop, {});
+    targets_.assign(n_pop, {});
+    for (size_t i = 0; i < data_.population.size(); ++i)
+      (data_.side[i] == 0 ? sources_ : targets_)[data_.population[i]].push_back(static_cast<int64_t>(i));
+    for (int64_t p = 0; p < n_pop; ++p)
+      if (!sources_[p].empty() && !targets_[p].empty()) usable_.push_back(p);
+    if (usable_.empty())
+      throw std::invalid_argument("no population has both source and target cells; nothing to learn");
   }
-  model.net->eval();
-  result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  return result;
+
+  // The graphs are fixed for the whole run: built once, before the first step.
+  void build_graphs() {
+    const PopulationConfig& population = model_.population;
+    const int64_t k = population.graph_k();
+    auto x_cpu = data_.x.to(torch::kCPU, torch::kFloat);
+    graphs_.assign(sources_.size(), {});
+    for (int64_t p : usable_) {
+      if (static_cast<int64_t>(sources_[p].size()) <= k)
+        throw std::invalid_argument("population " + std::to_string(p) + " has " + std::to_string(sources_[p].size()) +
+                                    " source cells; a kNN graph with k = " + std::to_string(k) + " needs more than k");
+      auto cells = x_cpu.index_select(0, torch::tensor(sources_[p], torch::kLong));
+      const uint64_t seed = population.graph_seed + static_cast<uint64_t>(p);
+      graphs_[p] = graph_on(build_graph(cells, k, population.max_cells, seed), model_.device);
+    }
+  }
+
+  void make_optimisers(const AdamSettings& adam) {
+    const PopulationConfig& population = model_.population;
+    // A fixed encoder (kernel mean embedding) has nothing to alternate with.
+    alternate_ = population.use_encoder && population.alternating && !model_.net->encoder->parameters().empty();
+    if (!alternate_) {
+      opt_ = std::make_unique<FlatAdam>(*model_.net, adam);
+      return;
+    }
+    // The field and the label embeddings without the encoder: what the field steps optimise.
+    field_parts_ = std::make_shared<torch::nn::Module>();
+    field_parts_->register_module("field", model_.net->field);
+    field_parts_->register_module("labels", model_.net->label_embeddings);
+    opt_ = std::make_unique<FlatAdam>(*field_parts_, adam);
+    AdamSettings encoder_adam = adam;
+    if (population.encoder_lr > 0) encoder_adam.lr = population.encoder_lr;
+    encoder_opt_ = std::make_unique<FlatAdam>(*model_.net->encoder, encoder_adam);
+    cached_.assign(sources_.size(), torch::Tensor());
+  }
+
+  bool encoder_step(int64_t step) const { return alternate_ && step % 2 == 0; }
+
+  PopulationModel& model_;
+  const PopulationSet& data_;
+  torch::TensorOptions fopt_;
+  torch::Tensor x_all_;
+  std::vector<std::vector<int64_t>> sources_, targets_;
+  std::vector<int64_t> usable_;
+  std::vector<PopulationGraph> graphs_;
+  double reg_default_ = 0;
+  bool alternate_ = false;
+  std::shared_ptr<torch::nn::Module> field_parts_;
+  std::unique_ptr<FlatAdam> opt_, encoder_opt_;
+  std::vector<torch::Tensor> cached_;  // alternating: detached embedding per population
+};
+
+}  // namespace
+
+TrainResult train_population_model(PopulationModel& model, const PopulationSet& data, const TrainConfig& config,
+                                   const TrainCallbacks& callbacks) {
+  std::string problem = validate_population_set(model, data);
+  if (!problem.empty()) throw std::invalid_argument(problem);
+  PopulationObjective objective(model, data);
+  return run_training(objective, config, callbacks, model.train_state);
 }
 
 torch::Tensor embed_populations(PopulationModel& model, const std::vector<torch::Tensor>& sources) {

@@ -1,7 +1,9 @@
 #include "trainer.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <memory>
 #include <random>
 #include <stdexcept>
 #include <unordered_set>
@@ -14,23 +16,129 @@
 namespace popflow {
 namespace {
 
-// Cells of each (time, group) block, as row indices into the data.
-using Blocks = std::vector<std::vector<std::vector<int64_t>>>;
-
-Blocks make_blocks(const TrainingData& data, size_t n_times, int64_t n_groups) {
-  Blocks blocks(n_times, std::vector<std::vector<int64_t>>(n_groups));
-  for (size_t i = 0; i < data.time_index.size(); ++i) {
-    int64_t g = data.group.empty() ? 0 : data.group[i];
-    blocks[data.time_index[i]][g].push_back(static_cast<int64_t>(i));
-  }
-  return blocks;
+// Every step's randomness is a function of (seed, step): both generators are
+// reseeded at the start of each step, so a run resumed after step s draws
+// exactly what the uninterrupted run draws from step s + 1 on.
+void seed_step(uint64_t seed, int64_t step, std::mt19937_64& rng) {
+  // splitmix64 of (seed, step): nearby seeds and steps give unrelated streams.
+  uint64_t z = seed * 0x9E3779B97F4A7C15ULL + static_cast<uint64_t>(step);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+  z ^= z >> 31;
+  rng.seed(z);
+  torch::manual_seed(z);
 }
 
-struct Batch {
-  torch::Tensor xt, t, ut, cond;
-};
+// With config.resume, restores the primary optimiser and the loss history
+// into `result` and returns the first step to run (else 1).
+int64_t resume_from(const TrainState& state, const TrainConfig& config, const std::string& why_not,
+                    FlatAdam& primary, TrainResult& result) {
+  if (!config.resume) return 1;
+  if (!why_not.empty()) throw std::invalid_argument(why_not);
+  if (state.step == 0)
+    throw std::invalid_argument("the model to resume holds no training state (it was saved without one, "
+                                "or by an older popflow); fit it again");
+  if (state.step >= config.steps)
+    throw std::invalid_argument("the model to resume has already completed " + std::to_string(state.step) +
+                                " steps; ask for more than that many steps in total");
+  primary.restore(state);
+  result.loss = state.loss;
+  result.steps_done = state.step;
+  return state.step + 1;
+}
+
+// What a model file needs to resume after `step` completed steps.
+TrainState resumable_state(const FlatAdam& primary, int64_t step, const std::vector<double>& loss) {
+  TrainState state = primary.state();
+  state.step = step;
+  state.loss = loss;
+  return state;
+}
+
+// Runs `save` while the parameters of every optimiser from the i-th on hold the weights to save.
+void with_weights_to_save(const std::vector<FlatAdam*>& optimisers, size_t i, const std::function<void()>& save) {
+  if (i == optimisers.size()) return save();
+  optimisers[i]->with_weights_to_save([&] { with_weights_to_save(optimisers, i + 1, save); });
+}
+
+double seconds_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
 
 }  // namespace
+
+FlatAdam& TrainingObjective::optimiser(int64_t) { return *optimisers().front(); }
+
+void TrainingObjective::gradients_ready(int64_t, FlatAdam&) {}
+
+std::string TrainingObjective::why_not_resumable() const { return ""; }
+
+AdamSettings adam_settings(const TrainConfig& config) {
+  AdamSettings adam;
+  adam.lr = config.lr;
+  adam.weight_decay = config.weight_decay;
+  adam.ema_decay = config.ema_decay;
+  return adam;
+}
+
+TrainResult run_training(TrainingObjective& objective, const TrainConfig& config, const TrainCallbacks& callbacks,
+                         TrainState& state) {
+  if (config.steps < 1) throw std::invalid_argument("steps must be >= 1");
+  if (!(config.lr > 0)) throw std::invalid_argument("lr must be > 0");
+  ThreadScope thread_scope(config.threads);
+  const auto start = std::chrono::steady_clock::now();
+  objective.prepare(config);
+  const std::vector<FlatAdam*> optimisers = objective.optimisers();
+  FlatAdam& primary = *optimisers.front();
+  const std::string why_not_resumable = objective.why_not_resumable();
+  torch::nn::Module& network = objective.network();
+
+  TrainResult result;
+  result.status = "completed";
+  const int64_t first_step = resume_from(state, config, why_not_resumable, primary, result);
+  network.train();
+  std::mt19937_64 rng;
+  for (int64_t step = first_step; step <= config.steps; ++step) {
+    seed_step(config.seed, step, rng);
+    const torch::Tensor loss = objective.loss(step, rng);
+    const double loss_value = loss.item<double>();
+    if (!std::isfinite(loss_value)) {
+      result.status = "nonfinite";  // parameters still hold the last finite step
+      break;
+    }
+    FlatAdam& opt = objective.optimiser(step);
+    opt.zero_grad();
+    loss.backward();
+    objective.gradients_ready(step, opt);
+    // The norm is needed anyway to refuse a non-finite update before it reaches the weights.
+    if (!std::isfinite(opt.clip_grad_norm(config.clip_norm))) {
+      result.status = "nonfinite";
+      break;
+    }
+    opt.step();
+    result.loss.push_back(loss_value);
+    result.steps_done = step;
+    if (callbacks.checkpoint && callbacks.checkpoint_every > 0 && step % callbacks.checkpoint_every == 0) {
+      const TrainState saved = why_not_resumable.empty() ? resumable_state(primary, step, result.loss) : TrainState();
+      with_weights_to_save(optimisers, 0, [&] { callbacks.checkpoint(step, saved); });
+    }
+    if (config.time_limit_s > 0 && seconds_since(start) > config.time_limit_s && step < config.steps) {
+      result.status = "time_limit";
+      break;
+    }
+    const bool report = step % std::max<int64_t>(callbacks.every, 1) == 0 || step == config.steps;
+    if (callbacks.progress && report && !callbacks.progress(step, loss_value)) {
+      result.status = "interrupted";
+      break;
+    }
+  }
+  const bool keep_state = why_not_resumable.empty() && result.steps_done > 0;
+  state = keep_state ? resumable_state(primary, result.steps_done, result.loss) : TrainState();
+  for (FlatAdam* opt : optimisers) opt->use_average();
+  network.eval();
+  result.seconds = seconds_since(start);
+  return result;
+}
 
 // Floyd's algorithm when drawing without replacement.
 torch::Tensor draw_rows(const std::vector<int64_t>& pool, int64_t n, std::mt19937_64& rng) {
@@ -73,153 +181,99 @@ std::string validate_training_data(const FlowModel& model, const TrainingData& d
   return "";
 }
 
-void seed_step(uint64_t seed, int64_t step, std::mt19937_64& rng) {
-  // splitmix64 of (seed, step): nearby seeds and steps give unrelated streams.
-  uint64_t z = seed * 0x9E3779B97F4A7C15ULL + static_cast<uint64_t>(step);
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-  z ^= z >> 31;
-  rng.seed(z);
-  torch::manual_seed(z);
-}
+namespace {
 
-int64_t resume_training(const TrainState& state, const TrainConfig& config, FlatAdam& opt, TrainResult& result) {
-  if (!config.resume) return 1;
-  if (state.step == 0)
-    throw std::invalid_argument("the model to resume holds no training state (it was saved without one, "
-                                "or by an older popflow); fit it again");
-  if (state.step >= config.steps)
-    throw std::invalid_argument("the model to resume has already completed " + std::to_string(state.step) +
-                                " steps; ask for more than that many steps in total");
-  opt.restore(state);
-  result.loss = state.loss;
-  result.steps_done = state.step;
-  return state.step + 1;
-}
+// The flow model's objective: per step and interval, a few groups with cells
+// on both sides, a coupled minibatch from each, one regression loss over all.
+class FlowObjective : public TrainingObjective {
+ public:
+  FlowObjective(FlowModel& model, const TrainingData& data) : model_(model), data_(data) {}
 
-TrainState finish_training(FlatAdam& opt, const TrainResult& result) {
-  TrainState state;
-  if (result.steps_done > 0) {
-    state = opt.state();
-    state.step = result.steps_done;
-    state.loss = result.loss;
-  }
-  opt.use_average();
-  return state;
-}
+  void prepare(const TrainConfig& config) override {
+    if (config.batch_size < 1 || config.groups_per_step < 1)
+      throw std::invalid_argument("batch_size and groups_per_step must be >= 1");
+    batch_size_ = config.batch_size;
+    groups_per_step_ = config.groups_per_step;
+    fopt_ = torch::TensorOptions().dtype(torch::kFloat).device(model_.device);
+    x_all_ = data_.x.to(fopt_);
+    const int64_t n_groups =
+        data_.group.empty() ? 1 : *std::max_element(data_.group.begin(), data_.group.end()) + 1;
+    cond_all_ = data_.group_cond.defined() ? data_.group_cond.to(fopt_) : torch::Tensor();
+    const auto& times = model_.config.times;
+    // Cells of each (time, group) block, as row indices into the data.
+    blocks_.assign(times.size(), std::vector<std::vector<int64_t>>(n_groups));
+    for (size_t i = 0; i < data_.time_index.size(); ++i)
+      blocks_[data_.time_index[i]][data_.group.empty() ? 0 : data_.group[i]].push_back(static_cast<int64_t>(i));
 
-bool optimisation_step(FlatAdam& opt, const torch::Tensor& loss, int64_t step, const TrainConfig& config,
-                       const TrainCallbacks& callbacks, std::chrono::steady_clock::time_point start,
-                       TrainResult& result) {
-  const double loss_value = loss.item<double>();
-  if (!std::isfinite(loss_value)) {
-    result.status = "nonfinite";  // parameters still hold the last finite step
-    return false;
+    // TargetFM starts from Gaussian noise, so it needs only target cells.
+    target_fm_ = model_.config.path.kind == PathKind::TargetFM;
+    // Intervals and, per interval, groups with cells on both sides.
+    usable_.assign(times.size() - 1, {});
+    size_t n_usable = 0;
+    for (size_t k = 0; k + 1 < times.size(); ++k) {
+      for (int64_t g = 0; g < n_groups; ++g)
+        if ((target_fm_ || !blocks_[k][g].empty()) && !blocks_[k + 1][g].empty()) usable_[k].push_back(g);
+      n_usable += usable_[k].size();
+    }
+    if (n_usable == 0)
+      throw std::invalid_argument("no group has cells at two consecutive time points; nothing to learn");
+    reg_default_ = std::max(2 * model_.config.path.sigma * model_.config.path.sigma, 1e-3);
+    opt_ = std::make_unique<FlatAdam>(*model_.net, adam_settings(config));
   }
-  opt.zero_grad();
-  loss.backward();
-  // The norm is needed anyway to refuse a non-finite update before it reaches the weights.
-  if (!std::isfinite(opt.clip_grad_norm(config.clip_norm))) {
-    result.status = "nonfinite";
-    return false;
+
+  torch::nn::Module& network() override { return *model_.net; }
+
+  std::vector<FlatAdam*> optimisers() override { return {opt_.get()}; }
+
+  torch::Tensor loss(int64_t, std::mt19937_64& rng) override {
+    const auto& times = model_.config.times;
+    const auto dev = model_.device;
+    const int64_t d = model_.config.network.dim, n = batch_size_;
+    std::vector<torch::Tensor> xts, ts, uts, conds;
+    for (size_t k = 0; k + 1 < times.size(); ++k) {
+      if (usable_[k].empty()) continue;
+      const double t0 = model_.model_time(times[k]), t1 = model_.model_time(times[k + 1]);
+      std::vector<int64_t> groups = usable_[k];
+      std::shuffle(groups.begin(), groups.end(), rng);
+      groups.resize(std::min<size_t>(groups.size(), groups_per_step_));
+      for (int64_t g : groups) {
+        auto x1 = x_all_.index_select(0, draw_rows(blocks_[k + 1][g], n, rng).to(dev));
+        auto x0 = target_fm_ ? torch::randn({n, d}, fopt_)
+                             : x_all_.index_select(0, draw_rows(blocks_[k][g], n, rng).to(dev));
+        auto pair = couple(model_.config.coupling, x0, x1, reg_default_, rng);
+        auto s = torch::rand({n}, fopt_);
+        auto ps = sample_path(model_.config.path, pair.x0, pair.x1, s);
+        xts.push_back(ps.xt);
+        ts.push_back(t0 + s * (t1 - t0));
+        uts.push_back(ps.ut / (t1 - t0));  // unit-interval velocity to model-time velocity
+        if (cond_all_.defined()) conds.push_back(cond_all_[g].unsqueeze(0).expand({n, -1}));
+      }
+    }
+    auto cond = conds.empty() ? torch::Tensor() : torch::cat(conds);
+    return torch::mse_loss(model_.net->forward(torch::cat(xts), torch::cat(ts), cond), torch::cat(uts));
   }
-  opt.step();
-  result.loss.push_back(loss_value);
-  result.steps_done = step;
-  if (callbacks.checkpoint && callbacks.checkpoint_every > 0 && step % callbacks.checkpoint_every == 0) {
-    TrainState state = opt.state();
-    state.step = step;
-    state.loss = result.loss;
-    opt.with_weights_to_save([&] { callbacks.checkpoint(step, state); });
-  }
-  const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  if (config.time_limit_s > 0 && elapsed > config.time_limit_s && step < config.steps) {
-    result.status = "time_limit";
-    return false;
-  }
-  const bool report = step % std::max<int64_t>(callbacks.every, 1) == 0 || step == config.steps;
-  if (callbacks.progress && report && !callbacks.progress(step, loss_value)) {
-    result.status = "interrupted";
-    return false;
-  }
-  return true;
-}
+
+ private:
+  FlowModel& model_;
+  const TrainingData& data_;
+  int64_t batch_size_ = 0, groups_per_step_ = 0;
+  torch::TensorOptions fopt_;
+  torch::Tensor x_all_, cond_all_;
+  std::vector<std::vector<std::vector<int64_t>>> blocks_;
+  std::vector<std::vector<int64_t>> usable_;
+  bool target_fm_ = false;
+  double reg_default_ = 0;
+  std::unique_ptr<FlatAdam> opt_;
+};
+
+}  // namespace
 
 TrainResult train(FlowModel& model, const TrainingData& data, const TrainConfig& config,
                   const TrainCallbacks& callbacks) {
   std::string problem = validate_training_data(model, data);
   if (!problem.empty()) throw std::invalid_argument(problem);
-  if (config.steps < 1 || config.batch_size < 1 || config.groups_per_step < 1)
-    throw std::invalid_argument("steps, batch_size and groups_per_step must be >= 1");
-  if (!(config.lr > 0)) throw std::invalid_argument("lr must be > 0");
-
-  std::mt19937_64 rng;
-  ThreadScope thread_scope(config.threads);
-  const auto start = std::chrono::steady_clock::now();
-  const auto dev = model.device;
-  const auto fopt = torch::TensorOptions().dtype(torch::kFloat).device(dev);
-  auto x_all = data.x.to(fopt);
-  const int64_t n_groups = data.group.empty() ? 1 : *std::max_element(data.group.begin(), data.group.end()) + 1;
-  auto cond_all = data.group_cond.defined() ? data.group_cond.to(fopt) : torch::Tensor();
-  const auto& times = model.config.times;
-  Blocks blocks = make_blocks(data, times.size(), n_groups);
-
-  // TargetFM starts from Gaussian noise, so it needs only target cells.
-  const bool target_fm = model.config.path.kind == PathKind::TargetFM;
-  // Intervals and, per interval, groups with cells on both sides.
-  std::vector<std::vector<int64_t>> usable(times.size() - 1);
-  size_t n_usable = 0;
-  for (size_t k = 0; k + 1 < times.size(); ++k) {
-    for (int64_t g = 0; g < n_groups; ++g)
-      if ((target_fm || !blocks[k][g].empty()) && !blocks[k + 1][g].empty()) usable[k].push_back(g);
-    n_usable += usable[k].size();
-  }
-  if (n_usable == 0)
-    throw std::invalid_argument("no group has cells at two consecutive time points; nothing to learn");
-
-  const double reg_default = std::max(2 * model.config.path.sigma * model.config.path.sigma, 1e-3);
-  const int64_t d = model.config.network.dim;
-
-  AdamSettings adam;
-  adam.lr = config.lr;
-  adam.weight_decay = config.weight_decay;
-  adam.ema_decay = config.ema_decay;
-  FlatAdam opt(*model.net, adam);
-
-  TrainResult result;
-  result.status = "completed";
-  const int64_t first_step = resume_training(model.train_state, config, opt, result);
-  model.net->train();
-  for (int64_t step = first_step; step <= config.steps; ++step) {
-    seed_step(config.seed, step, rng);
-    std::vector<torch::Tensor> xts, ts, uts, conds;
-    for (size_t k = 0; k + 1 < times.size(); ++k) {
-      if (usable[k].empty()) continue;
-      const double t0 = model.model_time(times[k]), t1 = model.model_time(times[k + 1]);
-      std::vector<int64_t> groups = usable[k];
-      std::shuffle(groups.begin(), groups.end(), rng);
-      groups.resize(std::min<size_t>(groups.size(), config.groups_per_step));
-      for (int64_t g : groups) {
-        auto x1 = x_all.index_select(0, draw_rows(blocks[k + 1][g], config.batch_size, rng).to(dev));
-        auto x0 = target_fm ? torch::randn({config.batch_size, d}, fopt)
-                            : x_all.index_select(0, draw_rows(blocks[k][g], config.batch_size, rng).to(dev));
-        auto pair = couple(model.config.coupling, x0, x1, reg_default, rng);
-        auto s = torch::rand({config.batch_size}, fopt);
-        auto ps = sample_path(model.config.path, pair.x0, pair.x1, s);
-        xts.push_back(ps.xt);
-        ts.push_back(t0 + s * (t1 - t0));
-        uts.push_back(ps.ut / (t1 - t0));  // unit-interval velocity to model-time velocity
-        if (cond_all.defined()) conds.push_back(cond_all[g].unsqueeze(0).expand({config.batch_size, -1}));
-      }
-    }
-    Batch b{torch::cat(xts), torch::cat(ts), torch::cat(uts), conds.empty() ? torch::Tensor() : torch::cat(conds)};
-    auto loss = torch::mse_loss(model.net->forward(b.xt, b.t, b.cond), b.ut);
-    if (!optimisation_step(opt, loss, step, config, callbacks, start, result)) break;
-  }
-  model.train_state = finish_training(opt, result);
-  model.net->eval();
-  result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  return result;
+  FlowObjective objective(model, data);
+  return run_training(objective, config, callbacks, model.train_state);
 }
 
 }  // namespace popflow

@@ -1,10 +1,13 @@
-// Training loop (Algorithm 1): each step draws, for every interval between
-// consecutive snapshots, a few groups and a minibatch of source and target
-// cells within each, couples them, samples times and regresses the velocity.
+// Training (Algorithm 1): one loop, run_training, shared by every kind of
+// model. A model kind supplies a TrainingObjective (how a step's loss is
+// built, and which optimiser takes the step); the loop owns seeding, resuming,
+// non-finite checks, checkpoints, the time limit, progress and the wind-down.
+// train() is the flow model's objective: each step draws, for every interval
+// between consecutive snapshots, a few groups and a minibatch of source and
+// target cells within each, couples them, samples times and regresses the velocity.
 #pragma once
 #include <torch/torch.h>
 
-#include <chrono>
 #include <functional>
 #include <random>
 #include <string>
@@ -16,13 +19,6 @@
 
 namespace popflow {
 
-struct TrainingData {
-  torch::Tensor x;                  // [N, d] all cells (any float dtype, CPU)
-  std::vector<int64_t> time_index;  // per cell: index into FlowConfig::times
-  std::vector<int64_t> group;       // per cell: group id in [0, n_groups); empty = one group
-  torch::Tensor group_cond;         // [n_groups, cond_dim] conditioning per group, or undefined
-};
-
 struct TrainCallbacks {
   // Called after every `every` completed steps and after the last one;
   // returning false stops training (the model keeps the last completed step).
@@ -30,7 +26,8 @@ struct TrainCallbacks {
   int64_t every = 10;
   // Called after every `checkpoint_every` completed steps (0 = never) while
   // the model's parameters hold the weights to save (the average, if any);
-  // `state` is what the model file needs for resuming.
+  // `state` is what the model file needs for resuming (empty, step 0, when
+  // the fit cannot be resumed).
   std::function<void(int64_t step, const TrainState& state)> checkpoint;
   int64_t checkpoint_every = 0;
 };
@@ -42,35 +39,82 @@ struct TrainResult {
   double seconds = 0;
 };
 
+// What one kind of model (or loss) contributes to run_training. New training
+// objectives (metric-path losses, growth rates) implement this rather than
+// copy the loop; hooks with a default need no code when not used.
+class TrainingObjective {
+ public:
+  virtual ~TrainingObjective() = default;
+
+  // One-off set-up before the first step (data to the device, graphs,
+  // optimisers); runs under the fit's thread settings and counts towards its
+  // time. Throws std::invalid_argument for unusable data or settings.
+  virtual void prepare(const TrainConfig& config) = 0;
+
+  // The module being trained: in training mode while the loop runs, in
+  // evaluation mode once it returns.
+  virtual torch::nn::Module& network() = 0;
+
+  // The optimisers, valid after prepare(). The first is primary: its state is
+  // what a model file keeps for resuming. Every optimiser's moving average is
+  // what checkpoints save and what the parameters hold after the last step.
+  virtual std::vector<FlatAdam*> optimisers() = 0;
+
+  // The optimiser that takes step `step` (default: the primary one).
+  virtual FlatAdam& optimiser(int64_t step);
+
+  // The loss of step `step` (1-based), with its graph for backward(). The loop
+  // has just reseeded `rng` and torch's global generator from (seed, step):
+  // a step draws from these two only, always in the same order, so a seeded
+  // run is reproducible and a resumed run continues exactly as the
+  // uninterrupted run would.
+  virtual torch::Tensor loss(int64_t step, std::mt19937_64& rng) = 0;
+
+  // Called after backward() fills the stepping optimiser's gradient and before
+  // its norm is checked and clipped: where gradients would be combined across
+  // processes (distributed training). Default: nothing.
+  virtual void gradients_ready(int64_t step, FlatAdam& optimiser);
+
+  // Why this fit cannot be resumed from a saved state, or "" when it can
+  // (default). Such a fit refuses config.resume, and its checkpoints and
+  // final state carry no training state.
+  virtual std::string why_not_resumable() const;
+};
+
+// The training loop. Checks config.steps (>= 1) and config.lr (> 0), applies
+// config.threads, calls objective.prepare(), then runs steps 1 .. config.steps,
+// or with config.resume continues from the step after `state`'s (restoring the
+// primary optimiser and the loss history; std::invalid_argument when there is
+// no state or it already reaches config.steps). Each step reseeds, takes the
+// objective's loss, refuses a non-finite loss or gradient before it reaches
+// the weights (status "nonfinite"), lets the objective's optimiser step,
+// records the loss, then calls the checkpoint callback, applies the time limit
+// (status "time_limit", measured from the call) and calls the progress callback
+// (status "interrupted" when it returns false). On return `state` holds what
+// the model file needs for resuming, the parameters hold the averaged weights
+// (if any) and the network is in evaluation mode.
+TrainResult run_training(TrainingObjective& objective, const TrainConfig& config, const TrainCallbacks& callbacks,
+                         TrainState& state);
+
+// The optimiser settings a TrainConfig asks for (an objective's optimisers use them).
+AdamSettings adam_settings(const TrainConfig& config);
+
 // n row indices from pool ([n] long): without replacement when the pool has
 // at least n rows, with replacement otherwise.
 torch::Tensor draw_rows(const std::vector<int64_t>& pool, int64_t n, std::mt19937_64& rng);
 
+struct TrainingData {
+  torch::Tensor x;                  // [N, d] all cells (any float dtype, CPU)
+  std::vector<int64_t> time_index;  // per cell: index into FlowConfig::times
+  std::vector<int64_t> group;       // per cell: group id in [0, n_groups); empty = one group
+  torch::Tensor group_cond;         // [n_groups, cond_dim] conditioning per group, or undefined
+};
+
 // Checks the data against the model and returns a readable reason, or "" if usable.
 std::string validate_training_data(const FlowModel& model, const TrainingData& data);
 
-// Every step's randomness is a function of (seed, step): both generators are
-// reseeded at the start of each step, so a run resumed after step s draws
-// exactly what the uninterrupted run draws from step s + 1 on.
-void seed_step(uint64_t seed, int64_t step, std::mt19937_64& rng);
-
-// With config.resume, restores the optimiser and the loss
-// history into `result` and returns the first step to run (else 1). Throws
-// std::invalid_argument when there is no state or it already reaches config.steps.
-int64_t resume_training(const TrainState& state, const TrainConfig& config, FlatAdam& opt, TrainResult& result);
-
-// After the last step: the state to keep with the model, and the averaged
-// weights (if any) left in the parameters.
-TrainState finish_training(FlatAdam& opt, const TrainResult& result);
-
-// One optimisation step, shared by the training loops: refuses a non-finite
-// loss or gradient before it reaches the weights, records the loss, and
-// applies the time limit and the progress and checkpoint callbacks. Returns false when
-// training must stop; result.status says why.
-bool optimisation_step(FlatAdam& opt, const torch::Tensor& loss, int64_t step, const TrainConfig& config,
-                       const TrainCallbacks& callbacks, std::chrono::steady_clock::time_point start,
-                       TrainResult& result);
-
+// Fits a flow model: config.batch_size cells per (interval, group) block and
+// config.groups_per_step groups per interval and step.
 TrainResult train(FlowModel& model, const TrainingData& data, const TrainConfig& config,
                   const TrainCallbacks& callbacks = {});
 

@@ -44,6 +44,17 @@ struct Registrar {
   Registrar(const char* name, std::function<void()> fn) { registry().push_back({name, std::move(fn)}); }
 };
 
+// The message of the exception f() throws, or "" when it throws none.
+template <typename F>
+std::string thrown_message(F&& f) {
+  try {
+    f();
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  return "";
+}
+
 inline std::string num(double v) {
   std::ostringstream os;
   os.precision(10);

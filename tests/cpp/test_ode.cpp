@@ -1,0 +1,155 @@
+// ODE solvers (ode.h): convergence orders, tolerances, output times, chunking.
+#include <torch/torch.h>
+
+#include <cmath>
+#include <functional>
+#include <utility>
+#include <vector>
+
+#include "check.h"
+#include "fixtures.h"
+#include "ode.h"
+
+using namespace popflow;
+using namespace fixtures;
+
+namespace {
+
+std::function<VelocityFn(int64_t, int64_t)> fixed_field(VelocityFn f) {
+  return [f](int64_t, int64_t) { return f; };
+}
+
+}  // namespace
+
+TEST_CASE("integrate: convergence orders of the fixed-step solvers") {
+  torch::manual_seed(13);
+  auto x0 = torch::randn({10, 2}, kD);
+  auto f = fixed_field([](const torch::Tensor& x, double) { return -x; });
+  auto exact = x0 * std::exp(-1.0);
+  auto err = [&](SolverKind k, int64_t steps) {
+    return max_abs(integrate(f, x0, {0.0, 1.0}, solver(k, steps))[1] - exact);
+  };
+  const double euler = err(SolverKind::Euler, 50) / err(SolverKind::Euler, 100);
+  PF_CHECK_MSG(euler > 1.8 && euler < 2.2, "Euler error ratio " << euler);
+  for (auto k : {SolverKind::Heun, SolverKind::Midpoint}) {
+    const double r = err(k, 20) / err(k, 40);
+    PF_CHECK_MSG(r > 3.5 && r < 4.5, "2nd-order error ratio " << r);
+  }
+  const double rk4 = err(SolverKind::RK4, 10) / err(SolverKind::RK4, 20);
+  PF_CHECK_MSG(rk4 > 13 && rk4 < 19, "RK4 error ratio " << rk4);
+  PF_CHECK_LE(err(SolverKind::RK4, 20), 1e-6);
+}
+
+TEST_CASE("integrate: dopri5 meets its tolerances") {
+  torch::manual_seed(14);
+  auto x0 = torch::randn({10, 2}, kD);
+  // Rotation: x(t) = R(t) x0.
+  auto rot = fixed_field([](const torch::Tensor& x, double) {
+    return torch::stack({-x.select(1, 1), x.select(1, 0)}, 1);
+  });
+  for (double tol : {1e-4, 1e-7, 1e-10}) {
+    OdeStats st;
+    const double T = 3.0;
+    auto out = integrate(rot, x0, {0.0, T}, solver(SolverKind::Dopri5, 0, tol), &st);
+    auto ex = torch::stack({std::cos(T) * x0.select(1, 0) - std::sin(T) * x0.select(1, 1),
+                            std::sin(T) * x0.select(1, 0) + std::cos(T) * x0.select(1, 1)}, 1);
+    const double e = max_abs(out[1] - ex);
+    PF_CHECK_MSG(e < 50 * tol, "tol " << tol << " error " << e);
+    PF_CHECK(st.accepted > 0 && st.evaluations >= 6 * st.accepted);
+  }
+  // Decay with a time-dependent rate: x' = -t x, x(t) = x0 exp(-t^2 / 2).
+  auto decay = fixed_field([](const torch::Tensor& x, double t) { return -t * x; });
+  auto out = integrate(decay, x0, {0.0, 2.0}, solver(SolverKind::Dopri5, 0, 1e-9));
+  PF_CHECK_NEAR(max_abs(out[1] - x0 * std::exp(-2.0)), 0.0, 1e-7);
+  // max_steps is enforced.
+  SolverConfig tight = solver(SolverKind::Dopri5, 0, 1e-12);
+  tight.max_steps = 3;
+  PF_CHECK_THROWS_AS(integrate(rot, x0, {0.0, 10.0}, tight), std::runtime_error);
+  // Non-finite velocities are reported, not returned.
+  auto bad = fixed_field([](const torch::Tensor& x, double) { return x * std::nan(""); });
+  PF_CHECK_THROWS_AS(integrate(bad, x0, {0.0, 1.0}, solver(SolverKind::Dopri5)), std::runtime_error);
+}
+
+TEST_CASE("integrate: output times are hit exactly, forwards and backwards") {
+  auto x0 = torch::arange(6, kD).reshape({3, 2});
+  auto one = fixed_field([](const torch::Tensor& x, double) { return torch::ones_like(x); });
+  const std::vector<double> fwd{0.0, 0.137, 0.5, 0.51, 1.9, 2.5}, bwd{2.5, 1.1, 0.3, -0.2};
+  for (auto k : {SolverKind::Euler, SolverKind::Heun, SolverKind::Midpoint, SolverKind::RK4, SolverKind::Dopri5}) {
+    for (const auto* times : {&fwd, &bwd}) {
+      auto out = integrate(one, x0, *times, solver(k, 7));
+      PF_CHECK(out.size() == times->size());
+      PF_CHECK(torch::equal(out[0], x0));
+      for (size_t i = 0; i < times->size(); ++i)
+        PF_CHECK_NEAR(max_abs(out[i] - (x0 + ((*times)[i] - times->front()))), 0.0, 1e-12);
+    }
+  }
+  // A velocity that depends on t only: x(t) = x0 + sin(t).
+  auto cosine = fixed_field([](const torch::Tensor& x, double t) { return torch::full_like(x, std::cos(t)); });
+  auto out = integrate(cosine, x0, fwd, solver(SolverKind::Dopri5, 0, 1e-10));
+  for (size_t i = 0; i < fwd.size(); ++i) PF_CHECK_NEAR(max_abs(out[i] - (x0 + std::sin(fwd[i]))), 0.0, 1e-8);
+  // A repeated time gives the same state.
+  auto rep = integrate(cosine, x0, {0.0, 0.5, 0.5, 1.0}, solver(SolverKind::Dopri5, 0, 1e-10));
+  PF_CHECK(torch::equal(rep[1], rep[2]));
+}
+
+TEST_CASE("integrate: forward then backward returns to the start") {
+  torch::manual_seed(15);
+  auto x0 = torch::randn({20, 2}, kD);
+  auto f = fixed_field([](const torch::Tensor& x, double t) {
+    return torch::stack({torch::sin(x.select(1, 1)) + t, -x.select(1, 0) * 0.5}, 1);
+  });
+  {
+    auto there = integrate(f, x0, {0.0, 1.5}, solver(SolverKind::Dopri5, 0, 1e-10))[1];
+    PF_CHECK(max_abs(there - x0) > 0.1);
+    auto back = integrate(f, there, {1.5, 0.0}, solver(SolverKind::Dopri5, 0, 1e-10))[1];
+    PF_CHECK_NEAR(max_abs(back - x0), 0.0, 1e-7);
+  }
+  {
+    auto there = integrate(f, x0, {0.0, 1.5}, solver(SolverKind::RK4, 200))[1];
+    auto back = integrate(f, there, {1.5, 0.0}, solver(SolverKind::RK4, 200))[1];
+    PF_CHECK_NEAR(max_abs(back - x0), 0.0, 1e-7);
+  }
+}
+
+TEST_CASE("integrate: chunking matches one chunk and follows the rows") {
+  torch::manual_seed(16);
+  const int64_t n = 103;
+  auto x0 = torch::randn({n, 3}, kD);
+  auto f = fixed_field([](const torch::Tensor& x, double t) { return -x + 0.5 * torch::sin(2 * x) + std::sin(3 * t); });
+  const std::vector<double> times{0.0, 0.4, 1.0};
+  for (auto k : {SolverKind::Euler, SolverKind::RK4}) {
+    SolverConfig one = solver(k, 17), many = solver(k, 17);
+    many.chunk_size = 10;
+    OdeStats s1, s2;
+    auto a = integrate(f, x0, times, one, &s1), b = integrate(f, x0, times, many, &s2);
+    for (size_t i = 0; i < times.size(); ++i) PF_CHECK(torch::equal(a[i], b[i]));
+    PF_CHECK(s2.evaluations == 11 * s1.evaluations);  // 11 chunks, same steps each
+  }
+  {
+    // Dopri5 adapts its steps per chunk, so results agree to tolerance, not bit for bit.
+    SolverConfig one = solver(SolverKind::Dopri5, 0, 1e-9), many = one;
+    many.chunk_size = 10;
+    auto a = integrate(f, x0, times, one), b = integrate(f, x0, times, many);
+    for (size_t i = 0; i < times.size(); ++i) PF_CHECK_NEAR(max_abs(a[i] - b[i]), 0.0, 1e-7);
+  }
+  // chunk_fn gets the right row ranges: velocity = row index.
+  auto rows = torch::arange(n, kD).unsqueeze(1);
+  std::vector<std::pair<int64_t, int64_t>> seen;
+  auto by_row = [&](int64_t begin, int64_t end) -> VelocityFn {
+    seen.push_back({begin, end});
+    auto r = rows.slice(0, begin, end);
+    return [r](const torch::Tensor& x, double) { return r.expand_as(x); };
+  };
+  SolverConfig cfg = solver(SolverKind::Euler, 4);
+  cfg.chunk_size = 25;
+  auto out = integrate(by_row, x0, {0.0, 2.0}, cfg);
+  PF_CHECK_NEAR(max_abs(out[1] - (x0 + 2.0 * rows)), 0.0, 1e-12);
+  PF_CHECK(seen.size() == 5 && seen.front().first == 0 && seen.back().second == n);
+  // Bad configurations are rejected.
+  cfg.chunk_size = 0;
+  PF_CHECK_THROWS_AS(integrate(by_row, x0, {0.0, 1.0}, cfg), std::invalid_argument);
+  PF_CHECK_THROWS_AS(integrate(by_row, x0, {}, solver(SolverKind::Euler)), std::invalid_argument);
+  // No rows: one empty state per time.
+  auto empty = integrate(f, torch::zeros({0, 3}, kD), times, solver(SolverKind::RK4));
+  PF_CHECK(empty.size() == 3 && empty[2].size(0) == 0 && empty[2].size(1) == 3);
+}

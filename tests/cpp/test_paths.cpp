@@ -1,0 +1,86 @@
+// Conditional probability paths (paths.h): locations and regression targets.
+#include <torch/torch.h>
+
+#include <cmath>
+
+#include "check.h"
+#include "fixtures.h"
+#include "paths.h"
+
+using namespace popflow;
+using namespace fixtures;
+
+TEST_CASE("sample_path: ICFM with sigma 0 is the straight line") {
+  torch::manual_seed(10);
+  PathConfig p;
+  p.kind = PathKind::ICFM;
+  p.sigma = 0.0;
+  auto x0 = torch::randn({50, 3}, kD), x1 = torch::randn({50, 3}, kD) + 2;
+  auto t = torch::rand({50}, kD);
+  auto s = sample_path(p, x0, x1, t);
+  auto tt = t.unsqueeze(1);
+  PF_CHECK_NEAR(max_abs(s.xt - ((1 - tt) * x0 + tt * x1)), 0.0, 1e-12);
+  PF_CHECK_NEAR(max_abs(s.ut - (x1 - x0)), 0.0, 1e-12);
+  // With sigma > 0 the noise is isotropic with standard deviation sigma.
+  p.sigma = 0.5;
+  auto big0 = torch::zeros({100000, 2}, kD), big1 = torch::ones({100000, 2}, kD);
+  auto tb = torch::full({100000}, 0.25, kD);
+  auto sb = sample_path(p, big0, big1, tb);
+  auto resid = sb.xt - 0.25;
+  PF_CHECK_NEAR(resid.mean().item<double>(), 0.0, 0.01);
+  PF_CHECK_NEAR(resid.std().item<double>(), 0.5, 0.01);
+  PF_CHECK_NEAR(max_abs(sb.ut - 1.0), 0.0, 1e-15);
+}
+
+TEST_CASE("sample_path: SBCFM bridge variance and target") {
+  torch::manual_seed(11);
+  PathConfig p;
+  p.kind = PathKind::SBCFM;
+  p.sigma = 0.8;
+  const int64_t n = 200000;
+  auto x0 = torch::randn({n, 1}, kD), x1 = torch::randn({n, 1}, kD) * 0.5 + 3;
+  for (double tv : {0.1, 0.3, 0.5, 0.9}) {
+    auto t = torch::full({n}, tv, kD);
+    auto s = sample_path(p, x0, x1, t);
+    auto mu = (1 - tv) * x0 + tv * x1;
+    const double var = (s.xt - mu).var().item<double>();
+    const double expect = p.sigma * p.sigma * tv * (1 - tv);
+    PF_CHECK_MSG(std::fabs(var / expect - 1) < 0.03, "t " << tv << " var " << var << " expected " << expect);
+    // ut = (1 - 2t) / (2 t (1 - t)) (xt - mu) + x1 - x0
+    auto ut = (1 - 2 * tv) / (2 * tv * (1 - tv)) * (s.xt - mu) + x1 - x0;
+    PF_CHECK_NEAR(max_abs(s.ut - ut), 0.0, 1e-9);
+  }
+  // The end points are finite (t is kept off {0, 1}) and pinned to x0 / x1.
+  for (double tv : {0.0, 1.0}) {
+    auto s = sample_path(p, x0.slice(0, 0, 100), x1.slice(0, 0, 100), torch::full({100}, tv, kD));
+    PF_CHECK(torch::isfinite(s.xt).all().item<bool>() && torch::isfinite(s.ut).all().item<bool>());
+    auto end = tv == 0 ? x0.slice(0, 0, 100) : x1.slice(0, 0, 100);
+    PF_CHECK_NEAR(max_abs(s.xt - end), 0.0, 0.05);
+  }
+}
+
+TEST_CASE("sample_path: TargetFM (Lipman) path and target") {
+  torch::manual_seed(12);
+  PathConfig p;
+  p.kind = PathKind::TargetFM;
+  p.sigma_min = 0.01;
+  const double s_ = 1 - p.sigma_min;
+  const int64_t n = 100000;
+  auto x0 = torch::full({n, 2}, 100.0, kD);  // ignored: Gaussian source
+  auto x1 = torch::randn({n, 2}, kD) * 0.3 + 5;
+  auto t = torch::rand({n}, kD) * 0.999;
+  auto out = sample_path(p, x0, x1, t);
+  auto tt = t.unsqueeze(1);
+  auto eps = (out.xt - tt * x1) / (1 - s_ * tt);
+  PF_CHECK_NEAR(eps.mean().item<double>(), 0.0, 0.02);
+  PF_CHECK_NEAR(eps.std().item<double>(), 1.0, 0.02);
+  PF_CHECK_NEAR(max_abs(out.ut - (x1 - s_ * out.xt) / (1 - s_ * tt)), 0.0, 1e-9);
+  PF_CHECK_NEAR(max_abs(out.ut - (x1 - s_ * eps)), 0.0, 1e-8);
+  // At t = 0 the sample is standard normal, whatever x0 and x1 are.
+  auto at0 = sample_path(p, x0, x1, torch::zeros({n}, kD));
+  PF_CHECK_NEAR(at0.xt.mean().item<double>(), 0.0, 0.02);
+  PF_CHECK_NEAR(at0.xt.std().item<double>(), 1.0, 0.02);
+  // At t = 1 it is x1 up to sigma_min.
+  auto at1 = sample_path(p, x0, x1, torch::ones({n}, kD));
+  PF_CHECK_NEAR((at1.xt - x1).std().item<double>(), p.sigma_min, 0.001);
+}
