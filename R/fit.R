@@ -1,3 +1,6 @@
+# fitFlow(): the verb, its matrix and single-cell object methods, and the
+# fit of each method family (flows, population models).
+
 #' Fit a flow between cell populations
 #'
 #' Learns a velocity field `v(x, t)` that transports source cells to target
@@ -56,8 +59,9 @@
 #' @param ... Passed to methods.
 #' @return A `popflow_flow` model: use [predict()], [sampleTrajectories()],
 #'   [evaluateFlow()], `plot()` (loss curve) and [saveFlow()]. MFM and CGFM
-#'   models are `popflow_meta` objects (a subclass): use
-#'   [predict.popflow_meta()] and [embedPopulations()].
+#'   models are `popflow_population` objects (a subclass, also of class
+#'   `popflow_meta` as before): use [predict.popflow_population()] and
+#'   [embedPopulations()].
 #' @examples
 #' set.seed(1)
 #' source <- matrix(rnorm(400), ncol = 2)
@@ -83,60 +87,131 @@ fitFlow.default <- function(x, target = NULL, time = NULL, group = NULL, method 
   method <- as_flow_param(method)
   network <- expect_param(network, "network", "NetworkParam")
   training <- expect_param(training, "training", "TrainingParam")
-  if (!is.null(resume) && inherits(resume, "popflow_meta") != is_population_method(method)) {
-    pf_abort("resume", sprintf("is a %s model, not one of method \"%s\"", method_label(resume$method),
-                               attr(method, "kind")),
-             "leave `method` out to use the resumed model's method")
-  }
   check_resume_settings(resume, method, network, training)
   device <- check_device(device)
   threads <- check_count(threads, "threads")
   verbose <- check_flag(verbose, "verbose")
-  if (is_population_method(method)) {
-    if (!is.null(time) || !is.null(group)) {
-      pf_abort(if (is.null(time)) "group" else "time", sprintf("is not used by method \"%s\"", attr(method, "kind")),
-               "give source cells as `x`, target cells as `target`, and `population` (and `label`)")
-    }
-    return(fit_population_flow(x, target, population, label, method, network, training, device, threads, verbose,
-                               resume))
-  }
+  fit_method(method, x, target = target, time = time, group = group, population = population, label = label,
+             network = network, training = training, device = device, threads = threads, verbose = verbose,
+             resume = resume)
+}
+
+# fitFlow() for a method family: a flow (I-CFM, OT-CFM, SB-CFM, target FM) or a population model (MFM, CGFM).
+fit_method <- function(method, x, ...) UseMethod("fit_method")
+
+#' @export
+fit_method.popflow_flow_param <- function(method, x, target, time, group, population, label, network, training,
+                                          device, threads, verbose, resume) {
   if (!is.null(population) || !is.null(label)) {
     pf_abort(if (is.null(population)) "label" else "population",
              "is used only by method = \"mfm\" or \"cgfm\"", "use `group` to pair cells within groups")
   }
-  data <- flow_training_data(x, target, time, group, generative = attr(method, "kind") == "targetfm")
+  data <- flow_training_data(x, target, time, group, generative = is_generative(method))
   check_resume_data(resume, data$x, data$times)
-
-  config <- c(unclass(method), unclass(network), unclass(training), list(threads = threads, device = device))
-  meta <- list(
+  fields <- list(
     method = method, network = network, training = training, times = data$times,
     time_labels = data$time_labels, feature_names = colnames(data$x), n_features = ncol(data$x),
     n_cells = data$n_cells, time_means = data$time_means, groups = data$groups,
     loss = numeric(0), steps_done = 0, status = "", seconds = 0, device = device, threads = threads
   )
-  progress <- if (verbose) training_progress(training$steps) else NULL
-  res <- pf_fit(data$x, data$time_index, data$times, data$group, NULL, config,
-                progress$update, max(1L, training$steps %/% 100L), resume$bytes, checkpoint_metadata(meta, training))
-  if (!is.null(progress)) progress$done()
+  config <- fit_config(method, network, training, device, threads, dim = ncol(data$x), times = data$times)
+  train_model(fields, training, verbose, resume, function(progress, every, metadata) {
+    pf_fit(data$x, data$time_index, data$group, NULL, config, progress, every, resume$bytes, metadata)
+  })
+}
 
-  fit <- new_flow(res$bytes, fitted_fields(meta, res, resume))
+#' @export
+fit_method.popflow_population_param <- function(method, x, target, time, group, population, label, network,
+                                                training, device, threads, verbose, resume) {
+  if (!is.null(time) || !is.null(group)) {
+    pf_abort(if (is.null(time)) "group" else "time", sprintf("is not used by method \"%s\"", attr(method, "kind")),
+             "give source cells as `x`, target cells as `target`, and `population` (and `label`)")
+  }
+  if (is.null(target)) {
+    pf_abort("target", "is missing", sprintf("method \"%s\" learns source -> target: give `target` cells", attr(method, "kind")))
+  }
+  cells <- source_target_cells(x, target)
+  x <- cells$x
+  target <- cells$target
+  warn_constant_features(rbind(x, target), "x")
+  n <- nrow(x) + nrow(target)
+  side <- rep(0:1, c(nrow(x), nrow(target)))
+  cols <- label_columns(label, n)
+  check_fit_labels(method, cols)
+  pops <- population_codes(population, cols, n, method)
+  n_source <- tabulate(pops$code[side == 0], length(pops$names))
+  n_target <- tabulate(pops$code[side == 1], length(pops$names))
+  if (!any(n_source > 0 & n_target > 0)) {
+    pf_abort("population", "has no population with both source and target cells",
+             "give source and target cells of the same population the same id")
+  }
+  check_graph_sizes(method, n_source, pops$names)
+  check_resume_data(resume, x)
+  if (!is.null(resume) && length(cols) != length(resume$labels)) {
+    pf_abort("label", sprintf("has %d label column%s but `resume` was fitted with %d", length(cols),
+                              if (length(cols) == 1) "" else "s", length(resume$labels)),
+             "give the labels the resumed model was fitted with")
+  }
+  labels <- encode_labels(cols, pops$code, pops$names, resume$labels)
+  fields <- list(
+    method = method, network = network, training = training, times = c(0, 1),
+    time_labels = c("source", "target"), feature_names = colnames(x), n_features = ncol(x),
+    n_cells = c(source = nrow(x), target = nrow(target)),
+    time_means = rbind(colMeans(x), colMeans(target)), groups = NULL,
+    population_means = population_means(x, target, pops$code, side, length(pops$names)),
+    populations = data.frame(population = pops$names, source_cells = n_source, target_cells = n_target),
+    labels = labels$info, loss = numeric(0), steps_done = 0, status = "", seconds = 0, device = device,
+    threads = threads
+  )
+  # The kNN graphs of populations larger than max_cells are subsampled with the seed of the first fit.
+  config <- fit_config(method, network, training, device, threads, dim = ncol(x), times = c(0, 1),
+                       population = list(graph_seed = if (is.null(resume)) training$seed else resume$training$seed,
+                                         label_levels = labels$levels, covariates = ncol(labels$covariates) %||% 0L))
+  train_model(fields, training, verbose, resume, function(progress, every, metadata) {
+    pf_population_fit(rbind(x, target), side, pops$code - 1L, labels$codes, labels$covariates, config, progress,
+                      every, resume$bytes, metadata)
+  })
+}
+
+# The engine's configuration of a fit: the sections of the parameter objects
+# and what comes from the data and the call. Flows take no conditioning input
+# of their own (cond_dim 0; a population model adds its conditioning width).
+fit_config <- function(method, network, training, device, threads, dim, times, population = NULL) {
+  merge_sections(engine_config(method), engine_config(network), engine_config(training),
+                 list(flow = list(dim = dim, cond_dim = 0L, times = times),
+                      training = list(threads = threads, device = device), population = population))
+}
+
+# Runs the engine's training (`engine_fit(progress, every, metadata)`) with a
+# progress bar and returns the fitted model, reporting how training ended.
+train_model <- function(fields, training, verbose, resume, engine_fit) {
+  progress <- if (verbose) training_progress(training$steps) else NULL
+  res <- engine_fit(progress$update, max(1L, training$steps %/% 100L), checkpoint_metadata(fields, training))
+  if (!is.null(progress)) progress$done()
+  fit <- new_flow(res$bytes, fitted_fields(fields, res, resume))
   report_training_status(fit, training$steps)
   fit
+}
+
+# Source and target cells as matrices with the same features.
+source_target_cells <- function(x, target) {
+  x <- as_cell_matrix(x, "x", min_rows = 2)
+  target <- as_cell_matrix(target, "target", min_rows = 2)
+  if (ncol(target) != ncol(x)) {
+    pf_abort("target", sprintf("has %d features but `x` has %d", ncol(target), ncol(x)),
+             "use the same features (columns) for source and target cells")
+  }
+  list(x = x, target = target)
 }
 
 # Cells, time indices and groups in the engine's form.
 flow_training_data <- function(x, target, time, group, generative) {
   if (!is.null(target)) {
     if (!is.null(time)) pf_abort("time", "must be NULL when `target` is given", "give either `target` or `time`")
-    x <- as_cell_matrix(x, "x", min_rows = 2)
-    target <- as_cell_matrix(target, "target", min_rows = 2)
-    if (ncol(target) != ncol(x)) {
-      pf_abort("target", sprintf("has %d features but `x` has %d", ncol(target), ncol(x)),
-               "use the same features (columns) for source and target cells")
-    }
+    cells <- source_target_cells(x, target)
     labels <- c(0, 1)
-    idx <- rep(0:1, c(nrow(x), nrow(target)))
-    x <- rbind(x, target)
+    idx <- rep(0:1, c(nrow(cells$x), nrow(cells$target)))
+    x <- rbind(cells$x, cells$target)
   } else if (generative && is.null(time)) {
     x <- as_cell_matrix(x, "x", min_rows = 2)
     labels <- c(0, 1)
@@ -201,6 +276,168 @@ group_codes <- function(group, n) {
   if (anyNA(group)) pf_abort("group", "contains NA", "drop cells without a group or give them their own")
   f <- factor(group)
   list(codes = as.integer(f) - 1L, levels = levels(f))
+}
+
+# Mean source and target cell of every training population (rows; NA without cells).
+population_means <- function(x, target, pop_code, side, n_pop) {
+  means <- function(m, code) {
+    out <- matrix(NA_real_, n_pop, ncol(m))
+    sums <- rowsum(m, code, reorder = TRUE)
+    out[as.integer(rownames(sums)), ] <- sums / as.vector(table(code)[rownames(sums)])
+    out
+  }
+  list(source = means(x, pop_code[side == 0]), target = means(target, pop_code[side == 1]))
+}
+
+#' Fit a flow on a SingleCellExperiment or Seurat object
+#'
+#' The same [fitFlow()], reading cells from a single-cell object: name the
+#' space the cells live in and the metadata columns that say which cells are
+#' the source and which the target (or the time of each cell), and, for
+#' population models, the population and label of each cell. The model
+#' records these names, so that `predict(fit, object)`,
+#' `embedPopulations(fit, object)` and `evaluateFlow(fit, object)` need no
+#' more arguments; see [cell-objects].
+#'
+#' Space:
+#' - `space`: a reducedDim of a SingleCellExperiment (default `"PCA"`, as
+#'   `scater::runPCA()` names it) or a reduction of a Seurat object (default
+#'   `"pca"`). When it is a PCA with loadings (the `"rotation"` attribute of
+#'   the reducedDim, as scater stores it, or `Loadings()` of the Seurat
+#'   reduction), the model also records what it needs to write predicted cells
+#'   back as expression of the loading genes; see [cell-objects].
+#' - `assay` with `features`: expression itself (a SummarizedExperiment
+#'   assay, e.g. `"logcounts"`, or the `data` of a Seurat assay, e.g. `"RNA"`),
+#'   restricted to `features` (default: all rows). Keep it to a few dozen
+#'   genes: every feature is a dimension of the flow.
+#'
+#' Cells:
+#' - `condition`, `source`, `target`: the column and its two values that mark
+#'   source (e.g. control) and target (e.g. stimulated) cells; cells with other
+#'   values are not used.
+#' - `time`: a column of time points (numeric, or a factor with levels in time
+#'   order), for a time course.
+#' - `population`: one or several columns; their values joined by `"/"` name
+#'   each cell's population (e.g. `c("patient", "cell_type")` gives
+#'   `"101/B cells"`). For `"mfm"` and `"cgfm"` these are the populations of
+#'   [fitFlow()]; for the other methods they are its `group` (cells are paired
+#'   only within a population), and [evaluateFlow()] scores each population.
+#' - `label`: columns of known labels (`"mfm"`, `"cgfm"`), constant within a
+#'   population.
+#'
+#' @param x A SingleCellExperiment (or SummarizedExperiment, with `assay`) or
+#'   a Seurat object.
+#' @param space Name of the reducedDim (SingleCellExperiment) or reduction
+#'   (Seurat) holding the cells' coordinates.
+#' @param condition,source,target Column of the cell metadata (colData /
+#'   meta.data) and its values for source and target cells.
+#' @param time Column holding each cell's time point (instead of `condition`).
+#' @param population Columns whose combined values are each cell's population.
+#' @param label Columns of known labels (population models).
+#' @param assay,features An assay and its features (rows) to use instead of
+#'   `space`.
+#' @param cells The cells to fit on: a logical vector (one value per cell),
+#'   cell indices or cell names; default all. Hold out a patient here rather
+#'   than with `sce[, keep]`: subsetting a SingleCellExperiment's cells drops
+#'   the `"rotation"` attribute of its PCA, and with it the loadings the model
+#'   needs to predict expression.
+#' @param method,... As in [fitFlow()]: the method, and `network`,
+#'   `training`, `device`, `threads`, `verbose`.
+#' @return A model as from [fitFlow()], which also holds `cell_object`: the
+#'   space, the column names and values, and the expression model of a PCA.
+#' @examples
+#' if (requireNamespace("SingleCellExperiment", quietly = TRUE)) {
+#'   sce <- kangPBMC()
+#'   fit <- fitFlow(sce, space = "PCA", condition = "condition", source = "ctrl", target = "stim",
+#'                  population = c("patient", "cell_type"), method = "icfm",
+#'                  cells = sce$patient != "107", training = TrainingParam(steps = 100), verbose = FALSE)
+#'   fit
+#' }
+#' @name fitFlow-objects
+#' @export
+fitFlow.SummarizedExperiment <- function(x, space = NULL, condition = NULL, source = NULL, target = NULL,
+                                         time = NULL, population = NULL, label = NULL, assay = NULL,
+                                         features = NULL, cells = NULL, method = "otcfm", ...) {
+  fit_cell_object(x, space, condition, source, target, time, population, label, assay, features, cells, method, ...)
+}
+
+#' @rdname fitFlow-objects
+#' @export
+fitFlow.Seurat <- function(x, space = NULL, condition = NULL, source = NULL, target = NULL, time = NULL,
+                           population = NULL, label = NULL, assay = NULL, features = NULL, cells = NULL,
+                           method = "otcfm", ...) {
+  fit_cell_object(x, space, condition, source, target, time, population, label, assay, features, cells, method, ...)
+}
+
+fit_cell_object <- function(x, space, condition, source, target, time, population, label, assay, features, cells,
+                            method, ...) {
+  need_object_packages(x, "x")
+  method <- as_flow_param(method)
+  layout <- object_layout(x, space, assay, features)
+  coords <- layout_coordinates(x, layout, "x")
+  if (!is.null(layout$assay)) layout$features <- colnames(coords)
+  keep <- cell_subset(cells, x)
+  coords <- coords[keep, , drop = FALSE]
+  meta <- cell_columns(x)[keep, , drop = FALSE]
+  population <- check_columns(population, x, meta, "population")
+  label <- check_columns(label, x, meta, "label")
+  pops <- population_ids(meta, population)
+  labels <- label_frame(meta, label)
+  fit_args <- list(...)
+  fit_on <- function(cells, ...) {
+    do.call(fitFlow.default, c(list(...), object_cells(method, pops[cells], rows_of(labels, cells),
+                                                            if (!is.null(time)) meta[[time]][cells]),
+                               list(method = method), fit_args))
+  }
+  if (!is.null(condition)) {
+    if (!is.null(time)) pf_abort("time", "and `condition` are both given", "give `condition` (with `source`, `target`) or `time`")
+    condition <- check_columns(condition, x, meta, "condition", single = TRUE)
+    source <- check_value(source, meta[[condition]], "source", condition)
+    target <- check_value(target, meta[[condition]], "target", condition)
+    if (source == target) pf_abort("target", "is the same value as `source`", "give two different values of the column")
+    src <- cells_where(meta, condition, source, "x")
+    tgt <- cells_where(meta, condition, target, "x")
+    cells <- c(src, tgt)
+    fit <- fit_on(cells, coords[src, , drop = FALSE], coords[tgt, , drop = FALSE])
+  } else if (!is.null(time)) {
+    time <- check_columns(time, x, meta, "time", single = TRUE)
+    cells <- seq_len(nrow(coords))
+    fit <- fit_on(cells, coords)
+  } else if (is_generative(method)) {
+    cells <- seq_len(nrow(coords))
+    fit <- fit_on(cells, coords)
+  } else {
+    pf_abort("condition", "and `time` are both missing",
+             "name the column that marks source and target cells (condition = , source = , target = ), or the time column (time = )")
+  }
+  fit$cell_object <- list(
+    class = class(x)[1], space = layout$space, assay = layout$assay, features = layout$features,
+    condition = condition, source = source, target = target, time = time, population = population, label = label,
+    expression = expression_model(x, layout, keep[cells], coords[cells, , drop = FALSE])
+  )
+  fit
+}
+
+# How an object's cells enter fitFlow(): a flow takes the population columns
+# as its groups (and the time column, if any); a population model takes them
+# as its populations, with the labels.
+object_cells <- function(method, population, label, time) UseMethod("object_cells")
+
+#' @export
+object_cells.popflow_flow_param <- function(method, population, label, time) {
+  if (!is.null(label)) {
+    pf_abort("label", "is used only by method = \"mfm\" or \"cgfm\"", "drop `label`, or use a population model")
+  }
+  list(time = time, group = population)
+}
+
+#' @export
+object_cells.popflow_population_param <- function(method, population, label, time) {
+  if (!is.null(time)) {
+    pf_abort("time", sprintf("is not used by method \"%s\"", attr(method, "kind")),
+             "give `condition`, `source` and `target` for a population model")
+  }
+  list(population = population, label = label)
 }
 
 training_progress <- function(total) {

@@ -1,9 +1,66 @@
 # Method, network, training and solver choices as small parameter objects
-# (in the spirit of BiocNeighbors' KmknnParam()).
+# (in the spirit of BiocNeighbors' KmknnParam()). They are the only holders of
+# defaults for the engine's settings: engine_config() turns each into the
+# engine's keys, and the glue (src/r_glue.h) hands those to the engine's text
+# readers, which reject a missing key.
 
 # Dotted formals: settings such as `k` must not partially match them.
+# `.class`: the class, then (methods) the family: "popflow_flow_param" or "popflow_population_param".
 new_param <- function(.kind, .class, ...) {
   structure(list(...), kind = .kind, class = c(.class, "popflow_param"))
+}
+
+# The engine's configuration of a parameter object: a named list of sections
+# ("flow", "population", "training", "checkpoint", "solver"), each a named
+# list of the engine's keys under the engine's names, every key present.
+engine_config <- function(x) UseMethod("engine_config")
+
+#' @export
+engine_config.default <- function(x) {
+  stop(sprintf("no engine configuration for an object of class %s", class(x)[1]), call. = FALSE)
+}
+
+# The flow keys that a method does not use take the values the engine was
+# always given for them, so that the configuration text of new fits equals
+# that of model files written before (resuming compares the two).
+flow_section <- function(...) {
+  keys <- utils::modifyList(list(sigma_min = 1e-4, ot_mode = "resample", sinkhorn_reg = 0, sinkhorn_iters = 200),
+                            list(...))
+  list(flow = keys[c("path", "sigma", "sigma_min", "coupling", "ot_mode", "sinkhorn_reg", "sinkhorn_iters")])
+}
+
+# Likewise the population keys of a model without an encoder (CGFM).
+population_section <- function(...) {
+  keys <- utils::modifyList(list(layers = 3L, encoder_width = 64L, bandwidth = 1, k = 50L, max_cells = 2000L,
+                                 schedule = "joint", encoder_lr = 0), list(...))
+  list(population = keys[c("encoder", "layers", "encoder_width", "bandwidth", "k", "max_cells", "label_dim",
+                           "schedule", "encoder_lr", "cells_per_population", "populations_per_step")])
+}
+
+# Sections of several parameter objects (and of the data) merged into one list of sections.
+merge_sections <- function(...) {
+  parts <- list(...)
+  sections <- unique(unlist(lapply(parts, names)))
+  merged <- stats::setNames(lapply(sections, function(s) do.call(c, unname(lapply(parts, `[[`, s)))), sections)
+  Filter(Negate(is.null), merged)
+}
+
+# One line of print(): what the method does, with its settings.
+method_description <- function(x) UseMethod("method_description")
+
+# Classes of a model fitted with the method: a flow, or a population model
+# (also "popflow_meta", its class before the rename).
+model_class <- function(method) UseMethod("model_class")
+
+#' @export
+model_class.popflow_flow_param <- function(method) "popflow_flow"
+
+#' @export
+model_class.popflow_population_param <- function(method) c("popflow_population", "popflow_meta", "popflow_flow")
+
+method_label <- function(method) {
+  c(ICFMParam = "I-CFM", OTCFMParam = "OT-CFM", SBCFMParam = "SB-CFM", TargetFMParam = "Target FM", MFMParam = "MFM",
+    CGFMParam = "CGFM")[[class(method)[1]]]
 }
 
 #' Flow-matching method parameters
@@ -29,7 +86,7 @@ new_param <- function(.kind, .class, ...) {
 #' @param reg Sinkhorn entropic regularisation; `NULL` means `2 * sigma^2`.
 #' @param sinkhorn_iters Maximum Sinkhorn iterations (it stops early once converged).
 #' @param sigma_min Width of the target-FM path at `t = 1`.
-#' @return An object of class `popflow_param`.
+#' @return An object of classes `popflow_flow_param` and `popflow_param`.
 #' @examples
 #' OTCFMParam(sigma = 0.05)
 #' SBCFMParam(sigma = 0.5)
@@ -39,33 +96,209 @@ NULL
 #' @rdname FlowParams
 #' @export
 ICFMParam <- function(sigma = 0.1) {
-  new_param("icfm", "ICFMParam", path = "icfm", coupling = "independent",
+  new_param("icfm", c("ICFMParam", "popflow_flow_param"), path = "icfm", coupling = "independent",
             sigma = check_number(sigma, "sigma", min = 0))
 }
+
+#' @export
+engine_config.ICFMParam <- function(x) flow_section(path = x$path, sigma = x$sigma, coupling = x$coupling)
+
+#' @export
+method_description.ICFMParam <- function(x) sprintf("independent coupling, sigma %g", x$sigma)
 
 #' @rdname FlowParams
 #' @export
 OTCFMParam <- function(sigma = 0.1, ot_mode = c("resample", "permutation")) {
-  new_param("otcfm", "OTCFMParam", path = "icfm", coupling = "exact",
+  new_param("otcfm", c("OTCFMParam", "popflow_flow_param"), path = "icfm", coupling = "exact",
             sigma = check_number(sigma, "sigma", min = 0),
             ot_mode = check_choice(ot_mode[1], "ot_mode", c("resample", "permutation")))
 }
+
+#' @export
+engine_config.OTCFMParam <- function(x) {
+  flow_section(path = x$path, sigma = x$sigma, coupling = x$coupling, ot_mode = x$ot_mode)
+}
+
+#' @export
+method_description.OTCFMParam <- function(x) sprintf("exact OT coupling (%s), sigma %g", x$ot_mode, x$sigma)
 
 #' @rdname FlowParams
 #' @export
 SBCFMParam <- function(sigma = 0.5, reg = NULL, sinkhorn_iters = 500) {
   sigma <- check_number(sigma, "sigma", min = 0, min_inclusive = FALSE)
-  new_param("sbcfm", "SBCFMParam", path = "sbcfm", coupling = "sinkhorn", sigma = sigma,
+  new_param("sbcfm", c("SBCFMParam", "popflow_flow_param"), path = "sbcfm", coupling = "sinkhorn", sigma = sigma,
             sinkhorn_reg = if (is.null(reg)) 2 * sigma^2 else check_number(reg, "reg", min = 0, min_inclusive = FALSE),
             sinkhorn_iters = check_count(sinkhorn_iters, "sinkhorn_iters"))
 }
 
+#' @export
+engine_config.SBCFMParam <- function(x) {
+  flow_section(path = x$path, sigma = x$sigma, coupling = x$coupling, sinkhorn_reg = x$sinkhorn_reg,
+               sinkhorn_iters = x$sinkhorn_iters)
+}
+
+#' @export
+method_description.SBCFMParam <- function(x) sprintf("Sinkhorn coupling (reg %g), sigma %g", x$sinkhorn_reg, x$sigma)
+
 #' @rdname FlowParams
 #' @export
 TargetFMParam <- function(sigma_min = 1e-4) {
-  new_param("targetfm", "TargetFMParam", path = "targetfm", coupling = "independent", sigma = 0,
+  new_param("targetfm", c("TargetFMParam", "popflow_flow_param"), path = "targetfm", coupling = "independent", sigma = 0,
             sigma_min = check_number(sigma_min, "sigma_min", min = 0, max = 1))
 }
+
+#' @export
+engine_config.TargetFMParam <- function(x) {
+  flow_section(path = x$path, sigma = x$sigma, coupling = x$coupling, sigma_min = x$sigma_min)
+}
+
+#' @export
+method_description.TargetFMParam <- function(x) sprintf("Gaussian source, sigma_min %g", x$sigma_min)
+
+# Does the method generate cells from Gaussian noise (target FM) rather than move given cells?
+is_generative <- function(method) UseMethod("is_generative")
+
+#' @export
+is_generative.default <- function(method) FALSE
+
+#' @export
+is_generative.TargetFMParam <- function(method) TRUE
+
+#' Population-model parameters: Meta Flow Matching and CGFM
+#'
+#' `MFMParam()` selects Meta Flow Matching (Atanackovic et al., ICLR 2025):
+#' the velocity field is conditioned on an embedding `phi(p0)` of the whole
+#' source population, learnt end to end with the field, so that a model
+#' trained on some populations (patients, letters) predicts how an unseen
+#' population moves. `CGFMParam()` selects conditional generator flow
+#' matching: the field is conditioned on known labels only (treatment, dose,
+#' population id), with no population encoder.
+#'
+#' Encoders (`encoder`), all returning unit-length vectors:
+#' - `"gcn"`: a graph convolutional network over the `k`-nearest-neighbour
+#'   graph of the population's source cells (symmetrised, with self-loops and
+#'   symmetric normalisation `D^-1/2 (A + I) D^-1/2`), `layers` layers of
+#'   `width` units with ReLU between them, averaged over cells.
+#' - `"mean"`: the same network without edges (a DeepSets mean encoder; `k`
+#'   is ignored).
+#' - `"kme"`: a kernel mean embedding: `width` random Fourier features of an
+#'   RBF kernel with length scale `bandwidth`, averaged over cells. Fixed, not
+#'   trained.
+#'
+#' kNN graphs are built once per population, on at most `max_cells` of its
+#' source cells (a seeded random subsample for larger populations); the same
+#' cap applies when new populations are embedded at prediction.
+#'
+#' Training (Algorithm 1) draws `populations_per_step` populations a step and
+#' `cells_per_population` source and target cells from each (without
+#' replacement where the population is large enough); these replace
+#' `batch_size` and `groups_per_step` of [TrainingParam()], whose other
+#' settings (steps, learning rate, seed, ...) apply.
+#'
+#' `schedule` chooses how the encoder and the field are optimised:
+#' `"joint"` takes one Adam step on both a training step (end to end);
+#' `"alternating"` follows the reference implementation of the letters
+#' experiment: odd steps update the field (and label embeddings) on cached,
+#' detached population embeddings, even steps update only the encoder (its own
+#' Adam with learning rate `encoder_lr`) and refresh the cached embeddings of
+#' the populations they drew. The fixed `"kme"` encoder trains jointly.
+#'
+#' Labels (the `label` argument of [fitFlow()]) must be constant within a
+#' population. Categorical labels (factor, character or logical) are learnt
+#' embeddings of `label_dim` numbers; numeric labels are used as they are.
+#' A label value not seen in training is an error at prediction that names
+#' the value and lists the known ones: a learnt embedding exists only for
+#' values seen in training.
+#'
+#' @param k Neighbours per cell in the kNN graph (GCN encoder).
+#' @param layers Encoder layers.
+#' @param width Encoder width: the embedding size (for `"kme"`, the number of
+#'   random features; even).
+#' @param encoder `"gcn"`, `"mean"` or `"kme"`.
+#' @param populations_per_step Populations drawn per training step.
+#' @param cells_per_population Source and target cells drawn from each population per step.
+#' @param max_cells Cap on the cells of a population used for its embedding (0 = all).
+#' @param coupling Pairing of source and target cells within a population:
+#'   `"independent"` or `"exact"` (minibatch optimal transport).
+#' @param sigma Noise level of the probability path.
+#' @param label_dim Embedding size of each categorical label.
+#' @param bandwidth Length scale of the `"kme"` kernel (in the units of the data).
+#' @param schedule `"joint"` or `"alternating"` (see above).
+#' @param encoder_lr Learning rate of the encoder's optimiser under the
+#'   alternating schedule (`NULL`: the `lr` of [TrainingParam()]).
+#' @return An object of classes `popflow_population_param` and `popflow_param`.
+#' @examples
+#' MFMParam(k = 10, encoder = "gcn")
+#' MFMParam(k = 50, schedule = "alternating", encoder_lr = 1e-4)
+#' CGFMParam(populations_per_step = 4)
+#' @name PopulationParams
+NULL
+
+#' @rdname PopulationParams
+#' @export
+MFMParam <- function(k = 50, layers = 3, width = 64, encoder = c("gcn", "mean", "kme"), populations_per_step = 10,
+                     cells_per_population = 700, max_cells = 2000, coupling = c("independent", "exact"),
+                     sigma = 0.1, label_dim = 8, bandwidth = 1, schedule = c("joint", "alternating"),
+                     encoder_lr = NULL) {
+  encoder <- check_choice(encoder[1], "encoder", c("gcn", "mean", "kme"))
+  width <- check_count(width, "width")
+  if (encoder == "kme" && width %% 2 != 0) pf_abort("width", "must be even for the \"kme\" encoder", "use e.g. width = 64")
+  k <- check_count(k, "k", min = 0)
+  if (encoder == "gcn" && k < 1) pf_abort("k", "must be >= 1 for the \"gcn\" encoder", "use encoder = \"mean\" for no graph")
+  new_param("mfm", c("MFMParam", "popflow_population_param"), path = "icfm",
+            coupling = check_choice(coupling[1], "coupling", c("independent", "exact")),
+            sigma = check_number(sigma, "sigma", min = 0), encoder = encoder, k = k,
+            layers = check_count(layers, "layers"), width = width,
+            populations_per_step = check_count(populations_per_step, "populations_per_step"),
+            cells_per_population = check_count(cells_per_population, "cells_per_population"),
+            max_cells = check_count(max_cells, "max_cells", min = 0),
+            label_dim = check_count(label_dim, "label_dim"),
+            bandwidth = check_number(bandwidth, "bandwidth", min = 0, min_inclusive = FALSE),
+            schedule = check_choice(schedule[1], "schedule", c("joint", "alternating")),
+            encoder_lr = if (is.null(encoder_lr)) NULL else check_number(encoder_lr, "encoder_lr", min = 0,
+                                                                          min_inclusive = FALSE))
+}
+
+#' @export
+engine_config.MFMParam <- function(x) {
+  c(flow_section(path = x$path, sigma = x$sigma, coupling = x$coupling),
+    population_section(encoder = x$encoder, layers = x$layers, encoder_width = x$width, bandwidth = x$bandwidth,
+                       k = x$k, max_cells = x$max_cells, label_dim = x$label_dim, schedule = x$schedule,
+                       encoder_lr = x$encoder_lr %||% 0, cells_per_population = x$cells_per_population,
+                       populations_per_step = x$populations_per_step))
+}
+
+#' @export
+method_description.MFMParam <- function(x) {
+  encoder <- switch(x$encoder,
+    gcn = sprintf("GCN encoder (k = %d, %d layers, width %d)", x$k, x$layers, x$width),
+    mean = sprintf("mean encoder (%d layers, width %d)", x$layers, x$width),
+    kme = sprintf("kernel mean embedding (%d random features, bandwidth %g)", x$width, x$bandwidth))
+  schedule <- if (identical(x$schedule, "alternating")) ", alternating encoder/field steps" else ""
+  sprintf("%s, %s coupling, sigma %g%s", encoder, x$coupling, x$sigma, schedule)
+}
+
+#' @rdname PopulationParams
+#' @export
+CGFMParam <- function(populations_per_step = 10, cells_per_population = 700, coupling = c("independent", "exact"),
+                      sigma = 0.1, label_dim = 8) {
+  new_param("cgfm", c("CGFMParam", "popflow_population_param"), path = "icfm",
+            coupling = check_choice(coupling[1], "coupling", c("independent", "exact")),
+            sigma = check_number(sigma, "sigma", min = 0), encoder = "none",
+            populations_per_step = check_count(populations_per_step, "populations_per_step"),
+            cells_per_population = check_count(cells_per_population, "cells_per_population"),
+            label_dim = check_count(label_dim, "label_dim"))
+}
+
+#' @export
+engine_config.CGFMParam <- function(x) {
+  c(flow_section(path = x$path, sigma = x$sigma, coupling = x$coupling),
+    population_section(encoder = x$encoder, label_dim = x$label_dim, cells_per_population = x$cells_per_population,
+                       populations_per_step = x$populations_per_step))
+}
+
+#' @export
+method_description.CGFMParam <- function(x) sprintf("label conditioning, %s coupling, sigma %g", x$coupling, x$sigma)
 
 #' Network, training and ODE-solver parameters
 #'
@@ -129,6 +362,12 @@ NetworkParam <- function(width = 64, depth = 3, residual = FALSE, activation = c
             fourier_scale = check_number(fourier_scale, "fourier_scale", min = 0, min_inclusive = FALSE))
 }
 
+#' @export
+engine_config.NetworkParam <- function(x) {
+  list(flow = unclass(x)[c("width", "depth", "residual", "activation", "time_dim", "fourier_features",
+                           "fourier_scale")])
+}
+
 #' @rdname ModelParams
 #' @export
 TrainingParam <- function(steps = 2000, batch_size = 256, lr = 1e-3, weight_decay = 0, clip_norm = 0,
@@ -146,6 +385,14 @@ TrainingParam <- function(steps = 2000, batch_size = 256, lr = 1e-3, weight_deca
             groups_per_step = check_count(groups_per_step, "groups_per_step"),
             time_limit = check_number(time_limit, "time_limit", min = 0),
             checkpoint_every = checkpoint_every, checkpoint_file = checkpoint_file)
+}
+
+# `checkpoint` is read by the glue, not the engine: where and how often to write the model during training.
+#' @export
+engine_config.TrainingParam <- function(x) {
+  list(training = unclass(x)[c("steps", "batch_size", "groups_per_step", "lr", "weight_decay", "clip_norm",
+                               "ema_decay", "seed", "time_limit")],
+       checkpoint = list(every = x$checkpoint_every, file = x$checkpoint_file %||% ""))
 }
 
 check_checkpoint_file <- function(file, every) {
@@ -182,25 +429,33 @@ SolverParam <- function(method = c("dopri5", "rk4", "euler", "heun", "midpoint")
 }
 
 #' @export
+engine_config.SolverParam <- function(x) {
+  list(solver = list(solver = x$method, steps = x$steps, atol = x$atol, rtol = x$rtol, max_steps = x$max_steps,
+                     chunk_size = x$chunk_size))
+}
+
+#' @export
 print.popflow_param <- function(x, ...) {
   vals <- vapply(unclass(x), function(v) paste(format(v), collapse = ","), character(1))
   cat(sprintf("<%s> %s\n", class(x)[1], paste(names(vals), vals, sep = "=", collapse = ", ")))
   invisible(x)
 }
 
-# A method given as a name or a parameter object -> parameter object.
+# A method given as a name or a parameter object -> parameter object (of a
+# method family: objects saved before the families existed get theirs).
 as_flow_param <- function(method) {
-  methods <- c("icfm", "otcfm", "sbcfm", "targetfm", "mfm", "cgfm")
-  if (inherits(method, "popflow_param") && attr(method, "kind") %in% methods) {
+  methods <- c(icfm = "ICFMParam", otcfm = "OTCFMParam", sbcfm = "SBCFMParam", targetfm = "TargetFMParam",
+               mfm = "MFMParam", cgfm = "CGFMParam")
+  if (inherits(method, "popflow_param") && class(method)[1] %in% methods) {
+    class(method) <- class(do.call(class(method)[1], list()))
     return(method)
   }
-  if (!is.character(method) || length(method) != 1 || !(tolower(method) %in% methods)) {
+  if (!is.character(method) || length(method) != 1 || !(tolower(method) %in% names(methods))) {
     pf_abort("method", sprintf("must be one of %s, or a parameter object such as OTCFMParam()",
-                               paste0("\"", methods, "\"", collapse = ", ")),
+                               paste0("\"", names(methods), "\"", collapse = ", ")),
              "use e.g. method = \"otcfm\" or method = OTCFMParam(sigma = 0.1)")
   }
-  switch(tolower(method), icfm = ICFMParam(), otcfm = OTCFMParam(), sbcfm = SBCFMParam(),
-         targetfm = TargetFMParam(), mfm = MFMParam(), cgfm = CGFMParam())
+  do.call(methods[[tolower(method)]], list())
 }
 
 expect_param <- function(x, arg, class) {

@@ -17,6 +17,7 @@ resume_model <- function(resume) {
     pf_abort("resume", sprintf("must be a fitted model or the path of a saved model, not a %s", class(resume)[1]),
              "pass the result of fitFlow(), or a file written by saveFlow() or by a checkpoint")
   }
+  resume <- as_model(resume, "resume")
   if (pf_training_state(resume$bytes)$steps == 0) {
     pf_abort("resume", "holds no training state (it was saved with saveFlow(resumable = FALSE) or by an older popflow)",
              "fit the model again, or resume from a checkpoint file")
@@ -27,7 +28,12 @@ resume_model <- function(resume) {
 # Method, network and step count of a resumed fit against the model it continues.
 check_resume_settings <- function(resume, method, network, training) {
   if (is.null(resume)) return(invisible())
-  if (!identical(unclass(resume$method), unclass(method)) || !identical(attr(resume$method, "kind"), attr(method, "kind"))) {
+  if (!identical(class(resume), model_class(method))) {
+    pf_abort("resume", sprintf("is a %s model, not one of method \"%s\"", method_label(resume$method),
+                               attr(method, "kind")),
+             "leave `method` out to use the resumed model's method")
+  }
+  if (!identical(unclass(resume$method), unclass(method)) || !identical(class(resume$method)[1], class(method)[1])) {
     pf_abort("resume", sprintf("was fitted with method \"%s\" and other settings than the `method` given",
                                attr(resume$method, "kind")),
              "leave `method` out (the resumed model's method is used) or pass method = resume$method")
@@ -62,17 +68,17 @@ check_resume_data <- function(resume, x, times = NULL) {
 
 # R's fields as stored in checkpoint files; loadFlow() fills in the loss and
 # step count from the file's training state.
-checkpoint_metadata <- function(meta, training) {
+checkpoint_metadata <- function(fields, training) {
   if ((training$checkpoint_every %||% 0) == 0) return(raw(0))
-  meta[c("loss", "steps_done", "status", "seconds")] <- list(numeric(0), 0, "checkpoint", NA_real_)
-  serialize(meta, NULL)
+  fields[c("loss", "steps_done", "status", "seconds")] <- list(numeric(0), 0, "checkpoint", NA_real_)
+  serialize(fields, NULL)
 }
 
 # A finished fit's fields: the loss history and steps count the whole run, old and new.
-fitted_fields <- function(meta, res, resume) {
-  meta$loss <- res$loss
-  meta$steps_done <- res$steps_done
-  meta$status <- res$status
-  meta$seconds <- res$seconds + if (is.null(resume)) 0 else sum(resume$seconds, na.rm = TRUE)
-  meta
+fitted_fields <- function(fields, res, resume) {
+  fields$loss <- res$loss
+  fields$steps_done <- res$steps_done
+  fields$status <- res$status
+  fields$seconds <- res$seconds + if (is.null(resume)) 0 else sum(resume$seconds, na.rm = TRUE)
+  fields
 }

@@ -11,14 +11,13 @@ Rcpp::Rostream<false>& Rcpp::Rcerr = Rcpp::Rcpp_cerr_get();
 #endif
 
 // pf_fit
-Rcpp::List pf_fit(Rcpp::NumericMatrix x, Rcpp::IntegerVector time_index, Rcpp::NumericVector times, Rcpp::IntegerVector group, Rcpp::Nullable<Rcpp::NumericMatrix> group_cond, Rcpp::List config, Rcpp::Nullable<Rcpp::Function> progress, int progress_every, Rcpp::Nullable<Rcpp::RawVector> resume, Rcpp::RawVector metadata);
-RcppExport SEXP _popflow_pf_fit(SEXP xSEXP, SEXP time_indexSEXP, SEXP timesSEXP, SEXP groupSEXP, SEXP group_condSEXP, SEXP configSEXP, SEXP progressSEXP, SEXP progress_everySEXP, SEXP resumeSEXP, SEXP metadataSEXP) {
+Rcpp::List pf_fit(Rcpp::NumericMatrix x, Rcpp::IntegerVector time_index, Rcpp::IntegerVector group, Rcpp::Nullable<Rcpp::NumericMatrix> group_cond, Rcpp::List config, Rcpp::Nullable<Rcpp::Function> progress, int progress_every, Rcpp::Nullable<Rcpp::RawVector> resume, Rcpp::RawVector metadata);
+RcppExport SEXP _popflow_pf_fit(SEXP xSEXP, SEXP time_indexSEXP, SEXP groupSEXP, SEXP group_condSEXP, SEXP configSEXP, SEXP progressSEXP, SEXP progress_everySEXP, SEXP resumeSEXP, SEXP metadataSEXP) {
 BEGIN_RCPP
     Rcpp::RObject rcpp_result_gen;
     Rcpp::RNGScope rcpp_rngScope_gen;
     Rcpp::traits::input_parameter< Rcpp::NumericMatrix >::type x(xSEXP);
     Rcpp::traits::input_parameter< Rcpp::IntegerVector >::type time_index(time_indexSEXP);
-    Rcpp::traits::input_parameter< Rcpp::NumericVector >::type times(timesSEXP);
     Rcpp::traits::input_parameter< Rcpp::IntegerVector >::type group(groupSEXP);
     Rcpp::traits::input_parameter< Rcpp::Nullable<Rcpp::NumericMatrix> >::type group_cond(group_condSEXP);
     Rcpp::traits::input_parameter< Rcpp::List >::type config(configSEXP);
@@ -26,76 +25,7 @@ BEGIN_RCPP
     Rcpp::traits::input_parameter< int >::type progress_every(progress_everySEXP);
     Rcpp::traits::input_parameter< Rcpp::Nullable<Rcpp::RawVector> >::type resume(resumeSEXP);
     Rcpp::traits::input_parameter< Rcpp::RawVector >::type metadata(metadataSEXP);
-    rcpp_result_gen = Rcpp::wrap(pf_fit(x, time_index, times, group, group_cond, config, progress, progress_every, resume, metadata));
-    return rcpp_result_gen;
-END_RCPP
-}
-// pf_load
-SEXP pf_load(Rcpp::RawVector bytes, std::string device);
-RcppExport SEXP _popflow_pf_load(SEXP bytesSEXP, SEXP deviceSEXP) {
-BEGIN_RCPP
-    Rcpp::RObject rcpp_result_gen;
-    Rcpp::RNGScope rcpp_rngScope_gen;
-    Rcpp::traits::input_parameter< Rcpp::RawVector >::type bytes(bytesSEXP);
-    Rcpp::traits::input_parameter< std::string >::type device(deviceSEXP);
-    rcpp_result_gen = Rcpp::wrap(pf_load(bytes, device));
-    return rcpp_result_gen;
-END_RCPP
-}
-// pf_with_metadata
-Rcpp::RawVector pf_with_metadata(Rcpp::RawVector bytes, Rcpp::RawVector metadata, bool keep_state);
-RcppExport SEXP _popflow_pf_with_metadata(SEXP bytesSEXP, SEXP metadataSEXP, SEXP keep_stateSEXP) {
-BEGIN_RCPP
-    Rcpp::RObject rcpp_result_gen;
-    Rcpp::RNGScope rcpp_rngScope_gen;
-    Rcpp::traits::input_parameter< Rcpp::RawVector >::type bytes(bytesSEXP);
-    Rcpp::traits::input_parameter< Rcpp::RawVector >::type metadata(metadataSEXP);
-    Rcpp::traits::input_parameter< bool >::type keep_state(keep_stateSEXP);
-    rcpp_result_gen = Rcpp::wrap(pf_with_metadata(bytes, metadata, keep_state));
-    return rcpp_result_gen;
-END_RCPP
-}
-// pf_metadata
-Rcpp::RawVector pf_metadata(Rcpp::RawVector bytes);
-RcppExport SEXP _popflow_pf_metadata(SEXP bytesSEXP) {
-BEGIN_RCPP
-    Rcpp::RObject rcpp_result_gen;
-    Rcpp::RNGScope rcpp_rngScope_gen;
-    Rcpp::traits::input_parameter< Rcpp::RawVector >::type bytes(bytesSEXP);
-    rcpp_result_gen = Rcpp::wrap(pf_metadata(bytes));
-    return rcpp_result_gen;
-END_RCPP
-}
-// pf_training_state
-Rcpp::List pf_training_state(Rcpp::RawVector bytes);
-RcppExport SEXP _popflow_pf_training_state(SEXP bytesSEXP) {
-BEGIN_RCPP
-    Rcpp::RObject rcpp_result_gen;
-    Rcpp::RNGScope rcpp_rngScope_gen;
-    Rcpp::traits::input_parameter< Rcpp::RawVector >::type bytes(bytesSEXP);
-    rcpp_result_gen = Rcpp::wrap(pf_training_state(bytes));
-    return rcpp_result_gen;
-END_RCPP
-}
-// pf_handle_valid
-bool pf_handle_valid(SEXP handle);
-RcppExport SEXP _popflow_pf_handle_valid(SEXP handleSEXP) {
-BEGIN_RCPP
-    Rcpp::RObject rcpp_result_gen;
-    Rcpp::RNGScope rcpp_rngScope_gen;
-    Rcpp::traits::input_parameter< SEXP >::type handle(handleSEXP);
-    rcpp_result_gen = Rcpp::wrap(pf_handle_valid(handle));
-    return rcpp_result_gen;
-END_RCPP
-}
-// pf_model_config
-std::string pf_model_config(Rcpp::RawVector bytes);
-RcppExport SEXP _popflow_pf_model_config(SEXP bytesSEXP) {
-BEGIN_RCPP
-    Rcpp::RObject rcpp_result_gen;
-    Rcpp::RNGScope rcpp_rngScope_gen;
-    Rcpp::traits::input_parameter< Rcpp::RawVector >::type bytes(bytesSEXP);
-    rcpp_result_gen = Rcpp::wrap(pf_model_config(bytes));
+    rcpp_result_gen = Rcpp::wrap(pf_fit(x, time_index, group, group_cond, config, progress, progress_every, resume, metadata));
     return rcpp_result_gen;
 END_RCPP
 }
@@ -112,140 +42,6 @@ BEGIN_RCPP
     Rcpp::traits::input_parameter< Rcpp::List >::type solver(solverSEXP);
     Rcpp::traits::input_parameter< int >::type threads(threadsSEXP);
     rcpp_result_gen = Rcpp::wrap(pf_transport(handle, x, times, cond, solver, threads));
-    return rcpp_result_gen;
-END_RCPP
-}
-// pf_cuda_available
-bool pf_cuda_available();
-RcppExport SEXP _popflow_pf_cuda_available() {
-BEGIN_RCPP
-    Rcpp::RObject rcpp_result_gen;
-    Rcpp::RNGScope rcpp_rngScope_gen;
-    rcpp_result_gen = Rcpp::wrap(pf_cuda_available());
-    return rcpp_result_gen;
-END_RCPP
-}
-// pf_torch_version
-std::string pf_torch_version();
-RcppExport SEXP _popflow_pf_torch_version() {
-BEGIN_RCPP
-    Rcpp::RObject rcpp_result_gen;
-    Rcpp::RNGScope rcpp_rngScope_gen;
-    rcpp_result_gen = Rcpp::wrap(pf_torch_version());
-    return rcpp_result_gen;
-END_RCPP
-}
-// pf_meta_fit
-Rcpp::List pf_meta_fit(Rcpp::NumericMatrix x, Rcpp::IntegerVector side, Rcpp::IntegerVector population, Rcpp::Nullable<Rcpp::IntegerMatrix> labels, Rcpp::IntegerVector label_levels, Rcpp::Nullable<Rcpp::NumericMatrix> covariates, Rcpp::List config, Rcpp::List meta, Rcpp::Nullable<Rcpp::Function> progress, int progress_every, Rcpp::Nullable<Rcpp::RawVector> resume, Rcpp::RawVector metadata);
-RcppExport SEXP _popflow_pf_meta_fit(SEXP xSEXP, SEXP sideSEXP, SEXP populationSEXP, SEXP labelsSEXP, SEXP label_levelsSEXP, SEXP covariatesSEXP, SEXP configSEXP, SEXP metaSEXP, SEXP progressSEXP, SEXP progress_everySEXP, SEXP resumeSEXP, SEXP metadataSEXP) {
-BEGIN_RCPP
-    Rcpp::RObject rcpp_result_gen;
-    Rcpp::RNGScope rcpp_rngScope_gen;
-    Rcpp::traits::input_parameter< Rcpp::NumericMatrix >::type x(xSEXP);
-    Rcpp::traits::input_parameter< Rcpp::IntegerVector >::type side(sideSEXP);
-    Rcpp::traits::input_parameter< Rcpp::IntegerVector >::type population(populationSEXP);
-    Rcpp::traits::input_parameter< Rcpp::Nullable<Rcpp::IntegerMatrix> >::type labels(labelsSEXP);
-    Rcpp::traits::input_parameter< Rcpp::IntegerVector >::type label_levels(label_levelsSEXP);
-    Rcpp::traits::input_parameter< Rcpp::Nullable<Rcpp::NumericMatrix> >::type covariates(covariatesSEXP);
-    Rcpp::traits::input_parameter< Rcpp::List >::type config(configSEXP);
-    Rcpp::traits::input_parameter< Rcpp::List >::type meta(metaSEXP);
-    Rcpp::traits::input_parameter< Rcpp::Nullable<Rcpp::Function> >::type progress(progressSEXP);
-    Rcpp::traits::input_parameter< int >::type progress_every(progress_everySEXP);
-    Rcpp::traits::input_parameter< Rcpp::Nullable<Rcpp::RawVector> >::type resume(resumeSEXP);
-    Rcpp::traits::input_parameter< Rcpp::RawVector >::type metadata(metadataSEXP);
-    rcpp_result_gen = Rcpp::wrap(pf_meta_fit(x, side, population, labels, label_levels, covariates, config, meta, progress, progress_every, resume, metadata));
-    return rcpp_result_gen;
-END_RCPP
-}
-// pf_meta_load
-SEXP pf_meta_load(Rcpp::RawVector bytes, std::string device);
-RcppExport SEXP _popflow_pf_meta_load(SEXP bytesSEXP, SEXP deviceSEXP) {
-BEGIN_RCPP
-    Rcpp::RObject rcpp_result_gen;
-    Rcpp::RNGScope rcpp_rngScope_gen;
-    Rcpp::traits::input_parameter< Rcpp::RawVector >::type bytes(bytesSEXP);
-    Rcpp::traits::input_parameter< std::string >::type device(deviceSEXP);
-    rcpp_result_gen = Rcpp::wrap(pf_meta_load(bytes, device));
-    return rcpp_result_gen;
-END_RCPP
-}
-// pf_model_kind
-std::string pf_model_kind(Rcpp::RawVector bytes);
-RcppExport SEXP _popflow_pf_model_kind(SEXP bytesSEXP) {
-BEGIN_RCPP
-    Rcpp::RObject rcpp_result_gen;
-    Rcpp::RNGScope rcpp_rngScope_gen;
-    Rcpp::traits::input_parameter< Rcpp::RawVector >::type bytes(bytesSEXP);
-    rcpp_result_gen = Rcpp::wrap(pf_model_kind(bytes));
-    return rcpp_result_gen;
-END_RCPP
-}
-// pf_meta_with_metadata
-Rcpp::RawVector pf_meta_with_metadata(Rcpp::RawVector bytes, Rcpp::RawVector metadata, bool keep_state);
-RcppExport SEXP _popflow_pf_meta_with_metadata(SEXP bytesSEXP, SEXP metadataSEXP, SEXP keep_stateSEXP) {
-BEGIN_RCPP
-    Rcpp::RObject rcpp_result_gen;
-    Rcpp::RNGScope rcpp_rngScope_gen;
-    Rcpp::traits::input_parameter< Rcpp::RawVector >::type bytes(bytesSEXP);
-    Rcpp::traits::input_parameter< Rcpp::RawVector >::type metadata(metadataSEXP);
-    Rcpp::traits::input_parameter< bool >::type keep_state(keep_stateSEXP);
-    rcpp_result_gen = Rcpp::wrap(pf_meta_with_metadata(bytes, metadata, keep_state));
-    return rcpp_result_gen;
-END_RCPP
-}
-// pf_meta_metadata
-Rcpp::RawVector pf_meta_metadata(Rcpp::RawVector bytes);
-RcppExport SEXP _popflow_pf_meta_metadata(SEXP bytesSEXP) {
-BEGIN_RCPP
-    Rcpp::RObject rcpp_result_gen;
-    Rcpp::RNGScope rcpp_rngScope_gen;
-    Rcpp::traits::input_parameter< Rcpp::RawVector >::type bytes(bytesSEXP);
-    rcpp_result_gen = Rcpp::wrap(pf_meta_metadata(bytes));
-    return rcpp_result_gen;
-END_RCPP
-}
-// pf_meta_config
-std::string pf_meta_config(Rcpp::RawVector bytes);
-RcppExport SEXP _popflow_pf_meta_config(SEXP bytesSEXP) {
-BEGIN_RCPP
-    Rcpp::RObject rcpp_result_gen;
-    Rcpp::RNGScope rcpp_rngScope_gen;
-    Rcpp::traits::input_parameter< Rcpp::RawVector >::type bytes(bytesSEXP);
-    rcpp_result_gen = Rcpp::wrap(pf_meta_config(bytes));
-    return rcpp_result_gen;
-END_RCPP
-}
-// pf_meta_embed
-Rcpp::NumericMatrix pf_meta_embed(SEXP handle, Rcpp::NumericMatrix x, Rcpp::IntegerVector population, int n_pop, int threads);
-RcppExport SEXP _popflow_pf_meta_embed(SEXP handleSEXP, SEXP xSEXP, SEXP populationSEXP, SEXP n_popSEXP, SEXP threadsSEXP) {
-BEGIN_RCPP
-    Rcpp::RObject rcpp_result_gen;
-    Rcpp::RNGScope rcpp_rngScope_gen;
-    Rcpp::traits::input_parameter< SEXP >::type handle(handleSEXP);
-    Rcpp::traits::input_parameter< Rcpp::NumericMatrix >::type x(xSEXP);
-    Rcpp::traits::input_parameter< Rcpp::IntegerVector >::type population(populationSEXP);
-    Rcpp::traits::input_parameter< int >::type n_pop(n_popSEXP);
-    Rcpp::traits::input_parameter< int >::type threads(threadsSEXP);
-    rcpp_result_gen = Rcpp::wrap(pf_meta_embed(handle, x, population, n_pop, threads));
-    return rcpp_result_gen;
-END_RCPP
-}
-// pf_meta_transport
-Rcpp::List pf_meta_transport(SEXP handle, Rcpp::NumericMatrix x, Rcpp::IntegerVector population, int n_pop, Rcpp::Nullable<Rcpp::IntegerMatrix> labels, Rcpp::Nullable<Rcpp::NumericMatrix> covariates, Rcpp::NumericVector times, Rcpp::List solver, int threads);
-RcppExport SEXP _popflow_pf_meta_transport(SEXP handleSEXP, SEXP xSEXP, SEXP populationSEXP, SEXP n_popSEXP, SEXP labelsSEXP, SEXP covariatesSEXP, SEXP timesSEXP, SEXP solverSEXP, SEXP threadsSEXP) {
-BEGIN_RCPP
-    Rcpp::RObject rcpp_result_gen;
-    Rcpp::RNGScope rcpp_rngScope_gen;
-    Rcpp::traits::input_parameter< SEXP >::type handle(handleSEXP);
-    Rcpp::traits::input_parameter< Rcpp::NumericMatrix >::type x(xSEXP);
-    Rcpp::traits::input_parameter< Rcpp::IntegerVector >::type population(populationSEXP);
-    Rcpp::traits::input_parameter< int >::type n_pop(n_popSEXP);
-    Rcpp::traits::input_parameter< Rcpp::Nullable<Rcpp::IntegerMatrix> >::type labels(labelsSEXP);
-    Rcpp::traits::input_parameter< Rcpp::Nullable<Rcpp::NumericMatrix> >::type covariates(covariatesSEXP);
-    Rcpp::traits::input_parameter< Rcpp::NumericVector >::type times(timesSEXP);
-    Rcpp::traits::input_parameter< Rcpp::List >::type solver(solverSEXP);
-    Rcpp::traits::input_parameter< int >::type threads(threadsSEXP);
-    rcpp_result_gen = Rcpp::wrap(pf_meta_transport(handle, x, population, n_pop, labels, covariates, times, solver, threads));
     return rcpp_result_gen;
 END_RCPP
 }
@@ -333,26 +129,153 @@ BEGIN_RCPP
     return rcpp_result_gen;
 END_RCPP
 }
+// pf_load
+SEXP pf_load(Rcpp::RawVector bytes, std::string device);
+RcppExport SEXP _popflow_pf_load(SEXP bytesSEXP, SEXP deviceSEXP) {
+BEGIN_RCPP
+    Rcpp::RObject rcpp_result_gen;
+    Rcpp::RNGScope rcpp_rngScope_gen;
+    Rcpp::traits::input_parameter< Rcpp::RawVector >::type bytes(bytesSEXP);
+    Rcpp::traits::input_parameter< std::string >::type device(deviceSEXP);
+    rcpp_result_gen = Rcpp::wrap(pf_load(bytes, device));
+    return rcpp_result_gen;
+END_RCPP
+}
+// pf_handle_valid
+bool pf_handle_valid(SEXP handle);
+RcppExport SEXP _popflow_pf_handle_valid(SEXP handleSEXP) {
+BEGIN_RCPP
+    Rcpp::RObject rcpp_result_gen;
+    Rcpp::RNGScope rcpp_rngScope_gen;
+    Rcpp::traits::input_parameter< SEXP >::type handle(handleSEXP);
+    rcpp_result_gen = Rcpp::wrap(pf_handle_valid(handle));
+    return rcpp_result_gen;
+END_RCPP
+}
+// pf_with_metadata
+Rcpp::RawVector pf_with_metadata(Rcpp::RawVector bytes, Rcpp::RawVector metadata, bool keep_state);
+RcppExport SEXP _popflow_pf_with_metadata(SEXP bytesSEXP, SEXP metadataSEXP, SEXP keep_stateSEXP) {
+BEGIN_RCPP
+    Rcpp::RObject rcpp_result_gen;
+    Rcpp::RNGScope rcpp_rngScope_gen;
+    Rcpp::traits::input_parameter< Rcpp::RawVector >::type bytes(bytesSEXP);
+    Rcpp::traits::input_parameter< Rcpp::RawVector >::type metadata(metadataSEXP);
+    Rcpp::traits::input_parameter< bool >::type keep_state(keep_stateSEXP);
+    rcpp_result_gen = Rcpp::wrap(pf_with_metadata(bytes, metadata, keep_state));
+    return rcpp_result_gen;
+END_RCPP
+}
+// pf_metadata
+Rcpp::RawVector pf_metadata(Rcpp::RawVector bytes);
+RcppExport SEXP _popflow_pf_metadata(SEXP bytesSEXP) {
+BEGIN_RCPP
+    Rcpp::RObject rcpp_result_gen;
+    Rcpp::RNGScope rcpp_rngScope_gen;
+    Rcpp::traits::input_parameter< Rcpp::RawVector >::type bytes(bytesSEXP);
+    rcpp_result_gen = Rcpp::wrap(pf_metadata(bytes));
+    return rcpp_result_gen;
+END_RCPP
+}
+// pf_model_config
+std::string pf_model_config(Rcpp::RawVector bytes);
+RcppExport SEXP _popflow_pf_model_config(SEXP bytesSEXP) {
+BEGIN_RCPP
+    Rcpp::RObject rcpp_result_gen;
+    Rcpp::RNGScope rcpp_rngScope_gen;
+    Rcpp::traits::input_parameter< Rcpp::RawVector >::type bytes(bytesSEXP);
+    rcpp_result_gen = Rcpp::wrap(pf_model_config(bytes));
+    return rcpp_result_gen;
+END_RCPP
+}
+// pf_training_state
+Rcpp::List pf_training_state(Rcpp::RawVector bytes);
+RcppExport SEXP _popflow_pf_training_state(SEXP bytesSEXP) {
+BEGIN_RCPP
+    Rcpp::RObject rcpp_result_gen;
+    Rcpp::RNGScope rcpp_rngScope_gen;
+    Rcpp::traits::input_parameter< Rcpp::RawVector >::type bytes(bytesSEXP);
+    rcpp_result_gen = Rcpp::wrap(pf_training_state(bytes));
+    return rcpp_result_gen;
+END_RCPP
+}
+// pf_cuda_available
+bool pf_cuda_available();
+RcppExport SEXP _popflow_pf_cuda_available() {
+BEGIN_RCPP
+    Rcpp::RObject rcpp_result_gen;
+    Rcpp::RNGScope rcpp_rngScope_gen;
+    rcpp_result_gen = Rcpp::wrap(pf_cuda_available());
+    return rcpp_result_gen;
+END_RCPP
+}
+// pf_torch_version
+std::string pf_torch_version();
+RcppExport SEXP _popflow_pf_torch_version() {
+BEGIN_RCPP
+    Rcpp::RObject rcpp_result_gen;
+    Rcpp::RNGScope rcpp_rngScope_gen;
+    rcpp_result_gen = Rcpp::wrap(pf_torch_version());
+    return rcpp_result_gen;
+END_RCPP
+}
+// pf_population_fit
+Rcpp::List pf_population_fit(Rcpp::NumericMatrix x, Rcpp::IntegerVector side, Rcpp::IntegerVector population, Rcpp::Nullable<Rcpp::IntegerMatrix> labels, Rcpp::Nullable<Rcpp::NumericMatrix> covariates, Rcpp::List config, Rcpp::Nullable<Rcpp::Function> progress, int progress_every, Rcpp::Nullable<Rcpp::RawVector> resume, Rcpp::RawVector metadata);
+RcppExport SEXP _popflow_pf_population_fit(SEXP xSEXP, SEXP sideSEXP, SEXP populationSEXP, SEXP labelsSEXP, SEXP covariatesSEXP, SEXP configSEXP, SEXP progressSEXP, SEXP progress_everySEXP, SEXP resumeSEXP, SEXP metadataSEXP) {
+BEGIN_RCPP
+    Rcpp::RObject rcpp_result_gen;
+    Rcpp::RNGScope rcpp_rngScope_gen;
+    Rcpp::traits::input_parameter< Rcpp::NumericMatrix >::type x(xSEXP);
+    Rcpp::traits::input_parameter< Rcpp::IntegerVector >::type side(sideSEXP);
+    Rcpp::traits::input_parameter< Rcpp::IntegerVector >::type population(populationSEXP);
+    Rcpp::traits::input_parameter< Rcpp::Nullable<Rcpp::IntegerMatrix> >::type labels(labelsSEXP);
+    Rcpp::traits::input_parameter< Rcpp::Nullable<Rcpp::NumericMatrix> >::type covariates(covariatesSEXP);
+    Rcpp::traits::input_parameter< Rcpp::List >::type config(configSEXP);
+    Rcpp::traits::input_parameter< Rcpp::Nullable<Rcpp::Function> >::type progress(progressSEXP);
+    Rcpp::traits::input_parameter< int >::type progress_every(progress_everySEXP);
+    Rcpp::traits::input_parameter< Rcpp::Nullable<Rcpp::RawVector> >::type resume(resumeSEXP);
+    Rcpp::traits::input_parameter< Rcpp::RawVector >::type metadata(metadataSEXP);
+    rcpp_result_gen = Rcpp::wrap(pf_population_fit(x, side, population, labels, covariates, config, progress, progress_every, resume, metadata));
+    return rcpp_result_gen;
+END_RCPP
+}
+// pf_population_embed
+Rcpp::NumericMatrix pf_population_embed(SEXP handle, Rcpp::NumericMatrix x, Rcpp::IntegerVector population, int n_pop, int threads);
+RcppExport SEXP _popflow_pf_population_embed(SEXP handleSEXP, SEXP xSEXP, SEXP populationSEXP, SEXP n_popSEXP, SEXP threadsSEXP) {
+BEGIN_RCPP
+    Rcpp::RObject rcpp_result_gen;
+    Rcpp::RNGScope rcpp_rngScope_gen;
+    Rcpp::traits::input_parameter< SEXP >::type handle(handleSEXP);
+    Rcpp::traits::input_parameter< Rcpp::NumericMatrix >::type x(xSEXP);
+    Rcpp::traits::input_parameter< Rcpp::IntegerVector >::type population(populationSEXP);
+    Rcpp::traits::input_parameter< int >::type n_pop(n_popSEXP);
+    Rcpp::traits::input_parameter< int >::type threads(threadsSEXP);
+    rcpp_result_gen = Rcpp::wrap(pf_population_embed(handle, x, population, n_pop, threads));
+    return rcpp_result_gen;
+END_RCPP
+}
+// pf_population_transport
+Rcpp::List pf_population_transport(SEXP handle, Rcpp::NumericMatrix x, Rcpp::IntegerVector population, int n_pop, Rcpp::Nullable<Rcpp::IntegerMatrix> labels, Rcpp::Nullable<Rcpp::NumericMatrix> covariates, Rcpp::NumericVector times, Rcpp::List solver, int threads);
+RcppExport SEXP _popflow_pf_population_transport(SEXP handleSEXP, SEXP xSEXP, SEXP populationSEXP, SEXP n_popSEXP, SEXP labelsSEXP, SEXP covariatesSEXP, SEXP timesSEXP, SEXP solverSEXP, SEXP threadsSEXP) {
+BEGIN_RCPP
+    Rcpp::RObject rcpp_result_gen;
+    Rcpp::RNGScope rcpp_rngScope_gen;
+    Rcpp::traits::input_parameter< SEXP >::type handle(handleSEXP);
+    Rcpp::traits::input_parameter< Rcpp::NumericMatrix >::type x(xSEXP);
+    Rcpp::traits::input_parameter< Rcpp::IntegerVector >::type population(populationSEXP);
+    Rcpp::traits::input_parameter< int >::type n_pop(n_popSEXP);
+    Rcpp::traits::input_parameter< Rcpp::Nullable<Rcpp::IntegerMatrix> >::type labels(labelsSEXP);
+    Rcpp::traits::input_parameter< Rcpp::Nullable<Rcpp::NumericMatrix> >::type covariates(covariatesSEXP);
+    Rcpp::traits::input_parameter< Rcpp::NumericVector >::type times(timesSEXP);
+    Rcpp::traits::input_parameter< Rcpp::List >::type solver(solverSEXP);
+    Rcpp::traits::input_parameter< int >::type threads(threadsSEXP);
+    rcpp_result_gen = Rcpp::wrap(pf_population_transport(handle, x, population, n_pop, labels, covariates, times, solver, threads));
+    return rcpp_result_gen;
+END_RCPP
+}
 
 static const R_CallMethodDef CallEntries[] = {
-    {"_popflow_pf_fit", (DL_FUNC) &_popflow_pf_fit, 10},
-    {"_popflow_pf_load", (DL_FUNC) &_popflow_pf_load, 2},
-    {"_popflow_pf_with_metadata", (DL_FUNC) &_popflow_pf_with_metadata, 3},
-    {"_popflow_pf_metadata", (DL_FUNC) &_popflow_pf_metadata, 1},
-    {"_popflow_pf_training_state", (DL_FUNC) &_popflow_pf_training_state, 1},
-    {"_popflow_pf_handle_valid", (DL_FUNC) &_popflow_pf_handle_valid, 1},
-    {"_popflow_pf_model_config", (DL_FUNC) &_popflow_pf_model_config, 1},
+    {"_popflow_pf_fit", (DL_FUNC) &_popflow_pf_fit, 9},
     {"_popflow_pf_transport", (DL_FUNC) &_popflow_pf_transport, 6},
-    {"_popflow_pf_cuda_available", (DL_FUNC) &_popflow_pf_cuda_available, 0},
-    {"_popflow_pf_torch_version", (DL_FUNC) &_popflow_pf_torch_version, 0},
-    {"_popflow_pf_meta_fit", (DL_FUNC) &_popflow_pf_meta_fit, 12},
-    {"_popflow_pf_meta_load", (DL_FUNC) &_popflow_pf_meta_load, 2},
-    {"_popflow_pf_model_kind", (DL_FUNC) &_popflow_pf_model_kind, 1},
-    {"_popflow_pf_meta_with_metadata", (DL_FUNC) &_popflow_pf_meta_with_metadata, 3},
-    {"_popflow_pf_meta_metadata", (DL_FUNC) &_popflow_pf_meta_metadata, 1},
-    {"_popflow_pf_meta_config", (DL_FUNC) &_popflow_pf_meta_config, 1},
-    {"_popflow_pf_meta_embed", (DL_FUNC) &_popflow_pf_meta_embed, 5},
-    {"_popflow_pf_meta_transport", (DL_FUNC) &_popflow_pf_meta_transport, 9},
     {"_popflow_pf_wasserstein", (DL_FUNC) &_popflow_pf_wasserstein, 3},
     {"_popflow_pf_mmd", (DL_FUNC) &_popflow_pf_mmd, 3},
     {"_popflow_pf_energy", (DL_FUNC) &_popflow_pf_energy, 2},
@@ -360,6 +283,17 @@ static const R_CallMethodDef CallEntries[] = {
     {"_popflow_pf_correlation_r", (DL_FUNC) &_popflow_pf_correlation_r, 2},
     {"_popflow_pf_exact_plan", (DL_FUNC) &_popflow_pf_exact_plan, 1},
     {"_popflow_pf_assignment", (DL_FUNC) &_popflow_pf_assignment, 1},
+    {"_popflow_pf_load", (DL_FUNC) &_popflow_pf_load, 2},
+    {"_popflow_pf_handle_valid", (DL_FUNC) &_popflow_pf_handle_valid, 1},
+    {"_popflow_pf_with_metadata", (DL_FUNC) &_popflow_pf_with_metadata, 3},
+    {"_popflow_pf_metadata", (DL_FUNC) &_popflow_pf_metadata, 1},
+    {"_popflow_pf_model_config", (DL_FUNC) &_popflow_pf_model_config, 1},
+    {"_popflow_pf_training_state", (DL_FUNC) &_popflow_pf_training_state, 1},
+    {"_popflow_pf_cuda_available", (DL_FUNC) &_popflow_pf_cuda_available, 0},
+    {"_popflow_pf_torch_version", (DL_FUNC) &_popflow_pf_torch_version, 0},
+    {"_popflow_pf_population_fit", (DL_FUNC) &_popflow_pf_population_fit, 10},
+    {"_popflow_pf_population_embed", (DL_FUNC) &_popflow_pf_population_embed, 5},
+    {"_popflow_pf_population_transport", (DL_FUNC) &_popflow_pf_population_transport, 9},
     {NULL, NULL, 0}
 };
 

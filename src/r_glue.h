@@ -1,11 +1,12 @@
-// Shared by the Rcpp glue: conversions between R matrices and tensors, and
-// a guard that turns engine exceptions into plain R errors (no C++ backtrace).
+// Shared by the Rcpp glue: conversions between R matrices and tensors, the
+// R configuration sections read by the engine's text readers, the handle of a
+// fitted model of either kind, the training run with R's callbacks, and a
+// guard that turns engine exceptions into plain R errors (no C++ backtrace).
 #pragma once
 #include <torch/torch.h>
 #include <Rcpp.h>
 
 #include <functional>
-#include <map>
 #include <sstream>
 #include <string>
 
@@ -13,6 +14,8 @@
 #include "core/config_text.h"
 #include "core/model.h"
 #include "core/model_file.h"
+#include "core/ode.h"
+#include "core/population_model.h"
 #include "core/trainer.h"
 
 #define PF_GUARD_BEGIN try {
@@ -44,73 +47,105 @@ inline Rcpp::NumericMatrix to_matrix(const torch::Tensor& t) {
   return out;
 }
 
-// R list entries with fallbacks, and the engine configurations they describe.
-template <typename T>
-T get_or(const Rcpp::List& l, const char* key, T fallback) {
-  return l.containsElementNamed(key) && !Rf_isNull(l[key]) ? Rcpp::as<T>(l[key]) : fallback;
-}
-
-inline popflow::FlowConfig flow_config(const Rcpp::List& cfg, const Rcpp::NumericVector& times, int64_t dim,
-                                       int64_t cond_dim) {
-  // The text form is the single parser of method names, shared with model files.
+// One section of a configuration list built by the R side (engine_config()
+// in R/params.R, merged by the fit verb) as the engine's "key=value" text:
+// every entry, numbers at full precision and numeric vectors joined by ",",
+// logicals as 1/0, strings as they are. The engine's readers reject a missing
+// or unknown key, so no setting has a default here.
+inline std::string section_text(const Rcpp::List& config, const std::string& section) {
+  if (!config.containsElementNamed(section.c_str()))
+    throw std::invalid_argument("the configuration has no '" + section + "' section");
+  const Rcpp::List keys = config[section];
+  const SEXP names = keys.names();
+  if (keys.size() > 0 && Rf_isNull(names))
+    throw std::invalid_argument("the '" + section + "' section has unnamed entries");
   std::ostringstream os;
   os.precision(17);
-  os << "path=" << get_or<std::string>(cfg, "path", "icfm") << "\n"
-     << "sigma=" << get_or<double>(cfg, "sigma", 0.1) << "\n"
-     << "sigma_min=" << get_or<double>(cfg, "sigma_min", 1e-4) << "\n"
-     << "coupling=" << get_or<std::string>(cfg, "coupling", "independent") << "\n"
-     << "ot_mode=" << get_or<std::string>(cfg, "ot_mode", "resample") << "\n"
-     << "sinkhorn_reg=" << get_or<double>(cfg, "sinkhorn_reg", 0.0) << "\n"
-     << "sinkhorn_iters=" << get_or<int>(cfg, "sinkhorn_iters", 200) << "\n"
-     << "dim=" << dim << "\n"
-     << "cond_dim=" << cond_dim << "\n"
-     << "width=" << get_or<int>(cfg, "width", 64) << "\n"
-     << "depth=" << get_or<int>(cfg, "depth", 3) << "\n"
-     << "residual=" << (get_or<bool>(cfg, "residual", false) ? 1 : 0) << "\n"
-     << "activation=" << get_or<std::string>(cfg, "activation", "selu") << "\n"
-     << "time_dim=" << get_or<int>(cfg, "time_dim", 16) << "\n"
-     << "fourier_features=" << get_or<int>(cfg, "fourier_features", 0) << "\n"
-     << "fourier_scale=" << get_or<double>(cfg, "fourier_scale", 1.0) << "\n"
-     << "times=";
-  for (R_xlen_t i = 0; i < times.size(); ++i) os << (i ? "," : "") << times[i];
-  os << "\n";
-  return popflow::flow_config_from_text(os.str());
+  for (R_xlen_t i = 0; i < keys.size(); ++i) {
+    const std::string key = CHAR(STRING_ELT(names, i));
+    const SEXP v = keys[i];
+    os << key << "=";
+    if (TYPEOF(v) == REALSXP || TYPEOF(v) == INTSXP) {
+      const Rcpp::NumericVector n(v);
+      for (R_xlen_t j = 0; j < n.size(); ++j) os << (j ? "," : "") << n[j];
+    } else if (TYPEOF(v) == LGLSXP && Rf_length(v) == 1 && LOGICAL(v)[0] != NA_LOGICAL) {
+      os << (LOGICAL(v)[0] ? 1 : 0);
+    } else if (TYPEOF(v) == STRSXP && Rf_length(v) == 1 && STRING_ELT(v, 0) != NA_STRING) {
+      os << CHAR(STRING_ELT(v, 0));
+    } else {
+      throw std::invalid_argument("'" + key + "' in the '" + section + "' section has no usable value");
+    }
+    os << "\n";
+  }
+  return os.str();
 }
 
-inline popflow::TrainConfig train_config(const Rcpp::List& cfg) {
-  popflow::TrainConfig t;
-  t.steps = get_or<double>(cfg, "steps", 1000);
-  t.batch_size = get_or<double>(cfg, "batch_size", 256);
-  t.groups_per_step = get_or<double>(cfg, "groups_per_step", 1);
-  t.lr = get_or<double>(cfg, "lr", 1e-3);
-  t.weight_decay = get_or<double>(cfg, "weight_decay", 0.0);
-  t.clip_norm = get_or<double>(cfg, "clip_norm", 0.0);
-  t.ema_decay = get_or<double>(cfg, "ema_decay", 0.0);
-  t.seed = static_cast<uint64_t>(get_or<double>(cfg, "seed", 1));
-  t.threads = get_or<int>(cfg, "threads", 1);
-  t.device = get_or<std::string>(cfg, "device", "cpu");
-  t.time_limit_s = get_or<double>(cfg, "time_limit", 0.0);
-  return t;
+inline popflow::FlowConfig flow_config(const Rcpp::List& config) {
+  return popflow::flow_config_from_text(section_text(config, "flow"));
 }
 
-inline popflow::SolverConfig solver_config(const Rcpp::List& cfg) {
-  using popflow::SolverKind;
-  static const std::map<std::string, SolverKind> kinds{{"euler", SolverKind::Euler},
-                                                       {"heun", SolverKind::Heun},
-                                                       {"midpoint", SolverKind::Midpoint},
-                                                       {"rk4", SolverKind::RK4},
-                                                       {"dopri5", SolverKind::Dopri5}};
-  popflow::SolverConfig s;
-  auto name = get_or<std::string>(cfg, "method", "dopri5");
-  auto it = kinds.find(name);
-  if (it == kinds.end()) throw std::invalid_argument("unknown solver '" + name + "'");
-  s.kind = it->second;
-  s.steps = get_or<double>(cfg, "steps", 20);
-  s.atol = get_or<double>(cfg, "atol", 1e-5);
-  s.rtol = get_or<double>(cfg, "rtol", 1e-5);
-  s.max_steps = get_or<double>(cfg, "max_steps", 100000);
-  s.chunk_size = get_or<double>(cfg, "chunk_size", 65536);
-  return s;
+inline popflow::TrainConfig train_config(const Rcpp::List& config) {
+  return popflow::train_config_from_text(section_text(config, "training"));
+}
+
+inline popflow::SolverConfig solver_config(const Rcpp::List& config) {
+  return popflow::solver_config_from_text(section_text(config, "solver"));
+}
+
+inline popflow::PopulationConfig population_config(const Rcpp::List& config) {
+  return popflow::population_config_from_text(section_text(config, "population"));
+}
+
+// A fitted model of either kind, as R holds it: the header of its file says
+// which ("popflow-flow" or "popflow-meta"); exactly one pointer is set.
+struct ModelHandle {
+  std::shared_ptr<popflow::FlowModel> flow;
+  std::shared_ptr<popflow::PopulationModel> population;
+
+  popflow::TrainState& train_state() { return flow ? flow->train_state : population->train_state; }
+  std::string save(const std::string& metadata) const {
+    return flow ? popflow::save_model(*flow, metadata) : popflow::save_population_model(*population, metadata);
+  }
+  // The engine's settings as text (a population model: the field's, then the population's).
+  std::string config_text() const {
+    return flow ? popflow::flow_config_to_text(flow->config)
+                : popflow::flow_config_to_text(population->config) +
+                      popflow::population_config_to_text(population->population);
+  }
+};
+
+// Validates a whole model file of either kind and loads it; fills `metadata` when given.
+inline ModelHandle load_handle(const std::string& bytes, const std::string& device, std::string* metadata = nullptr) {
+  std::string kind;
+  popflow::unpack_model_file(bytes, &kind);
+  ModelHandle h;
+  if (kind == popflow::kPopulationModelKind) {
+    h.population = popflow::load_population_model(bytes, device, metadata);
+  } else {
+    h.flow = popflow::load_model(bytes, device, metadata);
+  }
+  return h;
+}
+
+inline void finalize_handle(ModelHandle* p) { delete p; }
+using HandlePtr = Rcpp::XPtr<ModelHandle, Rcpp::PreserveStorage, finalize_handle>;
+
+inline ModelHandle& handle_of(SEXP handle) {
+  HandlePtr ptr(handle);
+  if (ptr.get() == nullptr) throw std::invalid_argument("model handle is empty; reload the model");
+  return *ptr;
+}
+
+inline std::shared_ptr<popflow::FlowModel> flow_of(SEXP handle) {
+  auto& h = handle_of(handle);
+  if (!h.flow) throw std::invalid_argument("the model is a population model (MFM/CGFM), not a flow");
+  return h.flow;
+}
+
+inline std::shared_ptr<popflow::PopulationModel> population_of(SEXP handle) {
+  auto& h = handle_of(handle);
+  if (!h.population) throw std::invalid_argument("the model is a flow, not a population model (MFM/CGFM)");
+  return h.population;
 }
 
 inline Rcpp::RawVector to_raw(const std::string& s) {
@@ -161,23 +196,51 @@ inline void check_resume_config(const std::string& saved, const std::string& ask
                               "with, or fit a new model without `resume`");
 }
 
-// Checkpoints every `checkpoint_every` steps to `checkpoint_file` (atomically:
-// a reader never sees a half-written file); `save` turns a state into model bytes.
+// Checkpoints every `every` steps to `file` (the "checkpoint" section; every
+// 0 = never), atomically: a reader never sees a half-written file. `save`
+// turns a state into model bytes.
 inline void add_checkpoints(popflow::TrainCallbacks& cb, const Rcpp::List& config,
                             std::function<std::string(const popflow::TrainState&)> save) {
-  const auto path = get_or<std::string>(config, "checkpoint_file", "");
-  const auto every = static_cast<int64_t>(get_or<double>(config, "checkpoint_every", 0));
-  if (path.empty() || every <= 0) return;
+  const popflow::ConfigText checkpoint(section_text(config, "checkpoint"), "checkpoint settings");
+  const auto every = checkpoint.count("every", 0, 1e15);
+  const std::string path = checkpoint.value("file");
+  checkpoint.reject_unknown_keys();
+  if (every == 0) return;
+  if (path.empty()) throw std::invalid_argument("checkpoint settings: 'every' is set but 'file' is empty");
   cb.checkpoint_every = every;
   cb.checkpoint = [path, save](int64_t, const popflow::TrainState& state) {
     popflow::write_file_atomic(path, save(state));
   };
 }
 
-inline Rcpp::List fit_result(const std::string& bytes, const popflow::TrainResult& res, bool interrupted) {
-  return Rcpp::List::create(Rcpp::Named("bytes") = to_raw(bytes), Rcpp::Named("loss") = Rcpp::wrap(res.loss),
+// Integrated states (a list of matrices, one per time) and the solver's counts.
+inline Rcpp::List transport_result(const std::vector<torch::Tensor>& states, const popflow::OdeStats& stats) {
+  Rcpp::List out(states.size());
+  for (size_t i = 0; i < states.size(); ++i) out[i] = to_matrix(states[i]);
+  return Rcpp::List::create(Rcpp::Named("states") = out,
+                            Rcpp::Named("evaluations") = static_cast<double>(stats.evaluations),
+                            Rcpp::Named("accepted") = static_cast<double>(stats.accepted),
+                            Rcpp::Named("rejected") = static_cast<double>(stats.rejected));
+}
+
+// Trains a model of either kind with R's progress callback and the
+// checkpoints of `config`, and returns the fit for R: `save(model, metadata)`
+// writes the model's bytes, `train(callbacks)` runs the engine's training.
+template <typename Model, typename Save, typename Train>
+Rcpp::List train_for_r(Model& model, const Rcpp::List& config, int64_t steps,
+                        const Rcpp::Nullable<Rcpp::Function>& progress, int progress_every,
+                        const Rcpp::RawVector& metadata, Save save, Train train) {
+  bool user_interrupt = false;
+  auto callbacks = r_callbacks(progress, progress_every, steps, &user_interrupt);
+  const std::string fields = from_raw(metadata);
+  add_checkpoints(callbacks, config, [&](const popflow::TrainState& state) {
+    model.train_state = state;
+    return save(model, fields);
+  });
+  const popflow::TrainResult res = train(callbacks);
+  return Rcpp::List::create(Rcpp::Named("bytes") = to_raw(save(model, "")), Rcpp::Named("loss") = Rcpp::wrap(res.loss),
                             Rcpp::Named("steps_done") = static_cast<double>(res.steps_done),
-                            Rcpp::Named("status") = res.status, Rcpp::Named("user_interrupt") = interrupted,
+                            Rcpp::Named("status") = res.status, Rcpp::Named("user_interrupt") = user_interrupt,
                             Rcpp::Named("seconds") = res.seconds);
 }
 

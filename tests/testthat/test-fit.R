@@ -170,7 +170,8 @@ test_that("Ctrl-C during training stops cleanly and keeps the last completed ste
   skip_on_os("windows")
   d <- shifted_pair(100)
   x <- rbind(d$source, d$target)
-  cfg <- list(path = "icfm", coupling = "independent", steps = 100000, batch_size = 64)
+  cfg <- popflow:::fit_config(ICFMParam(), NetworkParam(), TrainingParam(steps = 100000, batch_size = 64), "cpu", 1L,
+                              dim = 2L, times = c(0, 1))
   # A real SIGINT to this R process at step 20, as Ctrl-C sends it.
   hook <- function(step, loss) {
     tryCatch({
@@ -178,7 +179,7 @@ test_that("Ctrl-C during training stops cleanly and keeps the last completed ste
       TRUE
     }, interrupt = function(e) FALSE)
   }
-  res <- popflow:::pf_fit(x, rep(0:1, each = 100), c(0, 1), integer(0), NULL, cfg, hook, 1L, NULL, raw(0))
+  res <- popflow:::pf_fit(x, rep(0:1, each = 100), integer(0), NULL, cfg, hook, 1L, NULL, raw(0))
   expect_equal(res$status, "interrupted")
   expect_true(res$user_interrupt)
   expect_gte(res$steps_done, 20)
@@ -191,9 +192,9 @@ test_that("Ctrl-C during training stops cleanly and keeps the last completed ste
                  "interrupted at step 20 of 100")
   # The interrupted model resumes: 10 more steps, and the run matches one that was never interrupted.
   total <- res$steps_done + 10
-  cfg$steps <- total
-  resumed <- popflow:::pf_fit(x, rep(0:1, each = 100), c(0, 1), integer(0), NULL, cfg, NULL, 1L, res$bytes, raw(0))
-  straight <- popflow:::pf_fit(x, rep(0:1, each = 100), c(0, 1), integer(0), NULL, cfg, NULL, 1L, NULL, raw(0))
+  cfg$training$steps <- total
+  resumed <- popflow:::pf_fit(x, rep(0:1, each = 100), integer(0), NULL, cfg, NULL, 1L, res$bytes, raw(0))
+  straight <- popflow:::pf_fit(x, rep(0:1, each = 100), integer(0), NULL, cfg, NULL, 1L, NULL, raw(0))
   expect_equal(resumed$status, "completed")
   expect_identical(resumed$loss, straight$loss)
   expect_identical(resumed$bytes, straight$bytes)

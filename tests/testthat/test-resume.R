@@ -96,8 +96,8 @@ test_that("resuming with other settings or data is a clear error naming the argu
   expect_equal(fitFlow(d$source, d$target, training = more, resume = path, verbose = FALSE)$steps_done, 20)
   # The engine's own check, should the R-side checks be bypassed.
   x <- rbind(d$source, d$target)
-  cfg <- c(unclass(OTCFMParam()), unclass(NetworkParam(width = 16)), unclass(more), list(threads = 1, device = "cpu"))
-  expect_error(popflow:::pf_fit(x, rep(0:1, each = 100), c(0, 1), integer(0), NULL, cfg, NULL, 1L, base$bytes, raw(0)),
+  cfg <- popflow:::fit_config(OTCFMParam(), NetworkParam(width = 16), more, "cpu", 1L, dim = 2L, times = c(0, 1))
+  expect_error(popflow:::pf_fit(x, rep(0:1, each = 100), integer(0), NULL, cfg, NULL, 1L, base$bytes, raw(0)),
                "`resume` holds a model fitted with other settings \\(width=64 there, width=16 here\\)")
   expect_error(TrainingParam(checkpoint_every = 5), "`checkpoint_file` is missing")
   expect_error(TrainingParam(checkpoint_file = tempfile()), "`checkpoint_every` is 0")

@@ -244,3 +244,199 @@ reconstruct_expression <- function(model, pcs) {
   dimnames(out) <- list(rownames(model$rotation), rownames(pcs))
   out
 }
+
+#' Predict, embed and evaluate cells of SingleCellExperiment and Seurat objects
+#'
+#' A model fitted on an object with [fitFlow()][fitFlow-objects] remembers
+#' where the cells live and what the metadata columns mean, so the verbs take
+#' an object directly:
+#'
+#' - `predict(fit, object)` moves the object's source cells (condition ==
+#'   `source`; for a time course, time == `from`, default the first time
+#'   point; all cells when the object lacks that column) and returns the
+#'   predicted cells in the same kind of object: a SingleCellExperiment for a
+#'   SingleCellExperiment or SummarizedExperiment, a Seurat object for a
+#'   Seurat object. Population models read each cell's population and labels
+#'   from the fitted columns, which the object must have.
+#' - `embedPopulations(fit, object)` embeds each population of the object's
+#'   source cells (MFM): a `DataFrame` (Seurat: a `data.frame`) with one row
+#'   per population, row names the population ids, columns `population`, the
+#'   population columns, `source_cells` and `embedding` (a matrix, populations
+#'   x dimensions). Keep it with the data:
+#'   `S4Vectors::metadata(sce)$popflow_embeddings <- emb`, or
+#'   `SeuratObject::Misc(seu, "popflow_embeddings") <- emb`.
+#' - `evaluateFlow(fit, object)` predicts from the object's source cells and
+#'   compares with its observed target cells (or with the target cells of a
+#'   second object, `evaluateFlow(fit, object, observed_object)`), beside the
+#'   "no change" and "mean shift" baselines, as [evaluateFlow()] does for
+#'   matrices. When the model has population columns, each population with
+#'   both source and observed cells is scored on its own: the result has the
+#'   population id and the population columns first.
+#'
+#' The predicted object has one cell per source cell, named
+#' `<source cell>_pred` (made unique), with metadata columns: the population
+#' and label columns of its source cell, the condition column set to the
+#' target value (time course: the time column set to `to`), `predicted =
+#' TRUE`, and `source_cell`, the name of the source cell. Its coordinates are
+#' under the fitted space's name (a reducedDim, or a Seurat reduction with the
+#' input reduction's key); models fitted on an assay return the predicted
+#' features in that assay instead.
+#'
+#' Expression of predicted cells (PCA spaces with loadings). The fitted
+#' model holds the loadings `rotation` (genes x PCs), a per-gene `center` and
+#' `scale` (see `fit$cell_object$expression`), and predicted PCs are turned
+#' into expression of the loading genes as
+#' `center + scale * (PCs %*% t(rotation))`:
+#' - SingleCellExperiment (a scater-style PCA of centred logcounts): `scale`
+#'   is 1, `center` is the mean `logcounts` of the fitted cells minus their
+#'   mean PCs `%*% t(rotation)` (the PCA's own centre when it was computed on
+#'   those cells). The result is the `logcounts` assay of the predicted object.
+#' - Seurat (PCA of scaled data): `scale` is each gene's standard deviation
+#'   in the `data` of the reduction's assay over the fitted cells, and
+#'   `center` their mean minus `scale * (mean PCs %*% t(rotation))`. This
+#'   undoes Seurat's centring and scaling (not its clipping at `scale.max` or
+#'   regressed variables). The result is the `data` of that assay in the
+#'   predicted object.
+#'
+#' The loadings are read at fit time from the fitted object: subsetting a
+#' SingleCellExperiment's cells drops them (choose cells with `cells =` in
+#' [fitFlow()][fitFlow-objects] instead), and without them there is no
+#' expression. This is the projection of expression onto the PCA's span: variation outside
+#' the first PCs is not recovered, and values can be slightly negative. A
+#' reduction without loadings (UMAP, Harmony) gives no expression; the
+#' predicted Seurat object then holds the coordinates also as an assay
+#' `popflow` (a Seurat object needs one).
+#'
+#' @param object A model fitted on a single-cell object.
+#' @param newdata,x,source A SingleCellExperiment or Seurat object with the
+#'   fitted space and metadata columns.
+#' @name cell-objects
+#' @examples
+#' if (requireNamespace("SingleCellExperiment", quietly = TRUE)) {
+#'   sce <- kangPBMC()
+#'   some_types <- sce$cell_type %in% c("B cells", "CD14+ Monocytes", "CD4 T cells")
+#'   fit <- fitFlow(sce, space = "PCA", condition = "condition", source = "ctrl", target = "stim",
+#'                  population = c("patient", "cell_type"), cells = some_types & sce$patient != "107",
+#'                  method = MFMParam(k = 10, width = 16, populations_per_step = 4, cells_per_population = 64),
+#'                  training = TrainingParam(steps = 100), verbose = FALSE)
+#'   held_out <- sce[, some_types & sce$patient == "107"]
+#'   pred <- predict(fit, held_out, solver = SolverParam("rk4", steps = 5))
+#'   print(pred)
+#'   print(embedPopulations(fit, sce[, some_types]))
+#'   evaluateFlow(fit, held_out, solver = SolverParam("rk4", steps = 5))
+#' }
+NULL
+
+model_cell_object <- function(object, x, arg) {
+  spec <- object$cell_object
+  if (is.null(spec)) {
+    pf_abort(arg, sprintf("is a %s, but the model was fitted on a matrix", class(x)[1]),
+             "fit the model on the object (fitFlow(object, space = , condition = , ...)), or pass a cells x features matrix")
+  }
+  need_object_packages(x, arg)
+  spec
+}
+
+# Source cells of an object, with their populations and labels, in the fitted space.
+object_source_cells <- function(object, x, from, arg) {
+  spec <- model_cell_object(object, x, arg)
+  meta <- cell_columns(x)
+  coords <- layout_coordinates(x, spec, arg)
+  if (!is.null(spec$time)) {
+    from <- from %||% object$time_labels[1]
+    cells <- cells_where(meta, spec$time, from, arg)
+  } else {
+    cells <- cells_where(meta, spec$condition, spec$source, arg)
+  }
+  fitted_columns(c(spec$population, spec$label), x, meta, arg)
+  list(x = coords[cells, , drop = FALSE], cells = cells, meta = meta, spec = spec,
+       population = population_ids(meta, spec$population)[cells],
+       label = rows_of(label_frame(meta, spec$label), cells))
+}
+
+# Metadata of predicted cells: their source cells' populations and labels,
+# the target condition (or time), the predicted flag and the source cell.
+predicted_metadata <- function(object, src, to) {
+  spec <- src$spec
+  source_names <- rownames(src$x) %||% as.character(src$cells)
+  out <- data.frame(row.names = make.unique(paste0(source_names, "_pred")))
+  for (nm in unique(c(spec$population, spec$label))) out[[nm]] <- src$meta[[nm]][src$cells]
+  if (!is.null(spec$condition)) out[[spec$condition]] <- spec$target
+  if (!is.null(spec$time)) {
+    out[[spec$time]] <- to %||% object$time_labels[length(object$time_labels)]
+  }
+  out$predicted <- TRUE
+  out$source_cell <- source_names
+  out
+}
+
+predicted_cells_object <- function(object, newdata, src, pred, to) {
+  spec <- src$spec
+  meta <- predicted_metadata(object, src, to)
+  rownames(pred) <- rownames(meta)
+  expression <- if (!is.null(spec$expression)) reconstruct_expression(spec$expression, pred)
+  if (is_seurat_cells(newdata)) {
+    seurat_cells(newdata, spec, pred, meta, expression)
+  } else {
+    bioc_cells(spec, pred, meta, expression)
+  }
+}
+
+bioc_cells <- function(spec, pred, meta, expression) {
+  need_package("SingleCellExperiment", "newdata", "SummarizedExperiment")
+  col_data <- S4Vectors::DataFrame(meta, check.names = FALSE)
+  if (is.null(spec$space)) {
+    return(SingleCellExperiment::SingleCellExperiment(assays = stats::setNames(list(t(pred)), spec$assay),
+                                                      colData = col_data))
+  }
+  assays <- if (!is.null(expression)) list(logcounts = expression) else list()
+  sce <- SingleCellExperiment::SingleCellExperiment(assays = assays, colData = col_data)
+  if (!is.null(expression)) attr(pred, "rotation") <- spec$expression$rotation
+  SingleCellExperiment::reducedDim(sce, spec$space) <- pred
+  sce
+}
+
+seurat_cells <- function(newdata, spec, pred, meta, expression) {
+  if (is.null(spec$space)) {
+    data <- t(pred)
+    assay <- spec$assay
+  } else if (!is.null(expression)) {
+    data <- expression
+    assay <- spec$expression$assay
+  } else {
+    data <- t(pred)
+    assay <- "popflow"
+  }
+  assay_object <- SeuratObject::CreateAssayObject(data = data)
+  SeuratObject::Key(assay_object) <- paste0(gsub("[^[:alnum:]]", "", tolower(assay)), "_")
+  out <- SeuratObject::CreateSeuratObject(counts = assay_object, assay = assay, meta.data = meta, project = "popflow")
+  if (!is.null(spec$space)) {
+    key <- SeuratObject::Key(newdata[[spec$space]])
+    colnames(pred) <- paste0(key, seq_len(ncol(pred)))
+    reduction <- list(embeddings = pred, key = key, assay = assay)
+    if (!is.null(expression)) reduction$loadings <- `colnames<-`(spec$expression$rotation, colnames(pred))
+    out[[spec$space]] <- do.call(SeuratObject::CreateDimReducObject, reduction)
+  }
+  out
+}
+
+# One line of print() for a model fitted on an object: where its cells come from.
+cell_object_line <- function(spec) {
+  if (is.null(spec)) return("")
+  where <- if (!is.null(spec$space)) {
+    sprintf("%s '%s'", if (spec$class == "Seurat") "reduction" else "reducedDim", spec$space)
+  } else {
+    sprintf("assay '%s' (%d features)", spec$assay, length(spec$features))
+  }
+  cells <- if (!is.null(spec$condition)) {
+    sprintf("%s %s -> %s", spec$condition, spec$source, spec$target)
+  } else if (!is.null(spec$time)) {
+    sprintf("time '%s'", spec$time)
+  } else {
+    "all cells"
+  }
+  extra <- c(if (length(spec$population)) sprintf("populations %s", paste(spec$population, collapse = " x ")),
+             if (length(spec$label)) sprintf("labels %s", paste(spec$label, collapse = ", ")),
+             if (!is.null(spec$expression)) sprintf("expression of %d genes", nrow(spec$expression$rotation)))
+  sprintf("  object: %s, %s; %s%s\n", spec$class, where, cells, paste0("; ", extra, collapse = ""))
+}
