@@ -3,7 +3,8 @@
 #
 #   R_LIBS=/tmp/rlib OMP_WAIT_POLICY=passive OMP_NUM_THREADS=1 Rscript bench/mfm_throughput.R
 #
-# Model: the letters configuration of Meta Flow Matching (DESIGN.md): 10 populations x 700 cells
+# Model: the letters configuration of Meta Flow Matching (Atanackovic et al. 2025, as in the
+# reference code): 10 populations x 700 cells
 # a step, GCN 2-64-64-64 over a k = 50 nearest-neighbour graph of each population's source cells,
 # a width-512 residual decoder (2 residual blocks of two linear layers, SELU) whose input is
 # [population embedding (64), sinusoidal time embedding (128), 256 random Fourier features of x,

@@ -6,7 +6,7 @@
 
 namespace popflow {
 
-// Probability path and regression target (DESIGN.md, "The methods").
+// Probability path and regression target (paths.h; docs/architecture.md).
 enum class PathKind { ICFM, SBCFM, TargetFM };
 // How (x0, x1) pairs are formed within a minibatch.
 enum class CouplingKind { Independent, ExactOT, Sinkhorn };
