@@ -126,19 +126,26 @@ compareToBaselines <- function(evaluation, headline = "W1") {
 
 # "MFM beats the strongest fair baseline, mean shift, on W1: 2.95 against 3.21 (8% lower), ..."
 comparison_sentence <- function(r) {
-  num <- function(x) if (is.na(x)) "NA" else format(signif(x, 3))
+  num <- function(x) if (is.na(x)) "NA" else format(signif(x, 4))
   if (is.na(r$value) || is.na(r$baseline_value)) {
     return(sprintf("%s on %s: not available (%s %s, %s %s).", r$model, r$metric, r$model, num(r$value),
                    r$best_baseline, num(r$baseline_value)))
   }
   beats <- r$margin > 0
   change <- if (r$better == "lower") {
-    if (r$baseline_value != 0) sprintf("%.0f%% %s", 100 * abs(r$margin / r$baseline_value), if (beats) "lower" else "higher")
+    if (r$baseline_value != 0) sprintf("%s%% %s", format(signif(100 * abs(r$margin / r$baseline_value), 2)), if (beats) "lower" else "higher")
     else sprintf("%s %s", num(abs(r$margin)), if (beats) "lower" else "higher")
   } else {
     sprintf("%s%s", if (beats) "+" else "-", num(abs(r$margin)))
   }
-  floor <- if (is.na(r$noise_floor)) "" else if (beats && !is.na(r$gap_closed)) {
+  sign <- if (r$better == "lower") -1 else 1
+  past <- function(v) !is.na(r$noise_floor) && sign * (v - r$noise_floor) >= 0
+  floor <- if (is.na(r$noise_floor)) {
+    ""
+  } else if (past(r$value) && past(r$baseline_value)) {
+    sprintf("; both are past the noise floor (%s), so at this sample size %s hardly tells them apart",
+            num(r$noise_floor), r$metric)
+  } else if (beats && !is.na(r$gap_closed)) {
     sprintf(", closing %.0f%% of the gap to the noise floor (%s)", 100 * r$gap_closed, num(r$noise_floor))
   } else {
     sprintf("; noise floor %s", num(r$noise_floor))
@@ -158,6 +165,8 @@ model_verdict <- function(rows, headline) {
     sprintf("on all %d metrics", length(wins))
   } else if (!length(wins)) {
     sprintf("on none of the %d metrics", length(losses))
+  } else if (length(wins) <= length(losses)) {
+    sprintf("on %d of %d metrics (%s)", length(wins), length(wins) + length(losses), paste(wins, collapse = ", "))
   } else {
     sprintf("on %d of %d metrics (not on %s)", length(wins), length(wins) + length(losses),
             paste(losses, collapse = ", "))

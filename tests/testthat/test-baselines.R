@@ -188,8 +188,15 @@ test_that("compareToBaselines picks the strongest fair baseline, never the oracl
   expect_equal(r2$populations_won, "0/2")
   expect_match(r2$sentence, "MFM does not beat the strongest fair baseline, mean shift, on mean_R2: 0.7 against 0.8 (-0.1)",
                fixed = TRUE)
-  expect_match(attr(cmp, "verdicts")[["MFM"]], "^MFM beats the strongest fair baseline on 1 of 2 metrics \\(not on mean_R2\\)\\. MFM beats")
+  expect_match(attr(cmp, "verdicts")[["MFM"]], "^MFM beats the strongest fair baseline on 1 of 2 metrics \\(W1\\)\\. MFM beats")
   expect_output(print(cmp), "oracle shift uses the true target mean")
+  # A noise floor above both: the metric cannot separate them at this sample size.
+  high_floor <- ev
+  high_floor$W1[high_floor$prediction == "noise floor"] <- 4
+  w1_high <- compareToBaselines(high_floor)[1, ]
+  expect_true(is.na(w1_high$gap_closed))
+  expect_match(w1_high$sentence, "both are past the noise floor (4), so at this sample size W1 hardly tells them apart",
+               fixed = TRUE)
 
   # Two models bound with one set of baselines; duplicated baselines must agree.
   other <- ev[ev$prediction == "MFM", ]
