@@ -178,12 +178,13 @@ model_verdict <- function(rows, headline) {
 print.popflow_comparison <- function(x, ...) {
   cat("Each model against the strongest fair baseline (no change, mean shift, label mean shift) and the noise floor\n")
   cat("(the oracle shift uses the true target mean: a marker of how far from perfect, not a baseline)\n")
-  shown <- as.data.frame(unclass(x)[setdiff(names(x), "sentence")], stringsAsFactors = FALSE)
-  for (nm in c("value", "baseline_value", "margin", "gap_closed", "oracle_shift", "noise_floor")) {
-    shown[[nm]] <- format(signif(shown[[nm]], 3))
+  shown <- as.data.frame(unclass(x)[setdiff(names(x), "sentence")], stringsAsFactors = FALSE, optional = TRUE)
+  for (nm in names(shown)[vapply(shown, is.numeric, logical(1))]) {
+    shown[[nm]] <- formatC(shown[[nm]], digits = 3, format = "g")
   }
-  if (all(is.na(shown$populations_won))) shown$populations_won <- NULL
+  if ("populations_won" %in% names(shown) && all(is.na(shown$populations_won))) shown$populations_won <- NULL
   print(shown, row.names = FALSE)
-  cat("\n", paste(strwrap(attr(x, "verdicts"), exdent = 2), collapse = "\n"), "\n", sep = "")
+  verdicts <- attr(x, "verdicts")
+  if (length(verdicts)) cat("\n", paste(strwrap(verdicts, exdent = 2), collapse = "\n"), "\n", sep = "")
   invisible(x)
 }

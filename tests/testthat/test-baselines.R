@@ -190,6 +190,7 @@ test_that("compareToBaselines picks the strongest fair baseline, never the oracl
                fixed = TRUE)
   expect_match(attr(cmp, "verdicts")[["MFM"]], "^MFM beats the strongest fair baseline on 1 of 2 metrics \\(W1\\)\\. MFM beats")
   expect_output(print(cmp), "oracle shift uses the true target mean")
+  expect_output(print(cmp[cmp$metric == "W1", c("model", "metric", "value")]), "MFM +W1 +2.5")  # a subset prints too
   # A noise floor above both: the metric cannot separate them at this sample size.
   high_floor <- ev
   high_floor$W1[high_floor$prediction == "noise floor"] <- 4
