@@ -268,10 +268,12 @@ reconstruct_expression <- function(model, pcs) {
 #' - `evaluateFlow(fit, object)` predicts from the object's source cells and
 #'   compares with its observed target cells (or with the target cells of a
 #'   second object, `evaluateFlow(fit, object, observed_object)`), beside the
-#'   "no change" and "mean shift" baselines, as [evaluateFlow()] does for
-#'   matrices. When the model has population columns, each population with
-#'   both source and observed cells is scored on its own: the result has the
-#'   population id and the population columns first.
+#'   baselines and the noise floor, as [evaluateFlow()] does for matrices.
+#'   When the model has population columns, each population with both source
+#'   and observed cells is scored on its own: the result has the population id
+#'   and the population columns first. In a PCA space with loadings it also
+#'   reports the R^2 of mean expression over all loading genes and over the
+#'   most responsive ones (`R2_all_genes`, `R2_top_genes`; see [evaluateFlow()]).
 #'
 #' The predicted object has one cell per source cell, named
 #' `<source cell>_pred` (made unique), with metadata columns: the population

@@ -160,6 +160,7 @@ fit_method.popflow_population_param <- function(method, x, target, time, group, 
     time_means = rbind(colMeans(x), colMeans(target)), groups = NULL,
     population_means = population_means(x, target, pops$code, side, length(pops$names)),
     populations = data.frame(population = pops$names, source_cells = n_source, target_cells = n_target),
+    population_labels = population_label_values(cols, pops$code, length(pops$names)),
     labels = labels$info, loss = numeric(0), steps_done = 0, status = "", seconds = 0, device = device,
     threads = threads
   )
@@ -287,6 +288,16 @@ population_means <- function(x, target, pop_code, side, n_pop) {
     out
   }
   list(source = means(x, pop_code[side == 0]), target = means(target, pop_code[side == 1]))
+}
+
+# The label values of every training population (one row each, in the order
+# of `populations`; categorical values as character), for the "label mean
+# shift" baseline of evaluateFlow(); NULL without labels.
+population_label_values <- function(cols, pop_code, n_pop) {
+  if (!length(cols)) return(NULL)
+  first <- match(seq_len(n_pop), pop_code)
+  as.data.frame(lapply(cols, function(v) if (is.numeric(v)) as.numeric(v[first]) else as.character(v[first])),
+                stringsAsFactors = FALSE, optional = TRUE)
 }
 
 #' Fit a flow on a SingleCellExperiment or Seurat object

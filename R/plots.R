@@ -210,7 +210,7 @@ population_grouping <- function(color, ids) {
 #'
 #' The metric table of [evaluateFlow()] (or several of them bound with
 #' [rbind()]) as bars, one panel per metric, so a model can be read against the
-#' "no change" and "mean shift" baselines at a glance. When the table has a
+#' baselines and the noise floor at a glance. When the table has a
 #' `population` column (one row per prediction and population, as for
 #' population models), each population is a point and the bar is their mean.
 #'

@@ -19,6 +19,10 @@
 #   no change               the control cells themselves
 #   mean shift              control cells + the mean stimulated-minus-control shift of the same
 #                           cell type in the training patients
+#   oracle shift            control cells moved onto the held-out population's true stimulated
+#                           mean (uses the answer: how far from perfect, not a baseline)
+#   noise floor             two random halves of the observed stimulated cells, one against the
+#                           other (the metrics' noise at this sample size, from half-size samples)
 # Metrics: exact W1, W2 and RBF MMD between predicted and observed stimulated cells in the PCA
 # space (all components), per held-out population; the table averages over populations, then
 # reports mean ± sd over held-out patients.
@@ -64,6 +68,14 @@ score <- function(pred, obs) {
   c(W1 = wassersteinDistance(pred, obs, p = 1, max_cells = 2000),
     W2 = wassersteinDistance(pred, obs, p = 2, max_cells = 2000),
     MMD = mmdDistance(pred, obs, max_cells = 2000))
+}
+
+# `expr` evaluated with R's random numbers seeded, leaving the caller's stream as it was.
+seeded <- function(s, expr) {
+  old <- if (exists(".Random.seed", globalenv())) get(".Random.seed", globalenv())
+  on.exit(if (is.null(old)) rm(".Random.seed", envir = globalenv()) else assign(".Random.seed", old, globalenv()))
+  set.seed(s)
+  expr
 }
 
 runs <- list()
@@ -113,10 +125,14 @@ for (held in holdouts) {
     names(preds) <- names(fits)
     preds[["no change"]] <- x0
     preds[["mean shift (cell type)"]] <- sweep(x0, 2, shift, "+")
-    for (m in names(preds)) {
+    preds[["oracle shift"]] <- sweep(x0, 2, colMeans(x1) - colMeans(x0), "+")
+    scores <- lapply(preds, score, obs = x1)
+    half <- sort(seeded(seed, sample.int(nrow(x1), nrow(x1) %/% 2)))
+    scores[["noise floor"]] <- score(x1[half, , drop = FALSE], x1[-half, , drop = FALSE])
+    for (m in names(scores)) {
       runs[[length(runs) + 1]] <- data.frame(holdout = held, population = p, cell_type = ct, method = m,
                                              control_cells = nrow(x0), stim_cells = nrow(x1),
-                                             t(score(preds[[m]], x1)), check.names = FALSE)
+                                             t(scores[[m]]), check.names = FALSE)
     }
   }
 }

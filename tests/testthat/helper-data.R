@@ -20,3 +20,14 @@ brute_assignment <- function(cost) {
 }
 
 sq_dists <- function(x, y) outer(rowSums(x^2), rowSums(y^2), "+") - 2 * x %*% t(y)
+
+# evaluateFlow()'s metric columns, and pieces of its baselines written out
+# for direct checks: the noise floor's split (half a = sample.int(n, n %/% 2)
+# drawn with the seed, sorted; half b the rest) and a shift of every cell.
+metric_names <- c("W1", "W2", "MMD", "energy", "mean_R2", "corr_r")
+halves <- function(n, seed = 1) {
+  set.seed(seed)
+  a <- sort(sample.int(n, n %/% 2))
+  list(a = a, b = setdiff(seq_len(n), a))
+}
+shift_by <- function(x, s) x + matrix(s, nrow(x), ncol(x), byrow = TRUE)

@@ -16,7 +16,7 @@ test_that("the fitted flow beats the no-change baseline on a rotation plus shift
   target <- source %*% rot + 2
   fit <- fitFlow(source, target, method = "otcfm", training = quick_training(800), verbose = FALSE)
   ev <- evaluateFlow(fit, source, target)
-  expect_setequal(ev$prediction, c("OT-CFM", "no change", "mean shift"))
+  expect_setequal(ev$prediction, c("OT-CFM", "no change", "mean shift", "oracle shift", "noise floor"))
   expect_named(ev, c("prediction", "W1", "W2", "MMD", "energy", "mean_R2", "corr_r", "cells"))
   model <- ev[ev$prediction == "OT-CFM", ]
   expect_lt(model$W2, ev$W2[ev$prediction == "no change"])

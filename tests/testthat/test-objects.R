@@ -147,9 +147,9 @@ test_that("evaluateFlow on an object scores each population beside the baselines
                  population = c("patient", "cell_type"), method = toy_mfm(), training = toy_training(), verbose = FALSE)
   ev <- evaluateFlow(mfm, held, solver = toy_solver)
   expect_equal(names(ev)[1:4], c("population", "patient", "cell_type", "prediction"))
-  expect_equal(ev$population, rep(c("P3/A", "P3/B"), each = 3))
-  expect_equal(ev$prediction, rep(c("MFM", "no change", "mean shift"), 2))
-  expect_equal(ev$cells, rep(40L, 6))
+  expect_equal(ev$population, rep(c("P3/A", "P3/B"), each = 5))
+  expect_equal(ev$prediction, rep(c("MFM", "no change", "mean shift", "oracle shift", "noise floor"), 2))
+  expect_equal(ev$cells, rep(40L, 10))
   expect_true(all(is.finite(ev$W1)))
   # "no change" is the distance between the population's own control and stimulated cells.
   pcs <- SingleCellExperiment::reducedDim(held, "PCA")
@@ -168,12 +168,14 @@ test_that("evaluateFlow on an object scores each population beside the baselines
   by_matrix <- evaluateFlow(fm, pcs[in_a & held$condition == "ctrl", ], pcs[in_a & held$condition == "stim", ],
                             solver = toy_solver)
   expect_equal(ev_fm[ev_fm$population == "P3/A", names(by_matrix)], by_matrix, ignore_attr = TRUE)
-  # Without populations: one set of rows, as for matrices.
+  # Without populations: one set of rows, as for matrices (plus the R^2 of mean expression).
   plain <- fitFlow(sce, condition = "condition", source = "ctrl", target = "stim", method = "icfm",
                    training = toy_training(), verbose = FALSE)
   ev_plain <- evaluateFlow(plain, held, solver = toy_solver)
-  expect_equal(ev_plain, evaluateFlow(plain, pcs[held$condition == "ctrl", ], pcs[held$condition == "stim", ],
-                                      solver = toy_solver))
+  plain_matrix <- evaluateFlow(plain, pcs[held$condition == "ctrl", ], pcs[held$condition == "stim", ],
+                               solver = toy_solver)
+  expect_equal(ev_plain[names(plain_matrix)], plain_matrix)
+  expect_equal(setdiff(names(ev_plain), names(plain_matrix)), c("R2_all_genes", "R2_top_genes"))
 })
 
 test_that("time courses and assay spaces work on objects", {
@@ -186,7 +188,7 @@ test_that("time courses and assay spaces work on objects", {
   expect_equal(ncol(pred), sum(sce$day == 0))
   expect_equal(unique(pred$day), 1)
   ev <- evaluateFlow(fit, sce, from = 0, to = 2, solver = toy_solver)
-  expect_equal(ev$cells, rep(sum(sce$day == 0), 3))
+  expect_equal(ev$cells, rep(sum(sce$day == 0), 5))  # the model, "no change", "mean shift", "oracle shift", "noise floor"
 
   genes <- c("g1", "g2", "g5")
   gene_fit <- fitFlow(sce, assay = "logcounts", features = genes, condition = "condition", source = "ctrl",
@@ -300,4 +302,57 @@ test_that("bad object input gives errors that name the argument and list what ex
   gene_fit <- fitFlow(sce, assay = "logcounts", features = c("g1", "g2"), condition = "condition", source = "ctrl",
                       target = "stim", method = "icfm", training = toy_training(2), verbose = FALSE)
   expect_error(predict(gene_fit, sce[c("g1", "g3"), ]), "`newdata` lacks 1 feature not among the rows of assay 'logcounts': g2")
+})
+
+test_that("evaluateFlow on an object adds R^2 of mean expression, all genes and the most responsive ones", {
+  skip_if_not_installed("SingleCellExperiment")
+  sce <- toy_sce()
+  train <- sce$patient != "P3"
+  held <- sce[, sce$patient == "P3"]
+  fit <- fitFlow(sce, condition = "condition", source = "ctrl", target = "stim", cells = train,
+                 population = c("patient", "cell_type"), label = "cell_type", method = toy_mfm(),
+                 training = toy_training(), verbose = FALSE)
+  ev <- evaluateFlow(fit, held, solver = toy_solver, top_genes = 3)
+  expect_equal(ev$prediction, rep(c("MFM", "no change", "mean shift", "label mean shift", "oracle shift", "noise floor"), 2))
+  expect_named(ev, c("population", "patient", "cell_type", "prediction", metric_names, "R2_all_genes", "R2_top_genes",
+                     "cells"))
+  model <- fit$cell_object$expression
+  pcs <- SingleCellExperiment::reducedDim(held, "PCA")
+  expr <- SingleCellExperiment::logcounts(held)
+  r2 <- function(p, o) 1 - sum((o - p)^2) / sum((o - mean(o))^2)
+  reconstructed_mean <- function(x) drop(model$rotation %*% colMeans(x)) * model$scale + model$center
+  for (type in c("A", "B")) {
+    ctrl <- held$cell_type == type & held$condition == "ctrl"
+    stim <- held$cell_type == type & held$condition == "stim"
+    observed <- rowMeans(expr[, stim])
+    top <- order(abs(observed - rowMeans(expr[, ctrl])), decreasing = TRUE)[1:3]
+    expect_true(all(1:2 %in% top))  # g1 and g2 respond to the stimulation (toy_expression())
+    check <- function(prediction, p) {
+      row <- ev[ev$population == paste0("P3/", type) & ev$prediction == prediction, ]
+      expect_equal(row$R2_all_genes, r2(p, observed), tolerance = 1e-8, label = paste(prediction, type))
+      expect_equal(row$R2_top_genes, r2(p[top], observed[top]), tolerance = 1e-8, label = paste(prediction, type))
+    }
+    check("no change", reconstructed_mean(pcs[ctrl, ]))
+    check("oracle shift", reconstructed_mean(pcs[stim, ]))  # the source moved onto the target mean
+    pred <- SingleCellExperiment::reducedDim(predict(fit, held[, held$cell_type == type], solver = toy_solver), "PCA")
+    check("MFM", reconstructed_mean(pred))
+    # Label mean shift: the training populations of the same cell type (P1 and P2).
+    same <- sce$cell_type == type & train
+    all_pcs <- SingleCellExperiment::reducedDim(sce, "PCA")
+    d <- sapply(c("P1", "P2"), function(p) {
+      colMeans(all_pcs[same & sce$patient == p & sce$condition == "stim", ]) -
+        colMeans(all_pcs[same & sce$patient == p & sce$condition == "ctrl", ])
+    })
+    check("label mean shift", reconstructed_mean(shift_by(pcs[ctrl, ], rowMeans(d))))
+    # Noise floor: the two halves of the stimulated cells, in observed expression.
+    h <- halves(sum(stim))
+    row <- ev[ev$population == paste0("P3/", type) & ev$prediction == "noise floor", ]
+    half_a <- rowMeans(expr[, which(stim)[h$a]])
+    half_b <- rowMeans(expr[, which(stim)[h$b]])
+    expect_equal(row$R2_all_genes, r2(half_a, half_b), tolerance = 1e-8)
+    expect_equal(row$R2_top_genes, r2(half_a[top], half_b[top]), tolerance = 1e-8)
+  }
+  # Top genes default to 20 (all 6 genes here: the two R^2 agree).
+  ev20 <- evaluateFlow(fit, held, solver = toy_solver, baselines = "no change")
+  expect_equal(ev20$R2_all_genes, ev20$R2_top_genes)
 })

@@ -22,9 +22,9 @@ test_that("evaluateFlow scores a population model per population, beside the bas
   new <- shifted_populations(rbind(c(1, -1), c(-1, 1)), n = 150, seed = 5)
   ev <- evaluateFlow(fit, new$source, new$target, population = new$population, solver = rk4, max_cells = 150)
   expect_named(ev, c("population", "prediction", "W1", "W2", "MMD", "energy", "mean_R2", "corr_r", "cells"))
-  expect_equal(ev$population, rep(c("p01", "p02"), each = 3))
-  expect_equal(ev$prediction, rep(c("MFM", "no change", "mean shift"), 2))
-  expect_equal(ev$cells, rep(150L, 6))
+  expect_equal(ev$population, rep(c("p01", "p02"), each = 5))
+  expect_equal(ev$prediction, rep(c("MFM", "no change", "mean shift", "oracle shift", "noise floor"), 2))
+  expect_equal(ev$cells, rep(150L, 10))
   model <- ev[ev$prediction == "MFM", ]
   none <- ev[ev$prediction == "no change", ]
   # Measured: MFM W1 about 0.4 against 2.8 for "no change" (a shift of length 2.8).
