@@ -107,6 +107,18 @@ fit_method.popflow_flow_param <- function(method, x, target, time, group, popula
              "is used only by method = \"mfm\" or \"cgfm\"", "use `group` to pair cells within groups")
   }
   data <- flow_training_data(x, target, time, group, generative = is_generative(method))
+  if (identical(method$coupling, "paired")) {
+    if (is.null(target)) {
+      pf_abort("coupling", "= \"paired\" needs source cells `x` and their `target` cells, not `time`",
+               "give target row i for source row i, or use coupling = \"independent\"")
+    }
+    codes <- if (length(data$group)) data$group + 1L else rep(1L, nrow(data$x))
+    n_groups <- max(length(data$groups), 1L)
+    check_paired_counts(tabulate(codes[data$time_index == 0], n_groups),
+                        tabulate(codes[data$time_index == 1], n_groups),
+                        if (length(data$groups)) data$groups else "all cells",
+                        if (length(data$groups)) "group" else "target")
+  }
   check_resume_data(resume, data$x, data$times)
   fields <- list(
     method = method, network = network, training = training, times = data$times,
@@ -146,6 +158,7 @@ fit_method.popflow_population_param <- function(method, x, target, time, group, 
              "give source and target cells of the same population the same id")
   }
   check_graph_sizes(method, n_source, pops$names)
+  if (identical(method$coupling, "paired")) check_paired_counts(n_source, n_target, pops$names, "population")
   check_resume_data(resume, x)
   if (!is.null(resume) && length(cols) != length(resume$labels)) {
     pf_abort("label", sprintf("has %d label column%s but `resume` was fitted with %d", length(cols),
@@ -203,6 +216,21 @@ source_target_cells <- function(x, target) {
              "use the same features (columns) for source and target cells")
   }
   list(x = x, target = target)
+}
+
+# Paired coupling pairs the k-th source cell of a group (population) with its
+# k-th target cell, so both sides need the same number of cells in each; names
+# every group that breaks it.
+check_paired_counts <- function(n_source, n_target, names, arg) {
+  bad <- which(n_source != n_target)
+  if (!length(bad)) return(invisible())
+  shown <- utils::head(bad, 5)
+  pf_abort(arg, sprintf("has %s with unequal numbers of source and target cells, which coupling = \"paired\" cannot pair: %s%s",
+                        if (length(bad) == 1) "one group" else sprintf("%d groups", length(bad)),
+                        paste(sprintf("'%s' (%d source, %d target)", names[shown], n_source[shown], n_target[shown]),
+                              collapse = ", "),
+                        if (length(bad) > length(shown)) ", ..." else ""),
+           "give target row i for source row i within each group, or use coupling = \"independent\" or \"exact\"")
 }
 
 # Cells, time indices and groups in the engine's form.

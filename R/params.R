@@ -82,6 +82,11 @@ method_label <- function(method) {
 #'   cells (Lipman et al. 2023); a generative model of one population.
 #'
 #' @param sigma Noise level of the probability path (in the units of the data).
+#' @param coupling `ICFMParam()`: `"independent"` (random pairs) or `"paired"`:
+#'   source row `i` and target row `i` are the same cell or particle
+#'   (denoising, simulations, lineage-traced or multiplexed data), and every
+#'   step uses exactly those pairs. Paired data need `x` and `target` with the
+#'   same number of rows (within each `group`, in the same order).
 #' @param ot_mode How the exact OT plan pairs cells: `"resample"` or `"permutation"`.
 #' @param reg Sinkhorn entropic regularisation; `NULL` means `2 * sigma^2`.
 #' @param sinkhorn_iters Maximum Sinkhorn iterations (it stops early once converged).
@@ -95,8 +100,9 @@ NULL
 
 #' @rdname FlowParams
 #' @export
-ICFMParam <- function(sigma = 0.1) {
-  new_param("icfm", c("ICFMParam", "popflow_flow_param"), path = "icfm", coupling = "independent",
+ICFMParam <- function(sigma = 0.1, coupling = c("independent", "paired")) {
+  new_param("icfm", c("ICFMParam", "popflow_flow_param"), path = "icfm",
+            coupling = check_choice(coupling[1], "coupling", c("independent", "paired")),
             sigma = check_number(sigma, "sigma", min = 0))
 }
 
@@ -104,7 +110,7 @@ ICFMParam <- function(sigma = 0.1) {
 engine_config.ICFMParam <- function(x) flow_section(path = x$path, sigma = x$sigma, coupling = x$coupling)
 
 #' @export
-method_description.ICFMParam <- function(x) sprintf("independent coupling, sigma %g", x$sigma)
+method_description.ICFMParam <- function(x) sprintf("%s coupling, sigma %g", x$coupling %||% "independent", x$sigma)
 
 #' @rdname FlowParams
 #' @export
@@ -219,7 +225,10 @@ is_generative.TargetFMParam <- function(method) TRUE
 #' @param cells_per_population Source and target cells drawn from each population per step.
 #' @param max_cells Cap on the cells of a population used for its embedding (0 = all).
 #' @param coupling Pairing of source and target cells within a population:
-#'   `"independent"` or `"exact"` (minibatch optimal transport).
+#'   `"independent"`, `"exact"` (minibatch optimal transport) or `"paired"`
+#'   (source row `i` and target row `i` of a population are the same cell or
+#'   particle, as in [simulateLetters()] and [simulatePopulations()]; every
+#'   population then needs as many target as source cells, in the same order).
 #' @param sigma Noise level of the probability path.
 #' @param label_dim Embedding size of each categorical label.
 #' @param bandwidth Length scale of the `"kme"` kernel (in the units of the data).
@@ -237,7 +246,7 @@ NULL
 #' @rdname PopulationParams
 #' @export
 MFMParam <- function(k = 50, layers = 3, width = 64, encoder = c("gcn", "mean", "kme"), populations_per_step = 10,
-                     cells_per_population = 700, max_cells = 2000, coupling = c("independent", "exact"),
+                     cells_per_population = 700, max_cells = 2000, coupling = c("independent", "exact", "paired"),
                      sigma = 0.1, label_dim = 8, bandwidth = 1, schedule = c("joint", "alternating"),
                      encoder_lr = NULL) {
   encoder <- check_choice(encoder[1], "encoder", c("gcn", "mean", "kme"))
@@ -246,7 +255,7 @@ MFMParam <- function(k = 50, layers = 3, width = 64, encoder = c("gcn", "mean", 
   k <- check_count(k, "k", min = 0)
   if (encoder == "gcn" && k < 1) pf_abort("k", "must be >= 1 for the \"gcn\" encoder", "use encoder = \"mean\" for no graph")
   new_param("mfm", c("MFMParam", "popflow_population_param"), path = "icfm",
-            coupling = check_choice(coupling[1], "coupling", c("independent", "exact")),
+            coupling = check_choice(coupling[1], "coupling", c("independent", "exact", "paired")),
             sigma = check_number(sigma, "sigma", min = 0), encoder = encoder, k = k,
             layers = check_count(layers, "layers"), width = width,
             populations_per_step = check_count(populations_per_step, "populations_per_step"),
@@ -280,10 +289,11 @@ method_description.MFMParam <- function(x) {
 
 #' @rdname PopulationParams
 #' @export
-CGFMParam <- function(populations_per_step = 10, cells_per_population = 700, coupling = c("independent", "exact"),
+CGFMParam <- function(populations_per_step = 10, cells_per_population = 700,
+                      coupling = c("independent", "exact", "paired"),
                       sigma = 0.1, label_dim = 8) {
   new_param("cgfm", c("CGFMParam", "popflow_population_param"), path = "icfm",
-            coupling = check_choice(coupling[1], "coupling", c("independent", "exact")),
+            coupling = check_choice(coupling[1], "coupling", c("independent", "exact", "paired")),
             sigma = check_number(sigma, "sigma", min = 0), encoder = "none",
             populations_per_step = check_count(populations_per_step, "populations_per_step"),
             cells_per_population = check_count(cells_per_population, "cells_per_population"),

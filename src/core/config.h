@@ -8,8 +8,10 @@ namespace popflow {
 
 // Probability path and regression target (paths.h; docs/architecture.md).
 enum class PathKind { ICFM, SBCFM, TargetFM };
-// How (x0, x1) pairs are formed within a minibatch.
-enum class CouplingKind { Independent, ExactOT, Sinkhorn };
+// How (x0, x1) pairs are formed within a minibatch. Paired: source row i and
+// target row i are the same cell or particle (denoising, simulations, lineage
+// tracing), so a minibatch takes the same row positions on both sides.
+enum class CouplingKind { Independent, ExactOT, Sinkhorn, Paired };
 // Exact OT: draw pairs from the plan, or use the plan as a permutation.
 enum class OTMode { Resample, Permutation };
 enum class Activation { SELU, SiLU };

@@ -24,7 +24,8 @@ const MethodNames<CouplingKind>& method_names(CouplingKind) {
   static const MethodNames<CouplingKind> t{"coupling",
                                            {{CouplingKind::Independent, "independent"},
                                             {CouplingKind::ExactOT, "exact"},
-                                            {CouplingKind::Sinkhorn, "sinkhorn"}}};
+                                            {CouplingKind::Sinkhorn, "sinkhorn"},
+                                            {CouplingKind::Paired, "paired"}}};
   return t;
 }
 const MethodNames<OTMode>& method_names(OTMode) {

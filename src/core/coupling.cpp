@@ -78,7 +78,7 @@ std::pair<torch::Tensor, torch::Tensor> sample_from_plan(const torch::Tensor& pl
 
 CoupledPair couple(const CouplingConfig& config, const torch::Tensor& x0, const torch::Tensor& x1,
                    double reg_default, std::mt19937_64& rng) {
-  if (config.kind == CouplingKind::Independent) return {x0, x1};
+  if (!repairs(config.kind)) return {x0, x1};
   torch::NoGradGuard no_grad;
   const int64_t n = x0.size(0);
   torch::Tensor plan;

@@ -201,12 +201,19 @@ class PopulationObjective : public TrainingObjective {
     const int64_t n_chosen = static_cast<int64_t>(chosen.size());
     auto rows0 = torch::empty({n_chosen, n_cells}, torch::kLong), rows1 = torch::empty_like(rows0);
     for (int64_t i = 0; i < n_chosen; ++i) {
-      rows0[i].copy_(draw_rows(sources_[chosen[i]], n_cells, rng));
-      rows1[i].copy_(draw_rows(targets_[chosen[i]], n_cells, rng));
+      const int64_t p = chosen[i];
+      if (paired_) {
+        const PairedRows rows = draw_paired_rows(sources_[p], targets_[p], n_cells, rng);
+        rows0[i].copy_(rows.source);
+        rows1[i].copy_(rows.target);
+      } else {
+        rows0[i].copy_(draw_rows(sources_[p], n_cells, rng));
+        rows1[i].copy_(draw_rows(targets_[p], n_cells, rng));
+      }
     }
     auto x0 = x_all_.index_select(0, rows0.view(-1).to(dev));
     auto x1 = x_all_.index_select(0, rows1.view(-1).to(dev));
-    if (model_.config.coupling.kind != CouplingKind::Independent) {
+    if (repairs(model_.config.coupling.kind)) {
       std::vector<torch::Tensor> paired0, paired1;
       for (int64_t i = 0; i < n_chosen; ++i) {
         auto pair = couple(model_.config.coupling, x0.narrow(0, i * n_cells, n_cells),
@@ -225,12 +232,15 @@ class PopulationObjective : public TrainingObjective {
 
  private:
   // Source and target cells of each population; only those with both take part.
+  // Paired coupling pairs sources_[p][j] with targets_[p][j].
   void index_cells() {
     const int64_t n_pop = population_count(data_);
     sources_.assign(n_pop, {});
     targets_.assign(n_pop, {});
     for (size_t i = 0; i < data_.population.size(); ++i)
       (data_.side[i] == 0 ? sources_ : targets_)[data_.population[i]].push_back(static_cast<int64_t>(i));
+    paired_ = model_.config.coupling.kind == CouplingKind::Paired;
+    if (paired_) check_paired_counts(sources_, targets_, "population");
     for (int64_t p = 0; p < n_pop; ++p)
       if (!sources_[p].empty() && !targets_[p].empty()) usable_.push_back(p);
     if (usable_.empty())
@@ -282,7 +292,7 @@ class PopulationObjective : public TrainingObjective {
   std::vector<int64_t> usable_;
   std::vector<PopulationGraph> graphs_;
   double reg_default_ = 0;
-  bool alternate_ = false;
+  bool alternate_ = false, paired_ = false;
   std::shared_ptr<torch::nn::Module> field_parts_;
   std::unique_ptr<FlatAdam> opt_, encoder_opt_;
   std::vector<torch::Tensor> cached_;  // alternating: detached embedding per population

@@ -67,7 +67,9 @@ std::string validate_population_set(const PopulationModel& model, const Populati
 // population.cells_per_population source and target cells from each (the
 // TrainConfig's batch_size and groups_per_step are not used), couples them within
 // the population, and regresses v(x_t, t | phi(source population), labels).
-// The kNN graphs are built once, before the first step.
+// The kNN graphs are built once, before the first step. Paired coupling pairs
+// a population's j-th source cell with its j-th target cell (in data.x order)
+// and needs as many of each (std::invalid_argument naming the population).
 TrainResult train_population_model(PopulationModel& model, const PopulationSet& data, const TrainConfig& config,
                        const TrainCallbacks& callbacks = {});
 

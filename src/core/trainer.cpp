@@ -140,14 +140,14 @@ TrainResult run_training(TrainingObjective& objective, const TrainConfig& config
   return result;
 }
 
-// Floyd's algorithm when drawing without replacement.
-torch::Tensor draw_rows(const std::vector<int64_t>& pool, int64_t n, std::mt19937_64& rng) {
-  auto out = torch::empty({n}, torch::kLong);
-  auto* p = out.data_ptr<int64_t>();
-  const int64_t m = static_cast<int64_t>(pool.size());
+namespace {
+
+// n positions in [0, m): without replacement (Floyd's algorithm) when m >= n, with replacement otherwise.
+std::vector<int64_t> draw_positions(int64_t m, int64_t n, std::mt19937_64& rng) {
+  std::vector<int64_t> out(n);
   if (n > m) {
     std::uniform_int_distribution<int64_t> u(0, m - 1);
-    for (int64_t k = 0; k < n; ++k) p[k] = pool[u(rng)];
+    for (int64_t k = 0; k < n; ++k) out[k] = u(rng);
     return out;
   }
   std::unordered_set<int64_t> chosen;
@@ -156,10 +156,40 @@ torch::Tensor draw_rows(const std::vector<int64_t>& pool, int64_t n, std::mt1993
     int64_t r = std::uniform_int_distribution<int64_t>(0, j)(rng);
     int64_t pick = chosen.count(r) ? j : r;
     chosen.insert(pick);
-    p[k++] = pool[pick];
+    out[k++] = pick;
   }
-  std::shuffle(p, p + n, rng);
+  std::shuffle(out.begin(), out.end(), rng);
   return out;
+}
+
+torch::Tensor rows_at(const std::vector<int64_t>& pool, const std::vector<int64_t>& positions) {
+  auto out = torch::empty({static_cast<int64_t>(positions.size())}, torch::kLong);
+  auto* p = out.data_ptr<int64_t>();
+  for (size_t k = 0; k < positions.size(); ++k) p[k] = pool[positions[k]];
+  return out;
+}
+
+}  // namespace
+
+torch::Tensor draw_rows(const std::vector<int64_t>& pool, int64_t n, std::mt19937_64& rng) {
+  return rows_at(pool, draw_positions(static_cast<int64_t>(pool.size()), n, rng));
+}
+
+PairedRows draw_paired_rows(const std::vector<int64_t>& sources, const std::vector<int64_t>& targets, int64_t n,
+                            std::mt19937_64& rng) {
+  if (sources.size() != targets.size()) throw std::invalid_argument("paired rows: the two sides differ in size");
+  const std::vector<int64_t> positions = draw_positions(static_cast<int64_t>(sources.size()), n, rng);
+  return {rows_at(sources, positions), rows_at(targets, positions)};
+}
+
+void check_paired_counts(const std::vector<std::vector<int64_t>>& sources,
+                         const std::vector<std::vector<int64_t>>& targets, const std::string& what) {
+  for (size_t b = 0; b < sources.size() && b < targets.size(); ++b)
+    if (sources[b].size() != targets[b].size())
+      throw std::invalid_argument("paired coupling: " + what + " " + std::to_string(b) + " has " +
+                                  std::to_string(sources[b].size()) + " source and " +
+                                  std::to_string(targets[b].size()) + " target cells; paired cells come in equal " +
+                                  "numbers, the k-th source cell of a " + what + " paired with its k-th target cell");
 }
 
 std::string validate_training_data(const FlowModel& model, const TrainingData& data) {
@@ -207,6 +237,8 @@ class FlowObjective : public TrainingObjective {
 
     // TargetFM starts from Gaussian noise, so it needs only target cells.
     target_fm_ = model_.config.path.kind == PathKind::TargetFM;
+    paired_ = model_.config.coupling.kind == CouplingKind::Paired;
+    if (paired_) check_paired_blocks();
     // Intervals and, per interval, groups with cells on both sides.
     usable_.assign(times.size() - 1, {});
     size_t n_usable = 0;
@@ -237,9 +269,16 @@ class FlowObjective : public TrainingObjective {
       std::shuffle(groups.begin(), groups.end(), rng);
       groups.resize(std::min<size_t>(groups.size(), groups_per_step_));
       for (int64_t g : groups) {
-        auto x1 = x_all_.index_select(0, draw_rows(blocks_[k + 1][g], n, rng).to(dev));
-        auto x0 = target_fm_ ? torch::randn({n, d}, fopt_)
-                             : x_all_.index_select(0, draw_rows(blocks_[k][g], n, rng).to(dev));
+        torch::Tensor x0, x1;
+        if (paired_) {
+          const PairedRows rows = draw_paired_rows(blocks_[k][g], blocks_[k + 1][g], n, rng);
+          x0 = x_all_.index_select(0, rows.source.to(dev));
+          x1 = x_all_.index_select(0, rows.target.to(dev));
+        } else {
+          x1 = x_all_.index_select(0, draw_rows(blocks_[k + 1][g], n, rng).to(dev));
+          x0 = target_fm_ ? torch::randn({n, d}, fopt_)
+                          : x_all_.index_select(0, draw_rows(blocks_[k][g], n, rng).to(dev));
+        }
         auto pair = couple(model_.config.coupling, x0, x1, reg_default_, rng);
         auto s = torch::rand({n}, fopt_);
         auto ps = sample_path(model_.config.path, pair.x0, pair.x1, s);
@@ -254,6 +293,18 @@ class FlowObjective : public TrainingObjective {
   }
 
  private:
+  // Paired cells: one interval, no noise source, equal counts per group.
+  void check_paired_blocks() const {
+    const size_t n_times = model_.config.times.size();
+    if (n_times != 2)
+      throw std::invalid_argument("paired coupling needs exactly two snapshot times (source, target), not " +
+                                  std::to_string(n_times));
+    if (target_fm_)
+      throw std::invalid_argument("paired coupling: the target FM path starts from noise, which has no partner; "
+                                  "use the icfm or sbcfm path");
+    check_paired_counts(blocks_[0], blocks_[1], "group");
+  }
+
   FlowModel& model_;
   const TrainingData& data_;
   int64_t batch_size_ = 0, groups_per_step_ = 0;
@@ -261,7 +312,7 @@ class FlowObjective : public TrainingObjective {
   torch::Tensor x_all_, cond_all_;
   std::vector<std::vector<std::vector<int64_t>>> blocks_;
   std::vector<std::vector<int64_t>> usable_;
-  bool target_fm_ = false;
+  bool target_fm_ = false, paired_ = false;
   double reg_default_ = 0;
   std::unique_ptr<FlatAdam> opt_;
 };

@@ -103,6 +103,20 @@ AdamSettings adam_settings(const TrainConfig& config);
 // at least n rows, with replacement otherwise.
 torch::Tensor draw_rows(const std::vector<int64_t>& pool, int64_t n, std::mt19937_64& rng);
 
+// Paired coupling: sources[j] and targets[j] are the same cell. Draws n
+// positions j once, as draw_rows draws from a pool of that size, and returns
+// the rows at those positions on both sides ([n] long each).
+struct PairedRows {
+  torch::Tensor source, target;
+};
+PairedRows draw_paired_rows(const std::vector<int64_t>& sources, const std::vector<int64_t>& targets, int64_t n,
+                            std::mt19937_64& rng);
+
+// Paired coupling needs as many source as target cells in every block (a group
+// or a population, named by `what`); std::invalid_argument names the first that has not.
+void check_paired_counts(const std::vector<std::vector<int64_t>>& sources,
+                         const std::vector<std::vector<int64_t>>& targets, const std::string& what);
+
 struct TrainingData {
   torch::Tensor x;                  // [N, d] all cells (any float dtype, CPU)
   std::vector<int64_t> time_index;  // per cell: index into FlowConfig::times
@@ -114,7 +128,10 @@ struct TrainingData {
 std::string validate_training_data(const FlowModel& model, const TrainingData& data);
 
 // Fits a flow model: config.batch_size cells per (interval, group) block and
-// config.groups_per_step groups per interval and step.
+// config.groups_per_step groups per interval and step. Paired coupling pairs a
+// group's k-th source cell with its k-th target cell (in data.x order): it needs
+// two snapshot times, a path other than target FM and, in every group, as many
+// source as target cells (std::invalid_argument otherwise).
 TrainResult train(FlowModel& model, const TrainingData& data, const TrainConfig& config,
                   const TrainCallbacks& callbacks = {});
 

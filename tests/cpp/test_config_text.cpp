@@ -185,7 +185,7 @@ TEST_CASE("config_text: today's model-file configuration text still reads") {
 TEST_CASE("config_text: method names map both ways, unknown names list the known ones") {
   for (auto v : {PathKind::ICFM, PathKind::SBCFM, PathKind::TargetFM})
     PF_CHECK(method_value<PathKind>(method_name(v)) == v);
-  for (auto v : {CouplingKind::Independent, CouplingKind::ExactOT, CouplingKind::Sinkhorn})
+  for (auto v : {CouplingKind::Independent, CouplingKind::ExactOT, CouplingKind::Sinkhorn, CouplingKind::Paired})
     PF_CHECK(method_value<CouplingKind>(method_name(v)) == v);
   for (auto v : {OTMode::Resample, OTMode::Permutation}) PF_CHECK(method_value<OTMode>(method_name(v)) == v);
   for (auto v : {Activation::SELU, Activation::SiLU}) PF_CHECK(method_value<Activation>(method_name(v)) == v);
@@ -193,6 +193,7 @@ TEST_CASE("config_text: method names map both ways, unknown names list the known
     PF_CHECK(method_value<SolverKind>(method_name(v)) == v);
   for (auto v : {EncoderKind::GCN, EncoderKind::Mean, EncoderKind::KME})
     PF_CHECK(method_value<EncoderKind>(method_name(v)) == v);
+  PF_CHECK(std::string(method_name(CouplingKind::Paired)) == "paired");
   PF_CHECK(std::string(method_name(CouplingKind::ExactOT)) == "exact");
   const std::string msg = thrown_message([] { method_value<EncoderKind>("gnn"); });
   PF_CHECK_MSG(msg.find("'gnn'") != std::string::npos && msg.find("gcn, mean, kme") != std::string::npos, msg);
