@@ -173,13 +173,7 @@ TEST_CASE("flow_validator: the held-out score falls as the flow learns") {
 TEST_CASE("population_validator: an unseen population's score falls as MFM learns") {
   torch::manual_seed(97);
   auto data = mean_shift_populations({{-1.5f, 0.f}, {0.f, 1.5f}, {1.5f, 0.f}, {0.f, -1.5f}}, 100);
-  PopulationConfig mc;
-  mc.encoder.kind = EncoderKind::Mean;
-  mc.encoder.layers = 2;
-  mc.encoder.width = 16;
-  mc.cells_per_population = 64;
-  mc.populations_per_step = 4;
-  auto model = make_population_model(population_flow(), mc, "cpu");
+  auto model = make_population_model(population_flow(), small_population(EncoderKind::Mean, 2, 16, 64, 4), "cpu");
   PopulationHoldout unseen;
   unseen.source = torch::randn({200, 2}) + torch::tensor({1.0f, 1.0f});
   unseen.target = unseen.source + torch::tensor({2.0f, 2.0f});
