@@ -18,6 +18,8 @@ enum class Activation { SELU, SiLU };
 enum class SolverKind { Euler, Heun, Midpoint, RK4, Dopri5 };
 // Population encoders (encoders.h).
 enum class EncoderKind { GCN, Mean, KME };
+// Distances between cell sets (metrics.h), as validation scores them (validation.h).
+enum class DistanceMetric { W1, W2, MMD, Energy };
 
 struct PathConfig {
   PathKind kind = PathKind::ICFM;

@@ -51,6 +51,15 @@ const MethodNames<EncoderKind>& method_names(EncoderKind) {
   return t;
 }
 
+const MethodNames<DistanceMetric>& method_names(DistanceMetric) {
+  static const MethodNames<DistanceMetric> t{"metric",
+                                             {{DistanceMetric::W1, "W1"},
+                                              {DistanceMetric::W2, "W2"},
+                                              {DistanceMetric::MMD, "MMD"},
+                                              {DistanceMetric::Energy, "energy"}}};
+  return t;
+}
+
 // "1,2.5,3" (values printed to round-trip doubles exactly).
 template <typename T>
 std::string joined(const std::vector<T>& values) {
@@ -104,6 +113,7 @@ POPFLOW_METHOD_NAMES(OTMode)
 POPFLOW_METHOD_NAMES(Activation)
 POPFLOW_METHOD_NAMES(SolverKind)
 POPFLOW_METHOD_NAMES(EncoderKind)
+POPFLOW_METHOD_NAMES(DistanceMetric)
 #undef POPFLOW_METHOD_NAMES
 
 // ---------------------------------------------------------------- ConfigText

@@ -18,9 +18,9 @@ namespace popflow {
 // Method names <-> enum values, for PathKind ("icfm", "sbcfm", "targetfm"),
 // CouplingKind ("independent", "exact", "sinkhorn", "paired"), OTMode
 // ("resample", "permutation"), Activation ("selu", "silu"), SolverKind
-// ("euler", "heun", "midpoint", "rk4", "dopri5") and EncoderKind ("gcn",
-// "mean", "kme"): the one table of each. method_value throws
-// std::invalid_argument listing the names.
+// ("euler", "heun", "midpoint", "rk4", "dopri5"), EncoderKind ("gcn", "mean",
+// "kme") and DistanceMetric ("W1", "W2", "MMD", "energy"): the one table of
+// each. method_value throws std::invalid_argument listing the names.
 template <typename E>
 const char* method_name(E value);
 template <typename E>

@@ -44,6 +44,8 @@ class FlatAdam {
   void step();
   // Copies the moving average into the parameters (no-op without one).
   void use_average();
+  // A flat CPU copy of the current (raw, not averaged) weights.
+  torch::Tensor weights() const { return data_.to(torch::kCPU, /*non_blocking=*/false, /*copy=*/true); }
   int64_t parameter_count() const { return data_.numel(); }
 
   // Adam's moments, step count and average (copies); `step` and `loss` are left to the caller.

@@ -61,6 +61,65 @@ void with_weights_to_save(const std::vector<FlatAdam*>& optimisers, size_t i, co
   optimisers[i]->with_weights_to_save([&] { with_weights_to_save(optimisers, i + 1, save); });
 }
 
+// Validation during one run_training call: the scores, the best weights so far, the patience left.
+class Validation {
+ public:
+  Validation(const TrainCallbacks& callbacks, torch::nn::Module& network, const std::vector<FlatAdam*>& optimisers)
+      : callbacks_(callbacks), network_(network), optimisers_(optimisers) {}
+
+  bool active() const { return static_cast<bool>(callbacks_.validate); }
+  bool due(int64_t step) const {
+    return active() && callbacks_.validate_every > 0 && step % callbacks_.validate_every == 0;
+  }
+  int64_t last_step() const { return last_step_; }
+
+  // Scores the weights to save after `step` into `result`; false once patience has run out.
+  bool run(int64_t step, TrainResult& result) {
+    double score = 0;
+    bool improved = false;
+    with_weights_to_save(optimisers_, 0, [&] {
+      torch::NoGradGuard no_grad;
+      network_.eval();
+      score = callbacks_.validate(step);
+      network_.train();
+      improved = std::isfinite(score) && (result.best_step == 0 || score < result.best_score);
+      if (improved && callbacks_.keep_best) {
+        best_.clear();
+        for (const auto& p : network_.parameters()) best_.push_back(p.detach().clone());
+      }
+    });
+    last_step_ = step;
+    result.validation_steps.push_back(step);
+    result.validation_scores.push_back(score);
+    if (improved) {
+      result.best_step = step;
+      result.best_score = score;
+      since_best_ = 0;
+    } else {
+      ++since_best_;
+    }
+    return callbacks_.patience <= 0 || since_best_ < callbacks_.patience;
+  }
+
+  // Whether the fit returns an earlier step's weights than the last one's.
+  bool keeps_earlier(const TrainResult& result) const {
+    return callbacks_.keep_best && !best_.empty() && result.best_step != result.steps_done;
+  }
+
+  void restore_best() {
+    torch::NoGradGuard no_grad;
+    const auto params = network_.parameters();
+    for (size_t i = 0; i < params.size(); ++i) params[i].copy_(best_[i]);
+  }
+
+ private:
+  const TrainCallbacks& callbacks_;
+  torch::nn::Module& network_;
+  const std::vector<FlatAdam*>& optimisers_;
+  std::vector<torch::Tensor> best_;  // the best step's weights to save (with keep_best)
+  int64_t last_step_ = 0, since_best_ = 0;
+};
+
 double seconds_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
@@ -96,6 +155,7 @@ TrainResult run_training(TrainingObjective& objective, const TrainConfig& config
   TrainResult result;
   result.status = "completed";
   const int64_t first_step = resume_from(state, config, why_not_resumable, primary, result);
+  Validation validation(callbacks, network, optimisers);
   network.train();
   std::mt19937_64 rng;
   for (int64_t step = first_step; step <= config.steps; ++step) {
@@ -122,6 +182,10 @@ TrainResult run_training(TrainingObjective& objective, const TrainConfig& config
       const TrainState saved = why_not_resumable.empty() ? resumable_state(primary, step, result.loss) : TrainState();
       with_weights_to_save(optimisers, 0, [&] { callbacks.checkpoint(step, saved); });
     }
+    if (validation.due(step) && !validation.run(step, result)) {
+      result.status = "early_stop";
+      break;
+    }
     if (config.time_limit_s > 0 && seconds_since(start) > config.time_limit_s && step < config.steps) {
       result.status = "time_limit";
       break;
@@ -132,9 +196,15 @@ TrainResult run_training(TrainingObjective& objective, const TrainConfig& config
       break;
     }
   }
+  if (validation.active() && result.steps_done >= first_step && validation.last_step() != result.steps_done)
+    validation.run(result.steps_done, result);
   const bool keep_state = why_not_resumable.empty() && result.steps_done > 0;
   state = keep_state ? resumable_state(primary, result.steps_done, result.loss) : TrainState();
+  const bool keep_earlier = validation.keeps_earlier(result);
+  // Resuming continues from the last step's weights, not the best ones returned.
+  if (keep_earlier && keep_state && !state.raw.defined()) state.raw = state.ema = primary.weights();
   for (FlatAdam* opt : optimisers) opt->use_average();
+  if (keep_earlier) validation.restore_best();
   network.eval();
   result.seconds = seconds_since(start);
   return result;

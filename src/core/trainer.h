@@ -9,6 +9,7 @@
 #include <torch/torch.h>
 
 #include <functional>
+#include <limits>
 #include <random>
 #include <string>
 #include <vector>
@@ -30,13 +31,33 @@ struct TrainCallbacks {
   // the fit cannot be resumed).
   std::function<void(int64_t step, const TrainState& state)> checkpoint;
   int64_t checkpoint_every = 0;
+  // Validation (validation.h builds scorers of held-out data): when set,
+  // called after every `validate_every` completed steps (0: none in between)
+  // and after the last completed step, while the parameters hold the weights
+  // to save (the average, if any), the network is in evaluation mode and no
+  // gradients are recorded. Lower scores are better; a non-finite score is
+  // never an improvement. With keep_best the fit returns the weights of the
+  // best-scoring step (TrainResult::best_step); patience > 0 stops the fit
+  // (status "early_stop") after that many validations in a row without
+  // improvement. The model file keeps no validation history: a resumed fit
+  // starts a new validation record.
+  std::function<double(int64_t step)> validate;
+  int64_t validate_every = 0;
+  bool keep_best = true;
+  int64_t patience = 0;
 };
 
 struct TrainResult {
   std::vector<double> loss;  // one entry per completed step
   int64_t steps_done = 0;
-  std::string status;        // completed, interrupted, time_limit, nonfinite
+  std::string status;        // completed, interrupted, time_limit, nonfinite, early_stop
   double seconds = 0;
+  // With callbacks.validate: the steps scored and their scores, in order, and
+  // the best step and score (0 and NaN while no score was finite).
+  std::vector<int64_t> validation_steps;
+  std::vector<double> validation_scores;
+  int64_t best_step = 0;
+  double best_score = std::numeric_limits<double>::quiet_NaN();
 };
 
 // What one kind of model (or loss) contributes to run_training. New training
@@ -88,11 +109,16 @@ class TrainingObjective {
 // no state or it already reaches config.steps). Each step reseeds, takes the
 // objective's loss, refuses a non-finite loss or gradient before it reaches
 // the weights (status "nonfinite"), lets the objective's optimiser step,
-// records the loss, then calls the checkpoint callback, applies the time limit
-// (status "time_limit", measured from the call) and calls the progress callback
+// records the loss, then calls the checkpoint callback, validates (status
+// "early_stop" when patience runs out), applies the time limit (status
+// "time_limit", measured from the call) and calls the progress callback
 // (status "interrupted" when it returns false). On return `state` holds what
 // the model file needs for resuming, the parameters hold the averaged weights
-// (if any) and the network is in evaluation mode.
+// (if any), or the best-scoring ones with validation and keep_best, and the
+// network is in evaluation mode. When those are not the last step's, `state`
+// carries the last step's weights as `raw` (and as `ema` without an average:
+// the model file keeps the two together), so a resumed fit continues from the
+// last step, as the uninterrupted fit would.
 TrainResult run_training(TrainingObjective& objective, const TrainConfig& config, const TrainCallbacks& callbacks,
                          TrainState& state);
 

@@ -127,6 +127,19 @@ inline popflow::PopulationSet mean_shift_populations(const std::vector<std::vect
   return d;
 }
 
+// A small population model: an encoder of `layers` x `width`, sampling `cells`
+// cells of each of `populations` populations a step.
+inline popflow::PopulationConfig small_population(popflow::EncoderKind kind, int64_t layers, int64_t width,
+                                                  int64_t cells, int64_t populations) {
+  popflow::PopulationConfig c;
+  c.encoder.kind = kind;
+  c.encoder.layers = layers;
+  c.encoder.width = width;
+  c.cells_per_population = cells;
+  c.populations_per_step = populations;
+  return c;
+}
+
 inline popflow::FlowConfig population_flow() {
   popflow::FlowConfig c;
   c.network.dim = 2;

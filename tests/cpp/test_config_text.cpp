@@ -193,9 +193,15 @@ TEST_CASE("config_text: method names map both ways, unknown names list the known
     PF_CHECK(method_value<SolverKind>(method_name(v)) == v);
   for (auto v : {EncoderKind::GCN, EncoderKind::Mean, EncoderKind::KME})
     PF_CHECK(method_value<EncoderKind>(method_name(v)) == v);
+  for (auto v : {DistanceMetric::W1, DistanceMetric::W2, DistanceMetric::MMD, DistanceMetric::Energy})
+    PF_CHECK(method_value<DistanceMetric>(method_name(v)) == v);
   PF_CHECK(std::string(method_name(CouplingKind::Paired)) == "paired");
   PF_CHECK(std::string(method_name(CouplingKind::ExactOT)) == "exact");
   const std::string msg = thrown_message([] { method_value<EncoderKind>("gnn"); });
   PF_CHECK_MSG(msg.find("'gnn'") != std::string::npos && msg.find("gcn, mean, kme") != std::string::npos, msg);
   PF_CHECK_THROWS_AS(method_value<PathKind>("ICFM"), std::invalid_argument);
+  const std::string metric = thrown_message([] { method_value<DistanceMetric>("W3"); });
+  PF_CHECK_MSG(metric.find("unknown metric 'W3'") != std::string::npos &&
+                   metric.find("W1, W2, MMD, energy") != std::string::npos,
+               metric);
 }

@@ -140,12 +140,7 @@ TEST_CASE("train_population_model: paired coupling pairs within populations, ref
     data.population.insert(data.population.end(), 160, p);
   }
   data.x = torch::cat(xs);
-  PopulationConfig mc;
-  mc.encoder.kind = EncoderKind::Mean;
-  mc.encoder.layers = 1;
-  mc.encoder.width = 8;
-  mc.cells_per_population = 64;
-  mc.populations_per_step = 3;
+  const PopulationConfig mc = small_population(EncoderKind::Mean, 1, 8, 64, 3);
   FlowConfig fc = population_flow();
   fc.path.sigma = 0.0;
   fc.coupling.kind = CouplingKind::Paired;
