@@ -55,7 +55,7 @@
 //   build/cpp/popflow_letters --demo-csv /tmp/letters_demo.csv
 //   build/cpp/popflow_letters --csv /tmp/letters_demo.csv --steps 50 --width 64 --cells 64 \
 //     --models mfm_gcn_k10,mfm_mean,mfm_kme,cgfm,fm --populations-per-step 4
-// GPU run (a CUDA LibTorch, e.g. a PyTorch wheel's; letters.csv from the lead's R export):
+// GPU run (a CUDA LibTorch, e.g. a PyTorch wheel's; letters.csv from bench/letters_csv.R):
 //   cmake -S . -B build/cuda -DCMAKE_PREFIX_PATH=$(python3 -c 'import torch;print(torch.utils.cmake_prefix_path)')
 //   cmake --build build/cuda -j --target popflow_letters
 //   build/cuda/popflow_letters --csv letters.csv --device cuda --steps 20000 \
