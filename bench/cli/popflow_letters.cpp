@@ -22,6 +22,10 @@
 //                 population); unseen populations get the mean embedding, as bench/letters.R
 //   fm            a population-blind flow, trained within populations (groups, no conditioning)
 //   no_change     the baseline: the source cells themselves as the prediction (no training)
+//   mean_shift    the baseline: source + the training populations' average (target mean - source mean)
+//   oracle_shift  the source moved onto the population's own target mean: a marker of perfection
+//                 for a mean-only model, not a fair baseline (it uses the answer)
+//   noise_floor   the metric's floor: two random halves of the observed target cells compared
 //
 // Flags and their defaults, the reference's letters configuration:
 //   --csv FILE                 the data (required)
@@ -42,6 +46,8 @@
 //   --score SPLITS             test (comma-separated: val,test)
 //   --validate-every N         0; with N > 0 the val populations are scored by --validate-metric
 //   --validate-metric NAME     W2 (W1, W2, MMD, energy); --patience N  0; the best step is kept
+//   --time-limit S             0 (none): training stops after S seconds (the summary's "steps" says
+//                              how many were done), so a GPU session's run always ends in time
 //   --demo-csv FILE            write a small synthetic CSV (12 populations of 120 cells) and exit
 //
 // Output (one JSON object a line): {"config": ...}, then per model and scored split
@@ -62,6 +68,7 @@
 //     --models mfm_gcn_k50,mfm_gcn_k10,mfm_mean,cgfm,fm --validate-every 1000 > letters_gpu.jsonl
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -91,7 +98,7 @@ struct Options {
   int64_t steps = 1000, per_step = 10, cells = 700, width = 512, depth = 2, time_dim = 128, fourier = 256;
   int64_t encoder_layers = 3, encoder_width = 64, max_cells = 0, label_dim = 8, eval_cells = 0;
   int64_t validate_every = 0, patience = 0;
-  double lr = 1e-4, ema = 0, sigma = 0, fourier_scale = 0.01, bandwidth = 1, tol = 1e-4;
+  double lr = 1e-4, ema = 0, sigma = 0, fourier_scale = 0.01, bandwidth = 1, tol = 1e-4, time_limit = 0;
   uint64_t seed = 1;
   int threads = 1;
 };
@@ -146,6 +153,7 @@ Options parse(int argc, char** argv) {
     else if (a == "--validate-every") o.validate_every = count();
     else if (a == "--validate-metric") o.validate_metric = next();
     else if (a == "--patience") o.patience = count();
+    else if (a == "--time-limit") o.time_limit = number();
     else throw std::invalid_argument("unknown option " + a + " (see the comment at the top of the source)");
   }
   if (o.csv.empty() && o.demo_csv.empty()) throw std::invalid_argument("--csv FILE is required");
@@ -236,7 +244,7 @@ void write_demo_csv(const std::string& path) {
 
 struct ModelSpec {
   std::string name;
-  enum { MFM, CGFM, FM, NoChange } kind = MFM;
+  enum { MFM, CGFM, FM, NoChange, MeanShift, OracleShift, NoiseFloor } kind = MFM;
   popflow::EncoderKind encoder = popflow::EncoderKind::GCN;
   int64_t k = 0;
 };
@@ -247,11 +255,16 @@ ModelSpec model_spec(const std::string& name) {
   if (name == "cgfm") m.kind = ModelSpec::CGFM;
   else if (name == "fm") m.kind = ModelSpec::FM;
   else if (name == "no_change") m.kind = ModelSpec::NoChange;
+  else if (name == "mean_shift") m.kind = ModelSpec::MeanShift;
+  else if (name == "oracle_shift") m.kind = ModelSpec::OracleShift;
+  else if (name == "noise_floor") m.kind = ModelSpec::NoiseFloor;
   else if (name == "mfm_mean") m.encoder = popflow::EncoderKind::Mean;
   else if (name == "mfm_kme") m.encoder = popflow::EncoderKind::KME;
   else if (name.rfind("mfm_gcn_k", 0) == 0 && name.size() > 9) m.k = std::stoll(name.substr(9));
   else
-    throw std::invalid_argument("unknown model '" + name + "' (mfm_gcn_k<k>, mfm_mean, mfm_kme, cgfm, fm, no_change)");
+    throw std::invalid_argument("unknown model '" + name +
+                                "' (mfm_gcn_k<k>, mfm_mean, mfm_kme, cgfm, fm, no_change, mean_shift, oracle_shift, "
+                                "noise_floor)");
   return m;
 }
 
@@ -280,6 +293,7 @@ popflow::TrainConfig train_config(const Options& o) {
   t.device = o.device;
   t.batch_size = o.cells;        // flow model (FM): cells per population block
   t.groups_per_step = o.per_step;  // and populations per step
+  t.time_limit_s = o.time_limit;
   return t;
 }
 
@@ -294,7 +308,8 @@ popflow::SolverConfig solver_config(const Options& o) {
 struct Trained {
   popflow::TrainResult result;
   std::shared_ptr<popflow::PopulationModel> population_model;  // MFM, CGFM
-  std::shared_ptr<popflow::FlowModel> flow_model;              // FM; neither: no change
+  std::shared_ptr<popflow::FlowModel> flow_model;              // FM; neither: a baseline
+  torch::Tensor shift;                                          // mean_shift: the training average
   // Conditioning rows for populations (their source cells); undefined for FM.
   torch::Tensor condition(const std::vector<const Population*>& pops, int64_t dim) const {
     if (!population_model) return torch::Tensor();
@@ -328,8 +343,15 @@ popflow::ValidationConfig validation_config(const Options& o) {
 Trained train_model(const ModelSpec& spec, const Options& o, const std::vector<const Population*>& train,
                     const std::vector<const Population*>& val, int64_t dim) {
   Trained out;
-  if (spec.kind == ModelSpec::NoChange) {
+  if (spec.kind == ModelSpec::NoChange || spec.kind == ModelSpec::MeanShift || spec.kind == ModelSpec::OracleShift ||
+      spec.kind == ModelSpec::NoiseFloor) {
     out.result.status = "untrained";
+    if (spec.kind == ModelSpec::MeanShift) {
+      out.shift = torch::zeros({dim});
+      for (const Population* p : train)
+        out.shift += cells(p->target, dim).mean(0) - cells(p->source, dim).mean(0);
+      out.shift /= static_cast<double>(train.size());
+    }
     return out;
   }
   popflow::TrainCallbacks callbacks;
@@ -453,12 +475,29 @@ void score_split(const ModelSpec& spec, const Trained& trained, const std::strin
     const torch::Tensor source = popflow::subsample_cells(cells(pops[i]->source, dim), o.eval_cells, rng);
     const torch::Tensor target = popflow::subsample_cells(cells(pops[i]->target, dim), o.eval_cells, rng);
     const torch::Tensor row = cond.defined() ? cond[static_cast<int64_t>(i)] : cond;
-    const torch::Tensor pred = trained.predict(source, row, solver, o.threads);
+    torch::Tensor pred, observed = target;
+    if (spec.kind == ModelSpec::MeanShift) {
+      pred = source + trained.shift;
+    } else if (spec.kind == ModelSpec::OracleShift) {
+      pred = source + (target.mean(0) - source.mean(0));
+    } else if (spec.kind == ModelSpec::NoiseFloor) {
+      // Two random halves of the observed cells: what the metric reports for two samples of the
+      // same distribution (of half the size, so slightly above the floor for whole populations).
+      std::vector<int64_t> order(static_cast<size_t>(target.size(0)));
+      for (size_t r = 0; r < order.size(); ++r) order[r] = static_cast<int64_t>(r);
+      std::shuffle(order.begin(), order.end(), rng);
+      const torch::Tensor idx = torch::tensor(order, torch::kLong);
+      const int64_t half = target.size(0) / 2;
+      pred = target.index_select(0, idx.slice(0, 0, half));
+      observed = target.index_select(0, idx.slice(0, half, 2 * half));
+    } else {
+      pred = trained.predict(source, row, solver, o.threads);
+    }
     std::printf("{\"model\": %s, \"split\": %s, \"population\": %s, \"cells\": %lld", json_string(spec.name).c_str(),
                 json_string(split).c_str(), json_string(pops[i]->name).c_str(),
                 static_cast<long long>(source.size(0)));
     for (int m = 0; m < 3; ++m) {
-      const double v = popflow::set_distance(metrics[m], pred, target);
+      const double v = popflow::set_distance(metrics[m], pred, observed);
       sums[m] += v;
       std::printf(", \"%s\": %s", popflow::method_name(metrics[m]), json_number(v).c_str());
     }
