@@ -2,8 +2,9 @@
 # The letters benchmark at the paper's size on a GPU machine without R (issue 10, item 4): builds
 # bench/cli/popflow_letters against PyTorch's bundled CUDA LibTorch, then trains and scores every
 # model for 3 seeds at once (one process per seed and model, all sharing the GPU), plus the
-# baselines and the noise floor. Output: one JSON-lines file per process under OUTDIR, and
-# OUTDIR/build.log. Summarise here with: Rscript bench/letters_gpu_table.R OUTDIR
+# baselines and the noise floor. Output (few files: the device tool brings back at most 8):
+# OUTDIR/letters_gpu.jsonl (every process's lines, each with its "seed"), OUTDIR/errors.txt,
+# OUTDIR/build.log, OUTDIR/gpu.txt. Summarise here: Rscript bench/letters_gpu_table.R OUTDIR/letters_gpu.jsonl
 #
 # Prepare on a machine with R (the data is three seeds of bench/letters_csv.R, gzipped, and the
 # LEMON headers, which the GPU machine lacks; .gpu/ is git-ignored and travels as a carried path):
@@ -39,25 +40,30 @@ echo "built in $(( $(date +%s) - start )) s"
 for s in $SEEDS; do gunzip -c ".gpu/letters_s$s.csv.gz" > "/tmp/letters_s$s.csv" & done
 wait
 bin=build/cuda/popflow_letters
+parts=/tmp/letters_parts
+rm -rf "$parts" && mkdir -p "$parts"
 pids=()
 for s in $SEEDS; do
   csv=/tmp/letters_s$s.csv
   # Baselines need no GPU and no training.
   "$bin" --csv "$csv" --seed "$s" --models no_change,mean_shift,oracle_shift,noise_floor --score val,test \
-    > "$OUTDIR/s${s}_baselines.jsonl" 2> "$OUTDIR/s${s}_baselines.err" &
+    > "$parts/s${s}_baselines.jsonl" 2> "$parts/s${s}_baselines.err" &
   for m in ${MODELS//,/ }; do
     "$bin" --csv "$csv" --seed "$s" --device cuda --models "$m" --steps "$STEPS" --score val,test \
       --validate-every "$VALIDATE_EVERY" --time-limit "$TIME_LIMIT" $EXTRA \
-      > "$OUTDIR/s${s}_${m}.jsonl" 2> "$OUTDIR/s${s}_${m}.err" &
+      > "$parts/s${s}_${m}.jsonl" 2> "$parts/s${s}_${m}.err" &
     pids+=($!)
   done
 done
 # A progress line every 30 s: how many fits have finished.
 while [ "$(jobs -r | wc -l)" -gt 0 ]; do
   sleep 30
-  echo "$(( $(date +%s) - start )) s: $(grep -l '"done"' "$OUTDIR"/*.jsonl 2>/dev/null | wc -l) of $(ls "$OUTDIR"/*.jsonl | wc -l) done; $(nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader)"
+  echo "$(( $(date +%s) - start )) s: $(grep -l '"done"' "$parts"/*.jsonl 2>/dev/null | wc -l) of $(ls "$parts"/*.jsonl | wc -l) done; $(nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader)"
 done
 wait
-for f in "$OUTDIR"/*.err; do [ -s "$f" ] && { echo "== $f"; tail -5 "$f"; }; done
-grep -h '"summary"' "$OUTDIR"/*.jsonl | grep '"test"'
+for s in $SEEDS; do
+  for f in "$parts"/s${s}_*.jsonl; do sed "s/^{/{\"seed\": $s, /" "$f"; done
+done > "$OUTDIR/letters_gpu.jsonl"
+for f in "$parts"/*.err; do [ -s "$f" ] && { echo "== $f"; tail -5 "$f"; }; done | tee "$OUTDIR/errors.txt"
+grep '"summary"' "$OUTDIR/letters_gpu.jsonl" | grep '"test"'
 echo "total $(( $(date +%s) - start )) s"
