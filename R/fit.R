@@ -56,9 +56,28 @@
 #'   out, are the resumed model's; the data must have the same features (and
 #'   snapshot times). On CPU with one thread, fitting N steps and resuming to
 #'   2N gives exactly the model that fitting 2N steps at once gives.
+#'   Validation is not resumed: the resumed fit scores `held_out` (if given)
+#'   at its own steps only, and its best step is the best of those.
+#' @param held_out Held-out cells scored during training, a list in the form
+#'   of this call's arguments: `list(x = , target = )` or `list(x = , time = )`
+#'   (optionally with `group`: each group scored on its own) for a flow, and
+#'   `list(x = , target = , population = , label = )` for MFM and CGFM (the
+#'   populations, e.g. held-out patients, scored one by one). For a fit on a
+#'   SingleCellExperiment or Seurat object, an object of the same kind with
+#'   the same columns. A flow scores the held-out cells at each held-out time
+#'   point moved to the next one (or `x` moved to `target`); a population model
+#'   each held-out population's source cells moved to its target cells. The
+#'   scores, their mean over the sets, are in `fit$validation` and in
+#'   [plotLoss()].
+#' @param validation A [ValidationParam()]: how often and by which metric
+#'   `held_out` is scored, whether the model keeps the best-scoring weights
+#'   and whether training stops early. Default, with `held_out`:
+#'   `ValidationParam()`.
 #' @param ... Passed to methods.
 #' @return A `popflow_flow` model: use [predict()], [sampleTrajectories()],
-#'   [evaluateFlow()], `plot()` (loss curve) and [saveFlow()]. MFM and CGFM
+#'   [evaluateFlow()], [plotLoss()] (loss and validation curves) and [saveFlow()].
+#'   With `held_out`, `fit$validation` holds the validation record: `steps`,
+#'   `scores`, `best_step`, `best_score` and the settings (`param`). MFM and CGFM
 #'   models are `popflow_population` objects (a subclass, also of class
 #'   `popflow_meta` as before): use [predict.popflow_population()] and
 #'   [embedPopulations()].
@@ -70,6 +89,14 @@
 #'                training = TrainingParam(steps = 200), verbose = FALSE)
 #' fit
 #' colMeans(predict(fit, source))
+#'
+#' # Held-out cells scored every 50 steps; the model keeps the best weights.
+#' val <- matrix(rnorm(200), ncol = 2)
+#' fit <- fitFlow(source, target, method = "otcfm", training = TrainingParam(steps = 300),
+#'                held_out = list(x = val, target = val + matrix(c(3, 0), 100, 2, byrow = TRUE)),
+#'                validation = ValidationParam(every = 50), verbose = FALSE)
+#' fit$validation$best_step
+#' plotLoss(fit)
 #' @export
 fitFlow <- function(x, ...) UseMethod("fitFlow")
 
@@ -77,7 +104,8 @@ fitFlow <- function(x, ...) UseMethod("fitFlow")
 #' @export
 fitFlow.default <- function(x, target = NULL, time = NULL, group = NULL, method = "otcfm",
                             network = NetworkParam(), training = TrainingParam(), device = "cpu",
-                            threads = 1L, verbose = TRUE, population = NULL, label = NULL, resume = NULL, ...) {
+                            threads = 1L, verbose = TRUE, population = NULL, label = NULL, resume = NULL,
+                            held_out = NULL, validation = NULL, ...) {
   resume <- resume_model(resume)
   if (!is.null(resume)) {
     if (missing(method)) method <- resume$method
@@ -91,9 +119,10 @@ fitFlow.default <- function(x, target = NULL, time = NULL, group = NULL, method 
   device <- check_device(device)
   threads <- check_count(threads, "threads")
   verbose <- check_flag(verbose, "verbose")
+  validation <- fit_validation(validation, held_out)
   fit_method(method, x, target = target, time = time, group = group, population = population, label = label,
              network = network, training = training, device = device, threads = threads, verbose = verbose,
-             resume = resume)
+             resume = resume, validation = validation)
 }
 
 # fitFlow() for a method family: a flow (I-CFM, OT-CFM, SB-CFM, target FM) or a population model (MFM, CGFM).
@@ -101,7 +130,7 @@ fit_method <- function(method, x, ...) UseMethod("fit_method")
 
 #' @export
 fit_method.popflow_flow_param <- function(method, x, target, time, group, population, label, network, training,
-                                          device, threads, verbose, resume) {
+                                          device, threads, verbose, resume, validation = NULL) {
   if (!is.null(population) || !is.null(label)) {
     pf_abort(if (is.null(population)) "label" else "population",
              "is used only by method = \"mfm\" or \"cgfm\"", "use `group` to pair cells within groups")
@@ -120,21 +149,28 @@ fit_method.popflow_flow_param <- function(method, x, target, time, group, popula
                         if (length(data$groups)) "group" else "target")
   }
   check_resume_data(resume, data$x, data$times)
+  sets <- if (!is.null(validation)) {
+    flow_validation_sets(validation$data, data, is_generative(method), training$seed)
+  }
   fields <- list(
     method = method, network = network, training = training, times = data$times,
     time_labels = data$time_labels, feature_names = colnames(data$x), n_features = ncol(data$x),
     n_cells = data$n_cells, time_means = data$time_means, groups = data$groups,
-    loss = numeric(0), steps_done = 0, status = "", seconds = 0, device = device, threads = threads
+    loss = numeric(0), steps_done = 0, status = "", seconds = 0, device = device, threads = threads,
+    validation = validation_fields(validation, sets, sprintf("%d held-out set%s", length(sets),
+                                                             if (length(sets) == 1) "" else "s"))
   )
   config <- fit_config(method, network, training, device, threads, dim = ncol(data$x), times = data$times)
+  engine_validation <- if (!is.null(validation)) validation_config(validation, sets, training$seed)
   train_model(fields, training, verbose, resume, function(progress, every, metadata) {
-    pf_fit(data$x, data$time_index, data$group, NULL, config, progress, every, resume$bytes, metadata)
+    pf_fit(data$x, data$time_index, data$group, NULL, config, progress, every, resume$bytes, metadata,
+           engine_validation)
   })
 }
 
 #' @export
 fit_method.popflow_population_param <- function(method, x, target, time, group, population, label, network,
-                                                training, device, threads, verbose, resume) {
+                                                training, device, threads, verbose, resume, validation = NULL) {
   if (!is.null(time) || !is.null(group)) {
     pf_abort(if (is.null(time)) "group" else "time", sprintf("is not used by method \"%s\"", attr(method, "kind")),
              "give source cells as `x`, target cells as `target`, and `population` (and `label`)")
@@ -166,6 +202,9 @@ fit_method.popflow_population_param <- function(method, x, target, time, group, 
              "give the labels the resumed model was fitted with")
   }
   labels <- encode_labels(cols, pops$code, pops$names, resume$labels)
+  sets <- if (!is.null(validation)) {
+    population_validation_sets(validation$data, method, x, labels$info, validation$param$unseen_label)
+  }
   fields <- list(
     method = method, network = network, training = training, times = c(0, 1),
     time_labels = c("source", "target"), feature_names = colnames(x), n_features = ncol(x),
@@ -175,15 +214,18 @@ fit_method.popflow_population_param <- function(method, x, target, time, group, 
     populations = data.frame(population = pops$names, source_cells = n_source, target_cells = n_target),
     population_labels = population_label_values(cols, pops$code, length(pops$names)),
     labels = labels$info, loss = numeric(0), steps_done = 0, status = "", seconds = 0, device = device,
-    threads = threads
+    threads = threads,
+    validation = validation_fields(validation, sets, sprintf("%d held-out population%s", length(sets),
+                                                             if (length(sets) == 1) "" else "s"))
   )
   # The kNN graphs of populations larger than max_cells are subsampled with the seed of the first fit.
   config <- fit_config(method, network, training, device, threads, dim = ncol(x), times = c(0, 1),
                        population = list(graph_seed = if (is.null(resume)) training$seed else resume$training$seed,
                                          label_levels = labels$levels, covariates = ncol(labels$covariates) %||% 0L))
+  engine_validation <- if (!is.null(validation)) validation_config(validation, sets, training$seed)
   train_model(fields, training, verbose, resume, function(progress, every, metadata) {
     pf_population_fit(rbind(x, target), side, pops$code - 1L, labels$codes, labels$covariates, config, progress,
-                      every, resume$bytes, metadata)
+                      every, resume$bytes, metadata, engine_validation)
   })
 }
 
@@ -381,7 +423,9 @@ population_label_values <- function(cols, pop_code, n_pop) {
 #'   the `"rotation"` attribute of its PCA, and with it the loadings the model
 #'   needs to predict expression.
 #' @param method,... As in [fitFlow()]: the method, and `network`,
-#'   `training`, `device`, `threads`, `verbose`.
+#'   `training`, `device`, `threads`, `verbose`, `resume`, `validation` and
+#'   `held_out`, which may be an object of the same kind holding held-out
+#'   cells (for example other patients), read with the same space and columns.
 #' @return A model as from [fitFlow()], which also holds `cell_object`: the
 #'   space, the column names and values, and the expression model of a PCA.
 #' @examples
@@ -424,6 +468,8 @@ fit_cell_object <- function(x, space, condition, source, target, time, populatio
   labels <- label_frame(meta, label)
   fit_args <- list(...)
   fit_on <- function(cells, ...) {
+    fit_args$held_out <- object_held_out(fit_args$held_out, method, layout, condition, source, target, time,
+                                         population, label)
     do.call(fitFlow.default, c(list(...), object_cells(method, pops[cells], rows_of(labels, cells),
                                                             if (!is.null(time)) meta[[time]][cells]),
                                list(method = method), fit_args))
@@ -505,6 +551,7 @@ report_training_status <- function(fit, steps) {
       "Continue with fitFlow(..., resume = fit) or use it as it is."), done, steps, done), call. = FALSE),
     time_limit = message(sprintf(paste0("training stopped at its time limit after %d of %d steps; ",
                                         "continue with fitFlow(..., resume = fit)"), done, steps)),
+    early_stop = message(early_stop_message(fit, steps)),
     nonfinite = {
       if (done == 0) {
         stop("training diverged: the loss was NaN or infinite at step 1.\n  Fix: lower `lr` in TrainingParam() ",

@@ -47,6 +47,7 @@ print.popflow_flow <- function(x, ...) {
                 model$steps_done, training_speed(model), model$device, batch_description(m), recent_loss(model$loss),
                 if (model$status != "completed") sprintf(" [%s]", model$status) else ""))
   }
+  cat(validation_line(model$validation))
   invisible(x)
 }
 
@@ -103,7 +104,8 @@ summary.popflow_flow <- function(object, ...) {
   structure(list(method = method_label(object$method), status = object$status, steps = object$steps_done,
                  seconds = object$seconds, final_loss = recent_loss(object$loss),
                  n_cells = object$n_cells, times = object$time_labels,
-                 configuration = strsplit(pf_model_config(object$bytes), "\n")[[1]]),
+                 configuration = strsplit(pf_model_config(object$bytes), "\n")[[1]],
+                 validation = validation_summary(object$validation)),
             class = "summary.popflow_flow")
 }
 
@@ -111,6 +113,19 @@ summary.popflow_flow <- function(object, ...) {
 print.summary.popflow_flow <- function(x, ...) {
   cat(sprintf("%s flow, %d steps (%s), %.1f s, final loss %.4g\n", x$method, x$steps, x$status, x$seconds,
               x$final_loss))
+  if (!is.null(x$validation)) {
+    v <- x$validation
+    cat(sprintf("validation: %s on %s every %d steps; best %.4g at step %d%s\n", v$metric, v$description, v$every,
+                v$best_score, v$best_step, if (v$keep_best) " (the model's weights)" else ""))
+    curve <- v$curve
+    if (nrow(curve) > 12) {
+      print(utils::head(curve, 5), row.names = FALSE)
+      cat(sprintf("  ... %d more ...\n", nrow(curve) - 10))
+      print(utils::tail(curve, 5), row.names = FALSE)
+    } else {
+      print(curve, row.names = FALSE)
+    }
+  }
   cat("cells per snapshot:\n")
   print(x$n_cells)
   cat("engine configuration:\n")

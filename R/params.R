@@ -444,6 +444,78 @@ engine_config.SolverParam <- function(x) {
                      chunk_size = x$chunk_size))
 }
 
+#' Validation settings: scoring held-out data during training
+#'
+#' `ValidationParam()` says how [fitFlow()] scores its held-out data
+#' (`held_out`) while it trains: every `every` steps (and after the last step)
+#' the held-out source cells are moved with the current weights and compared
+#' with their observed target cells by `metric`. The scores form a validation
+#' curve beside the training loss ([plotLoss()]), so that one can tell whether
+#' training converged and whether it overfits: a training loss that keeps
+#' falling while the held-out score rises is overfitting.
+#'
+#' With `keep_best = TRUE` the fitted model holds the weights of the
+#' best-scoring validation (as the Meta Flow Matching reference keeps its best
+#' validation-W2 checkpoint), not those of the last step; `fit$steps_done`
+#' still counts every step trained, and `fit$validation$best_step` says which
+#' step the weights are. With `patience > 0` training stops early once that
+#' many validations in a row have not improved on the best score.
+#'
+#' Cost: each validation moves every held-out set with `solver` and computes
+#' one exact distance per set on at most `max_cells` cells a side. Exact W2
+#' took 0.27 s for 1000 against 1000 cells in 20 dimensions on 2 busy cores
+#' (see [evaluateFlow()]); its cost grows faster than the square of the set
+#' size, so the default 500 keeps a validation of a few sets well under a
+#' second.
+#'
+#' @param every Validate after every `every` training steps (and after the last).
+#' @param metric Distance between predicted and observed held-out cells, lower
+#'   is better: `"W2"` or `"W1"` (exact Wasserstein), `"MMD"` (squared RBF MMD)
+#'   or `"energy"`, as in [evaluateFlow()].
+#' @param patience Stop training after this many validations in a row without
+#'   improvement (0 = never stop early).
+#' @param keep_best Return the weights of the best validation rather than the
+#'   last step's.
+#' @param max_cells Largest number of source and of target cells of a held-out
+#'   set that are scored (a random subset, drawn once with the training seed, so
+#'   that every validation scores the same cells; 0 = all).
+#' @param unseen_label Population models fitted with categorical labels: a
+#'   held-out label value not seen in training is an error (`"error"`) or is
+#'   given the mean of the learnt label embeddings (`"average"`), as in
+#'   [predict.popflow_population()].
+#' @param solver A [SolverParam()]: how held-out cells are moved. A fixed-step
+#'   solver keeps every validation equally fast.
+#' @return An object of classes `ValidationParam` and `popflow_param`.
+#' @examples
+#' ValidationParam(every = 50, metric = "W2", patience = 5)
+#' @export
+ValidationParam <- function(every = 100, metric = c("W2", "W1", "MMD", "energy"), patience = 0, keep_best = TRUE,
+                            max_cells = 500, unseen_label = c("error", "average"),
+                            solver = SolverParam("rk4", steps = 10)) {
+  new_param("validation", "ValidationParam", every = check_count(every, "every"),
+            metric = check_choice(metric[1], "metric", c("W2", "W1", "MMD", "energy")),
+            patience = check_count(patience, "patience", min = 0), keep_best = check_flag(keep_best, "keep_best"),
+            max_cells = check_count(max_cells, "max_cells", min = 0),
+            unseen_label = check_choice(unseen_label[1], "unseen_label", c("error", "average")),
+            solver = expect_param(solver, "solver", "SolverParam"))
+}
+
+# The glue's sections (src/r_glue.h, add_validation_schedule()); the seed of the
+# held-out subsample comes from the fit.
+#' @export
+engine_config.ValidationParam <- function(x) {
+  list(validation = unclass(x)[c("metric", "every", "patience", "keep_best", "max_cells")],
+       solver = engine_config(x$solver)$solver)
+}
+
+#' @export
+print.ValidationParam <- function(x, ...) {
+  cat(sprintf("<ValidationParam> %s every %d steps, patience %d, keep_best %s, max_cells %d, unseen_label %s, solver %s (%d steps)\n",
+              x$metric, x$every, x$patience, x$keep_best, x$max_cells, x$unseen_label, x$solver$method,
+              x$solver$steps))
+  invisible(x)
+}
+
 #' @export
 print.popflow_param <- function(x, ...) {
   vals <- vapply(unclass(x), function(v) paste(format(v), collapse = ","), character(1))

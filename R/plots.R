@@ -3,49 +3,91 @@
 # so object methods (SingleCellExperiment, Seurat) can call them with matrices,
 # and returns a ggplot the user can restyle.
 
-#' Plot the training loss of a fitted flow
+#' Plot the training loss (and validation scores) of a fitted flow
 #'
 #' The flow-matching loss at every training step (faint) and its trailing
 #' running mean (bold). The raw loss is noisy by construction (each step draws
 #' new cells, pairs and times), so the running mean is the curve to read.
 #'
+#' For a model fitted with held-out data (`fitFlow(held_out = )`), a second
+#' panel shows the validation score at each validation step, with the best
+#' step marked in both panels (a dashed line; with
+#' `ValidationParam(keep_best = TRUE)` the model holds that step's weights).
+#' Read the two together: a running mean that has flattened says training
+#' converged; a validation score that rises while the loss still falls says
+#' the model overfits its training populations, and the best step is the one
+#' to keep.
+#'
 #' @param fit A model from [fitFlow()].
 #' @param smooth Window of the running mean, in steps. Default: a fiftieth of
 #'   the steps (at least 1).
-#' @param log Logarithmic loss axis.
+#' @param log Logarithmic loss (and score) axis.
+#' @param validation Show the validation panel when the model has one.
 #' @return A ggplot object.
-#' @seealso [plot.popflow_flow()] for the same curve in base graphics.
+#' @seealso [plot.popflow_flow()] for the loss curve in base graphics.
 #' @examples
 #' set.seed(1)
 #' source <- matrix(rnorm(200), ncol = 2)
 #' fit <- fitFlow(source, source + 2, training = TrainingParam(steps = 200), verbose = FALSE)
 #' plotLoss(fit, smooth = 20)
+#'
+#' # With held-out cells scored every 25 steps.
+#' val <- matrix(rnorm(100), ncol = 2)
+#' fit <- fitFlow(source, source + 2, training = TrainingParam(steps = 200), verbose = FALSE,
+#'                held_out = list(x = val, target = val + 2), validation = ValidationParam(every = 25))
+#' plotLoss(fit)
 #' @importFrom ggplot2 .data
 #' @export
-plotLoss <- function(fit, smooth = NULL, log = TRUE) {
+plotLoss <- function(fit, smooth = NULL, log = TRUE, validation = TRUE) {
   if (!inherits(fit, "popflow_flow")) pf_abort("fit", "must be a model from fitFlow()")
   loss <- fit$loss
   if (!length(loss)) pf_abort("fit", "has no loss history (it was never trained)")
   smooth <- check_count(smooth %||% max(1L, length(loss) %/% 50L), "smooth")
   log <- check_flag(log, "log")
+  validation <- check_flag(validation, "validation")
+  record <- if (validation) fit$validation
+  if (!is.null(record) && !length(record$scores)) record <- NULL
   if (log && any(loss <= 0)) {
     pf_abort("log", "is TRUE but the loss has values <= 0", "use log = FALSE")
   }
+  if (log && !is.null(record) && any(record$scores <= 0, na.rm = TRUE)) {
+    pf_abort("log", sprintf("is TRUE but the validation %s has values <= 0", record$param$metric),
+             "use log = FALSE")
+  }
   steps <- seq_along(loss)
-  curves <- data.frame(step = rep(steps, 2), loss = c(loss, running_mean(loss, smooth)),
-                       curve = factor(rep(c("per step", sprintf("running mean (%d steps)", smooth)),
-                                          each = length(loss)),
-                                      levels = c("per step", sprintf("running mean (%d steps)", smooth))))
-  p <- ggplot2::ggplot(curves, ggplot2::aes(.data$step, .data$loss, colour = .data$curve,
+  curve_names <- c("per step", sprintf("running mean (%d steps)", smooth))
+  panels <- c("flow-matching loss", if (!is.null(record)) sprintf("validation %s (held out)", record$param$metric))
+  curves <- data.frame(step = rep(steps, 2), value = c(loss, running_mean(loss, smooth)),
+                       curve = rep(curve_names, each = length(loss)), panel = panels[1])
+  if (!is.null(record)) {
+    curve_names <- c(curve_names, "validation score")
+    curves <- rbind(curves, data.frame(step = record$steps, value = record$scores, curve = curve_names[3],
+                                       panel = panels[2]))
+  }
+  curves$curve <- factor(curves$curve, levels = curve_names)
+  curves$panel <- factor(curves$panel, levels = panels)
+  p <- ggplot2::ggplot(curves, ggplot2::aes(.data$step, .data$value, colour = .data$curve,
                                             linewidth = .data$curve, alpha = .data$curve)) +
     ggplot2::geom_line() +
-    ggplot2::scale_colour_manual(values = c("grey40", "firebrick"), name = NULL) +
-    ggplot2::scale_linewidth_manual(values = c(0.3, 0.9), name = NULL) +
-    ggplot2::scale_alpha_manual(values = c(0.5, 1), name = NULL) +
-    ggplot2::labs(x = "training step", y = "flow-matching loss",
+    ggplot2::scale_colour_manual(values = c("grey40", "firebrick", "steelblue")[seq_along(curve_names)], name = NULL) +
+    ggplot2::scale_linewidth_manual(values = c(0.3, 0.9, 0.9)[seq_along(curve_names)], name = NULL) +
+    ggplot2::scale_alpha_manual(values = c(0.5, 1, 1)[seq_along(curve_names)], name = NULL) +
+    ggplot2::labs(x = "training step", y = if (is.null(record)) "flow-matching loss" else NULL,
                   title = sprintf("%s training loss", method_label(fit$method))) +
     ggplot2::theme_bw() +
     ggplot2::theme(legend.position = "bottom")
+  if (!is.null(record)) {
+    p <- p + ggplot2::geom_point(data = curves[curves$curve == "validation score", ], size = 1.2,
+                                 show.legend = FALSE) +
+      ggplot2::facet_wrap(~panel, ncol = 1, scales = "free_y") +
+      ggplot2::labs(title = sprintf("%s training loss and validation", method_label(fit$method)))
+    if (is.finite(record$best_score)) {
+      p <- p + ggplot2::geom_vline(xintercept = record$best_step, linetype = "dashed", colour = "grey30") +
+        ggplot2::labs(subtitle = sprintf("best %s %.4g at step %d (dashed)%s", record$param$metric,
+                                         record$best_score, record$best_step,
+                                         if (record$param$keep_best) ": the weights the model holds" else ""))
+    }
+  }
   if (log) p <- p + ggplot2::scale_y_log10()
   p
 }

@@ -74,11 +74,13 @@ checkpoint_metadata <- function(fields, training) {
   serialize(fields, NULL)
 }
 
-# A finished fit's fields: the loss history and steps count the whole run, old and new.
+# A finished fit's fields: the loss history and steps count the whole run, old
+# and new; the validation record only this run's (the model file keeps none).
 fitted_fields <- function(fields, res, resume) {
   fields$loss <- res$loss
   fields$steps_done <- res$steps_done
   fields$status <- res$status
   fields$seconds <- res$seconds + if (is.null(resume)) 0 else sum(resume$seconds, na.rm = TRUE)
+  fields$validation <- validation_record(fields$validation, res)
   fields
 }

@@ -11,8 +11,8 @@ Rcpp::Rostream<false>& Rcpp::Rcerr = Rcpp::Rcpp_cerr_get();
 #endif
 
 // pf_fit
-Rcpp::List pf_fit(Rcpp::NumericMatrix x, Rcpp::IntegerVector time_index, Rcpp::IntegerVector group, Rcpp::Nullable<Rcpp::NumericMatrix> group_cond, Rcpp::List config, Rcpp::Nullable<Rcpp::Function> progress, int progress_every, Rcpp::Nullable<Rcpp::RawVector> resume, Rcpp::RawVector metadata);
-RcppExport SEXP _popflow_pf_fit(SEXP xSEXP, SEXP time_indexSEXP, SEXP groupSEXP, SEXP group_condSEXP, SEXP configSEXP, SEXP progressSEXP, SEXP progress_everySEXP, SEXP resumeSEXP, SEXP metadataSEXP) {
+Rcpp::List pf_fit(Rcpp::NumericMatrix x, Rcpp::IntegerVector time_index, Rcpp::IntegerVector group, Rcpp::Nullable<Rcpp::NumericMatrix> group_cond, Rcpp::List config, Rcpp::Nullable<Rcpp::Function> progress, int progress_every, Rcpp::Nullable<Rcpp::RawVector> resume, Rcpp::RawVector metadata, Rcpp::Nullable<Rcpp::List> validation);
+RcppExport SEXP _popflow_pf_fit(SEXP xSEXP, SEXP time_indexSEXP, SEXP groupSEXP, SEXP group_condSEXP, SEXP configSEXP, SEXP progressSEXP, SEXP progress_everySEXP, SEXP resumeSEXP, SEXP metadataSEXP, SEXP validationSEXP) {
 BEGIN_RCPP
     Rcpp::RObject rcpp_result_gen;
     Rcpp::RNGScope rcpp_rngScope_gen;
@@ -25,7 +25,8 @@ BEGIN_RCPP
     Rcpp::traits::input_parameter< int >::type progress_every(progress_everySEXP);
     Rcpp::traits::input_parameter< Rcpp::Nullable<Rcpp::RawVector> >::type resume(resumeSEXP);
     Rcpp::traits::input_parameter< Rcpp::RawVector >::type metadata(metadataSEXP);
-    rcpp_result_gen = Rcpp::wrap(pf_fit(x, time_index, group, group_cond, config, progress, progress_every, resume, metadata));
+    Rcpp::traits::input_parameter< Rcpp::Nullable<Rcpp::List> >::type validation(validationSEXP);
+    rcpp_result_gen = Rcpp::wrap(pf_fit(x, time_index, group, group_cond, config, progress, progress_every, resume, metadata, validation));
     return rcpp_result_gen;
 END_RCPP
 }
@@ -219,8 +220,8 @@ BEGIN_RCPP
 END_RCPP
 }
 // pf_population_fit
-Rcpp::List pf_population_fit(Rcpp::NumericMatrix x, Rcpp::IntegerVector side, Rcpp::IntegerVector population, Rcpp::Nullable<Rcpp::IntegerMatrix> labels, Rcpp::Nullable<Rcpp::NumericMatrix> covariates, Rcpp::List config, Rcpp::Nullable<Rcpp::Function> progress, int progress_every, Rcpp::Nullable<Rcpp::RawVector> resume, Rcpp::RawVector metadata);
-RcppExport SEXP _popflow_pf_population_fit(SEXP xSEXP, SEXP sideSEXP, SEXP populationSEXP, SEXP labelsSEXP, SEXP covariatesSEXP, SEXP configSEXP, SEXP progressSEXP, SEXP progress_everySEXP, SEXP resumeSEXP, SEXP metadataSEXP) {
+Rcpp::List pf_population_fit(Rcpp::NumericMatrix x, Rcpp::IntegerVector side, Rcpp::IntegerVector population, Rcpp::Nullable<Rcpp::IntegerMatrix> labels, Rcpp::Nullable<Rcpp::NumericMatrix> covariates, Rcpp::List config, Rcpp::Nullable<Rcpp::Function> progress, int progress_every, Rcpp::Nullable<Rcpp::RawVector> resume, Rcpp::RawVector metadata, Rcpp::Nullable<Rcpp::List> validation);
+RcppExport SEXP _popflow_pf_population_fit(SEXP xSEXP, SEXP sideSEXP, SEXP populationSEXP, SEXP labelsSEXP, SEXP covariatesSEXP, SEXP configSEXP, SEXP progressSEXP, SEXP progress_everySEXP, SEXP resumeSEXP, SEXP metadataSEXP, SEXP validationSEXP) {
 BEGIN_RCPP
     Rcpp::RObject rcpp_result_gen;
     Rcpp::RNGScope rcpp_rngScope_gen;
@@ -234,7 +235,8 @@ BEGIN_RCPP
     Rcpp::traits::input_parameter< int >::type progress_every(progress_everySEXP);
     Rcpp::traits::input_parameter< Rcpp::Nullable<Rcpp::RawVector> >::type resume(resumeSEXP);
     Rcpp::traits::input_parameter< Rcpp::RawVector >::type metadata(metadataSEXP);
-    rcpp_result_gen = Rcpp::wrap(pf_population_fit(x, side, population, labels, covariates, config, progress, progress_every, resume, metadata));
+    Rcpp::traits::input_parameter< Rcpp::Nullable<Rcpp::List> >::type validation(validationSEXP);
+    rcpp_result_gen = Rcpp::wrap(pf_population_fit(x, side, population, labels, covariates, config, progress, progress_every, resume, metadata, validation));
     return rcpp_result_gen;
 END_RCPP
 }
@@ -274,7 +276,7 @@ END_RCPP
 }
 
 static const R_CallMethodDef CallEntries[] = {
-    {"_popflow_pf_fit", (DL_FUNC) &_popflow_pf_fit, 9},
+    {"_popflow_pf_fit", (DL_FUNC) &_popflow_pf_fit, 10},
     {"_popflow_pf_transport", (DL_FUNC) &_popflow_pf_transport, 6},
     {"_popflow_pf_wasserstein", (DL_FUNC) &_popflow_pf_wasserstein, 3},
     {"_popflow_pf_mmd", (DL_FUNC) &_popflow_pf_mmd, 3},
@@ -291,7 +293,7 @@ static const R_CallMethodDef CallEntries[] = {
     {"_popflow_pf_training_state", (DL_FUNC) &_popflow_pf_training_state, 1},
     {"_popflow_pf_cuda_available", (DL_FUNC) &_popflow_pf_cuda_available, 0},
     {"_popflow_pf_torch_version", (DL_FUNC) &_popflow_pf_torch_version, 0},
-    {"_popflow_pf_population_fit", (DL_FUNC) &_popflow_pf_population_fit, 10},
+    {"_popflow_pf_population_fit", (DL_FUNC) &_popflow_pf_population_fit, 11},
     {"_popflow_pf_population_embed", (DL_FUNC) &_popflow_pf_population_embed, 5},
     {"_popflow_pf_population_transport", (DL_FUNC) &_popflow_pf_population_transport, 9},
     {NULL, NULL, 0}

@@ -6,6 +6,7 @@
 #include "core/model.h"
 #include "core/transport.h"
 #include "core/trainer.h"
+#include "core/validation.h"
 
 using namespace popflow;
 using popflow_r::from_raw;
@@ -15,11 +16,13 @@ using popflow_r::to_tensor;
 // `config`: the sections "flow", "training" and "checkpoint" (see section_text()).
 // `resume`: bytes of a model with a training state to continue, or NULL.
 // `metadata`: R's fields, stored in checkpoint files.
+// `validation`: NULL, or the settings and held-out `sets` of
+// popflow_r::add_validation_schedule() and popflow_r::flow_holdouts().
 // [[Rcpp::export]]
 Rcpp::List pf_fit(Rcpp::NumericMatrix x, Rcpp::IntegerVector time_index, Rcpp::IntegerVector group,
                   Rcpp::Nullable<Rcpp::NumericMatrix> group_cond, Rcpp::List config,
                   Rcpp::Nullable<Rcpp::Function> progress, int progress_every, Rcpp::Nullable<Rcpp::RawVector> resume,
-                  Rcpp::RawVector metadata) {
+                  Rcpp::RawVector metadata, Rcpp::Nullable<Rcpp::List> validation) {
   PF_GUARD_BEGIN
   TrainingData data;
   data.x = to_tensor(x);
@@ -41,7 +44,14 @@ Rcpp::List pf_fit(Rcpp::NumericMatrix x, Rcpp::IntegerVector time_index, Rcpp::I
   return popflow_r::train_for_r(
       *model, config, tc.steps, progress, progress_every, metadata,
       [](const FlowModel& m, const std::string& fields) { return save_model(m, fields); },
-      [&](const TrainCallbacks& callbacks) { return train(*model, data, tc, callbacks); });
+      [&](TrainCallbacks callbacks) {
+        if (validation.isNotNull()) {
+          const Rcpp::List v(validation.get());
+          const ValidationConfig vc = popflow_r::add_validation_schedule(callbacks, v, tc.threads);
+          callbacks.validate = flow_validator(*model, popflow_r::flow_holdouts(v["sets"]), vc);
+        }
+        return train(*model, data, tc, callbacks);
+      });
   PF_GUARD_END
   return R_NilValue;
 }

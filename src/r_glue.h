@@ -17,6 +17,7 @@
 #include "core/ode.h"
 #include "core/population_model.h"
 #include "core/trainer.h"
+#include "core/validation.h"
 
 #define PF_GUARD_BEGIN try {
 #define PF_GUARD_END                                             \
@@ -213,6 +214,66 @@ inline void add_checkpoints(popflow::TrainCallbacks& cb, const Rcpp::List& confi
   };
 }
 
+// Validation from R (fitFlow(validation = ) with held-out data): `v` holds
+// the sections "validation" (metric, every, patience, keep_best, max_cells,
+// seed) and "solver" of ValidationParam(), and `sets`, the held-out sets that
+// make_validator() turns into the engine's. Sets the loop's schedule in `cb`
+// and returns the scorer's configuration.
+inline popflow::ValidationConfig add_validation_schedule(popflow::TrainCallbacks& cb, const Rcpp::List& v,
+                                                         int threads) {
+  const popflow::ConfigText text(section_text(v, "validation"), "validation settings");
+  popflow::ValidationConfig config;
+  config.metric = text.method<popflow::DistanceMetric>("metric");
+  config.max_cells = text.count("max_cells", 0, 1e15);
+  config.seed = text.seed("seed");
+  config.threads = threads;
+  config.solver = solver_config(v);
+  cb.validate_every = text.count("every", 1, 1e15);
+  cb.patience = text.count("patience", 0, 1e15);
+  cb.keep_best = text.flag("keep_best");
+  text.reject_unknown_keys();
+  return config;
+}
+
+inline torch::Tensor optional_tensor(SEXP x, torch::ScalarType type) {
+  if (Rf_isNull(x)) return torch::Tensor();
+  const Rcpp::NumericVector v(x);
+  return torch::tensor(std::vector<double>(v.begin(), v.end()), torch::kDouble).to(type);
+}
+
+// Held-out sets of a flow: each a list of `source`, `target` (matrices) and
+// the times `t0`, `t1` to transport between.
+inline std::vector<popflow::FlowHoldout> flow_holdouts(const Rcpp::List& sets) {
+  std::vector<popflow::FlowHoldout> out;
+  for (R_xlen_t i = 0; i < sets.size(); ++i) {
+    const Rcpp::List s = sets[i];
+    popflow::FlowHoldout h;
+    h.source = to_tensor(Rcpp::NumericMatrix(s["source"]));
+    h.target = to_tensor(Rcpp::NumericMatrix(s["target"]));
+    h.t0 = Rcpp::as<double>(s["t0"]);
+    h.t1 = Rcpp::as<double>(s["t1"]);
+    out.push_back(h);
+  }
+  return out;
+}
+
+// Held-out populations: each a list of `source`, `target` (matrices),
+// `labels` (0-based codes, -1 for an unseen value, or NULL) and `covariates`
+// (or NULL).
+inline std::vector<popflow::PopulationHoldout> population_holdouts(const Rcpp::List& sets) {
+  std::vector<popflow::PopulationHoldout> out;
+  for (R_xlen_t i = 0; i < sets.size(); ++i) {
+    const Rcpp::List s = sets[i];
+    popflow::PopulationHoldout h;
+    h.source = to_tensor(Rcpp::NumericMatrix(s["source"]));
+    h.target = to_tensor(Rcpp::NumericMatrix(s["target"]));
+    h.labels = optional_tensor(s["labels"], torch::kLong);
+    h.covariates = optional_tensor(s["covariates"], torch::kFloat);
+    out.push_back(h);
+  }
+  return out;
+}
+
 // Integrated states (a list of matrices, one per time) and the solver's counts.
 inline Rcpp::List transport_result(const std::vector<torch::Tensor>& states, const popflow::OdeStats& stats) {
   Rcpp::List out(states.size());
@@ -225,7 +286,8 @@ inline Rcpp::List transport_result(const std::vector<torch::Tensor>& states, con
 
 // Trains a model of either kind with R's progress callback and the
 // checkpoints of `config`, and returns the fit for R: `save(model, metadata)`
-// writes the model's bytes, `train(callbacks)` runs the engine's training.
+// writes the model's bytes, `train(callbacks)` runs the engine's training
+// (adding its validator, if any), and the validation record comes back too.
 template <typename Model, typename Save, typename Train>
 Rcpp::List train_for_r(Model& model, const Rcpp::List& config, int64_t steps,
                         const Rcpp::Nullable<Rcpp::Function>& progress, int progress_every,
@@ -238,10 +300,15 @@ Rcpp::List train_for_r(Model& model, const Rcpp::List& config, int64_t steps,
     return save(model, fields);
   });
   const popflow::TrainResult res = train(callbacks);
+  const std::vector<double> validation_steps(res.validation_steps.begin(), res.validation_steps.end());
   return Rcpp::List::create(Rcpp::Named("bytes") = to_raw(save(model, "")), Rcpp::Named("loss") = Rcpp::wrap(res.loss),
                             Rcpp::Named("steps_done") = static_cast<double>(res.steps_done),
                             Rcpp::Named("status") = res.status, Rcpp::Named("user_interrupt") = user_interrupt,
-                            Rcpp::Named("seconds") = res.seconds);
+                            Rcpp::Named("seconds") = res.seconds,
+                            Rcpp::Named("validation_steps") = Rcpp::wrap(validation_steps),
+                            Rcpp::Named("validation_scores") = Rcpp::wrap(res.validation_scores),
+                            Rcpp::Named("best_step") = static_cast<double>(res.best_step),
+                            Rcpp::Named("best_score") = res.best_score);
 }
 
 }  // namespace popflow_r

@@ -7,6 +7,7 @@
 #include "core/population_model.h"
 #include "core/transport.h"
 #include "core/threads.h"
+#include "core/validation.h"
 
 using namespace popflow;
 using popflow_r::from_raw;
@@ -39,12 +40,15 @@ std::vector<torch::Tensor> split_populations(const torch::Tensor& x, const Rcpp:
 }  // namespace
 
 // `config`: the sections "flow", "population", "training" and "checkpoint";
-// `resume` and `metadata` as for pf_fit().
+// `resume` and `metadata` as for pf_fit(); `validation`: NULL, or the
+// settings and held-out `sets` of popflow_r::add_validation_schedule() and
+// popflow_r::population_holdouts().
 // [[Rcpp::export]]
 Rcpp::List pf_population_fit(Rcpp::NumericMatrix x, Rcpp::IntegerVector side, Rcpp::IntegerVector population,
                              Rcpp::Nullable<Rcpp::IntegerMatrix> labels, Rcpp::Nullable<Rcpp::NumericMatrix> covariates,
                              Rcpp::List config, Rcpp::Nullable<Rcpp::Function> progress, int progress_every,
-                             Rcpp::Nullable<Rcpp::RawVector> resume, Rcpp::RawVector metadata) {
+                             Rcpp::Nullable<Rcpp::RawVector> resume, Rcpp::RawVector metadata,
+                             Rcpp::Nullable<Rcpp::List> validation) {
   PF_GUARD_BEGIN
   PopulationSet data;
   data.x = to_tensor(x);
@@ -75,7 +79,14 @@ Rcpp::List pf_population_fit(Rcpp::NumericMatrix x, Rcpp::IntegerVector side, Rc
   return popflow_r::train_for_r(
       *model, config, tc.steps, progress, progress_every, metadata,
       [](const PopulationModel& m, const std::string& fields) { return save_population_model(m, fields); },
-      [&](const TrainCallbacks& callbacks) { return train_population_model(*model, data, tc, callbacks); });
+      [&](TrainCallbacks callbacks) {
+        if (validation.isNotNull()) {
+          const Rcpp::List v(validation.get());
+          const ValidationConfig vc = popflow_r::add_validation_schedule(callbacks, v, tc.threads);
+          callbacks.validate = population_validator(*model, popflow_r::population_holdouts(v["sets"]), vc);
+        }
+        return train_population_model(*model, data, tc, callbacks);
+      });
   PF_GUARD_END
   return R_NilValue;
 }

@@ -14,7 +14,7 @@ test_that("plotLoss draws the raw loss and its running mean", {
   expect_s3_class(p, "ggplot")
   expect_equal(layer_geoms(p), "GeomLine")
   expect_equal(nrow(p$data), 2 * length(fit$loss))
-  expect_equal(p$data$loss[seq_along(fit$loss)], fit$loss)
+  expect_equal(p$data$value[seq_along(fit$loss)], fit$loss)
   expect_equal(nlevels(p$data$curve), 2)
   expect_match(p$labels$title, "I-CFM")
   built <- ggplot2::ggplot_build(p)
