@@ -22,7 +22,7 @@ using popflow_r::to_tensor;
 Rcpp::List pf_fit(Rcpp::NumericMatrix x, Rcpp::IntegerVector time_index, Rcpp::IntegerVector group,
                   Rcpp::Nullable<Rcpp::NumericMatrix> group_cond, Rcpp::List config,
                   Rcpp::Nullable<Rcpp::Function> progress, int progress_every, Rcpp::Nullable<Rcpp::RawVector> resume,
-                  Rcpp::RawVector metadata, Rcpp::Nullable<Rcpp::List> validation) {
+                  Rcpp::RawVector metadata, Rcpp::Nullable<Rcpp::List> validation = R_NilValue) {
   PF_GUARD_BEGIN
   TrainingData data;
   data.x = to_tensor(x);

@@ -48,7 +48,7 @@ Rcpp::List pf_population_fit(Rcpp::NumericMatrix x, Rcpp::IntegerVector side, Rc
                              Rcpp::Nullable<Rcpp::IntegerMatrix> labels, Rcpp::Nullable<Rcpp::NumericMatrix> covariates,
                              Rcpp::List config, Rcpp::Nullable<Rcpp::Function> progress, int progress_every,
                              Rcpp::Nullable<Rcpp::RawVector> resume, Rcpp::RawVector metadata,
-                             Rcpp::Nullable<Rcpp::List> validation) {
+                             Rcpp::Nullable<Rcpp::List> validation = R_NilValue) {
   PF_GUARD_BEGIN
   PopulationSet data;
   data.x = to_tensor(x);
