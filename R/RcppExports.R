@@ -5,8 +5,8 @@ pf_fit <- function(x, time_index, group, group_cond, config, progress, progress_
     .Call(`_popflow_pf_fit`, x, time_index, group, group_cond, config, progress, progress_every, resume, metadata, validation)
 }
 
-pf_transport <- function(handle, x, times, cond, solver, threads) {
-    .Call(`_popflow_pf_transport`, handle, x, times, cond, solver, threads)
+pf_transport <- function(handle, x, times, cond, solver, threads, progress = NULL) {
+    .Call(`_popflow_pf_transport`, handle, x, times, cond, solver, threads, progress)
 }
 
 pf_wasserstein <- function(x, y, p) {
@@ -77,7 +77,7 @@ pf_population_embed <- function(handle, x, population, n_pop, threads) {
     .Call(`_popflow_pf_population_embed`, handle, x, population, n_pop, threads)
 }
 
-pf_population_transport <- function(handle, x, population, n_pop, labels, covariates, times, solver, threads) {
-    .Call(`_popflow_pf_population_transport`, handle, x, population, n_pop, labels, covariates, times, solver, threads)
+pf_population_transport <- function(handle, x, population, n_pop, labels, covariates, times, solver, threads, progress = NULL) {
+    .Call(`_popflow_pf_population_transport`, handle, x, population, n_pop, labels, covariates, times, solver, threads, progress)
 }
 

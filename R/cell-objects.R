@@ -257,14 +257,13 @@ reconstruct_expression <- function(model, pcs) {
 #'   predicted cells in the same kind of object: a SingleCellExperiment for a
 #'   SingleCellExperiment or SummarizedExperiment, a Seurat object for a
 #'   Seurat object. Population models read each cell's population and labels
-#'   from the fitted columns, which the object must have.
+#'   from the fitted columns, which the object must have; `unseen_label`
+#'   works as for matrices (also in `evaluateFlow()`).
 #' - `embedPopulations(fit, object)` embeds each population of the object's
 #'   source cells (MFM): a `DataFrame` (Seurat: a `data.frame`) with one row
 #'   per population, row names the population ids, columns `population`, the
 #'   population columns, `source_cells` and `embedding` (a matrix, populations
-#'   x dimensions). Keep it with the data:
-#'   `S4Vectors::metadata(sce)$popflow_embeddings <- emb`, or
-#'   `SeuratObject::Misc(seu, "popflow_embeddings") <- emb`.
+#'   x dimensions); [plotEmbeddings()] takes it as it is.
 #' - `evaluateFlow(fit, object)` predicts from the object's source cells and
 #'   compares with its observed target cells (or with the target cells of a
 #'   second object, `evaluateFlow(fit, object, observed_object)`), beside the
@@ -276,13 +275,32 @@ reconstruct_expression <- function(model, pcs) {
 #'   most responsive ones (`R2_all_genes`, `R2_top_genes`; see [evaluateFlow()]).
 #'
 #' The predicted object has one cell per source cell, named
-#' `<source cell>_pred` (made unique), with metadata columns: the population
-#' and label columns of its source cell, the condition column set to the
-#' target value (time course: the time column set to `to`), `predicted =
-#' TRUE`, and `source_cell`, the name of the source cell. Its coordinates are
-#' under the fitted space's name (a reducedDim, or a Seurat reduction with the
-#' input reduction's key); models fitted on an assay return the predicted
-#' features in that assay instead.
+#' `<source cell>_pred` (made unique), with metadata columns: every column of
+#' its source cell (cell type, patient, sample, ...; for Seurat not
+#' `orig.ident`, `nCount_*` and `nFeature_*`, which the new object sets
+#' itself: `orig.ident` is `"popflow"`), the condition
+#' column set to the target value (time course: the time column set to `to`),
+#' `predicted = TRUE`, and `source_cell`, the name of the source cell. Its
+#' coordinates are under the fitted space's name (a reducedDim, or a Seurat
+#' reduction with the input reduction's key); models fitted on an assay
+#' return the predicted features in that assay instead. Its genes are only
+#' those it has values for (the loading genes, or the fitted features).
+#'
+#' Observed and predicted cells together: [combinePrediction()]`(observed,
+#' predicted)` gives one object of the same kind. Not `cbind()` (the objects
+#' have different metadata columns and assays) nor Seurat's `merge()`, which
+#' fills every gene outside the loadings with 0 for the predicted cells, so
+#' that `FindMarkers()` would report those genes as strongly down-regulated.
+#' [plotPrediction()] and [sampleTrajectories()] take objects too.
+#'
+#' Keeping a model (or embeddings) with the data: a fitted model is an
+#' ordinary R object that survives `saveRDS()` with the data it is stored in.
+#' For a SingleCellExperiment, `S4Vectors::metadata(sce)$popflow_fit <- fit`;
+#' for a Seurat object, `seu@misc$popflow_fit <- fit` (not
+#' `SeuratObject::Misc(seu, "popflow_fit") <- fit`: SeuratObject 4 stores a
+#' list through `c()`, which strips its class, so the stored model no longer
+#' works with `predict()`). Read it back with `metadata(sce)$popflow_fit` or
+#' `seu@misc$popflow_fit`.
 #'
 #' Expression of predicted cells (PCA spaces with loadings). The fitted
 #' model holds the loadings `rotation` (genes x PCs), a per-gene `center` and
@@ -351,18 +369,26 @@ object_source_cells <- function(object, x, from, arg) {
     cells <- cells_where(meta, spec$condition, spec$source, arg)
   }
   fitted_columns(c(spec$population, spec$label), x, meta, arg)
-  list(x = coords[cells, , drop = FALSE], cells = cells, meta = meta, spec = spec,
+  list(x = coords[cells, , drop = FALSE], cells = cells, meta = meta, spec = spec, seurat = is_seurat_cells(x),
        population = population_ids(meta, spec$population)[cells],
        label = rows_of(label_frame(meta, spec$label), cells))
 }
 
-# Metadata of predicted cells: their source cells' populations and labels,
-# the target condition (or time), the predicted flag and the source cell.
+# Metadata of predicted cells: every metadata column of their source cells
+# (cell type, patient, ...; not Seurat's per-cell counts, which the new object
+# computes itself), the target condition (or time), the predicted flag and
+# the source cell.
 predicted_metadata <- function(object, src, to) {
   spec <- src$spec
   source_names <- rownames(src$x) %||% as.character(src$cells)
+  meta <- src$meta[src$cells, , drop = FALSE]
+  seurat_own <- if (isTRUE(src$seurat)) c("orig.ident", grep("^n(Count|Feature)_", names(meta), value = TRUE))
+  keep <- setdiff(names(meta), c("predicted", "source_cell", seurat_own))
   out <- data.frame(row.names = make.unique(paste0(source_names, "_pred")))
-  for (nm in unique(c(spec$population, spec$label))) out[[nm]] <- src$meta[[nm]][src$cells]
+  for (nm in keep) {
+    v <- meta[[nm]]
+    if (is.atomic(v) && length(v) == nrow(out)) out[[nm]] <- unname(v)  # plain columns (not nested tables)
+  }
   if (!is.null(spec$condition)) out[[spec$condition]] <- spec$target
   if (!is.null(spec$time)) {
     out[[spec$time]] <- to %||% object$time_labels[length(object$time_labels)]
@@ -441,4 +467,12 @@ cell_object_line <- function(spec) {
              if (length(spec$label)) sprintf("labels %s", paste(spec$label, collapse = ", ")),
              if (!is.null(spec$expression)) sprintf("expression of %d genes", nrow(spec$expression$rotation)))
   sprintf("  object: %s, %s; %s%s\n", spec$class, where, cells, paste0("; ", extra, collapse = ""))
+}
+
+# A single-cell object where a cells x features matrix is needed: as.matrix()
+# would give genes x cells, so the error names the object's own accessors.
+object_not_matrix <- function(x, arg) {
+  how <- if (is_seurat_cells(x)) "SeuratObject::Embeddings(x, \"pca\")" else "SingleCellExperiment::reducedDim(x, \"PCA\")"
+  pf_abort(arg, sprintf("is a %s, but a cells x features matrix is needed here", class(x)[1]),
+           sprintf("give its cells' coordinates, e.g. %s (cells x PCs); as.matrix() gives genes x cells", how))
 }

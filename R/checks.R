@@ -9,6 +9,7 @@ pf_abort <- function(arg, problem, fix = NULL) {
 
 # A cells x features double matrix, finite, with at least `min_rows` rows.
 as_cell_matrix <- function(x, arg, min_rows = 1L) {
+  if (is_cell_object(x)) object_not_matrix(x, arg)
   if (inherits(x, "Matrix") || inherits(x, "dgCMatrix")) {
     # Densified: popflow works on a few dense features (e.g. principal components).
     if (prod(as.numeric(dim(x))) > .Machine$integer.max) {

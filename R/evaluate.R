@@ -113,6 +113,8 @@ fair_baseline_names <- c("no change", "mean shift", "label mean shift")
 #' @param unseen_label Population models only: see [predict.popflow_population()].
 #' @param top_genes Objects with expression only: the number of most
 #'   responsive genes for `R2_top_genes`.
+#' @param verbose Show a progress bar when the prediction runs longer than a
+#'   few seconds (Ctrl-C stops it either way).
 #' @return A data.frame, one row per prediction: the model's (named by its
 #'   method, e.g. "MFM"), then the chosen baselines in the order "no change",
 #'   "mean shift", "label mean shift", "oracle shift", "noise floor"; lower is
@@ -142,20 +144,20 @@ fair_baseline_names <- c("no change", "mean shift", "label mean shift")
 #' @export
 evaluateFlow <- function(object, source, target, from = NULL, to = NULL, solver = SolverParam(),
                          max_cells = 1000, seed = 1, baselines = TRUE, population = NULL, target_population = NULL,
-                         label = NULL, unseen_label = c("error", "average"), top_genes = 20) {
+                         label = NULL, unseen_label = c("error", "average"), top_genes = 20, verbose = TRUE) {
   object <- as_model(object)
   max_cells <- check_count(max_cells, "max_cells", min = 2)
   baselines <- check_baselines(baselines, object)
   top_genes <- check_count(top_genes, "top_genes", min = 2)
   if (is_cell_object(source)) {
     return(evaluate_cell_object(object, source, if (!missing(target)) target, from, to, solver, max_cells, seed,
-                                baselines, top_genes))
+                                baselines, top_genes, unseen_label, verbose))
   }
   source <- same_features(as_cell_matrix(source, "source"), "source", object$feature_names, object$n_features)
   target <- same_features(as_cell_matrix(target, "target"), "target", object$feature_names, object$n_features)
   evaluate_model(object, source, target, from = from, to = to, solver = solver, max_cells = max_cells, seed = seed,
                  baselines = baselines, population = population, target_population = target_population,
-                 label = label, unseen_label = unseen_label)
+                 label = label, unseen_label = unseen_label, verbose = verbose)
 }
 
 # The baselines to score (their names, in row order) from `baselines`.
@@ -185,19 +187,20 @@ check_baselines <- function(baselines, object) {
 # population model's, per population. `expression` (objects with an
 # expression model): see object_expression().
 evaluate_model <- function(object, source, target, from, to, solver, max_cells, seed, baselines, population,
-                           target_population, label, unseen_label, expression = NULL) {
+                           target_population, label, unseen_label, expression = NULL, verbose = FALSE) {
   UseMethod("evaluate_model")
 }
 
 #' @export
 evaluate_model.popflow_flow <- function(object, source, target, from, to, solver, max_cells, seed, baselines,
-                                        population, target_population, label, unseen_label, expression = NULL) {
+                                        population, target_population, label, unseen_label, expression = NULL,
+                                        verbose = FALSE) {
   if (!is.null(population) || !is.null(target_population) || !is.null(label)) {
     pf_abort(if (!is.null(label)) "label" else "population", "is used only by population models (MFM, CGFM)")
   }
   t0 <- if (is.null(from)) object$times[1] else resolve_time(object, from, "from")
   t1 <- if (is.null(to)) object$times[length(object$times)] else resolve_time(object, to, "to")
-  predicted <- move_cells(object, source, c(t0, t1), solver, object$threads)[[2]]
+  predicted <- move_cells(object, source, c(t0, t1), solver, object$threads, verbose = verbose)[[2]]
   shifts <- list(mean = mean_at(object, t1) - mean_at(object, t0))
   out <- prediction_rows(object, predicted, source, target, shifts, max_cells, seed, baselines, expression)
   out$cells <- nrow(source)
@@ -207,7 +210,7 @@ evaluate_model.popflow_flow <- function(object, source, target, from, to, solver
 #' @export
 evaluate_model.popflow_population <- function(object, source, target, from, to, solver, max_cells, seed, baselines,
                                               population, target_population, label, unseen_label,
-                                              expression = NULL) {
+                                              expression = NULL, verbose = FALSE) {
   if (!is.null(from) || !is.null(to)) {
     pf_abort(if (is.null(from)) "to" else "from", "is not used by population models",
              "they move source cells (time 0) to target cells (time 1)")
@@ -228,10 +231,10 @@ evaluate_model.popflow_population <- function(object, source, target, from, to, 
              "every population of the source cells needs observed target cells to be scored")
   }
   predicted <- move_cells(object, source, c(0, 1), solver, object$threads, population = src_pop, label = label,
-                          unseen_label = unseen_label)[[2]]
+                          unseen_label = unseen_label, verbose = verbose)[[2]]
   shift <- population_mean_shift(object)
   label_shift <- if ("label mean shift" %in% baselines) label_mean_shifts(object, label, src_pop, pops, shift)
-  rows <- lapply(seq_along(pops), function(k) {
+  rows <- lapply(scoring_steps(pops, verbose), function(k) {
     in_src <- src_pop == pops[k]
     in_tgt <- tgt_pop == pops[k]
     s <- source[in_src, , drop = FALSE]
@@ -425,7 +428,8 @@ r_squared <- function(predicted, observed) {
 
 # evaluateFlow() on objects: observed cells are the target-condition (or
 # time `to`) cells of `target`, or of `source` itself.
-evaluate_cell_object <- function(object, source, target, from, to, solver, max_cells, seed, baselines, top_genes) {
+evaluate_cell_object <- function(object, source, target, from, to, solver, max_cells, seed, baselines, top_genes,
+                                 unseen_label = "error", verbose = FALSE) {
   src <- object_source_cells(object, source, from, "source")
   src$x <- same_features(src$x, "source", object$feature_names, object$n_features)
   spec <- src$spec
@@ -446,7 +450,8 @@ evaluate_cell_object <- function(object, source, target, from, to, solver, max_c
   if (!length(spec$population)) {
     return(evaluate_model(object, src$x, obs_coords[obs, , drop = FALSE], from = from, to = to, solver = solver,
                           max_cells = max_cells, seed = seed, baselines = baselines, population = NULL,
-                          target_population = NULL, label = NULL, unseen_label = "error", expression = expression))
+                          target_population = NULL, label = NULL, unseen_label = "error", expression = expression,
+                          verbose = verbose))
   }
   fitted_columns(spec$population, observed_object, obs_meta, if (is.null(target)) "source" else "target")
   obs_population <- population_ids(obs_meta, spec$population)[obs]
@@ -460,7 +465,7 @@ evaluate_cell_object <- function(object, source, target, from, to, solver, max_c
   by_population <- evaluate_by_population(object, src$x[keep, , drop = FALSE], obs_coords[obs[in_obs], , drop = FALSE],
                                           src$population[keep], obs_population[in_obs], rows_of(src$label, keep),
                                           from, to, solver, max_cells, seed, baselines,
-                                          expression_cells(expression, keep, in_obs))
+                                          expression_cells(expression, keep, in_obs), unseen_label, verbose)
   rows <- lapply(shared, function(p) {
     scores <- by_population[by_population$population == p, names(by_population) != "population", drop = FALSE]
     first <- which(src$population == p)[1]
@@ -473,28 +478,39 @@ evaluate_cell_object <- function(object, source, target, from, to, solver, max_c
   out
 }
 
+# The indices of `pops`, with a bar over them once scoring has run a few
+# seconds (verbose); R checks Ctrl-C between the populations.
+scoring_steps <- function(pops, verbose, envir = parent.frame()) {
+  if (!isTRUE(verbose)) return(seq_along(pops))
+  cli::cli_progress_along(pops, "Scoring populations", .envir = envir)
+}
+
 # Metric rows of each population (column `population` first) of source cells
 # against observed cells: a population model embeds each population, a flow
 # moves each population's cells on their own.
 evaluate_by_population <- function(object, source, observed, src_pop, obs_pop, label, from, to, solver, max_cells,
-                                   seed, baselines, expression = NULL) {
+                                   seed, baselines, expression = NULL, unseen_label = "error", verbose = FALSE) {
   UseMethod("evaluate_by_population")
 }
 
 #' @export
 evaluate_by_population.popflow_flow <- function(object, source, observed, src_pop, obs_pop, label, from, to, solver,
-                                                max_cells, seed, baselines, expression = NULL) {
-  do.call(rbind, lapply(unique(src_pop), function(p) {
+                                                max_cells, seed, baselines, expression = NULL,
+                                                unseen_label = "error", verbose = FALSE) {
+  pops <- unique(src_pop)
+  do.call(rbind, lapply(scoring_steps(pops, verbose), function(k) {
+    p <- pops[k]
     cbind(population = p, evaluate_model(object, source[src_pop == p, , drop = FALSE],
                                          observed[obs_pop == p, , drop = FALSE], from, to, solver, max_cells, seed,
                                          baselines, NULL, NULL, NULL, "error",
-                                         expression_cells(expression, src_pop == p, obs_pop == p)))
+                                         expression_cells(expression, src_pop == p, obs_pop == p), FALSE))
   }))
 }
 
 #' @export
 evaluate_by_population.popflow_population <- function(object, source, observed, src_pop, obs_pop, label, from, to,
-                                                      solver, max_cells, seed, baselines, expression = NULL) {
+                                                      solver, max_cells, seed, baselines, expression = NULL,
+                                                      unseen_label = "error", verbose = FALSE) {
   evaluate_model(object, source, observed, NULL, NULL, solver, max_cells, seed, baselines, src_pop, obs_pop, label,
-                 "error", expression)
+                 unseen_label, expression, verbose)
 }

@@ -149,6 +149,7 @@ fit_method.popflow_flow_param <- function(method, x, target, time, group, popula
                         if (length(data$groups)) "group" else "target")
   }
   check_resume_data(resume, data$x, data$times)
+  training <- flow_step_limits(method, network, training, data, device, verbose)
   sets <- if (!is.null(validation)) {
     flow_validation_sets(validation$data, data, is_generative(method), training$seed)
   }
@@ -196,6 +197,7 @@ fit_method.popflow_population_param <- function(method, x, target, time, group, 
   check_graph_sizes(method, n_source, pops$names)
   if (identical(method$coupling, "paired")) check_paired_counts(n_source, n_target, pops$names, "population")
   check_resume_data(resume, x)
+  population_step_limits(method, network, training, ncol(x), device)
   if (!is.null(resume) && length(cols) != length(resume$labels)) {
     pf_abort("label", sprintf("has %d label column%s but `resume` was fitted with %d", length(cols),
                               if (length(cols) == 1) "" else "s", length(resume$labels)),

@@ -164,7 +164,11 @@ plot.popflow_flow <- function(x, y, ...) {
 #' `saveFlow()` writes a model to a versioned, checksummed file (header,
 #' engine configuration, parameters and the R-side fields); `loadFlow()` reads
 #' it back, with a clear error for a truncated, corrupted or foreign file.
-#' Fitted models also survive [saveRDS()] / [readRDS()].
+#' Fitted models also survive [saveRDS()] / [readRDS()], but the two kinds of
+#' file do not mix: a saveFlow() file is not an R data file (`readRDS()` says
+#' "unknown input format": read it with `loadFlow()`), and `loadFlow()` of a
+#' saveRDS() file says so (read it with `readRDS()`). A path in a missing or
+#' read-only folder, a folder, or `""` is an error that names the problem.
 #'
 #' A model also carries its optimiser state (Adam's moments and, with
 #' `ema_decay`, the raw weights), so that `fitFlow(..., resume = file)` can
@@ -187,25 +191,19 @@ plot.popflow_flow <- function(x, y, ...) {
 #' @export
 saveFlow <- function(object, file, resumable = TRUE) {
   object <- as_model(object)
-  if (!is.character(file) || length(file) != 1 || is.na(file)) pf_abort("file", "must be a single file path", "use e.g. file = \"fit.popflow\"")
+  path <- check_output_file(file)
   resumable <- check_flag(resumable, "resumable")
   bytes <- pf_with_metadata(object$bytes, serialize(model_fields(object), NULL), resumable)
-  writeBin(bytes, file)
+  write_bytes(bytes, path)
   invisible(file)
 }
 
 #' @rdname saveFlow
 #' @export
 loadFlow <- function(file) {
-  if (!is.character(file) || length(file) != 1 || !file.exists(file)) {
-    pf_abort("file", sprintf("must be the path of an existing file, not %s", deparse1(file)),
-             "check the path (getwd() is the folder relative paths start from)")
-  }
-  bytes <- readBin(file, "raw", file.size(file))
-  fields_raw <- tryCatch(pf_metadata(bytes), error = function(e) {
-    pf_abort("file", sprintf("is not a loadable popflow model: cannot load '%s': %s", file, conditionMessage(e)),
-             "load a file written completely by saveFlow() or by a checkpoint (copy it again if it was truncated)")
-  })
+  path <- check_model_file(file)
+  bytes <- readBin(path, "raw", file.size(path))
+  fields_raw <- tryCatch(pf_metadata(bytes), error = function(e) not_a_model_file(file, path, bytes, conditionMessage(e)))
   if (!length(fields_raw)) {
     stop(sprintf("cannot load '%s': it holds an engine model without popflow's R fields; save models with saveFlow()",
                  file), call. = FALSE)

@@ -417,12 +417,7 @@ check_checkpoint_file <- function(file, every) {
     pf_abort("checkpoint_file", "must be a single file path", "e.g. checkpoint_file = \"fit.popflow\"")
   }
   if (every == 0) pf_abort("checkpoint_every", "is 0 while `checkpoint_file` is set", "set e.g. checkpoint_every = 100")
-  file <- path.expand(file)
-  if (!dir.exists(dirname(file))) {
-    pf_abort("checkpoint_file", sprintf("is in a folder that does not exist (%s)", dirname(file)),
-             "create the folder first or choose another path")
-  }
-  file
+  check_output_file(file, "checkpoint_file")
 }
 
 #' @rdname ModelParams

@@ -106,14 +106,21 @@ running_mean <- function(x, k) {
 #' predicted from) in two chosen dimensions, one panel per population when
 #' populations are given.
 #'
-#' @param predicted Predicted cells (cells x features), e.g. from [predict()].
-#' @param observed Observed target cells, the same features.
+#' @param predicted Predicted cells (cells x features), e.g. from [predict()],
+#'   or the SingleCellExperiment or Seurat object `predict(fit, object)`
+#'   returned (its cells in `space`).
+#' @param observed Observed target cells, the same features (a matrix or an
+#'   object: all its cells are shown, so pass the target cells, e.g.
+#'   `sce[, sce$condition == "stim"]`).
 #' @param source Optional source cells, the same features (the cells
-#'   `predicted` was computed from).
+#'   `predicted` was computed from), a matrix or an object.
+#' @param space For objects: the reducedDim (SingleCellExperiment) or
+#'   reduction (Seurat) to show; default that of the predicted object.
 #' @param dims Two dimensions to show: column numbers or column names.
 #' @param population Optional population of each row of `predicted` (and of
 #'   `source`, whose rows are the cells `predicted` moved): one panel per
-#'   population.
+#'   population. For objects, the name of a metadata column (e.g.
+#'   `"cell_type"`), read from each object.
 #' @param observed_population Population of each row of `observed`; needed
 #'   when `population` is given and `observed` has another number of rows.
 #' @param ... Passed to [ggplot2::geom_point()] (e.g. `size`, `alpha`).
@@ -128,7 +135,21 @@ running_mean <- function(x, k) {
 #' plotPrediction(predicted, observed, population = pop)
 #' @export
 plotPrediction <- function(predicted, observed, source = NULL, dims = c(1, 2), population = NULL,
-                           observed_population = population, ...) {
+                           observed_population = population, space = NULL, ...) {
+  source_population <- NULL  # objects: the source cells' own column
+  if (any(vapply(list(predicted, observed, source), is_cell_object, logical(1)))) {
+    space <- space %||% object_space_name(predicted)
+    column <- is.character(population) && length(population) == 1 && is_cell_object(predicted) &&
+      population %in% names(cell_columns(predicted))
+    if (column) {
+      if (!is.null(source)) source_population <- population_column(source, population, "source")
+      observed_population <- population_column(observed, observed_population, "observed")
+      population <- population_column(predicted, population, "predicted")
+    }
+    predicted <- plot_cells(predicted, "predicted", space)
+    observed <- plot_cells(observed, "observed", space)
+    if (!is.null(source)) source <- plot_cells(source, "source", space)
+  }
   predicted <- as_cell_matrix(predicted, "predicted")
   observed <- as_cell_matrix(observed, "observed")
   sets <- list(source = if (!is.null(source)) as_cell_matrix(source, "source"), observed = observed,
@@ -144,7 +165,9 @@ plotPrediction <- function(predicted, observed, source = NULL, dims = c(1, 2), p
   pops <- NULL
   if (!is.null(population)) {
     pops <- list(predicted = check_population(population, nrow(predicted)))
-    if (!is.null(source)) {
+    if (!is.null(source_population)) {
+      pops$source <- check_population(source_population, nrow(sets$source), "source")
+    } else if (!is.null(source)) {
       if (nrow(sets$source) != nrow(predicted)) {
         pf_abort("source", sprintf("has %d cells but `predicted` has %d", nrow(sets$source), nrow(predicted)),
                  "with `population`, give the source cells `predicted` was computed from, row for row")
@@ -171,6 +194,28 @@ plotPrediction <- function(predicted, observed, source = NULL, dims = c(1, 2), p
   p
 }
 
+# Cells x dimensions of an object in `space` (a matrix passes through).
+plot_cells <- function(x, arg, space) {
+  if (!is_cell_object(x)) return(x)
+  need_object_packages(x, arg)
+  space_matrix(x, space, arg)
+}
+
+# The space a predicted object holds its cells in: its (first) reducedDim or reduction.
+object_space_name <- function(x) {
+  if (!is_cell_object(x)) return(NULL)
+  names <- if (is_seurat_cells(x)) SeuratObject::Reductions(x) else SingleCellExperiment::reducedDimNames(x)
+  if (length(names)) names[1] else NULL
+}
+
+# One value per cell of an object from its metadata column `column`.
+population_column <- function(x, column, arg) {
+  if (!is_cell_object(x)) return(column)
+  meta <- cell_columns(x)
+  check_columns(column, x, meta, "population", single = TRUE)
+  as.character(meta[[column]])
+}
+
 # Two distinct columns of `x`, by number or by name -> column numbers.
 plot_dims <- function(dims, x) {
   idx <- if (is.character(dims)) match(dims, colnames(x)) else dims
@@ -191,10 +236,13 @@ plot_dims <- function(dims, x) {
 #' share of variance each explains is in the axis titles).
 #'
 #' @param emb A numeric matrix, populations x embedding dimensions, with the
-#'   population ids as row names (as [embedPopulations()] returns).
+#'   population ids as row names (as [embedPopulations()] returns), or the
+#'   table [embedPopulations()] returns for a single-cell object (its
+#'   `embedding` column).
 #' @param color Optional grouping of the populations (patient group,
-#'   treatment, ...): one value per row of `emb`, or a vector named by the
-#'   population ids.
+#'   treatment, ...): one value per row of `emb`, a vector named by the
+#'   population ids, or, for the table of an object, the name of one of its
+#'   columns (e.g. `"patient"`).
 #' @param label Write each population's id beside its point.
 #' @return A ggplot object.
 #' @examples
@@ -203,6 +251,15 @@ plot_dims <- function(dims, x) {
 #' plotEmbeddings(emb, color = rep(c("control", "treated"), 4))
 #' @export
 plotEmbeddings <- function(emb, color = NULL, label = TRUE) {
+  if ((is.data.frame(emb) || inherits(emb, "DataFrame")) && "embedding" %in% names(emb)) {
+    # embedPopulations() of an object: the populations' columns beside the embedding matrix.
+    if (is.character(color) && length(color) == 1 && color %in% setdiff(names(emb), "embedding")) {
+      color <- as.character(emb[[color]])
+    }
+    ids <- rownames(emb)
+    emb <- as.matrix(emb[["embedding"]])
+    rownames(emb) <- ids
+  }
   if (is.data.frame(emb)) emb <- as.matrix(emb)
   if (!is.matrix(emb) || !is.numeric(emb) || anyNA(emb) || any(!is.finite(emb))) {
     pf_abort("emb", "must be a finite numeric matrix, populations x embedding dimensions",

@@ -19,6 +19,8 @@
 #' @param n,seed Number of cells and seed for target-FM generation.
 #' @param threads LibTorch threads.
 #' @param device `NULL` (the model's device when available, else CPU), `"cpu"` or `"cuda"`.
+#' @param verbose Show a progress bar when the prediction runs longer than a
+#'   few seconds (Ctrl-C stops it either way).
 #' @param ... Unused.
 #' @return A matrix of predicted cells, one row per row of `newdata`; for an
 #'   object, an object of the same kind holding the predicted cells.
@@ -29,13 +31,13 @@
 #' head(predict(fit, source, solver = SolverParam("rk4", steps = 8)))
 #' @export
 predict.popflow_flow <- function(object, newdata = NULL, from = NULL, to = NULL, solver = SolverParam(),
-                                 n = NULL, seed = 1, threads = object$threads, device = NULL, ...) {
-  if (is_cell_object(newdata)) return(predict_cell_object(object, newdata, from, to, solver, threads, device))
+                                 n = NULL, seed = 1, threads = object$threads, device = NULL, verbose = TRUE, ...) {
+  if (is_cell_object(newdata)) return(predict_cell_object(object, newdata, from, to, solver, threads, device, verbose))
   x <- start_cells(object, newdata, n, seed)
   t0 <- if (is.null(from)) object$times[1] else resolve_time(object, from, "from")
   t1 <- if (is.null(to)) object$times[length(object$times)] else resolve_time(object, to, "to")
   if (!is.null(device)) device <- check_device(device)
-  move_cells(as_model(object), x, c(t0, t1), solver, threads, device)[[2]]
+  move_cells(as_model(object), x, c(t0, t1), solver, threads, device, verbose = verbose)[[2]]
 }
 
 #' Predict cells of (new) populations with an MFM or CGFM model
@@ -64,8 +66,11 @@ predict.popflow_flow <- function(object, newdata = NULL, from = NULL, to = NULL,
 #' @param solver A [SolverParam()] object.
 #' @param threads LibTorch threads.
 #' @param device `NULL` (the model's device when available, else CPU), `"cpu"` or `"cuda"`.
+#' @param verbose Show a progress bar when the prediction runs longer than a
+#'   few seconds (Ctrl-C stops it either way).
 #' @param ... Unused.
-#' @return A matrix of predicted target cells, one row per row of `newdata`, in the same order.
+#' @return A matrix of predicted target cells, one row per row of `newdata`, in the same order;
+#'   for an object, an object of the same kind (see [cell-objects]).
 #' @examples
 #' set.seed(1)
 #' mu <- c(-2, -1, 1, 2)
@@ -80,16 +85,17 @@ predict.popflow_flow <- function(object, newdata = NULL, from = NULL, to = NULL,
 #' @export
 predict.popflow_population <- function(object, newdata, population = NULL, label = NULL, solver = SolverParam(),
                                        threads = object$threads, device = NULL, unseen_label = c("error", "average"),
-                                       ...) {
+                                       verbose = TRUE, ...) {
   object <- as_model(object)
   if (is_cell_object(newdata)) {
-    return(predict_cell_object(object, newdata, solver = solver, threads = threads, device = device))
+    return(predict_cell_object(object, newdata, solver = solver, threads = threads, device = device,
+                               verbose = verbose, unseen_label = unseen_label))
   }
   if (missing(newdata) || is.null(newdata)) {
     pf_abort("newdata", "is missing", "give the source cells to move (a cells x features matrix)")
   }
   x <- same_features(as_cell_matrix(newdata, "newdata"), "newdata", object$feature_names, object$n_features)
-  move_cells(object, x, c(0, 1), solver, threads, device, population, label, unseen_label)[[2]]
+  move_cells(object, x, c(0, 1), solver, threads, device, population, label, unseen_label, verbose)[[2]]
 }
 
 # Models saved with saveRDS() before the rename have class "popflow_meta" first.
@@ -99,7 +105,10 @@ predict.popflow_meta <- predict.popflow_population
 #' Trajectories of cells through a fitted flow
 #'
 #' @inheritParams predict.popflow_flow
-#' @param x Cells at time `times[1]`.
+#' @param x Cells at time `times[1]`: a cells x features matrix, or a
+#'   SingleCellExperiment or Seurat object for a model fitted on one (its
+#'   source cells, as for [predict()][cell-objects]; for a time course, those
+#'   at time `times[1]`, and populations and labels from the fitted columns).
 #' @param times Increasing (or decreasing) times at which to record the cells;
 #'   labels or numbers on the fitted time scale. Default: 11 equally spaced
 #'   times over the fitted range. For population models (MFM, CGFM) the
@@ -107,6 +116,7 @@ predict.popflow_meta <- predict.popflow_population
 #' @param population,label Population models only: the population of each row
 #'   of `x` and its labels, as in [predict.popflow_population()]; each population is
 #'   embedded once, from its cells in `x`.
+#' @param verbose Show a progress bar when it runs longer than a few seconds.
 #' @return An array cells x features x times.
 #' @examples
 #' set.seed(1)
@@ -126,15 +136,26 @@ predict.popflow_meta <- predict.popflow_population
 #' dim(traj)
 #' @export
 sampleTrajectories <- function(object, x, times = NULL, solver = SolverParam(), threads = object$threads,
-                               population = NULL, label = NULL) {
+                               population = NULL, label = NULL, verbose = TRUE) {
   object <- as_model(object)
+  if (is_cell_object(x)) {
+    if (!is.null(population) || !is.null(label)) {
+      pf_abort(if (is.null(population)) "label" else "population", "is read from the object's fitted columns",
+               "leave it out when `x` is a single-cell object")
+    }
+    from <- if (!is.null(times) && !is.null(object$cell_object$time)) times[[1]]
+    src <- object_source_cells(object, x, from, "x")
+    x <- src$x
+    population <- src$population
+    label <- src$label
+  }
   x <- same_features(as_cell_matrix(x, "x"), "x", object$feature_names, object$n_features)
   if (is.null(times)) times <- seq(min(object$times), max(object$times), length.out = 11)
   if (length(times) < 2) pf_abort("times", "needs at least two time points", "use e.g. times = c(0, 0.5, 1)")
   tt <- vapply(seq_along(times), function(i) resolve_time(object, times[[i]], "times"), numeric(1))
   d <- diff(tt)
   if (!(all(d > 0) || all(d < 0))) pf_abort("times", "must be strictly increasing or strictly decreasing", "sort the times, e.g. sort(unique(times))")
-  states <- move_cells(object, x, tt, solver, threads, population = population, label = label)
+  states <- move_cells(object, x, tt, solver, threads, population = population, label = label, verbose = verbose)
   array(unlist(states), dim = c(nrow(x), ncol(x), length(tt)),
         dimnames = list(rownames(x), object$feature_names, as.character(times)))
 }
@@ -142,26 +163,28 @@ sampleTrajectories <- function(object, x, times = NULL, solver = SolverParam(), 
 # Cells `x` moved through the model: their states at `times`, a list of
 # matrices. Population models embed each population (`population`) once and
 # condition on it and its labels.
+# With `verbose`, a progress bar once it has run a few seconds.
 move_cells <- function(object, x, times, solver, threads, device = NULL, population = NULL, label = NULL,
-                       unseen_label = "error") {
+                       unseen_label = "error", verbose = FALSE) {
   UseMethod("move_cells")
 }
 
 #' @export
 move_cells.popflow_flow <- function(object, x, times, solver, threads, device = NULL, population = NULL, label = NULL,
-                                    unseen_label = "error") {
+                                    unseen_label = "error", verbose = FALSE) {
   if (!is.null(population) || !is.null(label)) {
     pf_abort(if (is.null(population)) "label" else "population", "is used only by population models (MFM, CGFM)")
   }
   solver <- expect_param(solver, "solver", "SolverParam")
   threads <- check_count(threads, "threads")
-  res <- pf_transport(flow_handle(object, device), x, times, NULL, engine_config(solver), threads)
+  res <- pf_transport(flow_handle(object, device), x, times, NULL, engine_config(solver), threads,
+                      prediction_progress(verbose, nrow(x)))
   named_states(res$states, x, object)
 }
 
 #' @export
 move_cells.popflow_population <- function(object, x, times, solver, threads, device = NULL, population = NULL,
-                                          label = NULL, unseen_label = "error") {
+                                          label = NULL, unseen_label = "error", verbose = FALSE) {
   unseen_label <- check_choice(unseen_label[1], "unseen_label", c("error", "average"))
   solver <- expect_param(solver, "solver", "SolverParam")
   threads <- check_count(threads, "threads")
@@ -178,8 +201,24 @@ move_cells.popflow_population <- function(object, x, times, solver, threads, dev
   check_graph_sizes(object$method, tabulate(pops$code, length(pops$names)), pops$names, "cells")
   labels <- encode_labels(cols, pops$code, pops$names, object$labels, unseen = unseen_label)
   res <- pf_population_transport(flow_handle(object, device), x, pops$code - 1L, length(pops$names), labels$codes,
-                                 labels$covariates, times, engine_config(solver), threads)
+                                 labels$covariates, times, engine_config(solver), threads,
+                                 prediction_progress(verbose, nrow(x)))
   named_states(res$states, x, object)
+}
+
+# The engine's progress hook of a prediction (see r_ode_progress() in the
+# glue): a bar that cli draws only once the work has run a few seconds
+# (option cli.progress_show_after, 2 s). Ctrl-C while R draws it becomes
+# FALSE, which stops the solver; the glue then raises R's interrupt.
+prediction_progress <- function(verbose, n, envir = parent.frame()) {
+  if (!isTRUE(verbose)) return(NULL)
+  id <- cli::cli_progress_bar(sprintf("Predicting %d cells", n), total = 100, .envir = envir)
+  function(fraction) {
+    tryCatch({
+      cli::cli_progress_update(id = id, set = floor(100 * fraction), .envir = envir)
+      TRUE
+    }, interrupt = function(e) FALSE)
+  }
 }
 
 named_states <- function(states, x, object) {
@@ -224,14 +263,18 @@ start_cells <- function(object, newdata, n, seed) {
 
 # predict() on a single-cell object: its source cells, moved, as an object of the same kind.
 predict_cell_object <- function(object, newdata, from = NULL, to = NULL, solver = SolverParam(),
-                                threads = object$threads, device = NULL) {
+                                threads = object$threads, device = NULL, verbose = TRUE, unseen_label = "error") {
   if (is_generative(object$method)) {
     pf_abort("newdata", "is an object, but a target FM model starts from Gaussian noise, not from cells",
              "draw new cells with predict(fit, n = )")
   }
   src <- object_source_cells(object, newdata, from, "newdata")
   # A population model takes each cell's population and labels; a flow, `from` and `to`.
-  pred <- predict(object, src$x, from = from, to = to, population = src$population, label = src$label,
-                  solver = solver, threads = threads, device = device)
+  pred <- if (inherits(object, "popflow_population")) {
+    predict(object, src$x, population = src$population, label = src$label, solver = solver, threads = threads,
+            device = device, unseen_label = unseen_label, verbose = verbose)
+  } else {
+    predict(object, src$x, from = from, to = to, solver = solver, threads = threads, device = device, verbose = verbose)
+  }
   predicted_cells_object(object, newdata, src, pred, to)
 }

@@ -31,8 +31,8 @@ BEGIN_RCPP
 END_RCPP
 }
 // pf_transport
-Rcpp::List pf_transport(SEXP handle, Rcpp::NumericMatrix x, Rcpp::NumericVector times, Rcpp::Nullable<Rcpp::NumericMatrix> cond, Rcpp::List solver, int threads);
-RcppExport SEXP _popflow_pf_transport(SEXP handleSEXP, SEXP xSEXP, SEXP timesSEXP, SEXP condSEXP, SEXP solverSEXP, SEXP threadsSEXP) {
+Rcpp::List pf_transport(SEXP handle, Rcpp::NumericMatrix x, Rcpp::NumericVector times, Rcpp::Nullable<Rcpp::NumericMatrix> cond, Rcpp::List solver, int threads, Rcpp::Nullable<Rcpp::Function> progress);
+RcppExport SEXP _popflow_pf_transport(SEXP handleSEXP, SEXP xSEXP, SEXP timesSEXP, SEXP condSEXP, SEXP solverSEXP, SEXP threadsSEXP, SEXP progressSEXP) {
 BEGIN_RCPP
     Rcpp::RObject rcpp_result_gen;
     Rcpp::RNGScope rcpp_rngScope_gen;
@@ -42,7 +42,8 @@ BEGIN_RCPP
     Rcpp::traits::input_parameter< Rcpp::Nullable<Rcpp::NumericMatrix> >::type cond(condSEXP);
     Rcpp::traits::input_parameter< Rcpp::List >::type solver(solverSEXP);
     Rcpp::traits::input_parameter< int >::type threads(threadsSEXP);
-    rcpp_result_gen = Rcpp::wrap(pf_transport(handle, x, times, cond, solver, threads));
+    Rcpp::traits::input_parameter< Rcpp::Nullable<Rcpp::Function> >::type progress(progressSEXP);
+    rcpp_result_gen = Rcpp::wrap(pf_transport(handle, x, times, cond, solver, threads, progress));
     return rcpp_result_gen;
 END_RCPP
 }
@@ -256,8 +257,8 @@ BEGIN_RCPP
 END_RCPP
 }
 // pf_population_transport
-Rcpp::List pf_population_transport(SEXP handle, Rcpp::NumericMatrix x, Rcpp::IntegerVector population, int n_pop, Rcpp::Nullable<Rcpp::IntegerMatrix> labels, Rcpp::Nullable<Rcpp::NumericMatrix> covariates, Rcpp::NumericVector times, Rcpp::List solver, int threads);
-RcppExport SEXP _popflow_pf_population_transport(SEXP handleSEXP, SEXP xSEXP, SEXP populationSEXP, SEXP n_popSEXP, SEXP labelsSEXP, SEXP covariatesSEXP, SEXP timesSEXP, SEXP solverSEXP, SEXP threadsSEXP) {
+Rcpp::List pf_population_transport(SEXP handle, Rcpp::NumericMatrix x, Rcpp::IntegerVector population, int n_pop, Rcpp::Nullable<Rcpp::IntegerMatrix> labels, Rcpp::Nullable<Rcpp::NumericMatrix> covariates, Rcpp::NumericVector times, Rcpp::List solver, int threads, Rcpp::Nullable<Rcpp::Function> progress);
+RcppExport SEXP _popflow_pf_population_transport(SEXP handleSEXP, SEXP xSEXP, SEXP populationSEXP, SEXP n_popSEXP, SEXP labelsSEXP, SEXP covariatesSEXP, SEXP timesSEXP, SEXP solverSEXP, SEXP threadsSEXP, SEXP progressSEXP) {
 BEGIN_RCPP
     Rcpp::RObject rcpp_result_gen;
     Rcpp::RNGScope rcpp_rngScope_gen;
@@ -270,14 +271,15 @@ BEGIN_RCPP
     Rcpp::traits::input_parameter< Rcpp::NumericVector >::type times(timesSEXP);
     Rcpp::traits::input_parameter< Rcpp::List >::type solver(solverSEXP);
     Rcpp::traits::input_parameter< int >::type threads(threadsSEXP);
-    rcpp_result_gen = Rcpp::wrap(pf_population_transport(handle, x, population, n_pop, labels, covariates, times, solver, threads));
+    Rcpp::traits::input_parameter< Rcpp::Nullable<Rcpp::Function> >::type progress(progressSEXP);
+    rcpp_result_gen = Rcpp::wrap(pf_population_transport(handle, x, population, n_pop, labels, covariates, times, solver, threads, progress));
     return rcpp_result_gen;
 END_RCPP
 }
 
 static const R_CallMethodDef CallEntries[] = {
     {"_popflow_pf_fit", (DL_FUNC) &_popflow_pf_fit, 10},
-    {"_popflow_pf_transport", (DL_FUNC) &_popflow_pf_transport, 6},
+    {"_popflow_pf_transport", (DL_FUNC) &_popflow_pf_transport, 7},
     {"_popflow_pf_wasserstein", (DL_FUNC) &_popflow_pf_wasserstein, 3},
     {"_popflow_pf_mmd", (DL_FUNC) &_popflow_pf_mmd, 3},
     {"_popflow_pf_energy", (DL_FUNC) &_popflow_pf_energy, 2},
@@ -295,7 +297,7 @@ static const R_CallMethodDef CallEntries[] = {
     {"_popflow_pf_torch_version", (DL_FUNC) &_popflow_pf_torch_version, 0},
     {"_popflow_pf_population_fit", (DL_FUNC) &_popflow_pf_population_fit, 11},
     {"_popflow_pf_population_embed", (DL_FUNC) &_popflow_pf_population_embed, 5},
-    {"_popflow_pf_population_transport", (DL_FUNC) &_popflow_pf_population_transport, 9},
+    {"_popflow_pf_population_transport", (DL_FUNC) &_popflow_pf_population_transport, 10},
     {NULL, NULL, 0}
 };
 

@@ -56,16 +56,18 @@ Rcpp::List pf_fit(Rcpp::NumericMatrix x, Rcpp::IntegerVector time_index, Rcpp::I
   return R_NilValue;
 }
 
-// `solver`: a list with the section "solver".
+// `solver`: a list with the section "solver"; `progress(fraction)`: see r_ode_progress().
 // [[Rcpp::export]]
 Rcpp::List pf_transport(SEXP handle, Rcpp::NumericMatrix x, Rcpp::NumericVector times,
-                        Rcpp::Nullable<Rcpp::NumericMatrix> cond, Rcpp::List solver, int threads) {
+                        Rcpp::Nullable<Rcpp::NumericMatrix> cond, Rcpp::List solver, int threads,
+                        Rcpp::Nullable<Rcpp::Function> progress = R_NilValue) {
   PF_GUARD_BEGIN
   auto model = popflow_r::flow_of(handle);
   torch::Tensor c = cond.isNotNull() ? to_tensor(Rcpp::NumericMatrix(cond.get())) : torch::Tensor();
   OdeStats stats;
   auto states = transport(*model, to_tensor(x), Rcpp::as<std::vector<double>>(times), c,
-                          popflow_r::solver_config(solver), threads, &stats);
+                          popflow_r::solver_config(solver), threads, &stats,
+                          popflow_r::r_ode_progress(progress));
   return popflow_r::transport_result(states, stats);
   PF_GUARD_END
   return R_NilValue;

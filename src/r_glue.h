@@ -6,7 +6,9 @@
 #include <torch/torch.h>
 #include <Rcpp.h>
 
+#include <chrono>
 #include <functional>
+#include <memory>
 #include <sstream>
 #include <string>
 
@@ -23,16 +25,36 @@
 #define PF_GUARD_END                                             \
   }                                                              \
   catch (const c10::Error& e) {                                  \
-    Rcpp::stop(std::string(e.what_without_backtrace()));         \
+    Rcpp::stop(popflow_r::engine_message(e.what_without_backtrace())); \
+  }                                                              \
+  catch (const popflow::Interrupted&) {                          \
+    throw Rcpp::internal::InterruptedException();                \
   }                                                              \
   catch (const Rcpp::internal::InterruptedException&) {          \
     throw;                                                       \
+  }                                                              \
+  catch (const std::bad_alloc&) {                                \
+    Rcpp::stop(popflow_r::engine_message("can't allocate memory")); \
   }                                                              \
   catch (const std::exception& e) {                              \
     Rcpp::stop(std::string(e.what()));                           \
   }
 
 namespace popflow_r {
+
+// An engine error for R: an allocation LibTorch (or the C++ library) could
+// not make becomes popflow's message with the settings that size memory; the
+// allocator's own text is kept as the detail.
+inline std::string engine_message(const std::string& what) {
+  const bool memory = what.find("can't allocate memory") != std::string::npos ||
+                      what.find("out of memory") != std::string::npos ||
+                      what.find("CUDA error: out of memory") != std::string::npos;
+  if (!memory) return what;
+  std::string detail = what.substr(0, what.find('\n'));
+  return "popflow ran out of memory (" + detail +
+         ")\n  Fix: lower what sizes the work: batch_size in TrainingParam(), width or depth in NetworkParam(), "
+         "cells_per_population in MFMParam()/CGFMParam(), or chunk_size in SolverParam() for predictions";
+}
 
 // R's column-major cells x features matrix -> [n, d] float32 tensor (a copy).
 inline torch::Tensor to_tensor(const Rcpp::NumericMatrix& m) {
@@ -182,6 +204,30 @@ inline popflow::TrainCallbacks r_callbacks(const Rcpp::Nullable<Rcpp::Function>&
     return true;
   };
   return cb;
+}
+
+// Prediction's hook into the ODE solver (OdeProgress): at most every 0.1 s,
+// Ctrl-C stops the integration (the engine throws Interrupted, which the
+// guard turns into R's interrupt) and `progress(fraction)` is called; it
+// returns FALSE to stop as well.
+inline popflow::OdeProgress r_ode_progress(const Rcpp::Nullable<Rcpp::Function>& progress) {
+  using clock = std::chrono::steady_clock;
+  auto last = std::make_shared<clock::time_point>(clock::now());
+  return [=](double fraction) {
+    const auto now = clock::now();
+    if (fraction < 1 && now - *last < std::chrono::milliseconds(100)) return true;
+    *last = now;
+    try {
+      Rcpp::checkUserInterrupt();
+      if (progress.isNotNull()) {
+        SEXP keep_going = Rcpp::Function(progress.get())(fraction);
+        if (Rf_isLogical(keep_going) && Rf_length(keep_going) == 1 && LOGICAL(keep_going)[0] == FALSE) return false;
+      }
+    } catch (const Rcpp::internal::InterruptedException&) {
+      return false;
+    }
+    return true;
+  };
 }
 
 // Resuming: the saved model must have the configuration this fit asks for

@@ -103,12 +103,14 @@ Rcpp::NumericMatrix pf_population_embed(SEXP handle, Rcpp::NumericMatrix x, Rcpp
 }
 
 // Algorithm 2: embed each population's cells once, then integrate every cell
-// with its population's conditioning row. `solver`: a list with the section "solver".
+// with its population's conditioning row. `solver`: a list with the section
+// "solver"; `progress(fraction)`: see r_ode_progress().
 // [[Rcpp::export]]
 Rcpp::List pf_population_transport(SEXP handle, Rcpp::NumericMatrix x, Rcpp::IntegerVector population, int n_pop,
                                    Rcpp::Nullable<Rcpp::IntegerMatrix> labels,
                                    Rcpp::Nullable<Rcpp::NumericMatrix> covariates, Rcpp::NumericVector times,
-                                   Rcpp::List solver, int threads) {
+                                   Rcpp::List solver, int threads,
+                                   Rcpp::Nullable<Rcpp::Function> progress = R_NilValue) {
   PF_GUARD_BEGIN
   auto model = popflow_r::population_of(handle);
   auto cells = to_tensor(x);
@@ -122,7 +124,8 @@ Rcpp::List pf_population_transport(SEXP handle, Rcpp::NumericMatrix x, Rcpp::Int
   }
   OdeStats stats;
   auto states = transport(model->flow(), cells, Rcpp::as<std::vector<double>>(times), cond,
-                          popflow_r::solver_config(solver), threads, &stats);
+                          popflow_r::solver_config(solver), threads, &stats,
+                          popflow_r::r_ode_progress(progress));
   return popflow_r::transport_result(states, stats);
   PF_GUARD_END
   return R_NilValue;

@@ -36,15 +36,29 @@ if [ $system_only -eq 1 ]; then
 fi
 
 # Rebuild only when the package sources changed since the installed build.
-stamp=$(cat DESCRIPTION NAMESPACE configure src/Makevars.in src/*.cpp src/*.h src/core/*.cpp src/core/*.h R/*.R 2>/dev/null | sha1sum | cut -c1-40)
+stamp=$(cat DESCRIPTION NAMESPACE configure src/Makevars.in src/*.cpp src/*.h src/core/*.cpp src/core/*.h R/*.R vignettes/*.Rmd 2>/dev/null | sha1sum | cut -c1-40)
 installed=$(Rscript -e 'f <- system.file("srcstamp", package = "popflow"); if (nzchar(f)) cat(readLines(f))' 2>/dev/null || true)
+# The vignettes, knitted once against the installed package (installing from
+# the source folder builds none; R CMD build would compile a second time).
+# About a minute; POPFLOW_SKIP_VIGNETTES=1 leaves them out.
+install_vignettes() {
+  if [ "${POPFLOW_SKIP_VIGNETTES:-0}" = "1" ]; then
+    echo "popflow: vignettes not installed (POPFLOW_SKIP_VIGNETTES=1)"
+    return 0
+  fi
+  echo "popflow: knitting the vignettes into the installation (about a minute)"
+  OMP_WAIT_POLICY=passive Rscript tools/install_vignettes.R "$1" >/tmp/popflow-vignettes.log 2>&1 ||
+    { tail -40 /tmp/popflow-vignettes.log; echo "popflow: knitting the vignettes failed (full log: /tmp/popflow-vignettes.log)"; exit 1; }
+  tail -1 /tmp/popflow-vignettes.log
+}
 if [ "$stamp" != "$installed" ]; then
   echo "popflow: building and installing the R package (a few minutes: LibTorch is a large dependency)"
   # -O2 without -g: faster compiles and a smaller library (see shared BUILD_NOTES).
   R_MAKEVARS_USER="$PWD/tools/Makevars.user" MAKEFLAGS="-j$(nproc)" R CMD INSTALL --preclean . >/tmp/popflow-install.log 2>&1 ||
     { tail -40 /tmp/popflow-install.log; echo "popflow: installation failed (full log: /tmp/popflow-install.log)"; exit 1; }
   lib=$(Rscript -e 'cat(dirname(system.file(package = "popflow")))')
-  echo "$stamp" > "$lib/popflow/srcstamp"
   ./cleanup
+  install_vignettes "$lib"
+  echo "$stamp" > "$lib/popflow/srcstamp"
 fi
 echo "popflow: installed ($(Rscript -e 'cat(as.character(packageVersion("popflow")))'))"

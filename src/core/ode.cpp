@@ -50,9 +50,10 @@ constexpr double b1 = 35.0 / 384, b3 = 500.0 / 1113, b4 = 125.0 / 192, b5 = -218
 constexpr double e1 = 71.0 / 57600, e3 = -71.0 / 16695, e4 = 71.0 / 1920, e5 = -17253.0 / 339200,
                  e6 = 22.0 / 525, e7 = -1.0 / 40;
 
-// Integrates from t0 to t1 adaptively; `h` carries the step size between calls.
+// Integrates from t0 to t1 adaptively; `h` carries the step size between
+// calls; `step_done(t)` is called after every accepted step.
 torch::Tensor dopri5(const VelocityFn& f, torch::Tensor x, double t0, double t1, double& h,
-                     const SolverConfig& cfg, OdeStats& st) {
+                     const SolverConfig& cfg, OdeStats& st, const std::function<void(double)>& step_done) {
   const double dir = t1 >= t0 ? 1.0 : -1.0;
   const double span = std::abs(t1 - t0);
   if (span == 0) return x;
@@ -84,6 +85,7 @@ torch::Tensor dopri5(const VelocityFn& f, torch::Tensor x, double t0, double t1,
       x = x_new;
       k1 = k7;  // first-same-as-last
       st.accepted += 1;
+      step_done(t);
     } else {
       st.rejected += 1;
     }
@@ -97,7 +99,7 @@ torch::Tensor dopri5(const VelocityFn& f, torch::Tensor x, double t0, double t1,
 
 std::vector<torch::Tensor> integrate(const std::function<VelocityFn(int64_t, int64_t)>& chunk_fn,
                                      const torch::Tensor& x0, const std::vector<double>& times,
-                                     const SolverConfig& config, OdeStats* stats) {
+                                     const SolverConfig& config, OdeStats* stats, const OdeProgress& progress) {
   if (times.empty()) throw std::invalid_argument("integrate: no output times");
   if (config.steps < 1 && config.kind != SolverKind::Dopri5)
     throw std::invalid_argument("integrate: steps must be >= 1");
@@ -113,10 +115,17 @@ std::vector<torch::Tensor> integrate(const std::function<VelocityFn(int64_t, int
     torch::Tensor x = x0.slice(0, begin, end);
     pieces[0].push_back(x);
     double h = 0;  // adaptive step size, carried across output times
+    // Work done: the finished chunks' cells plus this chunk's share of the span.
+    auto step_done = [&](double t) {
+      if (!progress) return;
+      const double along = total_span > 0 ? std::min(1.0, std::abs(t - times.front()) / total_span) : 1.0;
+      if (!progress((begin + along * (end - begin)) / static_cast<double>(std::max<int64_t>(n, 1))))
+        throw Interrupted();
+    };
     for (size_t k = 1; k < times.size(); ++k) {
       const double ta = times[k - 1], tb = times[k];
       if (config.kind == SolverKind::Dopri5) {
-        x = dopri5(f, x, ta, tb, h, config, st);
+        x = dopri5(f, x, ta, tb, h, config, st, step_done);
       } else {
         // Same step length as `steps` over the whole span; each segment gets at least one step.
         const double seg = std::abs(tb - ta);
@@ -126,6 +135,7 @@ std::vector<torch::Tensor> integrate(const std::function<VelocityFn(int64_t, int
         for (int64_t i = 0; i < m; ++i) {
           x = fixed_step(f, x, ta + i * dt, dt, config.kind, st);
           st.accepted += 1;
+          step_done(ta + (i + 1) * dt);
         }
       }
       pieces[k].push_back(x);

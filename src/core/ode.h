@@ -4,6 +4,7 @@
 #include <torch/torch.h>
 
 #include <functional>
+#include <stdexcept>
 #include <vector>
 
 #include "config.h"
@@ -18,12 +19,24 @@ struct OdeStats {
   int64_t rejected = 0;
 };
 
+// Called after every solver step with the fraction of the work done (cells
+// times span, in [0, 1]); returning false stops the integration, which then
+// throws Interrupted. How a caller decides (a user interrupt, a time limit)
+// is its own business: the solver only asks.
+using OdeProgress = std::function<bool(double fraction)>;
+
+struct Interrupted : std::runtime_error {
+  Interrupted() : std::runtime_error("the integration was interrupted") {}
+};
+
 // Integrates every row of x0 from times.front() through each of `times`
 // (increasing or decreasing). Returns one [n, d] state per entry of `times`
 // (the first is x0 itself). `chunk_fn(rows)` gives the velocity function for
-// a chunk of rows, so conditioning can follow the cells.
+// a chunk of rows, so conditioning can follow the cells. `progress`, when
+// set, is asked after every step (see OdeProgress).
 std::vector<torch::Tensor> integrate(const std::function<VelocityFn(int64_t begin, int64_t end)>& chunk_fn,
                                      const torch::Tensor& x0, const std::vector<double>& times,
-                                     const SolverConfig& config, OdeStats* stats = nullptr);
+                                     const SolverConfig& config, OdeStats* stats = nullptr,
+                                     const OdeProgress& progress = {});
 
 }  // namespace popflow

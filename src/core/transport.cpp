@@ -8,7 +8,8 @@ namespace popflow {
 
 std::vector<torch::Tensor> transport(const FlowModel& model, const torch::Tensor& x,
                                      const std::vector<double>& times, const torch::Tensor& cond,
-                                     const SolverConfig& solver, int threads, OdeStats* stats) {
+                                     const SolverConfig& solver, int threads, OdeStats* stats,
+                                     const OdeProgress& progress) {
   const auto& net_cfg = model.config.network;
   if (x.dim() != 2 || x.size(1) != net_cfg.dim)
     throw std::invalid_argument("cells have " + std::to_string(x.dim() == 2 ? x.size(1) : -1) +
@@ -31,7 +32,7 @@ std::vector<torch::Tensor> transport(const FlowModel& model, const torch::Tensor
       return net->forward(xc, tt, c);
     };
   };
-  auto states = integrate(chunk_fn, xd, model_times, solver, stats);
+  auto states = integrate(chunk_fn, xd, model_times, solver, stats, progress);
   for (auto& s : states) s = s.to(torch::kCPU, torch::kDouble);
   return states;
 }

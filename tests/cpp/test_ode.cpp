@@ -153,3 +153,27 @@ TEST_CASE("integrate: chunking matches one chunk and follows the rows") {
   auto empty = integrate(f, torch::zeros({0, 3}, kD), times, solver(SolverKind::RK4));
   PF_CHECK(empty.size() == 3 && empty[2].size(0) == 0 && empty[2].size(1) == 3);
 }
+
+TEST_CASE("integrate: progress is reported in order and can stop the integration") {
+  torch::manual_seed(15);
+  auto x0 = torch::randn({10, 2}, kD);
+  auto f = fixed_field([](const torch::Tensor& x, double) { return -x; });
+  for (auto kind : {SolverKind::RK4, SolverKind::Dopri5}) {
+    SolverConfig cfg = solver(kind, 8);
+    cfg.chunk_size = 4;  // three chunks: the fraction counts cells and time
+    std::vector<double> seen;
+    auto out = integrate(f, x0, {0.0, 0.5, 1.0}, cfg, nullptr, [&](double fraction) {
+      seen.push_back(fraction);
+      return true;
+    });
+    PF_CHECK(!seen.empty());
+    for (size_t i = 1; i < seen.size(); ++i) PF_CHECK_LE(seen[i - 1], seen[i] + 1e-12);
+    PF_CHECK_MSG(std::abs(seen.back() - 1.0) < 1e-9, "last fraction " << seen.back());
+    PF_CHECK(seen.front() > 0 && seen.front() < 0.34);
+    // Stopping after the third step throws Interrupted; no result is returned.
+    int calls = 0;
+    PF_CHECK_THROWS_AS(integrate(f, x0, {0.0, 1.0}, cfg, nullptr, [&](double) { return ++calls < 3; }),
+                       Interrupted);
+    PF_CHECK(calls == 3);
+  }
+}

@@ -48,7 +48,7 @@ test_that("prediction checks its inputs against the fitted model", {
   expect_error(evaluateFlow(fit, d$source, d$target[, 1, drop = FALSE]), "`target` has 1 features")
   expect_error(wassersteinDistance(d$source, d$target, p = 3), "`p` must be 1 or 2")
   expect_error(mmdDistance(d$source, d$target, gammas = -1), "`gammas`")
-  expect_error(loadFlow(tempfile()), "`file` must be the path of an existing file")
+  expect_error(loadFlow(tempfile()), "`file` is .*, which does not exist")
 })
 
 test_that("asking for CUDA without CUDA is a clear error, never a silent CPU fallback", {

@@ -102,5 +102,5 @@ test_that("resuming with other settings or data is a clear error naming the argu
   expect_error(TrainingParam(checkpoint_every = 5), "`checkpoint_file` is missing")
   expect_error(TrainingParam(checkpoint_file = tempfile()), "`checkpoint_every` is 0")
   expect_error(TrainingParam(checkpoint_every = 5, checkpoint_file = "/no/such/dir/f.popflow"),
-               "`checkpoint_file` is in a folder that does not exist")
+               "`checkpoint_file` is in the folder .*, which does not exist")
 })
