@@ -40,13 +40,15 @@ stamp=$(cat DESCRIPTION NAMESPACE configure src/Makevars.in src/*.cpp src/*.h sr
 installed=$(Rscript -e 'f <- system.file("srcstamp", package = "popflow"); if (nzchar(f)) cat(readLines(f))' 2>/dev/null || true)
 # The vignettes, knitted once against the installed package (installing from
 # the source folder builds none; R CMD build would compile a second time).
-# About a minute; POPFLOW_SKIP_VIGNETTES=1 leaves them out.
+# About 1 min of CPU (57 s; 3.4 min wall on 2 cores busy with other builds);
+# POPFLOW_SKIP_VIGNETTES=1 leaves them out. tools/test.sh (CI) installs with
+# --system-only and knits the vignettes once in tools/check_package.sh.
 install_vignettes() {
   if [ "${POPFLOW_SKIP_VIGNETTES:-0}" = "1" ]; then
     echo "popflow: vignettes not installed (POPFLOW_SKIP_VIGNETTES=1)"
     return 0
   fi
-  echo "popflow: knitting the vignettes into the installation (about a minute)"
+  echo "popflow: knitting the vignettes into the installation (a minute or two)"
   OMP_WAIT_POLICY=passive Rscript tools/install_vignettes.R "$1" >/tmp/popflow-vignettes.log 2>&1 ||
     { tail -40 /tmp/popflow-vignettes.log; echo "popflow: knitting the vignettes failed (full log: /tmp/popflow-vignettes.log)"; exit 1; }
   tail -1 /tmp/popflow-vignettes.log
