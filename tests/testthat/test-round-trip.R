@@ -62,7 +62,7 @@ test_that("predicted SingleCellExperiment cells keep their source cells' metadat
   expect_equal(unname(pcs[colnames(pred), ]), unname(SingleCellExperiment::reducedDim(pred, "PCA")), ignore_attr = TRUE)
   expect_equal(unname(pcs[colnames(sce), ]), unname(SingleCellExperiment::reducedDim(sce, "PCA")), ignore_attr = TRUE)
   # Predicted stimulated cells beside observed ones: the observed target condition only.
-  stim <- combinePrediction(sce[, !ctrl], pred)
+  stim <- suppressMessages(combinePrediction(sce[, !ctrl], pred))
   expect_equal(unique(stim$condition), "stim")
   expect_error(combinePrediction(sce, sce), "`predicted` must be the SingleCellExperiment object that predict")
   expect_error(combinePrediction(sce[3:8, ], pred), "`observed` lacks 2 of the predicted genes in assay .logcounts. \\(e.g. g1, g2\\)")
