@@ -61,10 +61,37 @@ fitted_columns <- function(cols, x, meta, arg) {
   cols
 }
 
-# One population id per cell: the values of one column, or of several joined by "/".
-population_ids <- function(meta, cols) {
+# One population id per cell (of the cells `rows`, default all): the values
+# of one column, or of several joined by "/". NA is no population, and ids
+# that two different combinations share ("x/y" + "z", "x" + "y/z") would merge them.
+population_ids <- function(meta, cols, rows = NULL, arg = "population") {
   if (!length(cols)) return(NULL)
-  do.call(paste, c(lapply(cols, function(nm) as.character(meta[[nm]])), sep = "/"))
+  values <- lapply(cols, function(nm) {
+    v <- as.character(meta[[nm]])
+    if (is.null(rows)) v else v[rows]
+  })
+  for (i in seq_along(cols)) {
+    if (anyNA(values[[i]])) {
+      pf_abort(arg, sprintf("%scolumn '%s' is NA for %d of the cells used", if (arg == "population") "" else "population ",
+                            cols[i], sum(is.na(values[[i]]))),
+               sprintf("give those cells a value, or leave them out (%s)",
+                       if (arg == "population") sprintf("fitFlow(..., cells = !is.na(x$%s))", cols[i])
+                       else sprintf("%s[, !is.na(%s$%s)]", arg, arg, cols[i])))
+    }
+  }
+  ids <- do.call(paste, c(values, sep = "/"))
+  if (length(cols) > 1) {
+    combos <- unique(as.data.frame(values, col.names = cols, stringsAsFactors = FALSE))
+    id <- do.call(paste, c(unname(as.list(combos)), sep = "/"))
+    if (anyDuplicated(id)) {
+      clash <- combos[id == id[anyDuplicated(id)], , drop = FALSE]
+      pf_abort(arg, sprintf("columns %s give different cells the same population id '%s' (%s): their values contain \"/\", the separator",
+                            paste0("'", cols, "'", collapse = ", "), id[anyDuplicated(id)],
+                            paste(apply(clash, 1, function(r) paste0("'", r, "'", collapse = " + ")), collapse = " and ")),
+               "replace \"/\" in those values, e.g. x$col <- gsub(\"/\", \"-\", x$col)")
+    }
+  }
+  ids
 }
 
 rows_of <- function(df, i) if (is.null(df)) NULL else df[i, , drop = FALSE]
@@ -179,32 +206,71 @@ seurat_layer <- function(x, assay, layer) {
 cell_subset <- function(cells, x) {
   n <- ncol(x)
   if (is.null(cells)) return(seq_len(n))
-  if (is.logical(cells) && length(cells) == n && !anyNA(cells)) {
+  if (anyNA(cells)) {
+    pf_abort("cells", sprintf("contains %d NA value%s", sum(is.na(cells)), if (sum(is.na(cells)) > 1) "s" else ""),
+             "NA selects nothing: decide for those cells, e.g. cells = !is.na(x$patient) & x$patient != \"107\"")
+  }
+  if (is.logical(cells)) {
+    if (length(cells) != n) {
+      pf_abort("cells", sprintf("is a logical vector of %d values but `x` has %d cells", length(cells), n),
+               "give one TRUE/FALSE per cell (column) of `x`, e.g. cells = x$patient != \"107\"")
+    }
     keep <- which(cells)
   } else if (is.character(cells)) {
     keep <- match(cells, colnames(x))
     if (anyNA(keep)) {
       pf_abort("cells", sprintf("names cells that are not in `x`, e.g. '%s'", cells[is.na(keep)][1]), "use colnames(x)")
     }
-  } else if (is.numeric(cells) && !anyNA(cells) && all(cells == round(cells)) && all(cells >= 1 & cells <= n)) {
+  } else if (is.numeric(cells)) {
+    bad <- cells[cells != round(cells) | cells < 1 | cells > n]
+    if (length(bad)) {
+      pf_abort("cells", sprintf("has %d index%s that %s not a cell of `x` (1 to %d), e.g. %s", length(bad),
+                                if (length(bad) > 1) "es" else "", if (length(bad) > 1) "are" else "is", n, format(bad[1])),
+               "give whole numbers between 1 and ncol(x), a logical vector or cell names")
+    }
     keep <- as.integer(cells)
   } else {
-    pf_abort("cells", sprintf("must be a logical vector with one value per cell (%d), cell indices or cell names", n))
+    pf_abort("cells", sprintf("must be a logical vector with one value per cell (%d), cell indices or cell names, not %s",
+                              n, class(cells)[1]), "e.g. cells = x$patient != \"107\"")
   }
-  if (!length(keep)) pf_abort("cells", "selects no cells")
+  if (!length(keep)) pf_abort("cells", "selects no cells", "select at least the source and target cells to fit on")
   keep
 }
 
 # Cells of one condition value or time point; all cells when the column is absent.
-cells_where <- function(meta, column, value, arg) {
+cells_where <- function(meta, column, value, arg, fix = "pass an object that holds such cells") {
   if (is.null(column) || !(column %in% names(meta))) return(seq_len(nrow(meta)))
   cells <- which(as.character(meta[[column]]) == as.character(value))
   if (!length(cells)) {
-    pf_abort(arg, sprintf("has no cells with %s == '%s'; its values: %s", column, value,
-                          paste(unique(as.character(meta[[column]])), collapse = ", ")),
-             "pass an object that holds such cells")
+    pf_abort(arg, sprintf("%s no cells with %s == '%s'; %s: %s", if (arg == "cells") "selects" else "has", column, value,
+                          if (arg == "cells") "the selected cells have" else "its values",
+                          paste(unique(as.character(meta[[column]])), collapse = ", ")), fix)
   }
   cells
+}
+
+# A PCA recomputed on other cells has as many components but another basis:
+# its coordinates mean other cells than the model's. Compared when both the
+# model and `x` hold loadings (subsetting a SingleCellExperiment drops them).
+check_same_loadings <- function(spec, x, arg) {
+  fitted <- spec$expression$rotation
+  if (is.null(fitted) || is.null(spec$space)) return(invisible())
+  rotation <- if (is_seurat_cells(x)) {
+    tryCatch(SeuratObject::Loadings(x[[spec$space]]), error = function(e) NULL)
+  } else {
+    attr(SingleCellExperiment::reducedDim(x, spec$space), "rotation")
+  }
+  if (is.null(rotation) || !length(rotation)) return(invisible())
+  same <- identical(dim(rotation), dim(fitted)) && identical(rownames(rotation), rownames(fitted)) &&
+    max(abs(as.numeric(rotation) - as.numeric(fitted))) <= 1e-6 * max(abs(fitted))
+  if (!same) {
+    pf_abort(arg, sprintf("has a %s '%s' with other loadings than the one the model was fitted on (recomputed on other cells?): its coordinates mean other cells",
+                          if (is_seurat_cells(x)) "reduction" else "PCA", spec$space),
+             paste0("project the cells onto the fitted PCA: with e <- fit$cell_object$expression, the coordinates are ",
+                    "t((expr[rownames(e$rotation), ] - e$center) / e$scale) %*% e$rotation (expr: genes x cells, ",
+                    "the fitted assay)"))
+  }
+  invisible()
 }
 
 # Expression model of a PCA space, recorded at fit so that predicted cells can
@@ -362,6 +428,7 @@ object_source_cells <- function(object, x, from, arg) {
   spec <- model_cell_object(object, x, arg)
   meta <- cell_columns(x)
   coords <- layout_coordinates(x, spec, arg)
+  check_same_loadings(spec, x, arg)
   if (!is.null(spec$time)) {
     from <- from %||% object$time_labels[1]
     cells <- cells_where(meta, spec$time, from, arg)
@@ -370,7 +437,7 @@ object_source_cells <- function(object, x, from, arg) {
   }
   fitted_columns(c(spec$population, spec$label), x, meta, arg)
   list(x = coords[cells, , drop = FALSE], cells = cells, meta = meta, spec = spec, seurat = is_seurat_cells(x),
-       population = population_ids(meta, spec$population)[cells],
+       population = population_ids(meta, spec$population, cells, arg),
        label = rows_of(label_frame(meta, spec$label), cells))
 }
 

@@ -51,7 +51,40 @@ as_cell_matrix <- function(x, arg, min_rows = 1L) {
     pf_abort(arg, sprintf("has values as large as %.3g", max(abs(x))),
              "scale the features (e.g. use a PCA or log-normalised expression)")
   }
+  # The engine computes in float32: a feature whose values all lie below
+  # sqrt(FLT_MIN) ~ 1.08e-19 has squares (distances, losses) that flush to
+  # zero, and below FLT_MIN ~ 1.18e-38 the values themselves do.
+  top <- apply(abs(x), 2, max)
+  tiny <- which(top > 0 & top < float32_tiny)
+  if (length(tiny)) {
+    names <- colnames(x)[tiny] %||% as.character(tiny)
+    pf_abort(arg, sprintf("has %s whose values are all below %.3g in absolute value (%s, at most %.3g): float32, in which popflow computes, cannot hold their squares",
+                          if (length(tiny) == 1) "a feature" else sprintf("%d features", length(tiny)), float32_tiny,
+                          paste(utils::head(names, 5), collapse = ", "), max(top[tiny])),
+             "scale the features, e.g. x / max(abs(x)) or scale(x)")
+  }
   x
+}
+
+# Smallest magnitude whose square float32 still holds as a normal number: sqrt(2^-126).
+float32_tiny <- sqrt(2^-126)
+
+# Cells moved by the engine's solver must be finite: fixed-step solvers return
+# NaN or Inf from a field that blows up, and dopri5 stops on them. Either way
+# the user gets one R error that names the model and the likely fix.
+checked_states <- function(expr, solver) {
+  fail <- function() {
+    pf_abort("object", sprintf("moved cells to NaN or infinite values (solver \"%s\"): its velocity field is not finite along their paths",
+                               solver$method),
+             paste0("the model is unusable for these cells: refit with a lower `lr` or clip_norm = 1 in TrainingParam() ",
+                    "(see its loss with plotLoss()), and give cells on the scale of the training cells"))
+  }
+  res <- tryCatch(expr, error = function(e) {
+    if (grepl("non-finite", conditionMessage(e), fixed = TRUE)) fail()
+    stop(e)
+  })
+  for (s in res$states) if (!all(is.finite(s))) fail()
+  res
 }
 
 # Features with one value across all cells carry no information; the flow
@@ -126,4 +159,101 @@ same_features <- function(x, arg, feature_names, n_features) {
              sprintf("reorder or select the columns to match: %s", paste(utils::head(feature_names, 5), collapse = ", ")))
   }
   x
+}
+
+# Arguments that reached a method's `...` without a use: an error that names
+# each and says where it belongs, instead of silently ignoring it (e.g.
+# fitFlow(x, y, steps = 10) training the default 2000 steps). Call it first
+# thing in a method as check_dots(..., .verb = , .params = ): `.params` maps
+# the verb's parameter-object arguments to their constructors
+# (c(training = "TrainingParam")); a constructor's formals tell which
+# settings it owns. Names that are arguments of the verb's other methods, or
+# close to one of its arguments, get that hint.
+check_dots <- function(..., .verb, .params = character()) {
+  n <- ...length()
+  if (n == 0) return(invisible())
+  caller <- sys.parent()
+  exprs <- tryCatch(match.call(sys.function(caller), sys.call(caller), expand.dots = FALSE,
+                               envir = parent.frame(2L))$...,
+                    error = function(e) NULL)
+  if (length(exprs) != n) exprs <- rep(list(quote(...)), n)
+  names <- ...names() %||% rep("", n)
+  names[is.na(names)] <- ""
+  values <- vapply(exprs, function(e) {
+    txt <- paste(deparse(e, width.cutoff = 60L, nlines = 1L), collapse = "")
+    if (nchar(txt) > 40) "..." else txt
+  }, character(1))
+  verb_args <- verb_formals(.verb)
+  hints <- character(0)
+  owned <- list()
+  for (i in seq_len(n)) {
+    nm <- names[i]
+    if (!nzchar(nm)) {
+      hints <- c(hints, sprintf("name the argument given as `%s`, or drop it", values[i]))
+      next
+    }
+    owner <- setting_owner(nm, .params)
+    if (!is.null(owner)) {
+      owned[[owner]] <- c(owned[[owner]], sprintf("%s = %s", nm, values[i]))
+      next
+    }
+    elsewhere <- other_method_use(.verb, nm)
+    if (!is.null(elsewhere)) {
+      hints <- c(hints, sprintf("`%s` is used only %s", nm, elsewhere))
+      next
+    }
+    close <- verb_args[utils::adist(nm, verb_args, ignore.case = TRUE) <= if (nchar(nm) <= 3) 1 else 2]
+    hints <- c(hints, if (length(close)) {
+      sprintf("did you mean %s?", paste0("`", close, "`", collapse = " or "))
+    } else {
+      sprintf("drop `%s` (see ?%s for the arguments)", nm, .verb)
+    })
+  }
+  uses <- vapply(names(owned), function(owner) {
+    arg <- names(.params)[.params == owner][1]
+    sprintf("%s = %s(%s)", if (is.na(arg)) "method" else arg, owner, paste(owned[[owner]], collapse = ", "))
+  }, character(1))
+  if (length(uses)) hints <- c(sprintf("use %s", paste(uses, collapse = " and ")), hints)
+  shown <- ifelse(nzchar(names), sprintf("`%s`", names), sprintf("`%s` (unnamed)", values))
+  stop(sprintf("%s %s not %s of %s() and would be ignored\n  Fix: %s", paste(shown, collapse = ", "),
+               if (n > 1) "are" else "is", if (n > 1) "arguments" else "an argument", .verb,
+               paste(hints, collapse = "; ")), call. = FALSE)
+}
+
+# The parameter-object constructors whose settings a user may misplace, and
+# the constructor (among the verb's `params`, else any method) that owns `name`.
+param_constructors <- c("TrainingParam", "NetworkParam", "SolverParam", "ICFMParam", "OTCFMParam", "SBCFMParam",
+                        "TargetFMParam", "MFMParam", "CGFMParam")
+setting_owner <- function(name, params) {
+  owns <- function(ctor) name %in% names(formals(get(ctor, envir = asNamespace("popflow"))))
+  for (ctor in unique(params)) if (owns(ctor)) return(ctor)
+  # A method's setting while another method (or none) is chosen: its own constructor.
+  if ("method" %in% names(params)) {
+    for (ctor in setdiff(param_constructors, c("TrainingParam", "NetworkParam", "SolverParam"))) {
+      if (owns(ctor)) return(ctor)
+    }
+  }
+  NULL
+}
+
+# The methods of each verb that take `...`, and what each is for.
+verb_methods <- list(
+  fitFlow = c(fitFlow.default = "when `x` is a matrix of cells",
+              fitFlow.SummarizedExperiment = "when `x` is a SingleCellExperiment or Seurat object"),
+  predict = c(predict.popflow_flow = "by flow models (I-CFM, OT-CFM, SB-CFM, target FM)",
+              predict.popflow_population = "by population models (MFM, CGFM)")
+)
+
+verb_formals <- function(verb) {
+  fns <- names(verb_methods[[verb]])
+  setdiff(unique(unlist(lapply(fns, function(f) names(formals(get(f, envir = asNamespace("popflow"))))))), "...")
+}
+
+# Where an argument of another method of the verb is used, or NULL.
+other_method_use <- function(verb, name) {
+  methods <- verb_methods[[verb]]
+  for (f in names(methods)) {
+    if (name %in% names(formals(get(f, envir = asNamespace("popflow"))))) return(methods[[f]])
+  }
+  NULL
 }

@@ -149,6 +149,12 @@ evaluateFlow <- function(object, source, target, from = NULL, to = NULL, solver 
   max_cells <- check_count(max_cells, "max_cells", min = 2)
   baselines <- check_baselines(baselines, object)
   top_genes <- check_count(top_genes, "top_genes", min = 2)
+  if (object$n_features < 3) {
+    message(sprintf(paste0("the model has %d feature%s: corr_r (correlation of the features' correlations) needs ",
+                           "at least 3%s, so %s NA"), object$n_features, if (object$n_features == 1) "" else "s",
+                    if (object$n_features == 1) " and mean_R2 (R^2 over the features' means) at least 2" else "",
+                    if (object$n_features == 1) "both are" else "it is"))
+  }
   if (is_cell_object(source)) {
     return(evaluate_cell_object(object, source, if (!missing(target)) target, from, to, solver, max_cells, seed,
                                 baselines, top_genes, unseen_label, verbose))
@@ -306,9 +312,11 @@ na_row <- function(row) {
 metric_row <- function(predicted, observed, max_cells, seed) {
   p <- subsample_rows(predicted, max_cells, seed)
   o <- subsample_rows(observed, max_cells, seed + 1)
+  # Undefined R^2 or r (too few features, constant means or features) is NA, not NaN.
+  defined <- function(v) if (is.finite(v)) v else NA_real_
   data.frame(W1 = pf_wasserstein(p, o, 1L), W2 = pf_wasserstein(p, o, 2L),
              MMD = pf_mmd(p, o, c(2, 1, 0.5, 0.1, 0.01, 0.005)), energy = pf_energy(p, o),
-             mean_R2 = pf_mean_r2(predicted, observed), corr_r = pf_correlation_r(predicted, observed))
+             mean_R2 = defined(pf_mean_r2(predicted, observed)), corr_r = defined(pf_correlation_r(predicted, observed)))
 }
 
 # Training-data mean at a model time, linearly interpolated between snapshots.
@@ -441,6 +449,7 @@ evaluate_cell_object <- function(object, source, target, from, to, solver, max_c
   obs_meta <- cell_columns(observed_object)
   obs_coords <- same_features(layout_coordinates(observed_object, spec, "target"), "target", object$feature_names,
                               object$n_features)
+  if (!is.null(target)) check_same_loadings(spec, target, "target")
   obs_column <- spec$condition %||% spec$time
   obs_value <- if (!is.null(spec$condition)) spec$target else to %||% object$time_labels[length(object$time_labels)]
   if (is.null(target)) fitted_columns(obs_column, source, obs_meta, "source")
@@ -454,7 +463,7 @@ evaluate_cell_object <- function(object, source, target, from, to, solver, max_c
                           verbose = verbose))
   }
   fitted_columns(spec$population, observed_object, obs_meta, if (is.null(target)) "source" else "target")
-  obs_population <- population_ids(obs_meta, spec$population)[obs]
+  obs_population <- population_ids(obs_meta, spec$population, obs, if (is.null(target)) "source" else "target")
   shared <- intersect(unique(src$population), obs_population)
   if (!length(shared)) {
     pf_abort("source", "has no population with both source and observed target cells",

@@ -24,9 +24,11 @@
 #' @param x A numeric matrix, cells in rows and features (for example
 #'   principal components) in columns, at least two cells (per snapshot).
 #'   Sparse matrices and numeric data frames are densified. NA, NaN, infinite
-#'   values and values beyond 1e6 in absolute value (scale the features
-#'   first) are errors; a feature with the same value in every cell gives a
-#'   warning (it carries no information and the flow leaves it unchanged).
+#'   values, values beyond 1e6 in absolute value and features whose values
+#'   all lie below 1.08e-19 (float32, in which popflow computes, cannot hold
+#'   their squares; scale the features first) are errors; a feature with the
+#'   same value in every cell gives a warning (it carries no information and
+#'   the flow leaves it unchanged).
 #'   For a SingleCellExperiment or Seurat object, see [fitFlow-objects].
 #' @param target Target cells (same features as `x`), or `NULL` when `time` is given.
 #' @param time One time label per row of `x` (numeric, or a factor with levels
@@ -73,7 +75,10 @@
 #'   `held_out` is scored, whether the model keeps the best-scoring weights
 #'   and whether training stops early. Default, with `held_out`:
 #'   `ValidationParam()`.
-#' @param ... Passed to methods.
+#' @param ... Nothing for matrices: an argument that lands here (a misspelt
+#'   name, `cells =` meant for objects, a setting such as `steps` given
+#'   directly) is an error that names it and says where it belongs (e.g.
+#'   `training = TrainingParam(steps = 10)`).
 #' @return A `popflow_flow` model: use [predict()], [sampleTrajectories()],
 #'   [evaluateFlow()], [plotLoss()] (loss and validation curves) and [saveFlow()].
 #'   With `held_out`, `fit$validation` holds the validation record: `steps`,
@@ -113,6 +118,8 @@ fitFlow.default <- function(x, target = NULL, time = NULL, group = NULL, method 
     if (missing(training)) training <- resume$training
   }
   method <- as_flow_param(method)
+  check_dots(..., .verb = "fitFlow",
+             .params = c(training = "TrainingParam", network = "NetworkParam", method = class(method)[1]))
   network <- expect_param(network, "network", "NetworkParam")
   training <- expect_param(training, "training", "TrainingParam")
   check_resume_settings(resume, method, network, training)
@@ -194,7 +201,7 @@ fit_method.popflow_population_param <- function(method, x, target, time, group, 
     pf_abort("population", "has no population with both source and target cells",
              "give source and target cells of the same population the same id")
   }
-  check_graph_sizes(method, n_source, pops$names)
+  graph_k <- check_graph_sizes(method, n_source, pops$names)
   if (identical(method$coupling, "paired")) check_paired_counts(n_source, n_target, pops$names, "population")
   check_resume_data(resume, x)
   population_step_limits(method, network, training, ncol(x), device)
@@ -220,6 +227,7 @@ fit_method.popflow_population_param <- function(method, x, target, time, group, 
     validation = validation_fields(validation, sets, sprintf("%d held-out population%s", length(sets),
                                                              if (length(sets) == 1) "" else "s"))
   )
+  fields$populations$graph_k <- graph_k  # the k of each population's kNN graph (GCN encoder only)
   # The kNN graphs of populations larger than max_cells are subsampled with the seed of the first fit.
   config <- fit_config(method, network, training, device, threads, dim = ncol(x), times = c(0, 1),
                        population = list(graph_seed = if (is.null(resume)) training$seed else resume$training$seed,
@@ -461,29 +469,36 @@ fit_cell_object <- function(x, space, condition, source, target, time, populatio
   layout <- object_layout(x, space, assay, features)
   coords <- layout_coordinates(x, layout, "x")
   if (!is.null(layout$assay)) layout$features <- colnames(coords)
+  cells_arg <- cells
   keep <- cell_subset(cells, x)
   coords <- coords[keep, , drop = FALSE]
   meta <- cell_columns(x)[keep, , drop = FALSE]
   population <- check_columns(population, x, meta, "population")
   label <- check_columns(label, x, meta, "label")
-  pops <- population_ids(meta, population)
   labels <- label_frame(meta, label)
   fit_args <- list(...)
   fit_on <- function(cells, ...) {
     fit_args$held_out <- object_held_out(fit_args$held_out, method, layout, condition, source, target, time,
                                          population, label)
-    do.call(fitFlow.default, c(list(...), object_cells(method, pops[cells], rows_of(labels, cells),
+    do.call(fitFlow.default, c(list(...), object_cells(method, population_ids(meta, population, cells),
+                                                            rows_of(labels, cells),
                                                             if (!is.null(time)) meta[[time]][cells]),
                                list(method = method), fit_args))
   }
   if (!is.null(condition)) {
     if (!is.null(time)) pf_abort("time", "and `condition` are both given", "give `condition` (with `source`, `target`) or `time`")
     condition <- check_columns(condition, x, meta, "condition", single = TRUE)
-    source <- check_value(source, meta[[condition]], "source", condition)
-    target <- check_value(target, meta[[condition]], "target", condition)
+    # Values of the whole object: a value outside the `cells` subset is the subset's doing (below).
+    source <- check_value(source, cell_columns(x)[[condition]], "source", condition)
+    target <- check_value(target, cell_columns(x)[[condition]], "target", condition)
     if (source == target) pf_abort("target", "is the same value as `source`", "give two different values of the column")
-    src <- cells_where(meta, condition, source, "x")
-    tgt <- cells_where(meta, condition, target, "x")
+    # After a `cells` subset, a missing condition value is the subset's doing.
+    where <- function(value) {
+      if (is.null(cells_arg)) return(cells_where(meta, condition, value, "x"))
+      cells_where(meta, condition, value, "cells", "select cells of both conditions (source and target)")
+    }
+    src <- where(source)
+    tgt <- where(target)
     cells <- c(src, tgt)
     fit <- fit_on(cells, coords[src, , drop = FALSE], coords[tgt, , drop = FALSE])
   } else if (!is.null(time)) {
@@ -555,13 +570,14 @@ report_training_status <- function(fit, steps) {
                                         "continue with fitFlow(..., resume = fit)"), done, steps)),
     early_stop = message(early_stop_message(fit, steps)),
     nonfinite = {
+      # The engine returns the last step whose weights still gave a finite loss.
       if (done == 0) {
-        stop("training diverged: the loss was NaN or infinite at step 1.\n  Fix: lower `lr` in TrainingParam() ",
-             "(e.g. lr = 1e-4), set clip_norm = 1, or scale the features.", call. = FALSE)
+        stop("training diverged: the loss or its gradient became NaN or infinite in the first steps, before any usable model.\n  Fix: ",
+             "lower `lr` in TrainingParam() (e.g. lr = 1e-4), set clip_norm = 1, or scale the features.", call. = FALSE)
       }
-      warning(sprintf(paste0("training diverged: the loss became NaN or infinite at step %d; ",
-                             "the model holds step %d.\n  Fix: lower `lr` in TrainingParam() or set clip_norm = 1."),
-                      done + 1, done), call. = FALSE)
+      warning(sprintf(paste0("training diverged after step %d: the loss or its gradient became NaN or infinite; the model holds ",
+                             "step %d, the last whose weights gave a finite loss.\n  Fix: lower `lr` in ",
+                             "TrainingParam() or set clip_norm = 1."), done, done), call. = FALSE)
     }
   )
   invisible(fit)

@@ -216,7 +216,13 @@ is_generative.TargetFMParam <- function(method) TRUE
 #' the value and lists the known ones: a learnt embedding exists only for
 #' values seen in training.
 #'
-#' @param k Neighbours per cell in the kNN graph (GCN encoder).
+#' @param k Neighbours per cell in the kNN graph (GCN encoder). A population
+#'   with no more than `k` source cells (after the `max_cells` cap) uses `k =
+#'   n - 1`, all its other cells, in fitting, prediction, embedding and
+#'   evaluation alike; a message names every such population, and the fitted
+#'   model records each training population's `k` (`fit$populations$graph_k`).
+#'   So the default works on data with small populations (the built-in Kang
+#'   data has patient x cell type populations of 9 to 939 control cells).
 #' @param layers Encoder layers.
 #' @param width Encoder width: the embedding size (for `"kme"`, the number of
 #'   random features; even).

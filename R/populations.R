@@ -83,22 +83,31 @@ check_fit_labels.CGFMParam <- function(method, cols) {
   invisible()
 }
 
-# A GCN embeds a population through its kNN graph: it needs more than k cells.
+# A GCN embeds a population through its kNN graph. A population of no more
+# than k cells (after the `max_cells` cap) uses the neighbourhood it has,
+# k = n - 1 (all its other cells): one message names every such population.
+# Returns the k of each population's graph (NULL without a graph).
 check_graph_sizes <- function(method, sizes, names, what = "source cells") UseMethod("check_graph_sizes")
 
 #' @export
-check_graph_sizes.default <- function(method, sizes, names, what = "source cells") invisible()
+check_graph_sizes.default <- function(method, sizes, names, what = "source cells") invisible(NULL)
 
 #' @export
 check_graph_sizes.MFMParam <- function(method, sizes, names, what = "source cells") {
-  if (method$encoder != "gcn") return(invisible())
-  small <- which(sizes > 0 & sizes <= method$k)
+  if (method$encoder != "gcn") return(invisible(NULL))
+  used <- if (method$max_cells > 0) pmin(sizes, method$max_cells) else sizes
+  k <- as.integer(pmax(0, pmin(method$k, used - 1)))
+  small <- which(sizes > 0 & k < method$k)
   if (length(small)) {
-    pf_abort("population", sprintf("'%s' has %d %s, too few for a kNN graph with k = %d", names[small[1]],
-                                   sizes[small[1]], what, method$k),
-             "every population needs more than k cells (lower `k` in MFMParam() or drop small populations)")
+    shown <- utils::head(small, 10)
+    message(sprintf(paste0("%s smaller than the kNN graph's k = %d: %s use%s k = n - 1 (all other cells of ",
+                           "the population): %s%s. Set `k` in MFMParam() to choose one neighbourhood for all."),
+                    if (length(small) == 1) "1 population is" else sprintf("%d populations are", length(small)),
+                    method$k, if (length(small) == 1) "it" else "they", if (length(small) == 1) "s" else "",
+                    paste(sprintf("'%s' (%d %s, k = %d)", names[shown], sizes[shown], what, k[shown]), collapse = ", "),
+                    if (length(small) > length(shown)) sprintf(" and %d more", length(small) - length(shown)) else ""))
   }
-  invisible()
+  invisible(k)
 }
 
 # Does the method embed populations with an encoder (MFM), or condition on labels only?
@@ -113,6 +122,14 @@ encode_labels <- function(cols, pop_code, pop_names, info = NULL, unseen = "erro
     info <- lapply(cols, function(v) {
       if (is.numeric(v)) list(type = "numeric") else list(type = "categorical", levels = sort(unique(as.character(v))))
     })
+  }
+  extra <- setdiff(names(cols), names(info))
+  if (length(extra)) {
+    pf_abort("label", if (!length(info)) "is given, but the model was fitted without labels" else
+               sprintf("has the column%s %s, which the model was not fitted with", if (length(extra) > 1) "s" else "",
+                       paste0("'", extra, "'", collapse = ", ")),
+             if (!length(info)) "drop `label`: the model conditions on the populations' cells only" else
+               sprintf("give only the fitted label columns: %s", paste(names(info), collapse = ", ")))
   }
   cat_cols <- names(info)[vapply(info, function(i) i$type == "categorical", logical(1))]
   num_cols <- setdiff(names(info), cat_cols)

@@ -21,7 +21,9 @@
 #' @param device `NULL` (the model's device when available, else CPU), `"cpu"` or `"cuda"`.
 #' @param verbose Show a progress bar when the prediction runs longer than a
 #'   few seconds (Ctrl-C stops it either way).
-#' @param ... Unused.
+#' @param ... Nothing: an argument that lands here (a misspelt name, a
+#'   solver setting such as `steps` given directly) is an error that names it
+#'   and says where it belongs (e.g. `solver = SolverParam(steps = 10)`).
 #' @return A matrix of predicted cells, one row per row of `newdata`; for an
 #'   object, an object of the same kind holding the predicted cells.
 #' @examples
@@ -32,6 +34,7 @@
 #' @export
 predict.popflow_flow <- function(object, newdata = NULL, from = NULL, to = NULL, solver = SolverParam(),
                                  n = NULL, seed = 1, threads = object$threads, device = NULL, verbose = TRUE, ...) {
+  check_dots(..., .verb = "predict", .params = c(solver = "SolverParam"))
   if (is_cell_object(newdata)) return(predict_cell_object(object, newdata, from, to, solver, threads, device, verbose))
   x <- start_cells(object, newdata, n, seed)
   t0 <- if (is.null(from)) object$times[1] else resolve_time(object, from, "from")
@@ -68,7 +71,9 @@ predict.popflow_flow <- function(object, newdata = NULL, from = NULL, to = NULL,
 #' @param device `NULL` (the model's device when available, else CPU), `"cpu"` or `"cuda"`.
 #' @param verbose Show a progress bar when the prediction runs longer than a
 #'   few seconds (Ctrl-C stops it either way).
-#' @param ... Unused.
+#' @param ... Nothing: an argument that lands here (a misspelt name, a
+#'   solver setting such as `steps` given directly) is an error that names it
+#'   and says where it belongs (e.g. `solver = SolverParam(steps = 10)`).
 #' @return A matrix of predicted target cells, one row per row of `newdata`, in the same order;
 #'   for an object, an object of the same kind (see [cell-objects]).
 #' @examples
@@ -86,6 +91,7 @@ predict.popflow_flow <- function(object, newdata = NULL, from = NULL, to = NULL,
 predict.popflow_population <- function(object, newdata, population = NULL, label = NULL, solver = SolverParam(),
                                        threads = object$threads, device = NULL, unseen_label = c("error", "average"),
                                        verbose = TRUE, ...) {
+  check_dots(..., .verb = "predict", .params = c(solver = "SolverParam"))
   object <- as_model(object)
   if (is_cell_object(newdata)) {
     return(predict_cell_object(object, newdata, solver = solver, threads = threads, device = device,
@@ -177,8 +183,8 @@ move_cells.popflow_flow <- function(object, x, times, solver, threads, device = 
   }
   solver <- expect_param(solver, "solver", "SolverParam")
   threads <- check_count(threads, "threads")
-  res <- pf_transport(flow_handle(object, device), x, times, NULL, engine_config(solver), threads,
-                      prediction_progress(verbose, nrow(x)))
+  res <- checked_states(pf_transport(flow_handle(object, device), x, times, NULL, engine_config(solver), threads,
+                                    prediction_progress(verbose, nrow(x))), solver)
   named_states(res$states, x, object)
 }
 
@@ -200,9 +206,9 @@ move_cells.popflow_population <- function(object, x, times, solver, threads, dev
   pops <- population_codes(population, cols, nrow(x), object$method)
   check_graph_sizes(object$method, tabulate(pops$code, length(pops$names)), pops$names, "cells")
   labels <- encode_labels(cols, pops$code, pops$names, object$labels, unseen = unseen_label)
-  res <- pf_population_transport(flow_handle(object, device), x, pops$code - 1L, length(pops$names), labels$codes,
-                                 labels$covariates, times, engine_config(solver), threads,
-                                 prediction_progress(verbose, nrow(x)))
+  res <- checked_states(pf_population_transport(flow_handle(object, device), x, pops$code - 1L, length(pops$names),
+                                                 labels$codes, labels$covariates, times, engine_config(solver), threads,
+                                                 prediction_progress(verbose, nrow(x))), solver)
   named_states(res$states, x, object)
 }
 

@@ -48,6 +48,8 @@ PopulationGraph build_graph(const torch::Tensor& x, int64_t k, int64_t max_cells
   const int64_t m = g.x.size(0);
   auto self = torch::arange(m, torch::kLong);
   torch::Tensor src = self, dst = self;
+  // A population of m <= k cells gets the neighbourhood it has: k = m - 1 (all its other cells).
+  k = std::min(k, m - 1);
   if (k > 0) {
     auto nn = knn_indices(g.x, k);
     // Symmetrise (an edge if either cell lists the other), then drop duplicates.

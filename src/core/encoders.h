@@ -26,7 +26,8 @@ struct PopulationGraph {
   int64_t nodes() const { return x.size(0); }
 };
 
-// k = 0 gives self-loops only (weight 1): the GCN becomes a per-cell MLP.
+// k = 0 gives self-loops only (weight 1): the GCN becomes a per-cell MLP. A
+// population of m <= k cells (after the cap) uses k = m - 1: all its other cells.
 // max_cells > 0 caps the cells used (a random subsample drawn with `seed`).
 PopulationGraph build_graph(const torch::Tensor& x, int64_t k, int64_t max_cells, uint64_t seed);
 

@@ -115,6 +115,33 @@ void FlatAdam::with_weights_to_save(const std::function<void()>& save) {
   if (raw.defined()) data_.copy_(raw);
 }
 
+void FlatAdam::remember() {
+  torch::NoGradGuard no_grad;
+  // Preallocated once: a copy per step costs a few whole-buffer copies, no allocation.
+  if (!saved_data_.defined()) {
+    saved_data_ = torch::empty_like(data_);
+    saved_m_ = torch::empty_like(m_);
+    saved_v_ = torch::empty_like(v_);
+    if (ema_.defined()) saved_ema_ = torch::empty_like(ema_);
+  }
+  saved_data_.copy_(data_);
+  saved_m_.copy_(m_);
+  saved_v_.copy_(v_);
+  if (ema_.defined()) saved_ema_.copy_(ema_);
+  saved_t_ = t_;
+}
+
+void FlatAdam::rollback() {
+  if (saved_t_ < 0) throw std::logic_error("FlatAdam::rollback without remember");
+  torch::NoGradGuard no_grad;
+  data_.copy_(saved_data_);
+  m_.copy_(saved_m_);
+  v_.copy_(saved_v_);
+  if (ema_.defined()) ema_.copy_(saved_ema_);
+  t_ = saved_t_;
+  saved_t_ = -1;
+}
+
 void FlatAdam::use_average() {
   torch::NoGradGuard no_grad;
   if (ema_.defined() && t_ > 0) data_.copy_(ema_);

@@ -47,6 +47,10 @@ class FlatAdam {
   // A flat CPU copy of the current (raw, not averaged) weights.
   torch::Tensor weights() const { return data_.to(torch::kCPU, /*non_blocking=*/false, /*copy=*/true); }
   int64_t parameter_count() const { return data_.numel(); }
+  // remember() copies the weights, moments and average before a step;
+  // rollback() returns to them, undoing a step whose weights proved unusable.
+  void remember();
+  void rollback();
 
   // Adam's moments, step count and average (copies); `step` and `loss` are left to the caller.
   TrainState state() const;
@@ -63,8 +67,9 @@ class FlatAdam {
   void release();
   std::vector<torch::Tensor> params_;
   torch::Tensor data_, grad_, m_, v_, ema_;
+  torch::Tensor saved_data_, saved_m_, saved_v_, saved_ema_;  // remember()'s copies
   AdamSettings s_;
-  int64_t t_ = 0;
+  int64_t t_ = 0, saved_t_ = -1;
 };
 
 }  // namespace popflow

@@ -254,9 +254,6 @@ class PopulationObjective : public TrainingObjective {
     auto x_cpu = data_.x.to(torch::kCPU, torch::kFloat);
     graphs_.assign(sources_.size(), {});
     for (int64_t p : usable_) {
-      if (static_cast<int64_t>(sources_[p].size()) <= k)
-        throw std::invalid_argument("population " + std::to_string(p) + " has " + std::to_string(sources_[p].size()) +
-                                    " source cells; a kNN graph with k = " + std::to_string(k) + " needs more than k");
       auto cells = x_cpu.index_select(0, torch::tensor(sources_[p], torch::kLong));
       const uint64_t seed = population.graph_seed + static_cast<uint64_t>(p);
       graphs_[p] = graph_on(build_graph(cells, k, population.max_cells, seed), model_.device);
@@ -316,9 +313,7 @@ torch::Tensor embed_populations(PopulationModel& model, const std::vector<torch:
     const auto& x = sources[p];
     if (x.dim() != 2 || x.size(1) != model.config.network.dim)
       throw std::invalid_argument("population cells have the wrong number of features");
-    if (x.size(0) <= k)
-      throw std::invalid_argument("a population has " + std::to_string(x.size(0)) +
-                                  " source cells; a kNN graph with k = " + std::to_string(k) + " needs more than k");
+    if (x.size(0) < 1) throw std::invalid_argument("a population has no source cells");
     graphs.push_back(build_graph(x, k, model.population.max_cells, model.population.graph_seed + static_cast<uint64_t>(p)));
   }
   std::vector<const PopulationGraph*> batch;

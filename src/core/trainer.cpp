@@ -106,6 +106,9 @@ class Validation {
     return callbacks_.keep_best && !best_.empty() && result.best_step != result.steps_done;
   }
 
+  // Whether the fit returns the best-scoring weights rather than the last ones.
+  bool keeps_best() const { return callbacks_.keep_best && !best_.empty(); }
+
   void restore_best() {
     torch::NoGradGuard no_grad;
     const auto params = network_.parameters();
@@ -158,12 +161,25 @@ TrainResult run_training(TrainingObjective& objective, const TrainConfig& config
   Validation validation(callbacks, network, optimisers);
   network.train();
   std::mt19937_64 rng;
+  FlatAdam* last_opt = nullptr;  // the optimiser of the last step, which a non-finite loss undoes
   for (int64_t step = first_step; step <= config.steps; ++step) {
     seed_step(config.seed, step, rng);
     const torch::Tensor loss = objective.loss(step, rng);
     const double loss_value = loss.item<double>();
+    // The weights of the last step gave a non-finite loss or gradient: they
+    // can already give non-finite velocities, so the fit returns the step
+    // before (the best validated weights, when validation keeps them, are
+    // usable anyway).
+    const auto diverged = [&] {
+      result.status = "nonfinite";
+      if (last_opt && !validation.keeps_best()) {
+        last_opt->rollback();
+        result.loss.pop_back();
+        result.steps_done = step - 2;
+      }
+    };
     if (!std::isfinite(loss_value)) {
-      result.status = "nonfinite";  // parameters still hold the last finite step
+      diverged();
       break;
     }
     FlatAdam& opt = objective.optimiser(step);
@@ -172,10 +188,12 @@ TrainResult run_training(TrainingObjective& objective, const TrainConfig& config
     objective.gradients_ready(step, opt);
     // The norm is needed anyway to refuse a non-finite update before it reaches the weights.
     if (!std::isfinite(opt.clip_grad_norm(config.clip_norm))) {
-      result.status = "nonfinite";
+      diverged();
       break;
     }
+    opt.remember();
     opt.step();
+    last_opt = &opt;
     result.loss.push_back(loss_value);
     result.steps_done = step;
     if (callbacks.checkpoint && callbacks.checkpoint_every > 0 && step % callbacks.checkpoint_every == 0) {

@@ -67,6 +67,13 @@ TEST_CASE("build_graph: GCN normalisation D^-1/2 (A + I) D^-1/2 of the symmetris
   PF_CHECK_NEAR(max_abs(dense_adjacency(g0) - torch::eye(60)), 0.0, 0.0);
   auto capped = build_graph(x, k, 25, 9), again = build_graph(x, k, 25, 9);
   PF_CHECK(capped.nodes() == 25 && torch::equal(capped.x, again.x) && torch::equal(capped.src, again.src));
+  // A population of no more than k cells uses k = m - 1: every cell joined to every other.
+  auto small = build_graph(x.slice(0, 0, 4), 10, 0, 1);
+  auto full = torch::full({4, 4}, 0.25, kD);
+  PF_CHECK_NEAR(max_abs(dense_adjacency(small).to(torch::kDouble) - full), 0.0, 1e-7);
+  PF_CHECK(torch::equal(dense_adjacency(build_graph(x.slice(0, 0, 4), 3, 0, 1)), dense_adjacency(small)));
+  auto single = build_graph(x.slice(0, 0, 1), 10, 0, 1);
+  PF_CHECK_NEAR(max_abs(dense_adjacency(single) - torch::eye(1)), 0.0, 0.0);
 }
 
 TEST_CASE("PopulationEncoder: unit norm, batching equals one graph at a time, kme fixed") {

@@ -67,8 +67,16 @@ TEST_CASE("train_population_model: MFM predicts an unseen population's mean-depe
   PF_CHECK_THROWS_AS(load_model(bytes), std::runtime_error);
   PF_CHECK_THROWS_AS(load_population_model(save_model(model->flow())), std::runtime_error);
   PF_CHECK_THROWS_AS(load_population_model(bytes.substr(0, bytes.size() / 2)), std::runtime_error);
-  // Too small a population for the graph.
-  PF_CHECK_THROWS_AS(population_condition(*model, {src.slice(0, 0, 5)}, torch::Tensor(), torch::Tensor()),
+  // A population of no more than k = 10 cells is embedded with k = n - 1 (all its other cells): the
+  // same embedding as with any k >= n - 1; an empty one is refused.
+  auto few = src.slice(0, 0, 5);
+  auto small = embed_populations(*model, {few});
+  PF_CHECK(small.size(0) == 1 && torch::isfinite(small).all().item<bool>());
+  PF_CHECK_NEAR(small.norm().item<double>(), 1.0, 1e-5);
+  model->population.k = 4;
+  PF_CHECK(torch::equal(embed_populations(*model, {few}), small));
+  model->population.k = 10;
+  PF_CHECK_THROWS_AS(population_condition(*model, {src.slice(0, 0, 0)}, torch::Tensor(), torch::Tensor()),
                      std::invalid_argument);
 }
 

@@ -211,3 +211,19 @@ TEST_CASE("train: every path and coupling runs, with groups and conditioning") {
   PF_CHECK_MSG(pb[0].item<double>() - b0.mean(0)[0].item<double>() < -1.5, "group b moved " << pb);
   PF_CHECK_THROWS_AS(transport(*model, a0, {0.0, 1.0}, torch::Tensor(), SolverConfig()), std::invalid_argument);
 }
+
+TEST_CASE("train: a diverging fit returns the last step whose weights gave a finite loss") {
+  torch::manual_seed(33);
+  auto data = shifted_pair(200, 2.0);
+  data.x = data.x * 1000;
+  auto model = make_model(small_flow(2), "cpu");
+  TrainConfig tc = quick_train(200);
+  tc.lr = 10;
+  auto res = train(*model, data, tc);
+  PF_CHECK(res.status == "nonfinite");
+  PF_CHECK(res.steps_done < 200 && res.loss.size() == static_cast<size_t>(res.steps_done));
+  // Every recorded loss is finite, and so are the returned model's velocities on the training cells.
+  for (double l : res.loss) PF_CHECK(std::isfinite(l));
+  auto pred = transport(*model, data.x, {0.0, 1.0}, torch::Tensor(), solver(SolverKind::Euler, 1))[1];
+  PF_CHECK_MSG(torch::isfinite(pred).all().item<bool>(), "steps_done " << res.steps_done);
+}

@@ -55,6 +55,17 @@ bad_input_cases <- list(
   list("sparse matrix with NA", quote(fitFlow(Matrix::Matrix(with_value(d$source, 1, 1, NA), sparse = TRUE), d$target, training = tr, verbose = FALSE)), "x"),
   list("sparse matrix too large to densify", quote(fitFlow(Matrix::sparseMatrix(i = 1, j = 1, x = 1, dims = c(1e5, 5e4)), d$target, verbose = FALSE)), "x"),
   list("zero-variance feature (documented warning)", quote(fitFlow(cbind(d$source, 1), cbind(d$target, 1), training = tr, verbose = FALSE)), "x", "warning"),
+  list("values too small for float32", quote(fitFlow(d$source * 1e-25, d$target * 1e-25, training = tr, verbose = FALSE)), "x"),
+  # Arguments that would vanish into `...`
+  list("a training setting given to fitFlow() directly", quote(fitFlow(d$source, d$target, steps = 10, verbose = FALSE)), "steps"),
+  list("an object argument for a matrix", quote(fitFlow(d$source, d$target, cells = 1:10, training = tr, verbose = FALSE)), "cells"),
+  list("a misspelt argument of fitFlow()", quote(fitFlow(d$source, d$target, trainig = tr, verbose = FALSE)), "trainig"),
+  list("a misspelt solver in predict()", quote(predict(fit, d$source, sovler = SolverParam("rk4"))), "sovler"),
+  list("a solver setting given to predict() directly", quote(predict(fit, d$source, steps = 4)), "steps"),
+  list("population given to a flow's predict()", quote(predict(fit, d$source, population = rep("a", 60))), "population"),
+  list("`to` given to a population model's predict()", quote(predict(mfm, src, population = pop, to = 1)), "to"),
+  list("labels for a model fitted without labels", quote(predict(mfm, src, population = pop, label = rep("x", 120))), "label"),
+  list("a label column the model was not fitted with", quote(predict(cgfm, src[1:40, ], label = data.frame(label = rep("ctrl", 40), dose = 1))), "label"),
   # fitFlow(): labels of cells and settings
   list("logical time labels", quote(fitFlow(d$source, time = rep(c(TRUE, FALSE), 30), verbose = FALSE)), "time"),
   list("NA in time labels", quote(fitFlow(d$source, time = c(NA, rep(0:1, length.out = 59)), verbose = FALSE)), "time"),
@@ -76,7 +87,6 @@ bad_input_cases <- list(
   # Population models
   list("k = 0 for the GCN encoder", quote(MFMParam(k = 0)), "k"),
   list("negative k", quote(MFMParam(k = -3, encoder = "mean")), "k"),
-  list("population smaller than k", quote(fitFlow(src, src + 1, population = c(pop, pop), method = MFMParam(k = 50), training = tr, verbose = FALSE)), "population"),
   list("MFM without population", quote(fitFlow(src, src + 1, method = "mfm", training = tr, verbose = FALSE)), "population"),
   list("NA in population", quote(fitFlow(src, src + 1, population = c(NA, pop[-1], pop), method = "mfm", verbose = FALSE)), "population"),
   list("NaN in a numeric label", quote(fitFlow(src, src + 1, population = c(pop, pop), label = c(NaN, rep(1, 239)), method = "cgfm", verbose = FALSE)), "label"),
@@ -90,7 +100,6 @@ bad_input_cases <- list(
   list("predict to a time beyond the fit", quote(predict(fit, d$source, to = 2)), "to"),
   list("threads < 1 in predict", quote(predict(fit, d$source, threads = 0)), "threads"),
   list("non-numeric cells to predict (MFM)", quote(predict(mfm, src > 0, population = pop)), "newdata"),
-  list("predict a population smaller than k", quote(predict(mfm, src[1:3, ], population = rep("new", 3))), "population"),
   list("unseen label at prediction", quote(predict(cgfm, src[1:40, ], label = rep("other", 40))), "label"),
   list("missing label column at prediction", quote(predict(cgfm, src[1:40, ], label = data.frame(dose = rep(1, 40)))), "label"),
   list("trajectory times not monotone", quote(sampleTrajectories(fit, d$source, times = c(0, 1, 0.5))), "times"),
@@ -103,7 +112,6 @@ bad_input_cases <- list(
   list("top_genes below 2", quote(evaluateFlow(fit, d$source, d$target, top_genes = 1)), "top_genes"),
   list("compare something that is not an evaluation", quote(compareToBaselines(d$source)), "evaluation"),
   list("embed populations with a CGFM model", quote(embedPopulations(cgfm, src, pop)), "object"),
-  list("embed a population smaller than k", quote(embedPopulations(mfm, src[1:4, ], rep("p", 4))), "population"),
   list("threads < 1 in embedPopulations", quote(embedPopulations(mfm, src, pop, threads = -1)), "threads"),
   # Model files
   list("save something that is not a model", quote(saveFlow(d$source, tempfile())), "object"),
@@ -115,7 +123,8 @@ bad_input_cases <- list(
   list("distance between sets of other dimensions", quote(wassersteinDistance(d$source, d$target[, 1, drop = FALSE])), "y"),
   list("NA in cells of a distance", quote(energyDistance(with_value(d$source, 1, 1, NA), d$target)), "x"),
   list("MMD with a zero kernel parameter", quote(mmdDistance(d$source, d$target, gammas = c(1, 0))), "gammas"),
-  list("Wasserstein order 3", quote(wassersteinDistance(d$source, d$target, p = 3)), "p")
+  list("Wasserstein order 3", quote(wassersteinDistance(d$source, d$target, p = 3)), "p"),
+  list("distance between sets too small for float32", quote(wassersteinDistance(d$source * 1e-25, d$target * 1e-25, p = 2)), "x")
 )
 
 test_that("every bad input gives an R condition that names the argument and the fix", {

@@ -149,9 +149,16 @@ test_that("a time limit stops training early and keeps a usable model", {
 
 test_that("a diverging fit is reported with its step and a hint", {
   d <- shifted_pair(100)
-  expect_warning(fit <- fitFlow(d$source, d$target, training = quick_training(200, lr = 1e30), verbose = FALSE),
-                 "diverged.*step")
+  # lr = 30: the weights of step 2 give a non-finite loss or gradient, so the model holds step 1, whose
+  # velocities are finite; lr = 1e30 blows up the first step's weights: there is no usable model.
+  expect_warning(fit <- fitFlow(d$source, d$target, training = quick_training(200, lr = 30), verbose = FALSE),
+                 "diverged after step 1.*the model holds step 1")
   expect_equal(fit$status, "nonfinite")
+  expect_equal(fit$steps_done, 1)
+  expect_length(fit$loss, 1)
+  expect_true(all(is.finite(predict(fit, d$source, solver = SolverParam("euler", steps = 4)))))
+  expect_error(fitFlow(d$source, d$target, training = quick_training(200, lr = 1e30), verbose = FALSE),
+               "diverged.*before any usable model.*Fix: lower `lr`")
 })
 
 test_that("the progress bar reports while training and is silent with verbose = FALSE", {

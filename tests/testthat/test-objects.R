@@ -274,7 +274,7 @@ test_that("bad object input gives errors that name the argument and list what ex
                "`features` has 1 feature not among the rows of assay 'logcounts': IFIT3")
   expect_error(do.call(fit_on, c(cond, space = "PCA", assay = "logcounts")), "`space` and `assay` are both given")
   expect_error(do.call(fit_on, c(cond, time = "condition")), "`time` and `condition` are both given")
-  expect_error(do.call(fit_on, c(cond, cells = list(c(TRUE, FALSE)))), "`cells` must be a logical vector")
+  expect_error(do.call(fit_on, c(cond, cells = list(c(TRUE, FALSE)))), "`cells` is a logical vector of 2 values")
   expect_error(do.call(fit_on, c(cond, label = "patient")), "`label` is used only by method")
   generative <- fitFlow(sce, method = "targetfm", training = toy_training(2), verbose = FALSE)
   expect_equal(dim(predict(generative, n = 10)), c(10, 4))

@@ -129,8 +129,9 @@ test_that("bad population inputs give R errors that name the argument", {
   expect_error(fitFlow(d$source, d$target, method = "mfm", verbose = FALSE), "`population` is missing")
   expect_error(fitFlow(d$source, d$target, population = pops[-1], method = "mfm", verbose = FALSE),
                "`population` has 179 values but there are 180 cells")
-  expect_error(fitFlow(d$source, d$target, population = pops, method = MFMParam(k = 50), training = tr,
-                       verbose = FALSE), "`population` 'p01' has 30 source cells, too few for a kNN graph with k = 50")
+  # Populations smaller than k use k = n - 1 (test-new-user.R), with a message naming them all.
+  expect_message(fitFlow(d$source, d$target, population = pops, method = MFMParam(k = 50), training = tr,
+                         verbose = FALSE), "3 populations are smaller than the kNN graph's k = 50")
   expect_error(fitFlow(d$source, d$target, population = pops, label = seq_along(pops), method = small_mfm(),
                        training = tr, verbose = FALSE), "`label` varies within population 'p01'")
   expect_error(fitFlow(d$source, d$target, population = pops, label = 1:3, method = small_mfm(), verbose = FALSE),
@@ -145,7 +146,7 @@ test_that("bad population inputs give R errors that name the argument", {
   fit <- fitFlow(d$source, d$target, population = pops, method = small_mfm(), training = tr, verbose = FALSE)
   expect_error(predict(fit, d$source), "`population` is missing")
   expect_error(predict(fit, d$source, population = rep("a", 5)), "`population` has 5 values")
-  expect_error(predict(fit, d$source[1:5, ], population = rep("a", 5)), "`population` 'a' has 5 cells, too few")
-  expect_error(embedPopulations(fit, d$source[1:5, ], rep("a", 5)), "`population` 'a' has 5 cells")
+  expect_message(predict(fit, d$source[1:5, ], population = rep("a", 5)), "'a' \\(5 cells, k = 4\\)")
+  expect_message(embedPopulations(fit, d$source[1:5, ], rep("a", 5)), "'a' \\(5 cells, k = 4\\)")
   expect_error(predict(fit, cbind(d$source, 1), population = d$population), "`newdata` has 3 features")
 })
