@@ -222,14 +222,14 @@ check_dots <- function(..., .verb, .params = character()) {
 
 # The parameter-object constructors whose settings a user may misplace, and
 # the constructor (among the verb's `params`, else any method) that owns `name`.
-param_constructors <- c("TrainingParam", "NetworkParam", "SolverParam", "ICFMParam", "OTCFMParam", "SBCFMParam",
-                        "TargetFMParam", "MFMParam", "CGFMParam")
+param_constructors <- c("TrainingParam", "NetworkParam", "SolverParam", "ValidationParam", "ICFMParam", "OTCFMParam",
+                        "SBCFMParam", "TargetFMParam", "MFMParam", "CGFMParam")
 setting_owner <- function(name, params) {
   owns <- function(ctor) name %in% names(formals(get(ctor, envir = asNamespace("popflow"))))
   for (ctor in unique(params)) if (owns(ctor)) return(ctor)
   # A method's setting while another method (or none) is chosen: its own constructor.
   if ("method" %in% names(params)) {
-    for (ctor in setdiff(param_constructors, c("TrainingParam", "NetworkParam", "SolverParam"))) {
+    for (ctor in setdiff(param_constructors, c("TrainingParam", "NetworkParam", "SolverParam", "ValidationParam"))) {
       if (owns(ctor)) return(ctor)
     }
   }

@@ -119,7 +119,8 @@ fitFlow.default <- function(x, target = NULL, time = NULL, group = NULL, method 
   }
   method <- as_flow_param(method)
   check_dots(..., .verb = "fitFlow",
-             .params = c(training = "TrainingParam", network = "NetworkParam", method = class(method)[1]))
+             .params = c(training = "TrainingParam", network = "NetworkParam", method = class(method)[1],
+                         validation = "ValidationParam"))
   network <- expect_param(network, "network", "NetworkParam")
   training <- expect_param(training, "training", "TrainingParam")
   check_resume_settings(resume, method, network, training)

@@ -45,6 +45,7 @@ test_that("a setting given to fitFlow() or predict() directly is an error that n
   expect_error(fitFlow(d$source, d$target, method = "sbcfm", sigma = 0.5, verbose = FALSE),
                "method = SBCFMParam\\(sigma = 0.5\\)")
   expect_error(fitFlow(d$source, d$target, k = 5, verbose = FALSE), "method = MFMParam\\(k = 5\\)")
+  expect_error(fitFlow(d$source, d$target, patience = 3, verbose = FALSE), "validation = ValidationParam\\(patience = 3\\)")
   # Object arguments on a matrix, and misspellings.
   expect_error(fitFlow(d$source, d$target, cells = 1:10, training = tr, verbose = FALSE),
                "`cells` is used only when `x` is a SingleCellExperiment or Seurat object")
