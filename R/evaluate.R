@@ -118,8 +118,10 @@ fair_baseline_names <- c("no change", "mean shift", "label mean shift")
 #' @return A data.frame, one row per prediction: the model's (named by its
 #'   method, e.g. "MFM"), then the chosen baselines in the order "no change",
 #'   "mean shift", "label mean shift", "oracle shift", "noise floor"; lower is
-#'   better except for `mean_R2`, `corr_r` and the expression R^2. For a
-#'   population model one such block of rows per population, with a
+#'   better except for `mean_R2`, `corr_r` and the expression R^2 (NA where
+#'   undefined: `mean_R2` needs 2 features, `corr_r` 3, and both need
+#'   features that vary). For a population model one such block of rows per
+#'   population, with a
 #'   `population` column first. `cells` is the number of source cells.
 #' @seealso [compareToBaselines()] for the model against the strongest fair
 #'   baseline and the noise floor, in numbers and in words.
@@ -149,11 +151,9 @@ evaluateFlow <- function(object, source, target, from = NULL, to = NULL, solver 
   max_cells <- check_count(max_cells, "max_cells", min = 2)
   baselines <- check_baselines(baselines, object)
   top_genes <- check_count(top_genes, "top_genes", min = 2)
-  if (object$n_features < 3) {
-    message(sprintf(paste0("the model has %d feature%s: corr_r (correlation of the features' correlations) needs ",
-                           "at least 3%s, so %s NA"), object$n_features, if (object$n_features == 1) "" else "s",
-                    if (object$n_features == 1) " and mean_R2 (R^2 over the features' means) at least 2" else "",
-                    if (object$n_features == 1) "both are" else "it is"))
+  if (object$n_features == 1) {
+    message("the model has 1 feature: mean_R2 (R^2 over the features' means) needs at least 2 and corr_r ",
+            "(correlation of the features' correlations) at least 3, so both are NA")
   }
   if (is_cell_object(source)) {
     return(evaluate_cell_object(object, source, if (!missing(target)) target, from, to, solver, max_cells, seed,

@@ -149,7 +149,10 @@ test_that("values float32 cannot hold are refused, and undefined R^2 and r are N
   one <- d$source[, 1, drop = FALSE]
   fit <- fitFlow(one, d$target[, 1, drop = FALSE], training = quick_training(3), verbose = FALSE)
   expect_message(ev <- evaluateFlow(fit, one, d$target[, 1, drop = FALSE], solver = SolverParam("euler", steps = 2)),
-                 "the model has 1 feature: corr_r .* and mean_R2 .* both are NA")
+                 "the model has 1 feature: mean_R2 .* and corr_r .* both are NA")
+  two <- fitFlow(d$source, d$target, training = quick_training(3), verbose = FALSE)
+  ev2 <- evaluateFlow(two, d$source, d$target, solver = SolverParam("euler", steps = 2), baselines = FALSE)
+  expect_true(is.finite(ev2$mean_R2) && is.na(ev2$corr_r) && !is.nan(ev2$corr_r))
   expect_true(all(is.na(ev$mean_R2[ev$prediction != "noise floor"])) && all(is.na(ev$corr_r)))
   expect_false(any(is.nan(as.matrix(ev[, c("mean_R2", "corr_r")]))))
 })
