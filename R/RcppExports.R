@@ -9,6 +9,10 @@ pf_transport <- function(handle, x, times, cond, solver, threads, progress = NUL
     .Call(`_popflow_pf_transport`, handle, x, times, cond, solver, threads, progress)
 }
 
+pf_log_density <- function(handle, x, solver, density, threads) {
+    .Call(`_popflow_pf_log_density`, handle, x, solver, density, threads)
+}
+
 pf_wasserstein <- function(x, y, p) {
     .Call(`_popflow_pf_wasserstein`, x, y, p)
 }

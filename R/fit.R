@@ -18,8 +18,8 @@
 #'   consecutive intervals, so [predict()] can move cells from any time to any
 #'   later (or earlier) time, including times between the snapshots.
 #'
-#' With `method = "targetfm"`, `x` alone is the population to model from
-#' Gaussian noise.
+#' With `method = "targetfm"` or `"diffusion"`, `x` alone is the population
+#' to model from Gaussian noise.
 #'
 #' @param x A numeric matrix, cells in rows and features (for example
 #'   principal components) in columns, at least two cells (per snapshot).
@@ -44,7 +44,8 @@
 #'   columns, constant within a population. Categorical labels become learnt
 #'   embeddings, numeric labels covariates; see [MFMParam()].
 #' @param method A method name (`"icfm"`, `"otcfm"`, `"sbcfm"`, `"targetfm"`,
-#'   `"mfm"`, `"cgfm"`) or a parameter object such as [OTCFMParam()] or [MFMParam()].
+#'   `"diffusion"`, `"mfm"`, `"cgfm"`) or a parameter object such as
+#'   [OTCFMParam()], [DiffusionParam()], [ReflowParam()] or [MFMParam()].
 #' @param network A [NetworkParam()] object.
 #' @param training A [TrainingParam()] object.
 #' @param device `"cpu"` or `"cuda"` (an error if the linked LibTorch has no CUDA).

@@ -59,7 +59,8 @@ model_class.popflow_flow_param <- function(method) "popflow_flow"
 model_class.popflow_population_param <- function(method) c("popflow_population", "popflow_meta", "popflow_flow")
 
 method_label <- function(method) {
-  c(ICFMParam = "I-CFM", OTCFMParam = "OT-CFM", SBCFMParam = "SB-CFM", TargetFMParam = "Target FM", MFMParam = "MFM",
+  c(ICFMParam = "I-CFM", OTCFMParam = "OT-CFM", SBCFMParam = "SB-CFM", TargetFMParam = "Target FM",
+    DiffusionParam = "VP diffusion", ReflowParam = "Reflow", MFMParam = "MFM",
     CGFMParam = "CGFM")[[class(method)[1]]]
 }
 
@@ -80,6 +81,19 @@ method_label <- function(method) {
 #'   regularisation `reg`, by default `2 sigma^2`).
 #' - `TargetFMParam()`: flow matching from a standard Gaussian to the target
 #'   cells (Lipman et al. 2023); a generative model of one population.
+#' - `DiffusionParam()`: diffusion as flow matching: the variance-preserving
+#'   path `x_t = alpha_t x1 + sigma_t eps`, `alpha_t^2 + sigma_t^2 = 1`, from a
+#'   standard Gaussian at `t = 0` to the cells at `t = 1`, trained by velocity
+#'   regression. [predict()] then integrates the path's probability-flow ODE.
+#'   `schedule = "cosine"`: `alpha_t = sin(pi t / 2)`; `"linear"`: the
+#'   continuous DDPM schedule, `alpha_t = exp(-T(1 - t) / 2)` with
+#'   `T(s) = 0.1 s + 19.95 s^2` (`beta` from 0.1 to 20), whose `alpha_0 =
+#'   0.0066` is close to but not exactly pure noise. Its velocity grows like
+#'   `1 / sqrt(1 - t)` near the data, so it needs more solver steps than the
+#'   straight target-FM path (see `bench/diffusion_steps.R`).
+#'
+#' Target FM and diffusion models are generative: they have an exact
+#' log-likelihood ([logDensity()], [logLik()]).
 #'
 #' @param sigma Noise level of the probability path (in the units of the data).
 #' @param coupling `ICFMParam()`: `"independent"` (random pairs) or `"paired"`:
@@ -91,10 +105,12 @@ method_label <- function(method) {
 #' @param reg Sinkhorn entropic regularisation; `NULL` means `2 * sigma^2`.
 #' @param sinkhorn_iters Maximum Sinkhorn iterations (it stops early once converged).
 #' @param sigma_min Width of the target-FM path at `t = 1`.
+#' @param schedule Noise schedule of the diffusion path: `"cosine"` or `"linear"`.
 #' @return An object of classes `popflow_flow_param` and `popflow_param`.
 #' @examples
 #' OTCFMParam(sigma = 0.05)
 #' SBCFMParam(sigma = 0.5)
+#' DiffusionParam("linear")
 #' @name FlowParams
 NULL
 
@@ -161,7 +177,25 @@ engine_config.TargetFMParam <- function(x) {
 #' @export
 method_description.TargetFMParam <- function(x) sprintf("Gaussian source, sigma_min %g", x$sigma_min)
 
-# Does the method generate cells from Gaussian noise (target FM) rather than move given cells?
+#' @rdname FlowParams
+#' @export
+DiffusionParam <- function(schedule = c("cosine", "linear")) {
+  schedule <- check_choice(schedule[1], "schedule", c("cosine", "linear"))
+  new_param("diffusion", c("DiffusionParam", "popflow_flow_param"), path = paste0("vp_", schedule),
+            coupling = "independent", sigma = 0, schedule = schedule)
+}
+
+#' @export
+engine_config.DiffusionParam <- function(x) flow_section(path = x$path, sigma = x$sigma, coupling = x$coupling)
+
+#' @export
+method_description.DiffusionParam <- function(x) sprintf("Gaussian source, variance-preserving path, %s schedule",
+                                                         x$schedule)
+
+#' @export
+is_generative.DiffusionParam <- function(method) TRUE
+
+# Does the method generate cells from Gaussian noise (target FM, diffusion) rather than move given cells?
 is_generative <- function(method) UseMethod("is_generative")
 
 #' @export
@@ -517,6 +551,40 @@ print.ValidationParam <- function(x, ...) {
   invisible(x)
 }
 
+#' Log-density parameters
+#'
+#' How [logDensity()] and [logLik()] compute a generative flow's
+#' log-likelihood by the instantaneous change of variables,
+#' `log p(x) = log N(x0; 0, I) + integral from 1 to 0 of div v(x_t, t) dt`,
+#' where `x0` is the cell carried back to the Gaussian source. The
+#' divergence (the trace of the velocity's Jacobian) is either exact, one
+#' vector-Jacobian product per feature, or Hutchinson's unbiased estimate
+#' `mean_k e_k' (dv/dx) e_k` with `probes` Rademacher vectors `e_k` per cell,
+#' drawn once (with `seed`) and kept along the cell's path: one product per
+#' probe, whatever the number of features.
+#'
+#' @param divergence `"auto"` (exact when the cells have at most `probes`
+#'   features, where it costs no more than the estimate; Hutchinson above),
+#'   `"exact"` or `"hutchinson"`.
+#' @param probes Rademacher probes per cell for Hutchinson's estimator. Its
+#'   error on a cell's log-density shrinks like `1 / sqrt(probes)`; it is
+#'   unbiased, so sums and means over many cells ([logLik()]) are accurate
+#'   with few probes.
+#' @param seed Seed of the probes.
+#' @return An object of class `popflow_param`.
+#' @examples
+#' DensityParam()
+#' DensityParam("hutchinson", probes = 4)
+#' @export
+DensityParam <- function(divergence = c("auto", "exact", "hutchinson"), probes = 16, seed = 1) {
+  new_param("density", "DensityParam",
+            divergence = check_choice(divergence[1], "divergence", c("auto", "exact", "hutchinson")),
+            probes = check_count(probes, "probes"), seed = check_count(seed, "seed", min = 0))
+}
+
+#' @export
+engine_config.DensityParam <- function(x) list(density = unclass(x)[c("divergence", "probes", "seed")])
+
 #' @export
 print.popflow_param <- function(x, ...) {
   vals <- vapply(unclass(x), function(v) paste(format(v), collapse = ","), character(1))
@@ -528,7 +596,7 @@ print.popflow_param <- function(x, ...) {
 # method family: objects saved before the families existed get theirs).
 as_flow_param <- function(method) {
   methods <- c(icfm = "ICFMParam", otcfm = "OTCFMParam", sbcfm = "SBCFMParam", targetfm = "TargetFMParam",
-               mfm = "MFMParam", cgfm = "CGFMParam")
+               diffusion = "DiffusionParam", reflow = "ReflowParam", mfm = "MFMParam", cgfm = "CGFMParam")
   if (inherits(method, "popflow_param") && class(method)[1] %in% methods) {
     class(method) <- class(do.call(class(method)[1], list()))
     return(method)

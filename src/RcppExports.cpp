@@ -47,6 +47,21 @@ BEGIN_RCPP
     return rcpp_result_gen;
 END_RCPP
 }
+// pf_log_density
+Rcpp::List pf_log_density(SEXP handle, Rcpp::NumericMatrix x, Rcpp::List solver, Rcpp::List density, int threads);
+RcppExport SEXP _popflow_pf_log_density(SEXP handleSEXP, SEXP xSEXP, SEXP solverSEXP, SEXP densitySEXP, SEXP threadsSEXP) {
+BEGIN_RCPP
+    Rcpp::RObject rcpp_result_gen;
+    Rcpp::RNGScope rcpp_rngScope_gen;
+    Rcpp::traits::input_parameter< SEXP >::type handle(handleSEXP);
+    Rcpp::traits::input_parameter< Rcpp::NumericMatrix >::type x(xSEXP);
+    Rcpp::traits::input_parameter< Rcpp::List >::type solver(solverSEXP);
+    Rcpp::traits::input_parameter< Rcpp::List >::type density(densitySEXP);
+    Rcpp::traits::input_parameter< int >::type threads(threadsSEXP);
+    rcpp_result_gen = Rcpp::wrap(pf_log_density(handle, x, solver, density, threads));
+    return rcpp_result_gen;
+END_RCPP
+}
 // pf_wasserstein
 double pf_wasserstein(Rcpp::NumericMatrix x, Rcpp::NumericMatrix y, int p);
 RcppExport SEXP _popflow_pf_wasserstein(SEXP xSEXP, SEXP ySEXP, SEXP pSEXP) {
@@ -280,6 +295,8 @@ END_RCPP
 static const R_CallMethodDef CallEntries[] = {
     {"_popflow_pf_fit", (DL_FUNC) &_popflow_pf_fit, 10},
     {"_popflow_pf_transport", (DL_FUNC) &_popflow_pf_transport, 7},
+    {"_popflow_pf_transport", (DL_FUNC) &_popflow_pf_transport, 6},
+    {"_popflow_pf_log_density", (DL_FUNC) &_popflow_pf_log_density, 5},
     {"_popflow_pf_wasserstein", (DL_FUNC) &_popflow_pf_wasserstein, 3},
     {"_popflow_pf_mmd", (DL_FUNC) &_popflow_pf_mmd, 3},
     {"_popflow_pf_energy", (DL_FUNC) &_popflow_pf_energy, 2},

@@ -72,3 +72,23 @@ Rcpp::List pf_transport(SEXP handle, Rcpp::NumericMatrix x, Rcpp::NumericVector 
   PF_GUARD_END
   return R_NilValue;
 }
+
+// Log-density of each cell under a generative flow (transport.h). `solver`:
+// the section "solver"; `density`: the section "density".
+// [[Rcpp::export]]
+Rcpp::List pf_log_density(SEXP handle, Rcpp::NumericMatrix x, Rcpp::List solver, Rcpp::List density, int threads) {
+  PF_GUARD_BEGIN
+  auto model = popflow_r::flow_of(handle);
+  const DensityConfig dc = popflow_r::density_config(density);
+  OdeStats stats;
+  LogDensity res = log_density(*model, to_tensor(x), popflow_r::solver_config(solver), dc, threads, &stats);
+  return Rcpp::List::create(
+      Rcpp::Named("log_density") = Rcpp::NumericVector(res.log_density.data_ptr<double>(),
+                                                       res.log_density.data_ptr<double>() + res.log_density.numel()),
+      Rcpp::Named("source") = to_matrix(res.source),
+      Rcpp::Named("exact") = exact_divergence(dc, model->config.network.dim),
+      Rcpp::Named("evaluations") = static_cast<double>(stats.evaluations),
+      Rcpp::Named("parameters") = static_cast<double>(parameter_count(*model->net)));
+  PF_GUARD_END
+  return R_NilValue;
+}

@@ -115,6 +115,10 @@ inline popflow::SolverConfig solver_config(const Rcpp::List& config) {
   return popflow::solver_config_from_text(section_text(config, "solver"));
 }
 
+inline popflow::DensityConfig density_config(const Rcpp::List& config) {
+  return popflow::density_config_from_text(section_text(config, "density"));
+}
+
 inline popflow::PopulationConfig population_config(const Rcpp::List& config) {
   return popflow::population_config_from_text(section_text(config, "population"));
 }

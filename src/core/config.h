@@ -7,7 +7,9 @@
 namespace popflow {
 
 // Probability path and regression target (paths.h; docs/architecture.md).
-enum class PathKind { ICFM, SBCFM, TargetFM };
+// TargetFM and the variance-preserving (diffusion) paths start from a
+// standard Gaussian at t = 0; VPCosine and VPLinear differ in noise schedule.
+enum class PathKind { ICFM, SBCFM, TargetFM, VPCosine, VPLinear };
 // How (x0, x1) pairs are formed within a minibatch. Paired: source row i and
 // target row i are the same cell or particle (denoising, simulations, lineage
 // tracing), so a minibatch takes the same row positions on both sides.
@@ -18,6 +20,10 @@ enum class Activation { SELU, SiLU };
 enum class SolverKind { Euler, Heun, Midpoint, RK4, Dopri5 };
 // Population encoders (encoders.h).
 enum class EncoderKind { GCN, Mean, KME };
+// Divergence of the velocity field in log-densities (ode.h): exact (one
+// vector-Jacobian product per dimension), Hutchinson's estimator (one per
+// probe), or Auto: exact when the dimension is at most the number of probes.
+enum class DivergenceKind { Auto, Exact, Hutchinson };
 // Distances between cell sets (metrics.h), as validation scores them (validation.h).
 enum class DistanceMetric { W1, W2, MMD, Energy };
 
@@ -69,6 +75,13 @@ struct SolverConfig {
   double rtol = 1e-5;
   int64_t max_steps = 100000;    // adaptive solver safeguard
   int64_t chunk_size = 65536;    // cells integrated at once
+};
+
+// Log-densities by the instantaneous change of variables (ode.h, transport.h).
+struct DensityConfig {
+  DivergenceKind divergence = DivergenceKind::Auto;
+  int64_t probes = 16;  // Hutchinson: Rademacher probes, fixed along each trajectory
+  uint64_t seed = 1;    // of the probes
 };
 
 struct FlowConfig {

@@ -17,7 +17,12 @@ struct MethodNames {
 
 const MethodNames<PathKind>& method_names(PathKind) {
   static const MethodNames<PathKind> t{
-      "path", {{PathKind::ICFM, "icfm"}, {PathKind::SBCFM, "sbcfm"}, {PathKind::TargetFM, "targetfm"}}};
+      "path",
+      {{PathKind::ICFM, "icfm"},
+       {PathKind::SBCFM, "sbcfm"},
+       {PathKind::TargetFM, "targetfm"},
+       {PathKind::VPCosine, "vp_cosine"},
+       {PathKind::VPLinear, "vp_linear"}}};
   return t;
 }
 const MethodNames<CouplingKind>& method_names(CouplingKind) {
@@ -48,6 +53,12 @@ const MethodNames<SolverKind>& method_names(SolverKind) {
 const MethodNames<EncoderKind>& method_names(EncoderKind) {
   static const MethodNames<EncoderKind> t{
       "encoder", {{EncoderKind::GCN, "gcn"}, {EncoderKind::Mean, "mean"}, {EncoderKind::KME, "kme"}}};
+  return t;
+}
+const MethodNames<DivergenceKind>& method_names(DivergenceKind) {
+  static const MethodNames<DivergenceKind> t{
+      "divergence",
+      {{DivergenceKind::Auto, "auto"}, {DivergenceKind::Exact, "exact"}, {DivergenceKind::Hutchinson, "hutchinson"}}};
   return t;
 }
 
@@ -113,6 +124,7 @@ POPFLOW_METHOD_NAMES(OTMode)
 POPFLOW_METHOD_NAMES(Activation)
 POPFLOW_METHOD_NAMES(SolverKind)
 POPFLOW_METHOD_NAMES(EncoderKind)
+POPFLOW_METHOD_NAMES(DivergenceKind)
 POPFLOW_METHOD_NAMES(DistanceMetric)
 #undef POPFLOW_METHOD_NAMES
 
@@ -350,6 +362,22 @@ SolverConfig solver_config_from_text(const std::string& text) {
   c.rtol = cfg.number("rtol");
   c.max_steps = cfg.count("max_steps", 0, 1e15);
   c.chunk_size = cfg.count("chunk_size", 0, 1e15);
+  cfg.reject_unknown_keys();
+  return c;
+}
+
+// ---------------------------------------------------------------- DensityConfig
+
+std::string density_config_to_text(const DensityConfig& c) {
+  return TextWriter().put("divergence", method_name(c.divergence)).put("probes", c.probes).put("seed", c.seed).str();
+}
+
+DensityConfig density_config_from_text(const std::string& text) {
+  const ConfigText cfg(text, "density configuration");
+  DensityConfig c;
+  c.divergence = cfg.method<DivergenceKind>("divergence");
+  c.probes = cfg.count("probes", 1, 1e6);
+  c.seed = cfg.seed("seed");
   cfg.reject_unknown_keys();
   return c;
 }

@@ -15,12 +15,13 @@
 
 namespace popflow {
 
-// Method names <-> enum values, for PathKind ("icfm", "sbcfm", "targetfm"),
-// CouplingKind ("independent", "exact", "sinkhorn", "paired"), OTMode
-// ("resample", "permutation"), Activation ("selu", "silu"), SolverKind
-// ("euler", "heun", "midpoint", "rk4", "dopri5"), EncoderKind ("gcn", "mean",
-// "kme") and DistanceMetric ("W1", "W2", "MMD", "energy"): the one table of
-// each. method_value throws std::invalid_argument listing the names.
+// Method names <-> enum values, for PathKind ("icfm", "sbcfm", "targetfm",
+// "vp_cosine", "vp_linear"), CouplingKind ("independent", "exact", "sinkhorn",
+// "paired"), OTMode ("resample", "permutation"), Activation ("selu", "silu"),
+// SolverKind ("euler", "heun", "midpoint", "rk4", "dopri5"), EncoderKind
+// ("gcn", "mean", "kme"), DivergenceKind ("auto", "exact", "hutchinson") and
+// DistanceMetric ("W1", "W2", "MMD", "energy"): the one table of each.
+// method_value throws std::invalid_argument listing the names.
 template <typename E>
 const char* method_name(E value);
 template <typename E>
@@ -85,5 +86,9 @@ TrainConfig train_config_from_text(const std::string& text);
 // ODE solver settings: solver, steps, atol, rtol, max_steps, chunk_size.
 std::string solver_config_to_text(const SolverConfig& config);
 SolverConfig solver_config_from_text(const std::string& text);
+
+// Log-density settings: divergence, probes, seed.
+std::string density_config_to_text(const DensityConfig& config);
+DensityConfig density_config_from_text(const std::string& text);
 
 }  // namespace popflow

@@ -1,5 +1,7 @@
 #include "ode.h"
 
+#include <ATen/CPUGeneratorImpl.h>
+
 #include <algorithm>
 #include <cmath>
 #include <stdexcept>
@@ -146,6 +148,58 @@ std::vector<torch::Tensor> integrate(const std::function<VelocityFn(int64_t, int
   for (auto& p : pieces) out.push_back(torch::cat(p, 0));
   if (stats) *stats = st;
   return out;
+}
+
+bool exact_divergence(const DensityConfig& density, int64_t dim) {
+  switch (density.divergence) {
+    case DivergenceKind::Exact:
+      return true;
+    case DivergenceKind::Hutchinson:
+      return false;
+    case DivergenceKind::Auto:
+      return dim <= density.probes;
+  }
+  throw std::invalid_argument("exact_divergence: unknown divergence kind");
+}
+
+DivergencePath integrate_divergence(const std::function<VelocityFn(int64_t, int64_t)>& chunk_fn,
+                                    const torch::Tensor& x0, double t_from, double t_to,
+                                    const SolverConfig& config, const DensityConfig& density, OdeStats* stats) {
+  if (x0.dim() != 2) throw std::invalid_argument("integrate_divergence: cells must be a matrix");
+  if (density.probes < 1) throw std::invalid_argument("integrate_divergence: probes must be >= 1");
+  const int64_t n = x0.size(0), d = x0.size(1);
+  const bool exact = exact_divergence(density, d);
+  // Rademacher probes for all rows at once, so that a row's estimate does not depend on chunk_size.
+  torch::Tensor probes;
+  if (!exact) {
+    auto gen = at::detail::createCPUGenerator(density.seed);
+    probes = (torch::randint(0, 2, {density.probes, n, d}, gen, torch::kFloat) * 2 - 1).to(x0.options());
+  }
+  // The augmented state [x, a] with da/dt = div v(x, t).
+  auto augmented = [&](int64_t begin, int64_t end) -> VelocityFn {
+    VelocityFn f = chunk_fn(begin, end);
+    torch::Tensor e = exact ? torch::Tensor() : probes.slice(1, begin, end);
+    return [f, e, d, exact](const torch::Tensor& z, double t) {
+      torch::AutoGradMode grad_mode(true);  // integrate() runs without gradients
+      auto x = z.slice(1, 0, d).detach().requires_grad_(true);
+      auto v = f(x, t);
+      auto div = torch::zeros({x.size(0)}, z.options());
+      // A field that does not depend on x (no graph) has divergence 0.
+      const int64_t passes = !v.requires_grad() ? 0 : exact ? d : e.size(0);
+      for (int64_t k = 0; k < passes; ++k) {
+        // Exact: row sums of dv_k/dx, keeping column k. Hutchinson: e_k' J e_k.
+        auto out = exact ? v.select(1, k).sum() : (v * e[k]).sum();
+        auto g = torch::autograd::grad({out}, {x}, {}, /*retain_graph=*/k + 1 < passes, /*create_graph=*/false,
+                                       /*allow_unused=*/true)[0];
+        if (g.defined()) div += exact ? g.select(1, k) : (g * e[k]).sum(1);
+      }
+      if (!exact) div /= static_cast<double>(e.size(0));
+      return torch::cat({v.detach(), div.detach().unsqueeze(1)}, 1);
+    };
+  };
+  auto z0 = torch::cat({x0, torch::zeros({n, 1}, x0.options())}, 1);
+  auto states = integrate(augmented, z0, {t_from, t_to}, config, stats);
+  return {states[1].slice(1, 0, d).contiguous(), states[1].select(1, d).contiguous()};
 }
 
 }  // namespace popflow

@@ -39,4 +39,27 @@ std::vector<torch::Tensor> integrate(const std::function<VelocityFn(int64_t begi
                                      const SolverConfig& config, OdeStats* stats = nullptr,
                                      const OdeProgress& progress = {});
 
+// The instantaneous change of variables (continuous normalising flows): x
+// integrated from t_from to t_to together with the integral of the
+// velocity's divergence along its path, so that for a flow carrying density
+// p to q, log q(x(t_to)) = log p(x(t_from)) - divergence when t_from < t_to
+// (and log p(x(t_to)) = log q(x(t_from)) + divergence the other way).
+// The divergence is exact (one vector-Jacobian product per dimension) or
+// Hutchinson's estimate E[e' (dv/dx) e] with `probes` Rademacher vectors e
+// drawn once per row (seeded, independent of chunking) and kept along the
+// path; DivergenceKind::Auto is exact when the dimension is <= probes. The
+// velocity functions are differentiated, so they must build a graph from x.
+// The solver's error control covers the divergence too.
+struct DivergencePath {
+  torch::Tensor x;           // [n, d] state at t_to
+  torch::Tensor divergence;  // [n] integral of div v from t_from to t_to
+};
+DivergencePath integrate_divergence(const std::function<VelocityFn(int64_t begin, int64_t end)>& chunk_fn,
+                                    const torch::Tensor& x0, double t_from, double t_to,
+                                    const SolverConfig& config, const DensityConfig& density,
+                                    OdeStats* stats = nullptr);
+
+// Whether a divergence setting computes the exact divergence in `dim` dimensions.
+bool exact_divergence(const DensityConfig& density, int64_t dim);
+
 }  // namespace popflow

@@ -1,6 +1,12 @@
 #include "paths.h"
 
+#include <cmath>
+
 namespace popflow {
+
+bool gaussian_source(PathKind kind) {
+  return kind == PathKind::TargetFM || kind == PathKind::VPCosine || kind == PathKind::VPLinear;
+}
 
 PathSample sample_path(const PathConfig& path, const torch::Tensor& x0, const torch::Tensor& x1,
                        const torch::Tensor& t) {
@@ -27,6 +33,25 @@ PathSample sample_path(const PathConfig& path, const torch::Tensor& x0, const to
       const double s = 1 - path.sigma_min;
       auto xt = tt * x1 + (1 - s * tt) * eps;
       return {xt, (x1 - s * xt) / (1 - s * tt)};
+    }
+    case PathKind::VPCosine: {
+      // Variance preserving, cosine schedule: alpha_t = sin(pi t / 2) and
+      // sigma_t = cos(pi t / 2), so alpha_t^2 + sigma_t^2 = 1 all along.
+      const double w = M_PI / 2;
+      auto a = torch::sin(w * tt), s = torch::cos(w * tt);
+      return {a * x1 + s * eps, w * (s * x1 - a * eps)};
+    }
+    case PathKind::VPLinear: {
+      // Variance preserving, linear schedule in diffusion time s = 1 - t:
+      // alpha = exp(-T(s) / 2), T(s) = integral of beta, sigma = sqrt(1 - alpha^2).
+      // The target is d alpha/dt x1 + d sigma/dt eps; sigma -> 0 as t -> 1 makes
+      // d sigma/dt infinite there, so s is kept >= 1e-5 (as SB-CFM keeps t off 0, 1).
+      auto s = (1 - tt).clamp_min(1e-5);
+      auto beta = kVPBetaMin + s * (kVPBetaMax - kVPBetaMin);
+      auto a = torch::exp(-0.5 * (kVPBetaMin * s + 0.5 * (kVPBetaMax - kVPBetaMin) * s * s));
+      auto sd = torch::sqrt(1 - a * a);
+      auto da = 0.5 * beta * a;  // d alpha / dt (= -d alpha / ds)
+      return {a * x1 + sd * eps, da * x1 - (a * da / sd) * eps};
     }
   }
   throw std::invalid_argument("sample_path: unknown path kind");

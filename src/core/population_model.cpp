@@ -49,8 +49,9 @@ FlowModel PopulationModel::flow() const {
 
 std::shared_ptr<PopulationModel> make_population_model(FlowConfig config, PopulationConfig population, const std::string& device) {
   if (config.times.size() != 2) throw std::invalid_argument("population model: exactly two times (source, target) expected");
-  if (config.path.kind == PathKind::TargetFM)
-    throw std::invalid_argument("population model: target FM has no source population; use the icfm or sbcfm path");
+  if (gaussian_source(config.path.kind))
+    throw std::invalid_argument("population model: the target FM and VP paths have no source population; use the "
+                                "icfm or sbcfm path");
   population.encoder.dim = config.network.dim;
   config.network.cond_dim = population.cond_dim();
   if (config.network.cond_dim == 0)

@@ -323,8 +323,8 @@ class FlowObjective : public TrainingObjective {
     for (size_t i = 0; i < data_.time_index.size(); ++i)
       blocks_[data_.time_index[i]][data_.group.empty() ? 0 : data_.group[i]].push_back(static_cast<int64_t>(i));
 
-    // TargetFM starts from Gaussian noise, so it needs only target cells.
-    target_fm_ = model_.config.path.kind == PathKind::TargetFM;
+    // TargetFM and the VP paths start from Gaussian noise, so they need only target cells.
+    target_fm_ = gaussian_source(model_.config.path.kind);
     paired_ = model_.config.coupling.kind == CouplingKind::Paired;
     if (paired_) check_paired_blocks();
     // Intervals and, per interval, groups with cells on both sides.
@@ -388,8 +388,8 @@ class FlowObjective : public TrainingObjective {
       throw std::invalid_argument("paired coupling needs exactly two snapshot times (source, target), not " +
                                   std::to_string(n_times));
     if (target_fm_)
-      throw std::invalid_argument("paired coupling: the target FM path starts from noise, which has no partner; "
-                                  "use the icfm or sbcfm path");
+      throw std::invalid_argument("paired coupling: the target FM and VP paths start from noise, which has no "
+                                  "partner; use the icfm or sbcfm path");
     check_paired_counts(blocks_[0], blocks_[1], "group");
   }
 

@@ -1,7 +1,11 @@
 #include "transport.h"
 
+#include <cmath>
 #include <stdexcept>
+#include <string>
 
+#include "config_text.h"
+#include "paths.h"
 #include "threads.h"
 
 namespace popflow {
@@ -35,6 +39,38 @@ std::vector<torch::Tensor> transport(const FlowModel& model, const torch::Tensor
   auto states = integrate(chunk_fn, xd, model_times, solver, stats, progress);
   for (auto& s : states) s = s.to(torch::kCPU, torch::kDouble);
   return states;
+}
+
+LogDensity log_density(const FlowModel& model, const torch::Tensor& x, const SolverConfig& solver,
+                       const DensityConfig& density, int threads, OdeStats* stats) {
+  const auto& cfg = model.config;
+  if (!gaussian_source(cfg.path.kind))
+    throw std::invalid_argument(std::string("log-densities need a flow from a Gaussian source (targetfm, vp_cosine, "
+                                            "vp_linear); this model's path is '") +
+                                method_name(cfg.path.kind) + "', whose source density is not known");
+  if (cfg.times.size() != 2)
+    throw std::invalid_argument("log-densities need a flow with one interval (noise to cells); this one has " +
+                                std::to_string(cfg.times.size()) + " snapshot times");
+  if (cfg.network.cond_dim > 0) throw std::invalid_argument("log-densities of conditioned flows are not supported");
+  if (x.dim() != 2 || x.size(1) != cfg.network.dim)
+    throw std::invalid_argument("cells have " + std::to_string(x.dim() == 2 ? x.size(1) : -1) +
+                                " features, the model expects " + std::to_string(cfg.network.dim));
+  ThreadScope thread_scope(threads);
+  VectorField net = model.net;
+  net->eval();
+  const auto fopt = torch::TensorOptions().dtype(torch::kFloat).device(model.device);
+  auto chunk_fn = [&](int64_t, int64_t) -> VelocityFn {
+    return [net](const torch::Tensor& xc, double t) mutable {
+      return net->forward(xc, torch::full({xc.size(0)}, t, xc.options()));
+    };
+  };
+  // Cells sit at model time 1, the Gaussian source at 0.
+  auto path = integrate_divergence(chunk_fn, x.to(fopt), 1.0, 0.0, solver, density, stats);
+  auto x0 = path.x.to(torch::kCPU, torch::kDouble);
+  auto div = path.divergence.to(torch::kCPU, torch::kDouble);
+  const double d = static_cast<double>(cfg.network.dim);
+  auto log_source = -0.5 * x0.pow(2).sum(1) - 0.5 * d * std::log(2 * M_PI);
+  return {log_source + div, x0, div};
 }
 
 }  // namespace popflow

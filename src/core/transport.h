@@ -18,4 +18,16 @@ std::vector<torch::Tensor> transport(const FlowModel& model, const torch::Tensor
                                      const SolverConfig& solver, int threads = 1, OdeStats* stats = nullptr,
                                      const OdeProgress& progress = {});
 
+// Exact log-likelihood of a generative flow (a Gaussian-source path: target
+// FM, VP): each cell x is carried back from the last time to the first, where
+// the source is N(0, I), and log p(x) = log N(x0; 0, I) + the integral of div v
+// from 1 back to 0 (integrate_divergence, ode.h). Double CPU tensors.
+struct LogDensity {
+  torch::Tensor log_density;  // [n] log-density of each cell (nats, in the model's features)
+  torch::Tensor source;       // [n, d] the cell carried to the source (t = 0)
+  torch::Tensor divergence;   // [n] integral of div v from t = 1 back to t = 0
+};
+LogDensity log_density(const FlowModel& model, const torch::Tensor& x, const SolverConfig& solver,
+                       const DensityConfig& density, int threads = 1, OdeStats* stats = nullptr);
+
 }  // namespace popflow

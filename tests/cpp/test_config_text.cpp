@@ -183,8 +183,10 @@ TEST_CASE("config_text: today's model-file configuration text still reads") {
 }
 
 TEST_CASE("config_text: method names map both ways, unknown names list the known ones") {
-  for (auto v : {PathKind::ICFM, PathKind::SBCFM, PathKind::TargetFM})
+  for (auto v : {PathKind::ICFM, PathKind::SBCFM, PathKind::TargetFM, PathKind::VPCosine, PathKind::VPLinear})
     PF_CHECK(method_value<PathKind>(method_name(v)) == v);
+  for (auto v : {DivergenceKind::Auto, DivergenceKind::Exact, DivergenceKind::Hutchinson})
+    PF_CHECK(method_value<DivergenceKind>(method_name(v)) == v);
   for (auto v : {CouplingKind::Independent, CouplingKind::ExactOT, CouplingKind::Sinkhorn, CouplingKind::Paired})
     PF_CHECK(method_value<CouplingKind>(method_name(v)) == v);
   for (auto v : {OTMode::Resample, OTMode::Permutation}) PF_CHECK(method_value<OTMode>(method_name(v)) == v);
@@ -204,4 +206,23 @@ TEST_CASE("config_text: method names map both ways, unknown names list the known
   PF_CHECK_MSG(metric.find("unknown metric 'W3'") != std::string::npos &&
                    metric.find("W1, W2, MMD, energy") != std::string::npos,
                metric);
+}
+
+TEST_CASE("config_text: density settings round-trip; missing, unknown and bad keys are errors") {
+  DensityConfig c;
+  c.divergence = DivergenceKind::Hutchinson;
+  c.probes = 7;
+  c.seed = 12345678901234ULL;
+  const std::string text = density_config_to_text(c);
+  PF_CHECK(text == "divergence=hutchinson\nprobes=7\nseed=12345678901234\n");
+  const DensityConfig back = density_config_from_text(text);
+  PF_CHECK(back.divergence == c.divergence && back.probes == 7 && back.seed == c.seed);
+  PF_CHECK(thrown_message([] { density_config_from_text("divergence=exact\nprobes=4\n"); }).find("missing 'seed'") !=
+           std::string::npos);
+  PF_CHECK(thrown_message([] { density_config_from_text("divergence=exact\nprobes=4\nseed=1\nprobe=2\n"); })
+               .find("'probe' is not a known setting") != std::string::npos);
+  PF_CHECK(thrown_message([] { density_config_from_text("divergence=exact\nprobes=0\nseed=1\n"); })
+               .find("'probes' out of range") != std::string::npos);
+  const std::string msg = thrown_message([] { density_config_from_text("divergence=trace\nprobes=4\nseed=1\n"); });
+  PF_CHECK_MSG(msg.find("auto, exact, hutchinson") != std::string::npos, msg);
 }

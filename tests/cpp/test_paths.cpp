@@ -2,6 +2,7 @@
 #include <torch/torch.h>
 
 #include <cmath>
+#include <tuple>
 
 #include "check.h"
 #include "fixtures.h"
@@ -83,4 +84,48 @@ TEST_CASE("sample_path: TargetFM (Lipman) path and target") {
   // At t = 1 it is x1 up to sigma_min.
   auto at1 = sample_path(p, x0, x1, torch::ones({n}, kD));
   PF_CHECK_NEAR((at1.xt - x1).std().item<double>(), p.sigma_min, 0.001);
+}
+
+TEST_CASE("sample_path: variance-preserving paths (cosine and linear schedules)") {
+  torch::manual_seed(15);
+  const int64_t n = 100000;
+  auto x0 = torch::full({n, 2}, 100.0, kD);  // ignored: Gaussian source
+  auto x1 = torch::randn({n, 2}, kD) * 0.3 + 5;
+  for (auto kind : {PathKind::VPCosine, PathKind::VPLinear}) {
+    PathConfig p;
+    p.kind = kind;
+    PF_CHECK(gaussian_source(kind));
+    // alpha_t, sigma_t and their time derivatives, written out.
+    auto schedule = [&](const torch::Tensor& t) {
+      if (kind == PathKind::VPCosine) {
+        const double w = M_PI / 2;
+        return std::make_tuple(torch::sin(w * t), torch::cos(w * t), w * torch::cos(w * t), -w * torch::sin(w * t));
+      }
+      auto s = 1 - t;
+      auto T = 0.1 * s + 0.5 * 19.9 * s * s;
+      auto a = torch::exp(-0.5 * T), sd = torch::sqrt(1 - a * a);
+      auto da = 0.5 * (0.1 + 19.9 * s) * a;
+      return std::make_tuple(a, sd, da, -a * da / sd);
+    };
+    auto t = torch::rand({n, 1}, kD) * 0.99;
+    auto out = sample_path(p, x0, x1, t.squeeze(1));
+    auto [a, sd, da, dsd] = schedule(t);
+    PF_CHECK_NEAR(max_abs(a * a + sd * sd - 1), 0.0, 1e-12);  // variance preserving
+    auto eps = (out.xt - a * x1) / sd;
+    PF_CHECK_NEAR(eps.mean().item<double>(), 0.0, 0.02);
+    PF_CHECK_NEAR(eps.std().item<double>(), 1.0, 0.02);
+    PF_CHECK_NEAR(max_abs(out.ut - (da * x1 + dsd * eps)), 0.0, 1e-6);
+    // The target is the time derivative of the path for fixed noise: a finite difference agrees.
+    const double h = 1e-6;
+    auto ahead = std::get<0>(schedule(t + h)) * x1 + std::get<1>(schedule(t + h)) * eps;
+    PF_CHECK_NEAR(max_abs((ahead - out.xt) / h - out.ut), 0.0, 1e-3 * (1 + max_abs(out.ut)));
+    // At t = 0 the sample is (close to) standard normal; at t = 1 it is x1.
+    auto at0 = sample_path(p, x0, x1, torch::zeros({n}, kD));
+    PF_CHECK_NEAR(at0.xt.mean().item<double>(), 0.0, kind == PathKind::VPCosine ? 0.02 : 0.05);
+    PF_CHECK_NEAR(at0.xt.std().item<double>(), 1.0, 0.02);
+    auto at1 = sample_path(p, x0, x1, torch::ones({n}, kD));
+    PF_CHECK_NEAR(max_abs(at1.xt - x1), 0.0, kind == PathKind::VPCosine ? 1e-12 : 0.1);
+    PF_CHECK(torch::isfinite(at1.ut).all().item<bool>());
+  }
+  PF_CHECK(gaussian_source(PathKind::TargetFM) && !gaussian_source(PathKind::ICFM) && !gaussian_source(PathKind::SBCFM));
 }

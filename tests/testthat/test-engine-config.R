@@ -8,7 +8,7 @@ population_keys <- c("encoder", "layers", "encoder_width", "bandwidth", "k", "ma
 sections <- function(x) lapply(popflow:::engine_config(x), names)
 
 test_that("engine_config() gives the engine's keys of every parameter object", {
-  for (m in list(ICFMParam(), OTCFMParam(), SBCFMParam(), TargetFMParam())) {
+  for (m in list(ICFMParam(), OTCFMParam(), SBCFMParam(), TargetFMParam(), DiffusionParam(), ReflowParam())) {
     expect_equal(sections(m), list(flow = flow_keys))
     expect_s3_class(m, c("popflow_flow_param", "popflow_param"))
   }
@@ -23,7 +23,14 @@ test_that("engine_config() gives the engine's keys of every parameter object", {
                  "time_limit"),
     checkpoint = c("every", "file")))
   expect_equal(sections(SolverParam()), list(solver = c("solver", "steps", "atol", "rtol", "max_steps", "chunk_size")))
+  expect_equal(sections(DensityParam()), list(density = c("divergence", "probes", "seed")))
   config <- popflow:::engine_config
+  expect_equal(config(DiffusionParam("linear"))$flow[c("path", "sigma", "coupling")],
+               list(path = "vp_linear", sigma = 0, coupling = "independent"))
+  expect_equal(config(ReflowParam())$flow[c("path", "sigma", "coupling")],
+               list(path = "icfm", sigma = 0, coupling = "paired"))
+  expect_equal(config(DensityParam("hutchinson", probes = 4))$density, list(divergence = "hutchinson", probes = 4L,
+                                                                           seed = 1L))
   expect_equal(config(SBCFMParam(sigma = 0.5))$flow$sinkhorn_reg, 0.5)
   expect_equal(config(OTCFMParam(ot_mode = "permutation"))$flow$ot_mode, "permutation")
   expect_equal(config(TargetFMParam(sigma_min = 0.01))$flow[c("sigma", "sigma_min")], list(sigma = 0, sigma_min = 0.01))

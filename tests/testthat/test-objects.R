@@ -356,3 +356,22 @@ test_that("evaluateFlow on an object adds R^2 of mean expression, all genes and 
   ev20 <- evaluateFlow(fit, held, solver = toy_solver, baselines = "no change")
   expect_equal(ev20$R2_all_genes, ev20$R2_top_genes)
 })
+
+test_that("diffusion and reflow fit on single-cell objects", {
+  skip_if_not_installed("SingleCellExperiment")
+  sce <- toy_sce()
+  diffusion <- fitFlow(sce, method = "diffusion", training = toy_training(5), verbose = FALSE)
+  expect_equal(dim(predict(diffusion, n = 10, solver = toy_solver)), c(10, 4))
+  pcs <- SingleCellExperiment::reducedDim(sce, "PCA")[1:5, ]
+  expect_length(logDensity(diffusion, pcs, solver = toy_solver), 5)
+  cond <- list(condition = "condition", source = "ctrl", target = "stim")
+  base <- do.call(fitFlow, c(list(sce), cond, method = "icfm", training = toy_training(5), verbose = FALSE))
+  reflowed <- suppressMessages(do.call(fitFlow, c(list(sce), cond, method = ReflowParam(base, solver = toy_solver),
+                                                  training = toy_training(5), verbose = FALSE)))
+  expect_s3_class(reflowed$method, "ReflowParam")
+  expect_s4_class(predict(reflowed, sce, solver = toy_solver), "SingleCellExperiment")
+  skip_if_not_installed("SeuratObject")
+  seu <- toy_seurat()
+  expect_equal(dim(predict(fitFlow(seu, method = DiffusionParam("linear"), training = toy_training(5), verbose = FALSE),
+                           n = 7, solver = toy_solver)), c(7, 4))
+})
