@@ -38,8 +38,9 @@
 #' fit <- fitFlow(cells[1:400, ], method = "targetfm", training = TrainingParam(steps = 300),
 #'                verbose = FALSE)
 #' head(logDensity(fit, cells[401:500, ]))
-#' # Held-out log-likelihood per cell; the true density gives about -0.45 here.
-#' logLik(fit, cells[401:500, ]) / 100
+#' # Held-out log-likelihood per cell, and that of the density the cells came from.
+#' as.numeric(logLik(fit, cells[401:500, ])) / 100
+#' mean(rowSums(dnorm(cells[401:500, ], sd = 0.5, log = TRUE)))
 #' @export
 logDensity <- function(object, newdata, solver = SolverParam(), density = DensityParam(), threads = object$threads) {
   object <- as_model(object)

@@ -365,9 +365,9 @@ test_that("diffusion and reflow fit on single-cell objects", {
   pcs <- SingleCellExperiment::reducedDim(sce, "PCA")[1:5, ]
   expect_length(logDensity(diffusion, pcs, solver = toy_solver), 5)
   cond <- list(condition = "condition", source = "ctrl", target = "stim")
-  base <- do.call(fitFlow, c(list(sce), cond, method = "icfm", training = toy_training(5), verbose = FALSE))
-  reflowed <- suppressMessages(do.call(fitFlow, c(list(sce), cond, method = ReflowParam(base, solver = toy_solver),
-                                                  training = toy_training(5), verbose = FALSE)))
+  base <- do.call(fitFlow, c(list(sce), cond, list(method = "icfm", training = toy_training(5), verbose = FALSE)))
+  reflowed <- suppressMessages(do.call(fitFlow, c(list(sce), cond, list(method = ReflowParam(base, solver = toy_solver),
+                                                                         training = toy_training(5), verbose = FALSE))))
   expect_s3_class(reflowed$method, "ReflowParam")
   expect_s4_class(predict(reflowed, sce, solver = toy_solver), "SingleCellExperiment")
   skip_if_not_installed("SeuratObject")
