@@ -88,9 +88,10 @@ method_label <- function(method) {
 #'   `schedule = "cosine"`: `alpha_t = sin(pi t / 2)`; `"linear"`: the
 #'   continuous DDPM schedule, `alpha_t = exp(-T(1 - t) / 2)` with
 #'   `T(s) = 0.1 s + 19.95 s^2` (`beta` from 0.1 to 20), whose `alpha_0 =
-#'   0.0066` is close to but not exactly pure noise. Its velocity grows like
-#'   `1 / sqrt(1 - t)` near the data, so it needs more solver steps than the
-#'   straight target-FM path (see `bench/diffusion_steps.R`).
+#'   0.0066` is close to but not exactly pure noise. Its regression target
+#'   grows like `1 / sqrt(1 - t)` near the data, so training keeps `t` below
+#'   `1 - 1e-5`. `bench/diffusion_steps.R` compares the solver steps both
+#'   schedules need with target FM's.
 #'
 #' Target FM and diffusion models are generative: they have an exact
 #' log-likelihood ([logDensity()], [logLik()]).

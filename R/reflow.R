@@ -78,7 +78,11 @@ print.ReflowParam <- function(x, ...) {
 
 #' @export
 fit_method.ReflowParam <- function(method, x, target, time, group, population, label, network, training, device,
-                                   threads, verbose, resume) {
+                                   threads, verbose, resume, validation = NULL) {
+  if (!is.null(validation)) {
+    pf_abort("held_out", "is not used by reflow, whose targets are its model's own predictions",
+             "validate the model being reflowed, or compare the reflowed model with evaluateFlow() afterwards")
+  }
   if (!is.null(resume)) {
     pf_abort("resume", "is not supported by reflow: each round trains on pairs of its own",
              "fit again with more steps in `training`")

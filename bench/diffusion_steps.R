@@ -11,6 +11,7 @@
 # noise draws, Euler at 1-256 steps vs each model's own dopri5 reference (atol = rtol = 1e-7):
 # exact W2. Straight paths should need fewer steps.
 #
+# DS_FROM_CSV=1 prints the tables from the CSVs of an earlier run, without training.
 # Settings (environment): DS_STEPS (3000 training steps), DS_SEEDS (1,2,3).
 # Writes bench/results/diffusion_steps_runs.csv, diffusion_steps_samples.csv and diffusion_steps.csv.
 
@@ -40,32 +41,39 @@ with_seed_matrix <- function(seed, n) {
   matrix(rnorm(2 * n), n, 2)
 }
 w2 <- function(a, b) wassersteinDistance(a, b, p = 2, max_cells = 100000)
-runs <- list()
-samples <- list()
-for (s in seeds) {
-  noise <- with_seed_matrix(s, n_gen)
-  gen <- list()
-  for (m in names(methods)) {
-    fit <- fitFlow(train_cells, method = methods[[m]],
-                   training = TrainingParam(steps = train_steps, batch_size = 256, lr = 1e-3, seed = s),
-                   threads = 1L, verbose = FALSE)
-    gen[[m]] <- predict(fit, noise, solver = SolverParam("dopri5"))
-    ref <- predict(fit, noise, solver = SolverParam("dopri5", atol = 1e-7, rtol = 1e-7))
-    samples[[length(samples) + 1]] <- data.frame(method = m, seed = s, train_seconds = fit$seconds,
-                                                 w2_test = w2(gen[[m]], test_cells),
-                                                 w2_target_fm = if (m == "target FM") 0 else w2(gen[[m]], gen[["target FM"]]))
-    cat(sprintf("%s seed %d: trained in %.1f s, W2 to test cells %.3f\n", m, s, fit$seconds,
-                samples[[length(samples)]]$w2_test))
-    for (n in euler_steps) {
-      pred <- predict(fit, noise, solver = SolverParam("euler", steps = n))
-      runs[[length(runs) + 1]] <- data.frame(method = m, seed = s, steps = n, w2 = w2(pred, ref))
+if (Sys.getenv("DS_FROM_CSV") == "1") {
+  # Tables only, from the CSVs of an earlier run.
+  runs <- utils::read.csv(file.path(RESULTS, "diffusion_steps_runs.csv"), check.names = FALSE)
+  samples <- utils::read.csv(file.path(RESULTS, "diffusion_steps_samples.csv"), check.names = FALSE)
+  seeds <- sort(unique(runs$seed))
+} else {
+  runs <- list()
+  samples <- list()
+  for (s in seeds) {
+    noise <- with_seed_matrix(s, n_gen)
+    gen <- list()
+    for (m in names(methods)) {
+      fit <- fitFlow(train_cells, method = methods[[m]],
+                     training = TrainingParam(steps = train_steps, batch_size = 256, lr = 1e-3, seed = s),
+                     threads = 1L, verbose = FALSE)
+      gen[[m]] <- predict(fit, noise, solver = SolverParam("dopri5"))
+      ref <- predict(fit, noise, solver = SolverParam("dopri5", atol = 1e-7, rtol = 1e-7))
+      samples[[length(samples) + 1]] <- data.frame(method = m, seed = s, train_seconds = fit$seconds,
+                                                   w2_test = w2(gen[[m]], test_cells),
+                                                   w2_target_fm = if (m == "target FM") 0 else w2(gen[[m]], gen[["target FM"]]))
+      cat(sprintf("%s seed %d: trained in %.1f s, W2 to test cells %.3f\n", m, s, fit$seconds,
+                  samples[[length(samples)]]$w2_test))
+      for (n in euler_steps) {
+        pred <- predict(fit, noise, solver = SolverParam("euler", steps = n))
+        runs[[length(runs) + 1]] <- data.frame(method = m, seed = s, steps = n, w2 = w2(pred, ref))
+      }
     }
   }
+  runs <- do.call(rbind, runs)
+  samples <- do.call(rbind, samples)
+  utils::write.csv(runs, file.path(RESULTS, "diffusion_steps_runs.csv"), row.names = FALSE)
+  utils::write.csv(samples, file.path(RESULTS, "diffusion_steps_samples.csv"), row.names = FALSE)
 }
-runs <- do.call(rbind, runs)
-samples <- do.call(rbind, samples)
-utils::write.csv(runs, file.path(RESULTS, "diffusion_steps_runs.csv"), row.names = FALSE)
-utils::write.csv(samples, file.path(RESULTS, "diffusion_steps_samples.csv"), row.names = FALSE)
 
 noise_floor <- w2(eight_gaussians(n_gen, 300), test_cells)
 cat(sprintf("\n### Samples: exact W2 (mean ± sd over seeds %s); two independent draws of the data: %.3f\n\n",

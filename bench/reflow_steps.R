@@ -10,6 +10,7 @@
 # exact W2; and the W2 of each model's dopri5 samples to the test cells (does reflow keep the
 # distribution?).
 #
+# RF_FROM_CSV=1 prints the tables from the CSVs of an earlier run, without training.
 # Settings (environment): RF_STEPS (3000 training steps per fit), RF_SEEDS (1,2,3).
 # Writes bench/results/reflow_steps_runs.csv, reflow_steps_samples.csv and reflow_steps.csv.
 
@@ -34,35 +35,42 @@ cat(sprintf("eight Gaussians: %d training, %d test cells; %d training steps per 
 
 w2 <- function(a, b) wassersteinDistance(a, b, p = 2, max_cells = 100000)
 models <- c("target FM", "1 reflow", "2 reflows")
-runs <- list()
-samples <- list()
-for (s in seeds) {
-  set.seed(1000 + s)
-  noise <- matrix(rnorm(2 * n_gen), n_gen, 2)
-  training <- TrainingParam(steps = train_steps, batch_size = 256, lr = 1e-3, seed = s)
-  fits <- list()
-  fits[["target FM"]] <- fitFlow(train_cells, method = "targetfm", training = training, threads = 1L, verbose = FALSE)
-  # A second round is a reflow of the first (the same as ReflowParam(rounds = 2): same noise, same seed).
-  for (r in 1:2) {
-    fits[[models[r + 1]]] <- fitFlow(train_cells, method = ReflowParam(fits[[models[r]]]), training = training,
-                                     threads = 1L, verbose = FALSE)
-  }
-  for (m in models) {
-    fit <- fits[[m]]
-    ref <- predict(fit, noise, solver = SolverParam("dopri5", atol = 1e-7, rtol = 1e-7))
-    samples[[length(samples) + 1]] <- data.frame(model = m, seed = s, w2_test = w2(ref, test_cells),
-                                                 w2_target_fm = w2(ref, predict(fits[["target FM"]], noise)))
-    cat(sprintf("%s seed %d: W2 to test cells %.3f\n", m, s, samples[[length(samples)]]$w2_test))
-    for (n in euler_steps) {
-      pred <- predict(fit, noise, solver = SolverParam("euler", steps = n))
-      runs[[length(runs) + 1]] <- data.frame(model = m, seed = s, steps = n, w2 = w2(pred, ref))
+if (Sys.getenv("RF_FROM_CSV") == "1") {
+  # Tables only, from the CSVs of an earlier run.
+  runs <- utils::read.csv(file.path(RESULTS, "reflow_steps_runs.csv"), check.names = FALSE)
+  samples <- utils::read.csv(file.path(RESULTS, "reflow_steps_samples.csv"), check.names = FALSE)
+  seeds <- sort(unique(runs$seed))
+} else {
+  runs <- list()
+  samples <- list()
+  for (s in seeds) {
+    set.seed(1000 + s)
+    noise <- matrix(rnorm(2 * n_gen), n_gen, 2)
+    training <- TrainingParam(steps = train_steps, batch_size = 256, lr = 1e-3, seed = s)
+    fits <- list()
+    fits[["target FM"]] <- fitFlow(train_cells, method = "targetfm", training = training, threads = 1L, verbose = FALSE)
+    # A second round is a reflow of the first (the same as ReflowParam(rounds = 2): same noise, same seed).
+    for (r in 1:2) {
+      fits[[models[r + 1]]] <- fitFlow(train_cells, method = ReflowParam(fits[[models[r]]]), training = training,
+                                       threads = 1L, verbose = FALSE)
+    }
+    for (m in models) {
+      fit <- fits[[m]]
+      ref <- predict(fit, noise, solver = SolverParam("dopri5", atol = 1e-7, rtol = 1e-7))
+      samples[[length(samples) + 1]] <- data.frame(model = m, seed = s, w2_test = w2(ref, test_cells),
+                                                   w2_target_fm = w2(ref, predict(fits[["target FM"]], noise)))
+      cat(sprintf("%s seed %d: W2 to test cells %.3f\n", m, s, samples[[length(samples)]]$w2_test))
+      for (n in euler_steps) {
+        pred <- predict(fit, noise, solver = SolverParam("euler", steps = n))
+        runs[[length(runs) + 1]] <- data.frame(model = m, seed = s, steps = n, w2 = w2(pred, ref))
+      }
     }
   }
+  runs <- do.call(rbind, runs)
+  samples <- do.call(rbind, samples)
+  utils::write.csv(runs, file.path(RESULTS, "reflow_steps_runs.csv"), row.names = FALSE)
+  utils::write.csv(samples, file.path(RESULTS, "reflow_steps_samples.csv"), row.names = FALSE)
 }
-runs <- do.call(rbind, runs)
-samples <- do.call(rbind, samples)
-utils::write.csv(runs, file.path(RESULTS, "reflow_steps_runs.csv"), row.names = FALSE)
-utils::write.csv(samples, file.path(RESULTS, "reflow_steps_samples.csv"), row.names = FALSE)
 
 noise_floor <- w2(eight_gaussians(n_gen, 300), test_cells)
 cat(sprintf("\n### Samples (dopri5): exact W2 (mean ± sd over seeds %s); two independent draws of the data: %.3f\n\n",

@@ -56,6 +56,8 @@ test_that("bad reflow settings are clear errors", {
   reflowed <- fitFlow(d$source, method = ReflowParam(fit), training = quick_training(5), verbose = FALSE)
   expect_error(fitFlow(d$source, training = quick_training(10), resume = reflowed, verbose = FALSE),
                "`resume` is not supported by reflow")
+  expect_error(fitFlow(d$source, method = ReflowParam(fit), held_out = list(x = d$source, target = d$target),
+                       verbose = FALSE), "`held_out` is not used by reflow")
   expect_error(fitFlow(cbind(d$source, 1), method = ReflowParam(fit), verbose = FALSE),
                "`x` has 3 features but the model was fitted on 2")
   timed <- fitFlow(rbind(d$source, d$target), time = rep(1:3, each = 40), training = quick_training(5),
