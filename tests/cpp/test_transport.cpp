@@ -52,7 +52,7 @@ TEST_CASE("log_density: the source point, the divergence and the flow agree") {
   PF_CHECK_NEAR(max_abs(res.log_density - log_source - res.divergence), 0.0, 1e-9);
   // Carried forward from its source point, each cell comes back.
   auto forward = transport(*model, res.source, {0.0, 1.0}, torch::Tensor(), tight);
-  PF_CHECK_NEAR(max_abs(forward[1] - x), 0.0, 1e-4);
+  PF_CHECK_NEAR(max_abs(forward[1] - x), 0.0, 1e-3);  // float32, two adaptive solves
   // Hutchinson's estimate agrees with the exact divergence on average, and closely with many probes.
   DensityConfig hutch;
   hutch.divergence = DivergenceKind::Hutchinson;
