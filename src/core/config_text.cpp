@@ -16,13 +16,12 @@ struct MethodNames {
 };
 
 const MethodNames<PathKind>& method_names(PathKind) {
-  static const MethodNames<PathKind> t{
-      "path",
-      {{PathKind::ICFM, "icfm"},
-       {PathKind::SBCFM, "sbcfm"},
-       {PathKind::TargetFM, "targetfm"},
-       {PathKind::VPCosine, "vp_cosine"},
-       {PathKind::VPLinear, "vp_linear"}}};
+  static const MethodNames<PathKind> t{"path",
+                                       {{PathKind::ICFM, "icfm"},
+                                        {PathKind::SBCFM, "sbcfm"},
+                                        {PathKind::TargetFM, "targetfm"},
+                                        {PathKind::VPCosine, "vp_cosine"},
+                                        {PathKind::VPLinear, "vp_linear"}}};
   return t;
 }
 const MethodNames<CouplingKind>& method_names(CouplingKind) {

@@ -163,8 +163,8 @@ bool exact_divergence(const DensityConfig& density, int64_t dim) {
 }
 
 DivergencePath integrate_divergence(const std::function<VelocityFn(int64_t, int64_t)>& chunk_fn,
-                                    const torch::Tensor& x0, double t_from, double t_to,
-                                    const SolverConfig& config, const DensityConfig& density, OdeStats* stats) {
+                                    const torch::Tensor& x0, double t_from, double t_to, const SolverConfig& config,
+                                    const DensityConfig& density, OdeStats* stats) {
   if (x0.dim() != 2) throw std::invalid_argument("integrate_divergence: cells must be a matrix");
   if (density.probes < 1) throw std::invalid_argument("integrate_divergence: probes must be >= 1");
   const int64_t n = x0.size(0), d = x0.size(1);

@@ -55,9 +55,8 @@ struct DivergencePath {
   torch::Tensor divergence;  // [n] integral of div v from t_from to t_to
 };
 DivergencePath integrate_divergence(const std::function<VelocityFn(int64_t begin, int64_t end)>& chunk_fn,
-                                    const torch::Tensor& x0, double t_from, double t_to,
-                                    const SolverConfig& config, const DensityConfig& density,
-                                    OdeStats* stats = nullptr);
+                                    const torch::Tensor& x0, double t_from, double t_to, const SolverConfig& config,
+                                    const DensityConfig& density, OdeStats* stats = nullptr);
 
 // Whether a divergence setting computes the exact divergence in `dim` dimensions.
 bool exact_divergence(const DensityConfig& density, int64_t dim);

@@ -219,10 +219,12 @@ TEST_CASE("config_text: density settings round-trip; missing, unknown and bad ke
   PF_CHECK(back.divergence == c.divergence && back.probes == 7 && back.seed == c.seed);
   PF_CHECK(thrown_message([] { density_config_from_text("divergence=exact\nprobes=4\n"); }).find("missing 'seed'") !=
            std::string::npos);
-  PF_CHECK(thrown_message([] { density_config_from_text("divergence=exact\nprobes=4\nseed=1\nprobe=2\n"); })
-               .find("'probe' is not a known setting") != std::string::npos);
-  PF_CHECK(thrown_message([] { density_config_from_text("divergence=exact\nprobes=0\nseed=1\n"); })
-               .find("'probes' out of range") != std::string::npos);
+  PF_CHECK(thrown_message([] {
+             density_config_from_text("divergence=exact\nprobes=4\nseed=1\nprobe=2\n");
+           }).find("'probe' is not a known setting") != std::string::npos);
+  PF_CHECK(thrown_message([] {
+             density_config_from_text("divergence=exact\nprobes=0\nseed=1\n");
+           }).find("'probes' out of range") != std::string::npos);
   const std::string msg = thrown_message([] { density_config_from_text("divergence=trace\nprobes=4\nseed=1\n"); });
   PF_CHECK_MSG(msg.find("auto, exact, hutchinson") != std::string::npos, msg);
 }

@@ -127,5 +127,6 @@ TEST_CASE("sample_path: variance-preserving paths (cosine and linear schedules)"
     PF_CHECK_NEAR(max_abs(at1.xt - x1), 0.0, kind == PathKind::VPCosine ? 1e-12 : 0.1);
     PF_CHECK(torch::isfinite(at1.ut).all().item<bool>());
   }
-  PF_CHECK(gaussian_source(PathKind::TargetFM) && !gaussian_source(PathKind::ICFM) && !gaussian_source(PathKind::SBCFM));
+  PF_CHECK(gaussian_source(PathKind::TargetFM) && !gaussian_source(PathKind::ICFM) &&
+           !gaussian_source(PathKind::SBCFM));
 }

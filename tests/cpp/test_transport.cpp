@@ -80,6 +80,8 @@ TEST_CASE("log_density: refuses flows without a Gaussian source or with several 
   msg = thrown_message([&] { log_density(*three, x, solver(SolverKind::RK4), DensityConfig()); });
   PF_CHECK_MSG(msg.find("3 snapshot times") != std::string::npos, msg);
   auto model = random_flow(2, PathKind::VPLinear, 22);
-  msg = thrown_message([&] { log_density(*model, torch::randn({5, 3}, kD), solver(SolverKind::RK4), DensityConfig()); });
+  msg = thrown_message([&] {
+    log_density(*model, torch::randn({5, 3}, kD), solver(SolverKind::RK4), DensityConfig());
+  });
   PF_CHECK_MSG(msg.find("3 features, the model expects 2") != std::string::npos, msg);
 }
