@@ -295,7 +295,6 @@ END_RCPP
 static const R_CallMethodDef CallEntries[] = {
     {"_popflow_pf_fit", (DL_FUNC) &_popflow_pf_fit, 10},
     {"_popflow_pf_transport", (DL_FUNC) &_popflow_pf_transport, 7},
-    {"_popflow_pf_transport", (DL_FUNC) &_popflow_pf_transport, 6},
     {"_popflow_pf_log_density", (DL_FUNC) &_popflow_pf_log_density, 5},
     {"_popflow_pf_wasserstein", (DL_FUNC) &_popflow_pf_wasserstein, 3},
     {"_popflow_pf_mmd", (DL_FUNC) &_popflow_pf_mmd, 3},
