@@ -68,3 +68,15 @@ versions_line <- function() {
   sprintf("R %s, popflow %s (LibTorch %s)", getRversion(), utils::packageVersion("popflow"),
           tryCatch(popflow:::pf_torch_version(), error = function(e) "?"))
 }
+
+# The 2-d generative example of bench/diffusion_steps.R and bench/reflow_steps.R: eight Gaussians
+# (sd 0.4) on a circle of radius 4, each point's component drawn uniformly.
+eight_gaussians <- function(n, seed) {
+  set.seed(seed)
+  k <- sample.int(8, n, replace = TRUE)
+  angle <- 2 * pi * k / 8
+  cbind(4 * cos(angle), 4 * sin(angle)) + matrix(rnorm(2 * n, sd = 0.4), n, 2)
+}
+
+# Exact W2 of whole samples (no subsampling up to 100,000 cells).
+w2 <- function(a, b) popflow::wassersteinDistance(a, b, p = 2, max_cells = 100000)

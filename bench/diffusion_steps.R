@@ -23,12 +23,6 @@ seeds <- env_ints("DS_SEEDS", "1,2,3")
 euler_steps <- c(1, 2, 4, 8, 16, 32, 64, 128, 256)
 n_gen <- 2000
 
-eight_gaussians <- function(n, seed) {
-  set.seed(seed)
-  k <- sample.int(8, n, replace = TRUE)
-  angle <- 2 * pi * k / 8
-  cbind(4 * cos(angle), 4 * sin(angle)) + matrix(rnorm(2 * n, sd = 0.4), n, 2)
-}
 train_cells <- eight_gaussians(4000, 100)
 test_cells <- eight_gaussians(n_gen, 200)
 cat(sprintf("eight Gaussians: %d training, %d test cells; %d training steps; %s\n", nrow(train_cells),
@@ -40,7 +34,6 @@ with_seed_matrix <- function(seed, n) {
   set.seed(1000 + seed)
   matrix(rnorm(2 * n), n, 2)
 }
-w2 <- function(a, b) wassersteinDistance(a, b, p = 2, max_cells = 100000)
 if (Sys.getenv("DS_FROM_CSV") == "1") {
   # Tables only, from the CSVs of an earlier run.
   runs <- utils::read.csv(file.path(RESULTS, "diffusion_steps_runs.csv"), check.names = FALSE)

@@ -116,11 +116,11 @@ table <- do.call(rbind, lapply(order, function(p) {
 }))
 utils::write.csv(table, file.path(RESULTS, sprintf("population_dynamics%s.csv", tag)), row.names = FALSE)
 md_table(table)
-w2 <- function(p) mean(per_seed$W2[per_seed$prediction == p])
+mean_w2 <- function(p) mean(per_seed$W2[per_seed$prediction == p])
 blind <- "OT-CFM within populations (population-blind)"
 if (blind %in% order) {
   for (p in grep("^MFM", order, value = TRUE)) {
-    cat(sprintf("%s: W2 %.2fx the population-blind flow's, %.2fx no change's\n", p, w2(p) / w2(blind),
-                w2(p) / w2("no change")))
+    cat(sprintf("%s: W2 %.2fx the population-blind flow's, %.2fx no change's\n", p, mean_w2(p) / mean_w2(blind),
+                mean_w2(p) / mean_w2("no change")))
   }
 }

@@ -22,18 +22,11 @@ seeds <- env_ints("RF_SEEDS", "1,2,3")
 euler_steps <- c(1, 2, 4, 8, 16, 32, 64)
 n_gen <- 2000
 
-eight_gaussians <- function(n, seed) {
-  set.seed(seed)
-  k <- sample.int(8, n, replace = TRUE)
-  angle <- 2 * pi * k / 8
-  cbind(4 * cos(angle), 4 * sin(angle)) + matrix(rnorm(2 * n, sd = 0.4), n, 2)
-}
 train_cells <- eight_gaussians(4000, 100)
 test_cells <- eight_gaussians(n_gen, 200)
 cat(sprintf("eight Gaussians: %d training, %d test cells; %d training steps per fit; %s\n", nrow(train_cells),
             nrow(test_cells), train_steps, versions_line()))
 
-w2 <- function(a, b) wassersteinDistance(a, b, p = 2, max_cells = 100000)
 models <- c("target FM", "1 reflow", "2 reflows")
 if (Sys.getenv("RF_FROM_CSV") == "1") {
   # Tables only, from the CSVs of an earlier run.
