@@ -430,6 +430,13 @@ method_description.CGFMParam <- function(x) sprintf("label conditioning, %s coup
 #' @param time_limit Stop training after this many seconds (0 = no limit);
 #'   the model keeps the last completed step (continue it with
 #'   `fitFlow(..., resume = fit)`).
+#' @param tf32 On a GPU (`device = "cuda"`), matrix products in TF32 (fp32
+#'   storage and accumulation, inputs rounded to a 10-bit mantissa), faster on
+#'   Ampere and later GPUs when products dominate a step; no effect on CPU.
+#'   Off by default: on an H100, MFM at the letters benchmark's size moved Y's
+#'   W1 by at most 0.0005 (3 seeds) with it on, and ran no faster, its step
+#'   being bound by per-step overhead rather than arithmetic
+#'   (`bench/results/gpu_session.md`). Try it for wide networks and large batches.
 #' @param checkpoint_every,checkpoint_file Write the model to
 #'   `checkpoint_file` every `checkpoint_every` steps (0 = never). Each write
 #'   replaces the file atomically (a temporary file renamed over it), so the
@@ -473,7 +480,7 @@ engine_config.NetworkParam <- function(x) {
 #' @rdname ModelParams
 #' @export
 TrainingParam <- function(steps = 2000, batch_size = 256, lr = 1e-3, weight_decay = 0, clip_norm = 0,
-                          ema_decay = 0, seed = 1, groups_per_step = 1, time_limit = 0,
+                          ema_decay = 0, seed = 1, groups_per_step = 1, time_limit = 0, tf32 = FALSE,
                           checkpoint_every = 0, checkpoint_file = NULL) {
   checkpoint_every <- check_count(checkpoint_every, "checkpoint_every", min = 0)
   checkpoint_file <- check_checkpoint_file(checkpoint_file, checkpoint_every)
@@ -486,14 +493,18 @@ TrainingParam <- function(steps = 2000, batch_size = 256, lr = 1e-3, weight_deca
             seed = check_count(seed, "seed", min = 0),
             groups_per_step = check_count(groups_per_step, "groups_per_step"),
             time_limit = check_number(time_limit, "time_limit", min = 0),
+            tf32 = check_flag(tf32, "tf32"),
             checkpoint_every = checkpoint_every, checkpoint_file = checkpoint_file)
 }
 
 # `checkpoint` is read by the glue, not the engine: where and how often to write the model during training.
 #' @export
 engine_config.TrainingParam <- function(x) {
-  list(training = unclass(x)[c("steps", "batch_size", "groups_per_step", "lr", "weight_decay", "clip_norm",
-                               "ema_decay", "seed", "time_limit")],
+  list(training = c(unclass(x)[c("steps", "batch_size", "groups_per_step", "lr", "weight_decay", "clip_norm",
+                                 "ema_decay", "seed", "time_limit")],
+                    # tf32: absent from TrainingParam objects of models saved before it existed.
+                    # sync_every 0: the engine reads losses back every step on CPU, every 25 on a GPU.
+                    list(tf32 = as.integer(isTRUE(x$tf32)), sync_every = 0L)),
        checkpoint = list(every = x$checkpoint_every, file = x$checkpoint_file %||% ""))
 }
 

@@ -48,6 +48,9 @@
 //   --validate-metric NAME     W2 (W1, W2, MMD, energy); --patience N  0; the best step is kept
 //   --time-limit S             0 (none): training stops after S seconds (the summary's "steps" says
 //                              how many were done), so a GPU session's run always ends in time
+//   --tf32 0|1                 0: TF32 matrix products on a GPU (fp32 accumulation)
+//   --sync-every N             0 (automatic: every step on CPU, every 25 on a GPU): steps between
+//                              the host's reads of the loss
 //   --demo-csv FILE            write a small synthetic CSV (12 populations of 120 cells) and exit
 //
 // Output (one JSON object a line): {"config": ...}, then per model and scored split
@@ -96,6 +99,8 @@ struct Options {
   std::string csv, demo_csv, device = "cpu", schedule = "joint", coupling = "paired", solver = "dopri5";
   std::string models = "mfm_gcn_k50,mfm_mean,cgfm,fm", score = "test", validate_metric = "W2";
   int64_t steps = 1000, per_step = 10, cells = 700, width = 512, depth = 2, time_dim = 128, fourier = 256;
+  bool tf32 = false;         // --tf32 1: TF32 matrix products on a GPU
+  int64_t sync_every = 0;    // --sync-every N: host reads of the loss (0: automatic)
   int64_t encoder_layers = 3, encoder_width = 64, max_cells = 0, label_dim = 8, eval_cells = 0;
   int64_t validate_every = 0, patience = 0;
   double lr = 1e-4, ema = 0, sigma = 0, fourier_scale = 0.01, bandwidth = 1, tol = 1e-4, time_limit = 0;
@@ -154,6 +159,8 @@ Options parse(int argc, char** argv) {
     else if (a == "--validate-metric") o.validate_metric = next();
     else if (a == "--patience") o.patience = count();
     else if (a == "--time-limit") o.time_limit = number();
+    else if (a == "--tf32") o.tf32 = count() != 0;
+    else if (a == "--sync-every") o.sync_every = count();
     else throw std::invalid_argument("unknown option " + a + " (see the comment at the top of the source)");
   }
   if (o.csv.empty() && o.demo_csv.empty()) throw std::invalid_argument("--csv FILE is required");
@@ -294,6 +301,8 @@ popflow::TrainConfig train_config(const Options& o) {
   t.batch_size = o.cells;        // flow model (FM): cells per population block
   t.groups_per_step = o.per_step;  // and populations per step
   t.time_limit_s = o.time_limit;
+  t.tf32 = o.tf32;
+  t.sync_every = o.sync_every;
   return t;
 }
 

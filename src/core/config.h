@@ -65,6 +65,13 @@ struct TrainConfig {
   int threads = 1;
   std::string device = "cpu";
   double time_limit_s = 0.0;     // 0 = none
+  // TF32 matrix products on the GPU (device.h); no effect on CPU.
+  bool tf32 = false;
+  // Steps between the host's reads of the loss and finiteness checks: 1 =
+  // every step; more lets a GPU run ahead of the host (the checks then run on
+  // the device, and a non-finite step is undone as it would be at once);
+  // 0 = automatic (1 on CPU, 25 on a GPU).
+  int64_t sync_every = 0;
   bool resume = false;           // continue from the model's saved training state
 };
 

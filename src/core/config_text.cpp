@@ -317,6 +317,8 @@ std::string train_config_to_text(const TrainConfig& c) {
       .put("threads", c.threads)
       .put("device", c.device)
       .put("time_limit", c.time_limit_s)
+      .put("tf32", c.tf32 ? 1 : 0)
+      .put("sync_every", c.sync_every)
       .str();
 }
 
@@ -335,6 +337,8 @@ TrainConfig train_config_from_text(const std::string& text) {
   c.threads = static_cast<int>(cfg.count("threads", 0, 1e6));
   c.device = cfg.value("device");
   c.time_limit_s = cfg.number("time_limit");
+  c.tf32 = cfg.flag("tf32");
+  c.sync_every = cfg.count("sync_every", 0, 1e12);
   cfg.reject_unknown_keys();
   return c;
 }

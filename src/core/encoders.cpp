@@ -6,6 +6,8 @@
 #include <random>
 #include <stdexcept>
 
+#include "device.h"
+
 namespace popflow {
 
 torch::Tensor knn_indices(const torch::Tensor& x, int64_t k, int64_t chunk_rows) {
@@ -110,8 +112,11 @@ GraphBatch batch_graphs(const std::vector<const PopulationGraph*>& graphs, const
     offset += g->nodes();
   }
   b.x = torch::cat(xs);
-  auto sizes = torch::tensor(b.sizes, torch::kLong).to(device);
-  b.graph_of = torch::repeat_interleave(torch::arange(static_cast<int64_t>(b.sizes.size()), sizes.options()), sizes);
+  // Built on the host: repeat_interleave on a GPU reads its output size back, stalling the queue.
+  auto graph_of = torch::empty({offset}, torch::kLong);
+  int64_t* node = graph_of.data_ptr<int64_t>();
+  for (size_t i = 0; i < b.sizes.size(); ++i) node = std::fill_n(node, b.sizes[i], static_cast<int64_t>(i));
+  b.graph_of = to_device_async(graph_of, device);
   if (!identity) {
     auto index = torch::stack({torch::cat(rows), torch::cat(cols)});
     // Blocks of sorted, unique entries at increasing offsets: already coalesced,
@@ -175,7 +180,7 @@ torch::Tensor PopulationEncoderImpl::forward(const GraphBatch& b) {
   }
   // Mean over each graph's nodes (one segment sum for all graphs), then unit length.
   const auto n_graphs = static_cast<int64_t>(b.sizes.size());
-  auto counts = torch::tensor(b.sizes, torch::kLong).to(h.device(), h.scalar_type()).unsqueeze(1);
+  auto counts = to_device_async(torch::tensor(b.sizes, torch::kLong), h.device()).to(h.scalar_type()).unsqueeze(1);
   auto mean = torch::zeros({n_graphs, h.size(1)}, h.options()).index_add(0, b.graph_of, h) / counts;
   return mean / mean.norm(2, 1, true).clamp_min(1e-12);
 }

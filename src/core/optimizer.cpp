@@ -68,6 +68,26 @@ void FlatAdam::step() {
   if (ema_.defined()) ema_.mul_(s_.ema_decay).add_(data_, 1 - s_.ema_decay);
 }
 
+void FlatAdam::clip_grad_norm(const torch::Tensor& norm, double max_norm) {
+  if (max_norm <= 0) return;
+  torch::NoGradGuard no_grad;
+  grad_.mul_(torch::where(norm > max_norm, max_norm / (norm + 1e-6), torch::ones_like(norm)));
+}
+
+void FlatAdam::step(const torch::Tensor& keep) {
+  torch::NoGradGuard no_grad;
+  ++t_;
+  // A non-finite gradient must not reach the moments even with weight 0 (0 * NaN is NaN).
+  auto g = torch::nan_to_num(s_.weight_decay > 0 ? grad_ + data_ * s_.weight_decay : grad_, 0.0, 0.0, 0.0);
+  m_.lerp_(g, keep * (1 - s_.beta1));
+  v_.lerp_(g * g, keep * (1 - s_.beta2));
+  const double bias1 = 1 - std::pow(s_.beta1, static_cast<double>(t_));
+  const double bias2 = 1 - std::pow(s_.beta2, static_cast<double>(t_));
+  auto denom = (v_.sqrt() / std::sqrt(bias2)).add_(s_.eps);
+  data_.addcdiv_(m_ * (keep * (-s_.lr / bias1)), denom);
+  if (ema_.defined()) ema_.lerp_(data_, keep * (1 - s_.ema_decay));
+}
+
 TrainState FlatAdam::state() const {
   TrainState s;
   s.m = m_.to(torch::kCPU, /*non_blocking=*/false, /*copy=*/true);
@@ -131,7 +151,21 @@ void FlatAdam::remember() {
   saved_t_ = t_;
 }
 
+void FlatAdam::remember(const torch::Tensor& keep) {
+  torch::NoGradGuard no_grad;
+  if (!saved_data_.defined()) remember();  // first call: start from valid copies
+  // lerp with weight 1 returns its end exactly, with weight 0 its start.
+  saved_data_.lerp_(data_, keep);
+  saved_m_.lerp_(m_, keep);
+  saved_v_.lerp_(v_, keep);
+  if (ema_.defined()) saved_ema_.lerp_(ema_, keep);
+  auto t = torch::full({}, static_cast<double>(t_), keep.options().dtype(torch::kDouble));
+  saved_t_kept_ = saved_t_kept_.defined() ? torch::where(keep > 0, t, saved_t_kept_) : t;
+  saved_t_ = -2;
+}
+
 void FlatAdam::rollback() {
+  if (saved_t_ == -2) saved_t_ = static_cast<int64_t>(saved_t_kept_.item<double>());
   if (saved_t_ < 0) throw std::logic_error("FlatAdam::rollback without remember");
   torch::NoGradGuard no_grad;
   data_.copy_(saved_data_);

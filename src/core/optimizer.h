@@ -42,11 +42,21 @@ class FlatAdam {
   // Euclidean norm of the whole gradient; scales it to max_norm when larger (max_norm > 0).
   double clip_grad_norm(double max_norm);
   void step();
+  // The same without reading anything back to the host (for GPUs, whose
+  // queue a read would drain): the gradient's norm as a 0-dim tensor; clipping
+  // by it; and a step and a remember() that take effect only where `keep` (a
+  // 0-dim float tensor, 1 or 0) is 1, so a step found non-finite on the device
+  // changes nothing. rollback() then returns to the last remember() kept.
+  torch::Tensor grad_norm() const { return grad_.norm(); }
+  void clip_grad_norm(const torch::Tensor& norm, double max_norm);
+  void step(const torch::Tensor& keep);
+  void remember(const torch::Tensor& keep);
   // Copies the moving average into the parameters (no-op without one).
   void use_average();
   // A flat CPU copy of the current (raw, not averaged) weights.
   torch::Tensor weights() const { return data_.to(torch::kCPU, /*non_blocking=*/false, /*copy=*/true); }
   int64_t parameter_count() const { return data_.numel(); }
+  torch::Device device() const { return data_.device(); }
   // remember() copies the weights, moments and average before a step;
   // rollback() returns to them, undoing a step whose weights proved unusable.
   void remember();
@@ -69,7 +79,8 @@ class FlatAdam {
   torch::Tensor data_, grad_, m_, v_, ema_;
   torch::Tensor saved_data_, saved_m_, saved_v_, saved_ema_;  // remember()'s copies
   AdamSettings s_;
-  int64_t t_ = 0, saved_t_ = -1;
+  torch::Tensor saved_t_kept_;  // remember(keep)'s step count, on the device
+  int64_t t_ = 0, saved_t_ = -1;  // saved_t_: -1 none, -2 in saved_t_kept_
 };
 
 }  // namespace popflow

@@ -7,6 +7,7 @@
 
 #include "config_text.h"
 #include "coupling.h"
+#include "device.h"
 #include "model_file.h"
 #include "optimizer.h"
 #include "paths.h"
@@ -154,6 +155,9 @@ class PopulationObjective : public TrainingObjective {
       throw std::invalid_argument("label codes out of range (unseen values exist only at prediction)");
     fopt_ = torch::TensorOptions().dtype(torch::kFloat).device(model_.device);
     x_all_ = data_.x.to(fopt_);
+    // On the device once: rows_on() then selects without a copy from the host each step.
+    labels_ = data_.labels.defined() ? data_.labels.to(model_.device, torch::kLong) : torch::Tensor();
+    covariates_ = data_.covariates.defined() ? data_.covariates.to(fopt_) : torch::Tensor();
     index_cells();
     if (population.use_encoder) build_graphs();
     reg_default_ = std::max(2 * model_.config.path.sigma * model_.config.path.sigma, 1e-3);
@@ -181,7 +185,7 @@ class PopulationObjective : public TrainingObjective {
     std::vector<int64_t> chosen = usable_;
     std::shuffle(chosen.begin(), chosen.end(), rng);
     chosen.resize(std::min<size_t>(chosen.size(), model_.population.populations_per_step));
-    auto chosen_index = torch::tensor(chosen, torch::kLong).to(dev);
+    auto chosen_index = to_device_async(torch::tensor(chosen, torch::kLong), dev);
 
     torch::Tensor embedding;
     if (model_.population.use_encoder && (!alternate_ || encoder_step(step))) {
@@ -194,8 +198,8 @@ class PopulationObjective : public TrainingObjective {
     } else if (alternate_) {
       embedding = cached_embeddings(model_, graphs_, chosen, cached_, dev);
     }
-    auto cond_pop = model_.net->condition(embedding, rows_on(data_.labels, chosen_index, dev, torch::kLong),
-                                          rows_on(data_.covariates, chosen_index, dev, torch::kFloat));
+    auto cond_pop = model_.net->condition(embedding, rows_on(labels_, chosen_index, dev, torch::kLong),
+                                          rows_on(covariates_, chosen_index, dev, torch::kFloat));
 
     // All populations' rows are drawn on the CPU and moved in one transfer;
     // with independent coupling the whole batch then takes one path sample.
@@ -212,8 +216,9 @@ class PopulationObjective : public TrainingObjective {
         rows1[i].copy_(draw_rows(targets_[p], n_cells, rng));
       }
     }
-    auto x0 = x_all_.index_select(0, rows0.view(-1).to(dev));
-    auto x1 = x_all_.index_select(0, rows1.view(-1).to(dev));
+    auto rows = to_device_async(torch::stack({rows0.view(-1), rows1.view(-1)}), dev);
+    auto x0 = x_all_.index_select(0, rows[0]);
+    auto x1 = x_all_.index_select(0, rows[1]);
     if (repairs(model_.config.coupling.kind)) {
       std::vector<torch::Tensor> paired0, paired1;
       for (int64_t i = 0; i < n_chosen; ++i) {
@@ -227,7 +232,9 @@ class PopulationObjective : public TrainingObjective {
     }
     auto t = torch::rand({n_chosen * n_cells}, fopt_);
     auto ps = sample_path(model_.config.path, x0, x1, t);
-    auto pred = model_.net->field->forward(ps.xt, t, cond_pop.repeat_interleave(n_cells, 0));
+    // Each population's condition for its n_cells rows (expand: no sync, unlike repeat_interleave on a GPU).
+    auto cond_rows = cond_pop.unsqueeze(1).expand({n_chosen, n_cells, cond_pop.size(1)}).reshape({-1, cond_pop.size(1)});
+    auto pred = model_.net->field->forward(ps.xt, t, cond_rows);
     return torch::mse_loss(pred, ps.ut);
   }
 
@@ -286,6 +293,7 @@ class PopulationObjective : public TrainingObjective {
   const PopulationSet& data_;
   torch::TensorOptions fopt_;
   torch::Tensor x_all_;
+  torch::Tensor labels_, covariates_;  // data_'s, on the model's device
   std::vector<std::vector<int64_t>> sources_, targets_;
   std::vector<int64_t> usable_;
   std::vector<PopulationGraph> graphs_;

@@ -9,6 +9,7 @@
 #include <unordered_set>
 
 #include "coupling.h"
+#include "device.h"
 #include "optimizer.h"
 #include "paths.h"
 #include "threads.h"
@@ -123,6 +124,44 @@ class Validation {
   int64_t last_step_ = 0, since_best_ = 0;
 };
 
+bool on_gpu(const FlatAdam& opt) { return opt.device().is_cuda(); }
+
+// The losses and finiteness of the steps since the host last looked, kept on
+// the device: reading them each step would stall a GPU's queue every step.
+class DeferredChecks {
+ public:
+  // This step's keep flag (0-dim, the loss's type): 1 while this and every
+  // earlier step had a finite loss and gradient norm.
+  torch::Tensor keep(const torch::Tensor& loss, const torch::Tensor& norm) {
+    const auto ok = torch::isfinite(loss) & torch::isfinite(norm);
+    kept_ = kept_.defined() ? kept_ & ok : ok;
+    losses_.push_back(loss);
+    kept_after_.push_back(kept_);
+    return kept_.to(loss.scalar_type());
+  }
+  int64_t size() const { return static_cast<int64_t>(losses_.size()); }
+
+  // Reads the pending steps (the last is `step`) into `result` up to the
+  // first non-finite one, whose number it returns (0: none).
+  int64_t read(int64_t step, TrainResult& result) {
+    const auto losses = torch::stack(losses_).to(torch::kCPU, torch::kDouble);
+    const auto kept = torch::stack(kept_after_).to(torch::kCPU);
+    const int64_t first = step - size() + 1;
+    losses_.clear();
+    kept_after_.clear();
+    for (int64_t i = 0; i < losses.size(0); ++i) {
+      if (!kept[i].item<bool>()) return first + i;
+      result.loss.push_back(losses[i].item<double>());
+      result.steps_done = first + i;
+    }
+    return 0;
+  }
+
+ private:
+  torch::Tensor kept_;
+  std::vector<torch::Tensor> losses_, kept_after_;
+};
+
 double seconds_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
@@ -160,42 +199,70 @@ TrainResult run_training(TrainingObjective& objective, const TrainConfig& config
   const int64_t first_step = resume_from(state, config, why_not_resumable, primary, result);
   Validation validation(callbacks, network, optimisers);
   network.train();
+  Tf32Scope tf32(config.tf32);
+  const int64_t sync_every = config.sync_every > 0 ? config.sync_every : on_gpu(primary) ? 25 : 1;
+  DeferredChecks deferred;  // with sync_every > 1: the steps whose loss the host has not read yet
   std::mt19937_64 rng;
   FlatAdam* last_opt = nullptr;  // the optimiser of the last step, which a non-finite loss undoes
+  // The weights of the step before `step` gave a non-finite loss or gradient:
+  // they can already give non-finite velocities, so the fit returns the step
+  // before that one (the best validated weights, when validation keeps them,
+  // are usable anyway).
+  const auto diverged = [&](int64_t step, FlatAdam* previous_opt) {
+    result.status = "nonfinite";
+    if (previous_opt && !validation.keeps_best()) {
+      previous_opt->rollback();
+      result.loss.pop_back();
+      result.steps_done = step - 2;
+    }
+  };
   for (int64_t step = first_step; step <= config.steps; ++step) {
     seed_step(config.seed, step, rng);
     const torch::Tensor loss = objective.loss(step, rng);
-    const double loss_value = loss.item<double>();
-    // The weights of the last step gave a non-finite loss or gradient: they
-    // can already give non-finite velocities, so the fit returns the step
-    // before (the best validated weights, when validation keeps them, are
-    // usable anyway).
-    const auto diverged = [&] {
-      result.status = "nonfinite";
-      if (last_opt && !validation.keeps_best()) {
-        last_opt->rollback();
-        result.loss.pop_back();
-        result.steps_done = step - 2;
-      }
-    };
-    if (!std::isfinite(loss_value)) {
-      diverged();
-      break;
-    }
     FlatAdam& opt = objective.optimiser(step);
-    opt.zero_grad();
-    loss.backward();
-    objective.gradients_ready(step, opt);
-    // The norm is needed anyway to refuse a non-finite update before it reaches the weights.
-    if (!std::isfinite(opt.clip_grad_norm(config.clip_norm))) {
-      diverged();
-      break;
+    double loss_value = 0;
+    if (sync_every == 1) {
+      loss_value = loss.item<double>();
+      if (!std::isfinite(loss_value)) {
+        diverged(step, last_opt);
+        break;
+      }
+      opt.zero_grad();
+      loss.backward();
+      objective.gradients_ready(step, opt);
+      // The norm is needed anyway to refuse a non-finite update before it reaches the weights.
+      if (!std::isfinite(opt.clip_grad_norm(config.clip_norm))) {
+        diverged(step, last_opt);
+        break;
+      }
+      opt.remember();
+      opt.step();
+      last_opt = &opt;
+      result.loss.push_back(loss_value);
+      result.steps_done = step;
+    } else {
+      // The same checks on the device: a non-finite step, and every step
+      // after it, leaves the weights as they were; the host finds out at the
+      // next sync and undoes the step before it, as above.
+      opt.zero_grad();
+      loss.backward();
+      objective.gradients_ready(step, opt);
+      const torch::Tensor norm = opt.grad_norm();
+      const torch::Tensor keep = deferred.keep(loss.detach(), norm);
+      opt.clip_grad_norm(norm, config.clip_norm);
+      opt.remember(keep);
+      opt.step(keep);
+      const bool due = deferred.size() >= sync_every || step == config.steps ||
+                       (callbacks.checkpoint && callbacks.checkpoint_every > 0 && step % callbacks.checkpoint_every == 0) ||
+                       validation.due(step) || (config.time_limit_s > 0 && seconds_since(start) > config.time_limit_s);
+      if (!due) continue;
+      const int64_t bad = deferred.read(step, result);  // records the good steps' losses
+      if (bad > 0) {
+        diverged(bad, bad > first_step ? &objective.optimiser(bad - 1) : nullptr);
+        break;
+      }
+      loss_value = result.loss.back();
     }
-    opt.remember();
-    opt.step();
-    last_opt = &opt;
-    result.loss.push_back(loss_value);
-    result.steps_done = step;
     if (callbacks.checkpoint && callbacks.checkpoint_every > 0 && step % callbacks.checkpoint_every == 0) {
       const TrainState saved = why_not_resumable.empty() ? resumable_state(primary, step, result.loss) : TrainState();
       with_weights_to_save(optimisers, 0, [&] { callbacks.checkpoint(step, saved); });
@@ -208,7 +275,8 @@ TrainResult run_training(TrainingObjective& objective, const TrainConfig& config
       result.status = "time_limit";
       break;
     }
-    const bool report = step % std::max<int64_t>(callbacks.every, 1) == 0 || step == config.steps;
+    // With deferred checks, progress (and the host's chance to stop) comes at each sync instead.
+    const bool report = step % std::max<int64_t>(callbacks.every, 1) == 0 || step == config.steps || sync_every > 1;
     if (callbacks.progress && report && !callbacks.progress(step, loss_value)) {
       result.status = "interrupted";
       break;

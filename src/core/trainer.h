@@ -21,7 +21,8 @@
 namespace popflow {
 
 struct TrainCallbacks {
-  // Called after every `every` completed steps and after the last one;
+  // Called after every `every` completed steps and after the last one (with
+  // TrainConfig::sync_every > 1: at each of the host's reads instead);
   // returning false stops training (the model keeps the last completed step).
   std::function<bool(int64_t step, double loss)> progress;
   int64_t every = 10;
@@ -108,7 +109,8 @@ class TrainingObjective {
 // primary optimiser and the loss history; std::invalid_argument when there is
 // no state or it already reaches config.steps). Each step reseeds, takes the
 // objective's loss, refuses a non-finite loss or gradient before it reaches
-// the weights (status "nonfinite"), lets the objective's optimiser step,
+// the weights (status "nonfinite"; with sync_every > 1 the check runs on the
+// device and the host reads it every sync_every steps, to the same end), lets the objective's optimiser step,
 // records the loss, then calls the checkpoint callback, validates (status
 // "early_stop" when patience runs out), applies the time limit (status
 // "time_limit", measured from the call) and calls the progress callback

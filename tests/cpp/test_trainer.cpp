@@ -227,3 +227,33 @@ TEST_CASE("train: a diverging fit returns the last step whose weights gave a fin
   auto pred = transport(*model, data.x, {0.0, 1.0}, torch::Tensor(), solver(SolverKind::Euler, 1))[1];
   PF_CHECK_MSG(torch::isfinite(pred).all().item<bool>(), "steps_done " << res.steps_done);
 }
+
+TEST_CASE("train: checks read back every few steps (as on GPUs) match checks at every step") {
+  // sync_every > 1 keeps the loss and the finiteness checks on the device;
+  // the fit must come out as the step-by-step fit does, diverging or not.
+  auto fit = [](double scale, double lr, int64_t sync_every) {
+    torch::manual_seed(34);
+    auto data = shifted_pair(200, 2.0);
+    data.x = data.x * scale;
+    auto model = make_model(small_flow(2), "cpu");
+    TrainConfig tc = quick_train(60);
+    tc.lr = lr;
+    tc.clip_norm = 5;
+    tc.sync_every = sync_every;
+    auto res = train(*model, data, tc);
+    auto pred = transport(*model, data.x.slice(0, 0, 50), {0.0, 1.0}, torch::Tensor(), solver(SolverKind::Euler, 2))[1];
+    return std::make_pair(res, pred);
+  };
+  for (auto [scale, lr] : {std::make_pair(1.0, 1e-2), std::make_pair(1000.0, 10.0)}) {
+    auto [each, pred_each] = fit(scale, lr, 1);
+    auto [deferred, pred_deferred] = fit(scale, lr, 7);
+    PF_CHECK_MSG(each.status == (scale == 1.0 ? "completed" : "nonfinite"), each.status);
+    PF_CHECK_MSG(each.status == deferred.status, each.status << " vs " << deferred.status);
+    PF_CHECK_MSG(each.steps_done == deferred.steps_done, each.steps_done << " vs " << deferred.steps_done);
+    PF_CHECK(deferred.loss.size() == static_cast<size_t>(deferred.steps_done));
+    for (size_t i = 0; i < std::min(each.loss.size(), deferred.loss.size()); ++i)
+      PF_CHECK_NEAR(deferred.loss[i], each.loss[i], 1e-3 * std::abs(each.loss[i]) + 1e-6);
+    PF_CHECK_MSG(torch::isfinite(pred_deferred).all().item<bool>(), "scale " << scale);
+    PF_CHECK_NEAR(max_abs(pred_deferred - pred_each), 0.0, 1e-3 * scale);
+  }
+}

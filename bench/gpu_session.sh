@@ -1,0 +1,120 @@
+#!/bin/bash
+# Issue 14 in one GPU session (a machine with PyTorch and CUDA but no R): builds, measures and
+# writes at most 8 files to OUTDIR (the device tool brings back no more).
+#
+#   A. Builds, side by side: popflow_mfm_bench and popflow_letters against PyTorch's CUDA
+#      LibTorch (CMake), and R itself (tools/gpu_r_bundle.sh's archive, unpacked) with popflow
+#      installed into it against the same LibTorch (R CMD INSTALL).
+#   B. MFM training throughput, the letters configuration at 10 and 100 populations x 700 cells a
+#      step, alone on the GPU: popflow (host checks every step, as before; every 25 steps; the
+#      same with TF32) against bench/mfm_peer_torch.py (eager fp32 reading the loss every step,
+#      the reference's habit; eager TF32 with fused Adam; a CUDA graph of the whole step, TF32).
+#   C. GPU training from R: bench/gpu_r_end_to_end.R.
+#   D. Letters at the paper's size, MFM GCN k = 10, 3 seeds, LETTERS_STEPS (2000) steps, TF32 off
+#      and on (6 fits sharing the GPU), scored on the unseen Y: whether TF32 moves the metrics.
+#
+# Prepare here: sh tools/gpu_r_bundle.sh (writes .gpu/r_bundle.tar.xz) and LEMON's headers
+# (mkdir -p .gpu/lemon_inc && cp -r /usr/include/lemon .gpu/lemon_inc/); carry the two
+# (.gpu/r_bundle.tar.xz, .gpu/lemon_inc). Run there: bash bench/gpu_session.sh $OUT
+# (R there writes the letters CSVs itself, bench/letters_csv.R.)
+# Files: gpu.txt, build.log (CMake and R CMD INSTALL), throughput.jsonl, r_end_to_end.txt,
+# letters_tf32.jsonl, session.log (this script's progress and errors).
+set -u
+OUTDIR=${1:?usage: bash bench/gpu_session.sh OUTDIR}
+DEADLINE=${DEADLINE:-500}   # seconds: later phases are skipped past it
+PHASES=${PHASES:-"B C D"}   # after the builds; E: where the step's time goes (see below)
+has() { case " $PHASES " in *" $1 "*) return 0 ;; esac; return 1; }
+cd "$(dirname "$0")/.." || exit 1
+mkdir -p "$OUTDIR"
+start=$(date +%s)
+elapsed() { echo $(( $(date +%s) - start )); }
+log() { echo "$(elapsed) s: $*" | tee -a "$OUTDIR/session.log"; }
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$OUTDIR/gpu.txt" 2>&1
+python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)' >> "$OUTDIR/gpu.txt" 2>&1
+
+# A. Builds.
+prefix=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')
+torch_root=$(python3 -c 'import torch, os; print(os.path.dirname(torch.__file__))')
+mkdir -p /tmp/lemon/include && ln -sfn "$PWD/.gpu/lemon_inc/lemon" /tmp/lemon/include/lemon
+export PATH=/usr/lib/R/bin:$PATH   # R as the archive unpacks it (Debian's layout)
+(
+  cmake -S . -B build/cuda -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$prefix" \
+    -DPOPFLOW_LEMON_INCLUDE="$PWD/.gpu/lemon_inc" -DPOPFLOW_BUILD_TESTS=OFF &&
+    cmake --build build/cuda -j10 --target popflow_mfm_bench $(has D && echo popflow_letters)
+) > /tmp/cmake.log 2>&1 &
+cmake_pid=$!
+(
+  tar -xJf .gpu/r_bundle.tar.xz -C / &&
+    export LD_LIBRARY_PATH=/opt/popflow-rlibs:${LD_LIBRARY_PATH:-} &&
+    mkdir -p /tmp/rlib /root/.R && echo "CXX17FLAGS = -O2 -fPIC" > /root/.R/Makevars &&
+    R --version | head -1 &&
+    POPFLOW_LIBTORCH="$torch_root" POPFLOW_LEMON=/tmp/lemon MAKEFLAGS=-j8 \
+      R CMD INSTALL --no-docs --no-test-load -l /tmp/rlib .
+) > /tmp/r_install.log 2>&1 &
+r_pid=$!
+wait $cmake_pid && log "CMake build done" || log "CMake build FAILED"
+wait $r_pid && log "R and popflow installed" || log "R CMD INSTALL FAILED"
+{ echo "== CMake"; tail -25 /tmp/cmake.log; echo "== R CMD INSTALL"; tail -40 /tmp/r_install.log; } > "$OUTDIR/build.log"
+
+# B. Throughput, one program at a time.
+bin=build/cuda/popflow_mfm_bench
+tp="$OUTDIR/throughput.jsonl"
+for p in $(has B && echo 10 100); do
+  steps=$([ $p = 10 ] && echo 300 || echo 60)
+  if [ -x $bin ]; then
+    for v in "1 0" "0 0" "0 1"; do
+      set -- $v
+      timeout 120 $bin --device cuda --populations-per-step $p --populations $p --steps $steps --sync-every $1 \
+        --tf32 $2 --json >> "$tp" 2>> "$OUTDIR/session.log"
+    done
+  fi
+  for v in "0 1 0 0" "1 0 1 0" "1 0 0 1"; do
+    set -- $v
+    timeout 120 python3 bench/mfm_peer_torch.py --device cuda --populations-per-step $p --populations $p \
+      --steps $steps --tf32 $1 --read-loss $2 --fused-adam $3 --cuda-graph $4 --json >> "$tp" 2>> "$OUTDIR/session.log"
+  done
+  log "throughput at $p populations done"
+done
+
+# E. Where a 10 x 700 step's time goes: popflow with the mean encoder (no sparse products), with
+#    a width-64 decoder (launch-bound), with one population a step, and the default again.
+if has E && [ -x $bin ]; then
+  for v in "--encoder mean" "--width 64" "--populations-per-step 1 --populations 10" "--encoder gcn"; do
+    timeout 60 $bin --device cuda --populations-per-step 10 --populations 10 --steps 300 $v --json \
+      | sed "s/^{/{\"variant\": \"$v\", /" >> "$tp" 2>> "$OUTDIR/session.log"
+  done
+  log "step breakdown done"
+fi
+
+# C. From R; meanwhile R writes the letters CSVs for D (CPU only).
+export LD_LIBRARY_PATH=/opt/popflow-rlibs:${LD_LIBRARY_PATH:-}
+if has D && [ -f /tmp/rlib/popflow/libs/popflow.so ]; then
+  for s in 1 2 3; do
+    LETTERS_SEED=$s R_LIBS=/tmp/rlib Rscript bench/letters_csv.R /tmp/letters_s$s.csv > /dev/null 2>> "$OUTDIR/session.log" &
+  done
+fi
+if has C && [ -f /tmp/rlib/popflow/libs/popflow.so ] && [ "$(elapsed)" -lt $((DEADLINE - 200)) ]; then
+  R_LIBS=/tmp/rlib timeout 240 \
+    Rscript bench/gpu_r_end_to_end.R > "$OUTDIR/r_end_to_end.txt" 2>&1
+  log "R end to end: exit $?"
+fi
+
+# D. Letters, TF32 off and on.
+left=$((DEADLINE - $(elapsed) - 40))
+wait  # the CSVs
+if has D && [ -x build/cuda/popflow_letters ] && [ -s /tmp/letters_s3.csv ] && [ $left -gt 90 ]; then
+  for s in 1 2 3; do
+    for tf in 0 1; do
+      build/cuda/popflow_letters --csv /tmp/letters_s$s.csv --seed $s --device cuda --models mfm_gcn_k10 \
+        --steps ${LETTERS_STEPS:-2000} --score test --validate-every 1000 --time-limit $((left - 50)) --tf32 $tf \
+        | sed "s/^{/{\"seed\": $s, \"tf32\": $tf, /" > /tmp/letters_${s}_$tf.jsonl 2>> "$OUTDIR/session.log" &
+    done
+  done
+  wait
+  cat /tmp/letters_*.jsonl > "$OUTDIR/letters_tf32.jsonl"
+  grep '"summary"' "$OUTDIR/letters_tf32.jsonl" | grep '"test"' | tee -a "$OUTDIR/session.log"
+  log "letters done"
+else
+  log "letters skipped ($left s left)"
+fi
+log "total"
