@@ -20,7 +20,7 @@
 #                           potential, Makkuva et al.'s min-max), one pooled map from all training
 #                           control to all training stimulated cells, as CellOT fits unseen
 #                           populations; CellOT's settings (lr 1e-4), and the same with lr 1e-3
-#                           ("ICNN (CellOT), lr 1e-3"): the same 2000 steps are far fewer than CellOT's
+#                           ("ICNN (CellOT; lr 1e-3)"): the same 2000 steps are far fewer than CellOT's
 #   no change               the control cells themselves
 #   mean shift              control cells + the mean stimulated-minus-control shift of the same
 #                           cell type in the training patients
@@ -69,7 +69,7 @@ methods <- list(
   `CGFM (cell type)` = CGFMParam(populations_per_step = 8, cells_per_population = 128),
   FM = ICFMParam(),
   `ICNN (CellOT)` = ICNNParam(),
-  `ICNN (CellOT), lr 1e-3` = ICNNParam(lr = 1e-3)
+  `ICNN (CellOT; lr 1e-3)` = ICNNParam(lr = 1e-3)
 )
 names(methods)[1] <- sprintf("MFM (GCN, k = %d)", k)
 if (nzchar(Sys.getenv("KANG_METHODS"))) {

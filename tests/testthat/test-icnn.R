@@ -142,3 +142,26 @@ test_that("ICNN settings and misuse give clear errors", {
   expect_error(predict(fit, x[, 1, drop = FALSE]), "newdata")
   expect_error(logDensity(fit, x))
 })
+
+test_that("the ICNN fits and predicts from SingleCellExperiment and Seurat objects", {
+  skip_if_not_installed("SingleCellExperiment")
+  tiny <- TrainingParam(steps = 3, batch_size = 32)
+  method <- ICNNParam(width = 8, depth = 1)
+  sce <- kangPBMC()
+  fit <- fitFlow(sce, condition = "condition", source = "ctrl", target = "stim", cells = sce$patient != "107",
+                 method = method, training = tiny, verbose = FALSE)
+  expect_s3_class(fit, "popflow_icnn")
+  held <- sce[, sce$patient == "107"]
+  pred <- predict(fit, held)
+  expect_s4_class(pred, "SingleCellExperiment")
+  expect_equal(ncol(pred), sum(held$condition == "ctrl"))
+  expect_error(fitFlow(sce, condition = "condition", source = "ctrl", target = "stim", population = "patient",
+                       method = method, training = tiny, verbose = FALSE),
+               "`population` is not used by the ICNN")
+  skip_if_not_installed("SeuratObject")
+  seu <- kangPBMC("Seurat", n_pcs = 5)
+  fit <- fitFlow(seu, condition = "condition", source = "ctrl", target = "stim", method = method, training = tiny,
+                 verbose = FALSE)
+  expect_equal(fit$n_features, 5)
+  expect_s4_class(predict(fit, seu), "Seurat")
+})
