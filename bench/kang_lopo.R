@@ -16,11 +16,11 @@
 #   MFM (mean encoder)      the same without graph edges (DeepSets mean, k = 0)
 #   CGFM (cell type)        conditioned on the cell-type label (seen in training)
 #   FM                      I-CFM with no conditioning, all training populations pooled
-#   ICNN (CellOT)           CellOT's ICNN baseline (ICNNParam(): gradient of an input-convex
+#   ICNN (CellOT; lr ...)   CellOT's ICNN baseline (ICNNParam(): gradient of an input-convex
 #                           potential, Makkuva et al.'s min-max), one pooled map from all training
 #                           control to all training stimulated cells, as CellOT fits unseen
-#                           populations; CellOT's settings (lr 1e-4), and the same with lr 1e-3
-#                           ("ICNN (CellOT; lr 1e-3)"): the same 2000 steps are far fewer than CellOT's
+#                           populations; CellOT's networks, at popflow's default lr 1e-3 and at
+#                           CellOT's 1e-4 (made for CellOT's 100,000 f steps, not these 2000 steps)
 #   no change               the control cells themselves
 #   mean shift              control cells + the mean stimulated-minus-control shift of the same
 #                           cell type in the training patients
@@ -68,8 +68,8 @@ methods <- list(
                                   cells_per_population = 128, max_cells = 1000),
   `CGFM (cell type)` = CGFMParam(populations_per_step = 8, cells_per_population = 128),
   FM = ICFMParam(),
-  `ICNN (CellOT)` = ICNNParam(),
-  `ICNN (CellOT; lr 1e-3)` = ICNNParam(lr = 1e-3)
+  `ICNN (CellOT; lr 1e-3)` = ICNNParam(lr = 1e-3),
+  `ICNN (CellOT; lr 1e-4)` = ICNNParam(lr = 1e-4)
 )
 names(methods)[1] <- sprintf("MFM (GCN, k = %d)", k)
 if (nzchar(Sys.getenv("KANG_METHODS"))) {

@@ -32,7 +32,7 @@
 # LETTERS_DEPTH (3), LETTERS_POPS (populations per step, 4), LETTERS_CELLS (cells per population
 # per step, 256), LETTERS_LR (1e-3), LETTERS_MAX_CELLS (graph / embedding cap, 500),
 # LETTERS_COUPLING (independent), LETTERS_METHODS (mfm_k0,mfm_k10,mfm_k50,mfm_k50_alt,cgfm,fm; also icnn),
-# LETTERS_ICNN_LR (1e-3; CellOT's own is 1e-4, made for 100,000 f steps),
+# LETTERS_ICNN_LR (1e-3, ICNNParam()'s default; CellOT's own is 1e-4, made for 100,000 f steps),
 # LETTERS_EVAL_CELLS (500: cells per set for W1/W2/MMD, a random subset), LETTERS_JOBS (2: seeds
 # trained in parallel processes, one thread each), LETTERS_TAG ("": suffix of the output files).
 # Writes bench/results/letters<TAG>_runs.csv (one row per seed x split x population x prediction),
@@ -73,7 +73,7 @@ all_models <- list(
               method = function() CGFMParam(populations_per_step = pops_per_step, cells_per_population = cells_per_pop,
                                             coupling = coupling, sigma = sigma, label_dim = 8)),
   fm = list(label = if (coupling == "exact") "FM (OT-CFM, pooled)" else "FM (I-CFM, pooled)", method = NULL),
-  icnn = list(label = "ICNN (CellOT, pooled)", method = function() ICNNParam(lr = icnn_lr))
+  icnn = list(label = sprintf("ICNN (CellOT, pooled, lr %g)", icnn_lr), method = function() ICNNParam(lr = icnn_lr))
 )
 pooled <- c("fm", "icnn")  # one map for all populations, scored population by population
 models <- all_models[methods]

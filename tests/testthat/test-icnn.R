@@ -30,7 +30,7 @@ icnn_fit <- local({
   function(g_convexity = "penalty") {
     if (is.null(fits[[g_convexity]])) {
       fits[[g_convexity]] <<- fitFlow(gaussians$x, gaussians$y,
-                                      method = ICNNParam(width = 32, depth = 3, inner_steps = 5, lr = 1e-3,
+                                      method = ICNNParam(width = 32, depth = 3, inner_steps = 5,
                                                          g_convexity = g_convexity),
                                       # The map test needs a converged fit; convexity holds at any step.
                                       training = TrainingParam(steps = if (g_convexity == "penalty") 3000 else 600,
@@ -130,9 +130,10 @@ test_that("ICNN settings and misuse give clear errors", {
   bad <- x
   bad[1, 1] <- NA
   expect_error(fitFlow(bad, y, method = "icnn", training = tiny, verbose = FALSE), "`x`.*NA")
-  fit <- fitFlow(x, y, method = ICNNParam(width = 8, depth = 1), training = tiny, verbose = FALSE)
+  fit <- fitFlow(x, y, method = ICNNParam(width = 8, depth = 1), training = TrainingParam(steps = 4, batch_size = 16, lr = 0.5),
+                 verbose = FALSE)
   expect_equal(fit$steps_done, 4)
-  expect_equal(fit$training$lr, 1e-4)  # CellOT's rate, from ICNNParam()
+  expect_equal(fit$training$lr, 1e-3)  # from ICNNParam(), not TrainingParam()
   expect_error(fitFlow(x, y, resume = fit, training = TrainingParam(steps = 8, batch_size = 16), verbose = FALSE),
                "`resume` is not supported by the ICNN")
   expect_error(fitFlow(x, y, method = "icnn", training = tiny, held_out = list(x = x, target = y), verbose = FALSE),
