@@ -1,6 +1,6 @@
 // popflow_letters: the letters benchmark (the Meta Flow Matching paper's
 // synthetic task) without R, for GPU sessions: reads populations from a CSV,
-// trains MFM, CGFM and FM models on the training populations, transports every
+// trains MFM, CGFM, FM and ICNN models on the training populations, transports every
 // test population's source cells and scores the prediction against its target
 // cells with the engine's exact W1, W2 and MMD (whole populations unless
 // --eval-cells). Prints one JSON line for the configuration, one per (model,
