@@ -13,6 +13,14 @@ pf_log_density <- function(handle, x, solver, density, threads) {
     .Call(`_popflow_pf_log_density`, handle, x, solver, density, threads)
 }
 
+pf_icnn_fit <- function(source, target, config, progress, progress_every, metadata) {
+    .Call(`_popflow_pf_icnn_fit`, source, target, config, progress, progress_every, metadata)
+}
+
+pf_icnn_transport <- function(handle, x, type, chunk_size, threads) {
+    .Call(`_popflow_pf_icnn_transport`, handle, x, type, chunk_size, threads)
+}
+
 pf_wasserstein <- function(x, y, p) {
     .Call(`_popflow_pf_wasserstein`, x, y, p)
 }

@@ -44,8 +44,9 @@
 #'   columns, constant within a population. Categorical labels become learnt
 #'   embeddings, numeric labels covariates; see [MFMParam()].
 #' @param method A method name (`"icfm"`, `"otcfm"`, `"sbcfm"`, `"targetfm"`,
-#'   `"diffusion"`, `"mfm"`, `"cgfm"`) or a parameter object such as
-#'   [OTCFMParam()], [DiffusionParam()], [ReflowParam()] or [MFMParam()].
+#'   `"diffusion"`, `"mfm"`, `"cgfm"`, `"icnn"`) or a parameter object such as
+#'   [OTCFMParam()], [DiffusionParam()], [ReflowParam()], [MFMParam()] or
+#'   [ICNNParam()] (CellOT's ICNN baseline: an optimal-transport map, not a flow).
 #' @param network A [NetworkParam()] object.
 #' @param training A [TrainingParam()] object.
 #' @param device `"cpu"` or `"cuda"` (an error if the linked LibTorch has no CUDA).

@@ -61,7 +61,7 @@ model_class.popflow_population_param <- function(method) c("popflow_population",
 method_label <- function(method) {
   c(ICFMParam = "I-CFM", OTCFMParam = "OT-CFM", SBCFMParam = "SB-CFM", TargetFMParam = "Target FM",
     DiffusionParam = "VP diffusion", ReflowParam = "Reflow", MFMParam = "MFM",
-    CGFMParam = "CGFM")[[class(method)[1]]]
+    CGFMParam = "CGFM", ICNNParam = "ICNN (CellOT)")[[class(method)[1]]]
 }
 
 #' Flow-matching method parameters
@@ -392,6 +392,105 @@ engine_config.CGFMParam <- function(x) {
 #' @export
 method_description.CGFMParam <- function(x) sprintf("label conditioning, %s coupling, sigma %g", x$coupling, x$sigma)
 
+#' ICNN optimal-transport maps (the CellOT baseline)
+#'
+#' `ICNNParam()` selects the ICNN baseline of CellOT (Bunne et al., Nature
+#' Methods 2023), which the Meta Flow Matching paper reports beside FM, CGFM
+#' and MFM: two input-convex neural networks `f` and `g` trained with the
+#' min-max objective of Makkuva et al. (ICML 2020) for the quadratic-cost
+#' optimal transport from the source to the target cells. A source cell `x`
+#' is predicted to go to `grad g(x)`, the gradient of the convex potential `g`
+#' (the Brenier map, once training has converged). It is a map, not a flow:
+#' [predict()] returns the mapped cells, `predict(fit, x, type = "potential")`
+#' the potential `g(x)`, and [evaluateFlow()] scores it like any flow; there
+#' are no trajectories and no log-densities.
+#'
+#' Each network is `z1 = leaky(A0 x)^2`, `z(l+1) = leaky(W_l z_l + A_l x)`,
+#' output `W_L z_L + A_L x`, with the leaky ReLU of slope 0.2 (convex and
+#' non-decreasing): convex in `x` whenever every `W_l` is non-negative. `f`'s
+#' `W_l` are clamped at 0 before every step; `g`'s are penalised
+#' (`g_convexity = "penalty"`: `g_penalty` times the squared norm of their
+#' negative parts, as in Makkuva et al. and CellOT) or clamped like `f`'s
+#' (`"clamp"`: `g` is exactly convex at every step).
+#'
+#' Training: [TrainingParam()]'s `steps` counts optimiser steps, shared
+#' between the two networks: of every `inner_steps + 1` steps, the first
+#' `inner_steps` update `g` (loss `f(grad g(x)) - <x, grad g(x)>`) and the
+#' last updates `f` (loss `f(y) - f(grad g(x))`), each on `batch_size` source
+#' and target cells. The loss history holds each step's own loss, so it
+#' alternates between the two. The map is pooled, as CellOT fits it for
+#' populations not seen in training: one map from all source to all target
+#' cells (fit one model per population for per-population maps). An ICNN fit
+#' cannot be resumed (its two optimisers are not kept in the model file) and
+#' takes no `held_out` cells: fit again with more steps, and compare models
+#' with [evaluateFlow()].
+#'
+#' @section Defaults:
+#' CellOT's own configuration of its `cellot` model, except the learning
+#' rate: four hidden layers of 64 units, 10 inner `g` steps per `f` step,
+#' Adam with betas `(0.5, 0.9)`, penalty weight 1 on `g`'s negative weights
+#' (CellOT's batch size, 256, is [TrainingParam()]'s default). CellOT's
+#' learning rate, `1e-4`, is made for its 100,000 iterations of `f` (1.1
+#' million optimiser steps); at popflow's budgets the map is still far from
+#' trained. Measured (`bench/kang_lopo.R`, 2000 steps; Kang
+#' leave-one-patient-out, W1 in 20 PCs, mean over the three patients): `lr =
+#' 1e-4` gave W1 26.2, five times the "no change" baseline's 5.1; `lr = 1e-3`
+#' gave 2.96. On the letters (`bench/letters.R`, 3000 steps): Y W1 2.08 at
+#' `1e-4` against 0.291 at `1e-3` (no change: 0.293). Hence `lr = 1e-3`;
+#' `ICNNParam(lr = 1e-4)` is CellOT's rate for long fits.
+#'
+#' @param width Hidden units per layer of both networks.
+#' @param depth Hidden layers of both networks.
+#' @param inner_steps Steps of `g` per step of `f`.
+#' @param lr Adam learning rate of both networks (see "Defaults"); `NULL`
+#'   uses the `lr` of [TrainingParam()].
+#' @param g_convexity `"penalty"` or `"clamp"`: how `g`'s weights are kept non-negative.
+#' @param g_penalty Weight of the penalty (`g_convexity = "penalty"`).
+#' @param betas Adam's two moment decay rates, for both networks.
+#' @return An object of classes `ICNNParam`, `popflow_flow_param` and `popflow_param`.
+#' @references Makkuva, Taghvaei, Oh and Lee (2020), Optimal transport mapping
+#'   via input convex neural networks, ICML. Bunne, Stark, Gut et al. (2023),
+#'   Learning single-cell perturbation responses using neural optimal
+#'   transport, Nature Methods.
+#' @examples
+#' set.seed(1)
+#' source <- matrix(rnorm(600), ncol = 2)
+#' target <- source %*% diag(c(2, 0.5)) + matrix(c(3, 0), 300, 2, byrow = TRUE)
+#' fit <- fitFlow(source, target, method = ICNNParam(width = 32, depth = 2, inner_steps = 5),
+#'                training = TrainingParam(steps = 600), verbose = FALSE)
+#' fit
+#' colMeans(predict(fit, source))
+#' @export
+ICNNParam <- function(width = 64, depth = 4, inner_steps = 10, lr = 1e-3, g_convexity = c("penalty", "clamp"),
+                      g_penalty = 1, betas = c(0.5, 0.9)) {
+  if (!is.numeric(betas) || length(betas) != 2 || anyNA(betas) || any(betas < 0 | betas >= 1)) {
+    pf_abort("betas", sprintf("must be two numbers in [0, 1), not %s", deparse1(betas)), "use e.g. betas = c(0.5, 0.9)")
+  }
+  new_param("icnn", c("ICNNParam", "popflow_flow_param"),
+            width = check_count(width, "width"), depth = check_count(depth, "depth"),
+            inner_steps = check_count(inner_steps, "inner_steps"),
+            lr = if (is.null(lr)) NULL else check_number(lr, "lr", min = 0, min_inclusive = FALSE),
+            g_convexity = check_choice(g_convexity[1], "g_convexity", c("penalty", "clamp")),
+            g_penalty = check_number(g_penalty, "g_penalty", min = 0),
+            betas = as.numeric(betas))
+}
+
+#' @export
+engine_config.ICNNParam <- function(x) {
+  list(icnn = list(width = x$width, depth = x$depth, inner_steps = x$inner_steps, g_convexity = x$g_convexity,
+                   g_penalty = x$g_penalty, beta1 = x$betas[1], beta2 = x$betas[2]))
+}
+
+#' @export
+method_description.ICNNParam <- function(x) {
+  sprintf("gradient of an input-convex potential (%d x %d), %d g steps per f step, g %s%s", x$depth, x$width,
+          x$inner_steps, if (x$g_convexity == "clamp") "clamped" else sprintf("penalised (%g)", x$g_penalty),
+          if (is.null(x$lr)) "" else sprintf(", lr %g", x$lr))
+}
+
+#' @export
+model_class.ICNNParam <- function(method) c("popflow_icnn", "popflow_flow")
+
 #' Network, training and ODE-solver parameters
 #'
 #' `NetworkParam()` describes the velocity network: an MLP (or residual MLP)
@@ -659,7 +758,8 @@ print.popflow_param <- function(x, ...) {
 # method family: objects saved before the families existed get theirs).
 as_flow_param <- function(method) {
   methods <- c(icfm = "ICFMParam", otcfm = "OTCFMParam", sbcfm = "SBCFMParam", targetfm = "TargetFMParam",
-               diffusion = "DiffusionParam", reflow = "ReflowParam", mfm = "MFMParam", cgfm = "CGFMParam")
+               diffusion = "DiffusionParam", reflow = "ReflowParam", mfm = "MFMParam", cgfm = "CGFMParam",
+               icnn = "ICNNParam")
   if (inherits(method, "popflow_param") && class(method)[1] %in% methods) {
     class(method) <- class(do.call(class(method)[1], list()))
     return(method)

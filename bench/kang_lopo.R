@@ -16,6 +16,11 @@
 #   MFM (mean encoder)      the same without graph edges (DeepSets mean, k = 0)
 #   CGFM (cell type)        conditioned on the cell-type label (seen in training)
 #   FM                      I-CFM with no conditioning, all training populations pooled
+#   ICNN (CellOT; lr ...)   CellOT's ICNN baseline (ICNNParam(): gradient of an input-convex
+#                           potential, Makkuva et al.'s min-max), one pooled map from all training
+#                           control to all training stimulated cells, as CellOT fits unseen
+#                           populations; CellOT's networks, at popflow's default lr 1e-3 and at
+#                           CellOT's 1e-4 (made for CellOT's 100,000 f steps, not these 2000 steps)
 #   no change               the control cells themselves
 #   mean shift              control cells + the mean stimulated-minus-control shift of the same
 #                           cell type in the training patients
@@ -28,8 +33,10 @@
 # reports mean ± sd over held-out patients.
 #
 # Settings (environment): KANG_STEPS (2000), KANG_PCS (20), KANG_K (10), KANG_MIN_CELLS (30),
-# KANG_SEED (1), KANG_WIDTH (128), KANG_HOLDOUT (101,1015,107).
-# Writes bench/results/kang_lopo_runs.csv (one row per population and method) and kang_lopo.csv.
+# KANG_SEED (1), KANG_WIDTH (128), KANG_HOLDOUT (101,1015,107), KANG_METHODS (all: a comma-separated
+# subset of the model rows, e.g. "ICNN (CellOT)"; the baselines are always scored), KANG_TAG ("":
+# suffix of the output files, to keep runs of a subset apart).
+# Writes bench/results/kang_lopo<TAG>_runs.csv (one row per population and method) and kang_lopo<TAG>.csv.
 
 source(file.path(dirname(sub("^--file=", "", grep("^--file=", commandArgs(FALSE), value = TRUE)[1])), "common.R"))
 load_popflow()
@@ -41,6 +48,7 @@ min_cells <- env_int("KANG_MIN_CELLS", 30)
 seed <- env_int("KANG_SEED", 1)
 width <- env_int("KANG_WIDTH", 128)
 holdouts <- strsplit(Sys.getenv("KANG_HOLDOUT", "101,1015,107"), ",")[[1]]
+tag <- Sys.getenv("KANG_TAG", "")
 
 kang <- utils::read.csv(file.path(data_dir(), "kang_ifnb_pbmc.csv.gz"), check.names = FALSE)
 genes <- as.matrix(kang[, -(1:3)])
@@ -59,9 +67,16 @@ methods <- list(
   `MFM (mean encoder)` = MFMParam(encoder = "mean", layers = 3, width = 64, populations_per_step = 8,
                                   cells_per_population = 128, max_cells = 1000),
   `CGFM (cell type)` = CGFMParam(populations_per_step = 8, cells_per_population = 128),
-  FM = ICFMParam()
+  FM = ICFMParam(),
+  `ICNN (CellOT; lr 1e-3)` = ICNNParam(lr = 1e-3),
+  `ICNN (CellOT; lr 1e-4)` = ICNNParam(lr = 1e-4)
 )
 names(methods)[1] <- sprintf("MFM (GCN, k = %d)", k)
+if (nzchar(Sys.getenv("KANG_METHODS"))) {
+  chosen <- strsplit(Sys.getenv("KANG_METHODS"), ",")[[1]]
+  if (!all(chosen %in% names(methods))) stop("KANG_METHODS: unknown row; use ", paste(names(methods), collapse = ", "))
+  methods <- methods[chosen]
+}
 solver <- SolverParam("dopri5", atol = 1e-4, rtol = 1e-4)
 
 score <- function(pred, obs) {
@@ -93,7 +108,11 @@ for (held in holdouts) {
               held, length(unique(tr$population)), sum(src), sum(tgt), length(unique(kang$population[is_test]))))
   fits <- lapply(names(methods), function(m) {
     started <- Sys.time()
-    fit <- if (m == "FM") {
+    fit <- if (grepl("^ICNN", m)) {
+      # Pooled, as FM: the same cells a step (1024 control and 1024 stimulated cells).
+      fitFlow(pcs[src, ], pcs[tgt, ], method = methods[[m]],
+              training = TrainingParam(steps = steps, batch_size = 1024, seed = seed), verbose = FALSE)
+    } else if (m == "FM") {
       # The same number of cells a step as the population models (8 populations x 128 cells).
       fitFlow(pcs[src, ], pcs[tgt, ], method = methods[[m]], network = network,
               training = TrainingParam(steps = steps, batch_size = 1024, lr = 1e-3, seed = seed), verbose = FALSE)
@@ -118,7 +137,7 @@ for (held in holdouts) {
       colMeans(pcs[src & kang$cell_type == ct, , drop = FALSE])
     preds <- lapply(names(fits), function(m) {
       fit <- fits[[m]]
-      if (m == "FM") return(predict(fit, x0, solver = solver))
+      if (m == "FM" || grepl("^ICNN", m)) return(predict(fit, x0, solver = solver))
       if (grepl("^CGFM", m)) return(predict(fit, x0, population = rep(p, nrow(x0)), label = rep(ct, nrow(x0)), solver = solver))
       predict(fit, x0, population = rep(p, nrow(x0)), solver = solver)
     })
@@ -137,7 +156,7 @@ for (held in holdouts) {
   }
 }
 runs <- do.call(rbind, runs)
-utils::write.csv(runs, file.path(RESULTS, "kang_lopo_runs.csv"), row.names = FALSE)
+utils::write.csv(runs, file.path(RESULTS, paste0("kang_lopo", tag, "_runs.csv")), row.names = FALSE)
 
 # Mean over the held-out patient's populations, then mean ± sd over patients.
 per_patient <- stats::aggregate(cbind(W1, W2, MMD) ~ method + holdout, data = runs, FUN = mean)
@@ -147,7 +166,7 @@ table <- do.call(rbind, lapply(order_m, function(m) {
   data.frame(method = m, W1 = mean_sd(r$W1, 3), W2 = mean_sd(r$W2, 3), MMD = mean_sd(r$MMD, 4),
              check.names = FALSE)
 }))
-utils::write.csv(per_patient, file.path(RESULTS, "kang_lopo.csv"), row.names = FALSE)
+utils::write.csv(per_patient, file.path(RESULTS, paste0("kang_lopo", tag, ".csv")), row.names = FALSE)
 cat(sprintf("\n## Kang IFN-beta PBMC, leave one patient out (%d PCs fitted on the training patients; %d steps, seed %d)\n\n",
             n_pcs, steps, seed))
 cat("Mean over each held-out patient's populations, then mean ± sd over the held-out patients",

@@ -19,6 +19,9 @@
 #                     conditions (predict(unseen_label = "average"): the mean learnt embedding)
 #   FM                no conditioning, cells paired within populations (I-CFM; OT-CFM when
 #                     LETTERS_COUPLING=exact), all training populations pooled
+#   ICNN (CellOT)     CellOT's ICNN baseline (ICNNParam(), lr LETTERS_ICNN_LR): the gradient of an
+#                     input-convex potential, one pooled map from all training source to all target
+#                     cells (CellOT's setting for unseen populations); as many cells a step as FM
 #   no change, mean shift   baselines (source cells; source + average training mean change)
 #   oracle shift      source moved onto the true target mean (uses the answer: how far from perfect)
 #   noise floor       two random halves of the observed target cells, one against the other
@@ -28,7 +31,8 @@
 # Settings (environment): LETTERS_STEPS (3000), LETTERS_SEEDS (1,2), LETTERS_WIDTH (128),
 # LETTERS_DEPTH (3), LETTERS_POPS (populations per step, 4), LETTERS_CELLS (cells per population
 # per step, 256), LETTERS_LR (1e-3), LETTERS_MAX_CELLS (graph / embedding cap, 500),
-# LETTERS_COUPLING (independent), LETTERS_METHODS (mfm_k0,mfm_k10,mfm_k50,mfm_k50_alt,cgfm,fm),
+# LETTERS_COUPLING (independent), LETTERS_METHODS (mfm_k0,mfm_k10,mfm_k50,mfm_k50_alt,cgfm,fm; also icnn),
+# LETTERS_ICNN_LR (1e-3, ICNNParam()'s default; CellOT's own is 1e-4, made for 100,000 f steps),
 # LETTERS_EVAL_CELLS (500: cells per set for W1/W2/MMD, a random subset), LETTERS_JOBS (2: seeds
 # trained in parallel processes, one thread each), LETTERS_TAG ("": suffix of the output files).
 # Writes bench/results/letters<TAG>_runs.csv (one row per seed x split x population x prediction),
@@ -46,6 +50,7 @@ cells_per_pop <- env_int("LETTERS_CELLS", 256)
 lr <- as.numeric(Sys.getenv("LETTERS_LR", "1e-3"))
 max_cells <- env_int("LETTERS_MAX_CELLS", 500)
 coupling <- Sys.getenv("LETTERS_COUPLING", "independent")
+icnn_lr <- as.numeric(Sys.getenv("LETTERS_ICNN_LR", "1e-3"))
 eval_cells <- env_int("LETTERS_EVAL_CELLS", 500)
 jobs <- env_int("LETTERS_JOBS", 2)
 tag <- Sys.getenv("LETTERS_TAG", "")  # suffix of the output files, to keep runs with other settings apart
@@ -67,8 +72,10 @@ all_models <- list(
   cgfm = list(label = "CGFM (population id; unseen: mean condition)",
               method = function() CGFMParam(populations_per_step = pops_per_step, cells_per_population = cells_per_pop,
                                             coupling = coupling, sigma = sigma, label_dim = 8)),
-  fm = list(label = if (coupling == "exact") "FM (OT-CFM, pooled)" else "FM (I-CFM, pooled)", method = NULL)
+  fm = list(label = if (coupling == "exact") "FM (OT-CFM, pooled)" else "FM (I-CFM, pooled)", method = NULL),
+  icnn = list(label = sprintf("ICNN (CellOT, pooled, lr %g)", icnn_lr), method = function() ICNNParam(lr = icnn_lr))
 )
+pooled <- c("fm", "icnn")  # one map for all populations, scored population by population
 models <- all_models[methods]
 if (anyNA(names(models))) stop("LETTERS_METHODS: unknown model; use ", paste(names(all_models), collapse = ","))
 
@@ -82,7 +89,7 @@ cat(sprintf(paste0("config: field MLP %d x %d (SELU, 16-d sinusoidal time embedd
             width, depth, sigma, coupling, steps, lr, pops_per_step, cells_per_pop, max_cells, eval_cells,
             paste(seeds, collapse = ","), versions_line()))
 
-baseline_model <- setdiff(names(models), "fm")[1]  # scores the baselines (once per seed and split)
+baseline_model <- setdiff(names(models), pooled)[1]  # scores the baselines (once per seed and split)
 baseline_rows <- c("no change", "mean shift", "label mean shift", "oracle shift", "noise floor")
 
 run_seed <- function(s) {
@@ -97,7 +104,10 @@ run_seed <- function(s) {
   for (m in names(models)) {
     spec <- models[[m]]
     t0 <- proc.time()[["elapsed"]]
-    fit <- if (m == "fm") {
+    fit <- if (m == "icnn") {
+      fitFlow(train$source, train$target, method = spec$method(), threads = 1L, verbose = FALSE,
+              training = TrainingParam(steps = steps, seed = s, batch_size = cells_per_pop * pops_per_step))
+    } else if (m == "fm") {
       # Pairs drawn as the population models draw them: independent, or exact OT within a population.
       fm_method <- if (coupling == "exact") OTCFMParam(sigma = sigma) else ICFMParam(sigma = sigma)
       fitFlow(train$source, train$target, group = pop, method = fm_method, network = network,
@@ -114,7 +124,7 @@ run_seed <- function(s) {
       d <- splits[[split]]
       p <- d$cells$population
       t1 <- proc.time()[["elapsed"]]
-      ev <- if (m == "fm") {
+      ev <- if (m %in% pooled) {
         # A plain flow moves every cell the same way; scored population by population.
         do.call(rbind, lapply(unique(p), function(q) {
           i <- p == q

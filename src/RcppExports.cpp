@@ -62,6 +62,37 @@ BEGIN_RCPP
     return rcpp_result_gen;
 END_RCPP
 }
+// pf_icnn_fit
+Rcpp::List pf_icnn_fit(Rcpp::NumericMatrix source, Rcpp::NumericMatrix target, Rcpp::List config, Rcpp::Nullable<Rcpp::Function> progress, int progress_every, Rcpp::RawVector metadata);
+RcppExport SEXP _popflow_pf_icnn_fit(SEXP sourceSEXP, SEXP targetSEXP, SEXP configSEXP, SEXP progressSEXP, SEXP progress_everySEXP, SEXP metadataSEXP) {
+BEGIN_RCPP
+    Rcpp::RObject rcpp_result_gen;
+    Rcpp::RNGScope rcpp_rngScope_gen;
+    Rcpp::traits::input_parameter< Rcpp::NumericMatrix >::type source(sourceSEXP);
+    Rcpp::traits::input_parameter< Rcpp::NumericMatrix >::type target(targetSEXP);
+    Rcpp::traits::input_parameter< Rcpp::List >::type config(configSEXP);
+    Rcpp::traits::input_parameter< Rcpp::Nullable<Rcpp::Function> >::type progress(progressSEXP);
+    Rcpp::traits::input_parameter< int >::type progress_every(progress_everySEXP);
+    Rcpp::traits::input_parameter< Rcpp::RawVector >::type metadata(metadataSEXP);
+    rcpp_result_gen = Rcpp::wrap(pf_icnn_fit(source, target, config, progress, progress_every, metadata));
+    return rcpp_result_gen;
+END_RCPP
+}
+// pf_icnn_transport
+Rcpp::NumericMatrix pf_icnn_transport(SEXP handle, Rcpp::NumericMatrix x, std::string type, int chunk_size, int threads);
+RcppExport SEXP _popflow_pf_icnn_transport(SEXP handleSEXP, SEXP xSEXP, SEXP typeSEXP, SEXP chunk_sizeSEXP, SEXP threadsSEXP) {
+BEGIN_RCPP
+    Rcpp::RObject rcpp_result_gen;
+    Rcpp::RNGScope rcpp_rngScope_gen;
+    Rcpp::traits::input_parameter< SEXP >::type handle(handleSEXP);
+    Rcpp::traits::input_parameter< Rcpp::NumericMatrix >::type x(xSEXP);
+    Rcpp::traits::input_parameter< std::string >::type type(typeSEXP);
+    Rcpp::traits::input_parameter< int >::type chunk_size(chunk_sizeSEXP);
+    Rcpp::traits::input_parameter< int >::type threads(threadsSEXP);
+    rcpp_result_gen = Rcpp::wrap(pf_icnn_transport(handle, x, type, chunk_size, threads));
+    return rcpp_result_gen;
+END_RCPP
+}
 // pf_wasserstein
 double pf_wasserstein(Rcpp::NumericMatrix x, Rcpp::NumericMatrix y, int p);
 RcppExport SEXP _popflow_pf_wasserstein(SEXP xSEXP, SEXP ySEXP, SEXP pSEXP) {
@@ -296,6 +327,8 @@ static const R_CallMethodDef CallEntries[] = {
     {"_popflow_pf_fit", (DL_FUNC) &_popflow_pf_fit, 10},
     {"_popflow_pf_transport", (DL_FUNC) &_popflow_pf_transport, 7},
     {"_popflow_pf_log_density", (DL_FUNC) &_popflow_pf_log_density, 5},
+    {"_popflow_pf_icnn_fit", (DL_FUNC) &_popflow_pf_icnn_fit, 6},
+    {"_popflow_pf_icnn_transport", (DL_FUNC) &_popflow_pf_icnn_transport, 5},
     {"_popflow_pf_wasserstein", (DL_FUNC) &_popflow_pf_wasserstein, 3},
     {"_popflow_pf_mmd", (DL_FUNC) &_popflow_pf_mmd, 3},
     {"_popflow_pf_energy", (DL_FUNC) &_popflow_pf_energy, 2},

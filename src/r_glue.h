@@ -14,6 +14,7 @@
 
 #include "core/config.h"
 #include "core/config_text.h"
+#include "core/icnn.h"
 #include "core/model.h"
 #include "core/model_file.h"
 #include "core/ode.h"
@@ -123,31 +124,38 @@ inline popflow::PopulationConfig population_config(const Rcpp::List& config) {
   return popflow::population_config_from_text(section_text(config, "population"));
 }
 
-// A fitted model of either kind, as R holds it: the header of its file says
-// which ("popflow-flow" or "popflow-meta"); exactly one pointer is set.
+// A fitted model of any kind, as R holds it: the header of its file says
+// which ("popflow-flow", "popflow-meta" or "popflow-icnn"); exactly one pointer is set.
 struct ModelHandle {
   std::shared_ptr<popflow::FlowModel> flow;
   std::shared_ptr<popflow::PopulationModel> population;
+  std::shared_ptr<popflow::IcnnModel> icnn;
 
-  popflow::TrainState& train_state() { return flow ? flow->train_state : population->train_state; }
+  popflow::TrainState& train_state() {
+    return flow ? flow->train_state : population ? population->train_state : icnn->train_state;
+  }
   std::string save(const std::string& metadata) const {
+    if (icnn) return popflow::save_icnn_model(*icnn, metadata);
     return flow ? popflow::save_model(*flow, metadata) : popflow::save_population_model(*population, metadata);
   }
   // The engine's settings as text (a population model: the field's, then the population's).
   std::string config_text() const {
+    if (icnn) return popflow::icnn_config_to_text(icnn->config);
     return flow ? popflow::flow_config_to_text(flow->config)
                 : popflow::flow_config_to_text(population->config) +
                       popflow::population_config_to_text(population->population);
   }
 };
 
-// Validates a whole model file of either kind and loads it; fills `metadata` when given.
+// Validates a whole model file of any kind and loads it; fills `metadata` when given.
 inline ModelHandle load_handle(const std::string& bytes, const std::string& device, std::string* metadata = nullptr) {
   std::string kind;
   popflow::unpack_model_file(bytes, &kind);
   ModelHandle h;
   if (kind == popflow::kPopulationModelKind) {
     h.population = popflow::load_population_model(bytes, device, metadata);
+  } else if (kind == popflow::kIcnnModelKind) {
+    h.icnn = popflow::load_icnn_model(bytes, device, metadata);
   } else {
     h.flow = popflow::load_model(bytes, device, metadata);
   }
@@ -165,14 +173,21 @@ inline ModelHandle& handle_of(SEXP handle) {
 
 inline std::shared_ptr<popflow::FlowModel> flow_of(SEXP handle) {
   auto& h = handle_of(handle);
+  if (h.icnn) throw std::invalid_argument("the model is an ICNN map (CellOT), not a flow");
   if (!h.flow) throw std::invalid_argument("the model is a population model (MFM/CGFM), not a flow");
   return h.flow;
 }
 
 inline std::shared_ptr<popflow::PopulationModel> population_of(SEXP handle) {
   auto& h = handle_of(handle);
-  if (!h.population) throw std::invalid_argument("the model is a flow, not a population model (MFM/CGFM)");
+  if (!h.population) throw std::invalid_argument("the model is not a population model (MFM/CGFM)");
   return h.population;
+}
+
+inline std::shared_ptr<popflow::IcnnModel> icnn_of(SEXP handle) {
+  auto& h = handle_of(handle);
+  if (!h.icnn) throw std::invalid_argument("the model is not an ICNN map (CellOT)");
+  return h.icnn;
 }
 
 inline Rcpp::RawVector to_raw(const std::string& s) {

@@ -1,6 +1,6 @@
 // popflow_letters: the letters benchmark (the Meta Flow Matching paper's
 // synthetic task) without R, for GPU sessions: reads populations from a CSV,
-// trains MFM, CGFM and FM models on the training populations, transports every
+// trains MFM, CGFM, FM and ICNN models on the training populations, transports every
 // test population's source cells and scores the prediction against its target
 // cells with the engine's exact W1, W2 and MMD (whole populations unless
 // --eval-cells). Prints one JSON line for the configuration, one per (model,
@@ -21,6 +21,11 @@
 //   cgfm          one learnt embedding per training population (a label with one value per
 //                 population); unseen populations get the mean embedding, as bench/letters.R
 //   fm            a population-blind flow, trained within populations (groups, no conditioning)
+//   icnn          CellOT's ICNN baseline (icnn.h): the gradient of an input-convex potential,
+//                 one pooled map from all training source to all target cells (CellOT's setting
+//                 for unseen populations), CellOT's 4 x 64 networks and 10 g steps per f step,
+//                 Adam at --lr with betas 0.5, 0.9; --populations-per-step x --cells cells of each
+//                 side a step; not validated (--validate-every applies to the other models)
 //   no_change     the baseline: the source cells themselves as the prediction (no training)
 //   mean_shift    the baseline: source + the training populations' average (target mean - source mean)
 //   oracle_shift  the source moved onto the population's own target mean: a marker of perfection
@@ -86,6 +91,7 @@
 #include <vector>
 
 #include "config_text.h"
+#include "icnn.h"
 #include "population_model.h"
 #include "trainer.h"
 #include "transport.h"
@@ -251,7 +257,7 @@ void write_demo_csv(const std::string& path) {
 
 struct ModelSpec {
   std::string name;
-  enum { MFM, CGFM, FM, NoChange, MeanShift, OracleShift, NoiseFloor } kind = MFM;
+  enum { MFM, CGFM, FM, ICNN, NoChange, MeanShift, OracleShift, NoiseFloor } kind = MFM;
   popflow::EncoderKind encoder = popflow::EncoderKind::GCN;
   int64_t k = 0;
 };
@@ -261,6 +267,7 @@ ModelSpec model_spec(const std::string& name) {
   m.name = name;
   if (name == "cgfm") m.kind = ModelSpec::CGFM;
   else if (name == "fm") m.kind = ModelSpec::FM;
+  else if (name == "icnn") m.kind = ModelSpec::ICNN;
   else if (name == "no_change") m.kind = ModelSpec::NoChange;
   else if (name == "mean_shift") m.kind = ModelSpec::MeanShift;
   else if (name == "oracle_shift") m.kind = ModelSpec::OracleShift;
@@ -270,7 +277,7 @@ ModelSpec model_spec(const std::string& name) {
   else if (name.rfind("mfm_gcn_k", 0) == 0 && name.size() > 9) m.k = std::stoll(name.substr(9));
   else
     throw std::invalid_argument("unknown model '" + name +
-                                "' (mfm_gcn_k<k>, mfm_mean, mfm_kme, cgfm, fm, no_change, mean_shift, oracle_shift, "
+                                "' (mfm_gcn_k<k>, mfm_mean, mfm_kme, cgfm, fm, icnn, no_change, mean_shift, oracle_shift, "
                                 "noise_floor)");
   return m;
 }
@@ -317,7 +324,8 @@ popflow::SolverConfig solver_config(const Options& o) {
 struct Trained {
   popflow::TrainResult result;
   std::shared_ptr<popflow::PopulationModel> population_model;  // MFM, CGFM
-  std::shared_ptr<popflow::FlowModel> flow_model;              // FM; neither: a baseline
+  std::shared_ptr<popflow::FlowModel> flow_model;              // FM; none of the three: a baseline
+  std::shared_ptr<popflow::IcnnModel> icnn_model;               // ICNN
   torch::Tensor shift;                                          // mean_shift: the training average
   // Conditioning rows for populations (their source cells); undefined for FM.
   torch::Tensor condition(const std::vector<const Population*>& pops, int64_t dim) const {
@@ -332,6 +340,7 @@ struct Trained {
   // Source cells moved to the target time; `cond` holds one conditioning row or is undefined.
   torch::Tensor predict(const torch::Tensor& source, const torch::Tensor& cond, const popflow::SolverConfig& solver,
                         int threads) const {
+    if (icnn_model) return popflow::icnn_transport(*icnn_model, source, 65536, threads);
     if (!population_model && !flow_model) return source;  // no change
     const popflow::FlowModel flow = population_model ? population_model->flow() : *flow_model;
     const torch::Tensor rows = cond.defined() ? cond.unsqueeze(0).expand({source.size(0), -1}) : cond;
@@ -371,6 +380,18 @@ Trained train_model(const ModelSpec& spec, const Options& o, const std::vector<c
   for (const Population* p : train) xs.push_back(cells(p->source, dim));
   for (const Population* p : train) xs.push_back(cells(p->target, dim));
   const auto n_train = static_cast<int64_t>(train.size());
+  if (spec.kind == ModelSpec::ICNN) {
+    // Pooled: all training source cells to all training target cells, as many a step as FM.
+    popflow::IcnnConfig ic;
+    ic.dim = dim;
+    out.icnn_model = popflow::make_icnn_model(ic, o.device);
+    popflow::TrainConfig t = train_config(o);
+    t.batch_size = o.cells * o.per_step;
+    const torch::Tensor source = torch::cat(std::vector<torch::Tensor>(xs.begin(), xs.begin() + n_train));
+    const torch::Tensor target = torch::cat(std::vector<torch::Tensor>(xs.begin() + n_train, xs.end()));
+    out.result = popflow::train_icnn(*out.icnn_model, source, target, t, callbacks);
+    return out;
+  }
   if (spec.kind == ModelSpec::FM) {
     // Sources at time 0, targets at time 1, each population a group: pairs stay within populations.
     popflow::TrainingData data;
