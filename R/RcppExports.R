@@ -13,6 +13,10 @@ pf_log_density <- function(handle, x, solver, density, threads) {
     .Call(`_popflow_pf_log_density`, handle, x, solver, density, threads)
 }
 
+pf_draw_source <- function(handle, config, n, seed) {
+    .Call(`_popflow_pf_draw_source`, handle, config, n, seed)
+}
+
 pf_wasserstein <- function(x, y, p) {
     .Call(`_popflow_pf_wasserstein`, x, y, p)
 }
