@@ -144,18 +144,20 @@ draw_source <- function(source, n, d, seed, config = NULL, handle = NULL) {
 #' Maximum likelihood of `(mu, theta, pi)` for each gene (column) of a count
 #' matrix, where a count is 0 with probability `pi` and otherwise negative
 #' binomial with mean `mu` and size (inverse dispersion) `theta`:
-#' `P(0) = pi + (1 - pi) (theta / (theta + mu))^theta`. All genes are fitted
-#' together by L-BFGS-B on `log mu`, `log theta` and `logit pi` with the
-#' analytic gradient (the genes' likelihoods are independent, so this is the
-#' per-gene fit). Bounds keep the fit finite: `theta` in `[1e-3, 1e5]` (large
-#' `theta` is Poisson), `pi` at most `1 - 6e-6`.
+#' `P(0) = pi + (1 - pi) (theta / (theta + mu))^theta`. Each gene is fitted
+#' by L-BFGS-B on `log mu`, `log theta` and `logit pi` with the analytic
+#' gradient, over the gene's distinct counts and their frequencies (so the
+#' cost grows with the distinct counts, not the cells). Bounds keep the fit
+#' finite: `theta` in `[1e-3, 1e5]` (large `theta` is Poisson), `pi` within
+#' `6e-6` of 0 and 1, `mu` at least `1e-8` (a gene without counts).
 #'
 #' @param counts Raw counts, cells in rows and genes in columns: a matrix,
 #'   sparse matrix or data frame of whole numbers `>= 0`.
-#' @param max_iter Maximum L-BFGS-B iterations.
+#' @param max_iter Maximum L-BFGS-B iterations per gene.
 #' @return A data frame of class `popflow_zinb`, one row per gene: `feature`,
 #'   `mu`, `theta`, `pi` and `loglik` (the gene's maximised log-likelihood);
-#'   attributes `n_cells` and `convergence` (0: converged).
+#'   attributes `n_cells` and `convergence` (0: every gene converged, 1: not
+#'   all; raise `max_iter`).
 #' @seealso [ZINBSource()]
 #' @examples
 #' set.seed(1)
@@ -164,57 +166,65 @@ draw_source <- function(source, n, d, seed, config = NULL, handle = NULL) {
 #'                 b = rnbinom(n, mu = 1, size = 10))
 #' fitZINB(counts)
 #' @export
-fitZINB <- function(counts, max_iter = 5000) {
+fitZINB <- function(counts, max_iter = 500) {
   max_iter <- check_count(max_iter, "max_iter")
   y <- count_matrix(counts)
   n <- nrow(y)
-  g <- ncol(y)
-  # Non-zero counts as (gene, value, frequency): counts repeat, so this is small.
-  nz <- which(y > 0, arr.ind = TRUE)
-  tab <- if (nrow(nz)) as.data.frame(table(gene = nz[, 2], y = y[nz]), stringsAsFactors = FALSE) else
-    data.frame(gene = integer(0), y = numeric(0), Freq = integer(0))
-  tab <- tab[tab$Freq > 0, ]
-  gi <- as.integer(tab$gene)
-  yv <- as.numeric(tab$y)
-  w <- as.numeric(tab$Freq)
-  n0 <- colSums(y == 0)
-  sums <- function(v) { out <- numeric(g); s <- rowsum(v, gi, reorder = TRUE); out[as.integer(rownames(s))] <- s; out }
-  m <- colMeans(y)
-  v <- apply(y, 2, stats::var)
-  init <- c(log(pmax(m / 0.9, 1e-6)), log(pmin(pmax(ifelse(v > m, m^2 / pmax(v - m, 1e-8), 100), 1e-3), 1e5)),
-            rep(stats::qlogis(0.1), g))
-  lower <- c(rep(log(1e-8), g), rep(log(1e-3), g), rep(-12, g))
-  upper <- c(log(pmax(apply(y, 2, max), 1)) + 2, rep(log(1e5), g), rep(12, g))
+  fits <- lapply(seq_len(ncol(y)), function(j) {
+    # A gene's non-zero counts as values and frequencies: counts repeat, so this is small.
+    tab <- table(y[y[, j] > 0, j])
+    zinb_gene(as.numeric(names(tab)), as.numeric(tab), n, max_iter)
+  })
+  out <- data.frame(feature = colnames(y) %||% as.character(seq_len(ncol(y))),
+                    mu = vapply(fits, `[[`, 0, "mu"), theta = vapply(fits, `[[`, 0, "theta"),
+                    pi = vapply(fits, `[[`, 0, "pi"), loglik = vapply(fits, `[[`, 0, "loglik"),
+                    stringsAsFactors = FALSE)
+  structure(out, n_cells = n, convergence = max(vapply(fits, `[[`, 0L, "convergence")),
+            class = c("popflow_zinb", "data.frame"))
+}
+
+# One gene's ZINB maximum likelihood: L-BFGS-B on (log mu, log theta, logit pi)
+# with the analytic gradient; `yv`, `w`: the non-zero counts and their
+# frequencies among `n` cells (the rest are zeros).
+zinb_gene <- function(yv, w, n, max_iter) {
+  n0 <- n - sum(w)
+  m <- sum(w * yv) / n
+  v <- sum(w * yv^2) / n - m^2
+  lower <- c(log(1e-8), log(1e-3), -12)
+  upper <- c(log(max(yv, 1)) + 2, log(1e5), 12)
+  init <- c(log(max(m / 0.9, 1e-6)), log(if (v > m) m^2 / (v - m) else 100), stats::qlogis(0.1))
   init <- pmin(pmax(init, lower), upper)
   parts <- function(p) {
-    mu <- exp(p[1:g]); th <- exp(p[g + 1:g]); pi <- stats::plogis(p[2 * g + 1:g])
-    list(mu = mu, th = th, pi = pi, l0 = th * (log(th) - log(th + mu)))
+    mu <- exp(p[1]); th <- exp(p[2])
+    list(mu = mu, th = th, pi = stats::plogis(p[3]), l0 = th * (log(th) - log(th + mu)))
   }
-  per_gene <- function(q) {
-    mu <- q$mu[gi]; th <- q$th[gi]
-    nb <- lgamma(yv + th) - lgamma(th) - lgamma(yv + 1) + th * log(th) - th * log(th + mu) + yv * log(mu) -
-      yv * log(th + mu)
-    n0 * log(q$pi + (1 - q$pi) * exp(q$l0)) + (n - n0) * log1p(-q$pi) + sums(w * nb)
+  loglik <- function(q) {
+    nb <- lgamma(yv + q$th) - lgamma(q$th) - lgamma(yv + 1) + q$th * log(q$th) - (q$th + yv) * log(q$th + q$mu) +
+      yv * log(q$mu)
+    n0 * log(q$pi + (1 - q$pi) * exp(q$l0)) + (n - n0) * log1p(-q$pi) + sum(w * nb)
   }
-  fn <- function(p) -sum(per_gene(parts(p))) / n
+  fn <- function(p) -loglik(parts(p)) / n
   gr <- function(p) {
     q <- parts(p)
-    mu <- q$mu[gi]; th <- q$th[gi]
+    mu <- q$mu; th <- q$th
     p0 <- exp(q$l0)
     d <- q$pi + (1 - q$pi) * p0
-    w0 <- (1 - q$pi) * p0 / d
-    ga <- sums(w * th * (yv - mu) / (th + mu)) + n0 * w0 * (-q$th * q$mu / (q$th + q$mu))
-    gb <- q$th * sums(w * (digamma(yv + th) - digamma(th) + log(th) + 1 - log(th + mu) - (th + yv) / (th + mu))) +
-      n0 * w0 * q$th * (log(q$th / (q$th + q$mu)) + q$mu / (q$th + q$mu))
+    w0 <- n0 * (1 - q$pi) * p0 / d  # zeros, weighted by how much the NB explains them
+    ga <- sum(w * th * (yv - mu) / (th + mu)) - w0 * th * mu / (th + mu)
+    gb <- th * sum(w * (digamma(yv + th) - digamma(th) + log(th) + 1 - log(th + mu) - (th + yv) / (th + mu))) +
+      w0 * th * (log(th / (th + mu)) + mu / (th + mu))
     gc <- -(n - n0) * q$pi + n0 * q$pi * (1 - q$pi) * (1 - p0) / d
     -c(ga, gb, gc) / n
   }
   opt <- stats::optim(init, fn, gr, method = "L-BFGS-B", lower = lower, upper = upper,
-                      control = list(maxit = max_iter, factr = 1e3))
+                      control = list(maxit = max_iter, factr = 1e5))
   q <- parts(opt$par)
-  out <- data.frame(feature = colnames(y) %||% as.character(seq_len(g)), mu = q$mu, theta = q$th, pi = q$pi,
-                    loglik = per_gene(q), stringsAsFactors = FALSE)
-  structure(out, n_cells = n, convergence = opt$convergence, class = c("popflow_zinb", "data.frame"))
+  # A line search that stops at a bound (theta at 1e5: Poisson counts) still
+  # ends at the optimum when the gradient projected on the bounds vanishes.
+  g <- gr(opt$par)
+  g[(opt$par <= lower & g > 0) | (opt$par >= upper & g < 0)] <- 0
+  converged <- opt$convergence == 0 || max(abs(g)) < 1e-5
+  list(mu = q$mu, theta = q$th, pi = q$pi, loglik = loglik(q), convergence = if (converged) 0L else 1L)
 }
 
 #' @export

@@ -22,14 +22,14 @@
 # Metrics: RBF MMD (mmdDistance) and energy distance (energyDistance) against the held-out cells
 # in the 100 log-normalised genes; mean ± sd over seeds.
 #
-# Settings (environment): ZINB_STEPS (3000), ZINB_SEEDS (1,2,3), ZINB_WIDTH (256),
+# Settings (environment): ZINB_STEPS (2000), ZINB_SEEDS (1,2,3), ZINB_WIDTH (256),
 # KANG_TYPES ("CD14+ Monocytes,CD4 T cells").
 # Writes bench/results/zinb_source_runs.csv (one row per population, seed and row) and zinb_source.csv.
 
 source(file.path(dirname(sub("^--file=", "", grep("^--file=", commandArgs(FALSE), value = TRUE)[1])), "common.R"))
 load_popflow()
 
-steps <- env_int("ZINB_STEPS", 3000)
+steps <- env_int("ZINB_STEPS", 2000)
 seeds <- env_ints("ZINB_SEEDS", "1,2,3")
 width <- env_int("ZINB_WIDTH", 256)
 types <- strsplit(Sys.getenv("KANG_TYPES", "CD14+ Monocytes,CD4 T cells"), ",")[[1]]
