@@ -112,7 +112,8 @@ method_label <- function(method) {
 #'   normalised like the data) or [EmpiricalSource()] (given cells); see
 #'   [sources]. With a non-Gaussian source the path's noise is the source
 #'   draw: target FM moves `x0` to the cells along
-#'   `x_t = t x1 + (1 - (1 - sigma_min) t) x0`.
+#'   `x_t = t x1 + (1 - (1 - sigma_min) t) x0`, diffusion along
+#'   `alpha_t x1 + sigma_t x0`.
 #' @return An object of classes `popflow_flow_param` and `popflow_param`.
 #' @examples
 #' OTCFMParam(sigma = 0.05)
