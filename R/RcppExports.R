@@ -13,6 +13,10 @@ pf_log_density <- function(handle, x, solver, density, threads) {
     .Call(`_popflow_pf_log_density`, handle, x, solver, density, threads)
 }
 
+pf_draw_source <- function(handle, config, n, seed) {
+    .Call(`_popflow_pf_draw_source`, handle, config, n, seed)
+}
+
 pf_icnn_fit <- function(source, target, config, progress, progress_every, metadata) {
     .Call(`_popflow_pf_icnn_fit`, source, target, config, progress, progress_every, metadata)
 }

@@ -49,6 +49,13 @@ logDensity <- function(object, newdata, solver = SolverParam(), density = Densit
                                method_label(object$method)),
              "log-densities need a generative model: fit with method = \"targetfm\" or \"diffusion\"")
   }
+  if (!is_gaussian_source(object$method$source)) {
+    pf_abort("object", sprintf("starts from its %s source, which has no density of continuous cells%s",
+                               source_label(object$method$source),
+                               if (identical(attr(object$method$source, "kind"), "zinb")) " (its counts are discrete)"
+                               else " (it is a finite set of cells)"),
+             "log-densities need a flow from a Gaussian source: fit with source = GaussianSource() (the default)")
+  }
   if (length(object$times) != 2) {
     pf_abort("object", sprintf("was fitted on %d time points; a log-density needs a flow from noise to one population",
                                length(object$times)),

@@ -158,10 +158,13 @@ fit_method.popflow_flow_param <- function(method, x, target, time, group, popula
                         if (length(data$groups)) data$groups else "all cells",
                         if (length(data$groups)) "group" else "target")
   }
+  check_source_features(method$source, data$x)
   check_resume_data(resume, data$x, data$times)
   training <- flow_step_limits(method, network, training, data, device, verbose)
+  config <- fit_config(method, network, training, device, threads, dim = ncol(data$x), times = data$times)
   sets <- if (!is.null(validation)) {
-    flow_validation_sets(validation$data, data, is_generative(method), training$seed)
+    flow_validation_sets(validation$data, data, is_generative(method), training$seed,
+                         function(n, d) draw_source(method$source, n, d, training$seed, config))
   }
   fields <- list(
     method = method, network = network, training = training, times = data$times,
@@ -171,7 +174,6 @@ fit_method.popflow_flow_param <- function(method, x, target, time, group, popula
     validation = validation_fields(validation, sets, sprintf("%d held-out set%s", length(sets),
                                                              if (length(sets) == 1) "" else "s"))
   )
-  config <- fit_config(method, network, training, device, threads, dim = ncol(data$x), times = data$times)
   engine_validation <- if (!is.null(validation)) validation_config(validation, sets, training$seed)
   train_model(fields, training, verbose, resume, function(progress, every, metadata) {
     pf_fit(data$x, data$time_index, data$group, NULL, config, progress, every, resume$bytes, metadata,

@@ -39,6 +39,7 @@ print.popflow_flow <- function(x, ...) {
   model <- as_model(x)
   m <- model$method
   cat(sprintf("<popflow flow> %s: %s\n", method_label(m), method_description(m)))
+  if (!is_gaussian_source(m$source)) cat(sprintf("  source: %s\n", source_description(m$source)))
   cat(data_lines(model))
   cat(network_line(model$network))
   cat(cell_object_line(model$cell_object))
@@ -105,7 +106,8 @@ summary.popflow_flow <- function(object, ...) {
                  seconds = object$seconds, final_loss = recent_loss(object$loss),
                  n_cells = object$n_cells, times = object$time_labels,
                  configuration = strsplit(pf_model_config(object$bytes), "\n")[[1]],
-                 validation = validation_summary(object$validation)),
+                 validation = validation_summary(object$validation),
+                 source = if (!is_gaussian_source(object$method$source)) source_description(object$method$source)),
             class = "summary.popflow_flow")
 }
 
@@ -113,6 +115,7 @@ summary.popflow_flow <- function(object, ...) {
 print.summary.popflow_flow <- function(x, ...) {
   cat(sprintf("%s flow, %d steps (%s), %.1f s, final loss %.4g\n", x$method, x$steps, x$status, x$seconds,
               x$final_loss))
+  if (!is.null(x$source)) cat(sprintf("source: %s\n", x$source))
   if (!is.null(x$validation)) {
     v <- x$validation
     cat(sprintf("validation: %s on %s every %d steps; best %.4g at step %d%s\n", v$metric, v$description, v$every,

@@ -93,8 +93,8 @@ method_label <- function(method) {
 #'   `1 - 1e-5`. `bench/diffusion_steps.R` compares the solver steps both
 #'   schedules need with target FM's.
 #'
-#' Target FM and diffusion models are generative: they have an exact
-#' log-likelihood ([logDensity()], [logLik()]).
+#' Target FM and diffusion models are generative: with the default Gaussian
+#' source they have an exact log-likelihood ([logDensity()], [logLik()]).
 #'
 #' @param sigma Noise level of the probability path (in the units of the data).
 #' @param coupling `ICFMParam()`: `"independent"` (random pairs) or `"paired"`:
@@ -107,6 +107,13 @@ method_label <- function(method) {
 #' @param sinkhorn_iters Maximum Sinkhorn iterations (it stops early once converged).
 #' @param sigma_min Width of the target-FM path at `t = 1`.
 #' @param schedule Noise schedule of the diffusion path: `"cosine"` or `"linear"`.
+#' @param source Where the generative flow starts: [GaussianSource()] (the
+#'   default), [ZINBSource()] (zero-inflated negative binomial counts per gene,
+#'   normalised like the data) or [EmpiricalSource()] (given cells); see
+#'   [sources]. With a non-Gaussian source the path's noise is the source
+#'   draw: target FM moves `x0` to the cells along
+#'   `x_t = t x1 + (1 - (1 - sigma_min) t) x0`, diffusion along
+#'   `alpha_t x1 + sigma_t x0`.
 #' @return An object of classes `popflow_flow_param` and `popflow_param`.
 #' @examples
 #' OTCFMParam(sigma = 0.05)
@@ -165,33 +172,46 @@ method_description.SBCFMParam <- function(x) sprintf("Sinkhorn coupling (reg %g)
 
 #' @rdname FlowParams
 #' @export
-TargetFMParam <- function(sigma_min = 1e-4) {
-  new_param("targetfm", c("TargetFMParam", "popflow_flow_param"), path = "targetfm", coupling = "independent", sigma = 0,
-            sigma_min = check_number(sigma_min, "sigma_min", min = 0, max = 1))
+TargetFMParam <- function(sigma_min = 1e-4, source = GaussianSource()) {
+  param <- new_param("targetfm", c("TargetFMParam", "popflow_flow_param"), path = "targetfm", coupling = "independent",
+                     sigma = 0, sigma_min = check_number(sigma_min, "sigma_min", min = 0, max = 1))
+  with_source(param, source)
 }
 
 #' @export
 engine_config.TargetFMParam <- function(x) {
-  flow_section(path = x$path, sigma = x$sigma, coupling = x$coupling, sigma_min = x$sigma_min)
+  source_config(x$source, flow_section(path = x$path, sigma = x$sigma, coupling = x$coupling, sigma_min = x$sigma_min))
 }
 
 #' @export
-method_description.TargetFMParam <- function(x) sprintf("Gaussian source, sigma_min %g", x$sigma_min)
+method_description.TargetFMParam <- function(x) sprintf("%s source, sigma_min %g", source_label(x$source %||% GaussianSource()),
+                                                        x$sigma_min)
 
 #' @rdname FlowParams
 #' @export
-DiffusionParam <- function(schedule = c("cosine", "linear")) {
+DiffusionParam <- function(schedule = c("cosine", "linear"), source = GaussianSource()) {
   schedule <- check_choice(schedule[1], "schedule", c("cosine", "linear"))
-  new_param("diffusion", c("DiffusionParam", "popflow_flow_param"), path = paste0("vp_", schedule),
-            coupling = "independent", sigma = 0, schedule = schedule)
+  param <- new_param("diffusion", c("DiffusionParam", "popflow_flow_param"), path = paste0("vp_", schedule),
+                     coupling = "independent", sigma = 0, schedule = schedule)
+  with_source(param, source)
+}
+
+# A Gaussian source is not stored: parameter objects (and models) made before
+# sources existed stay identical to new ones with the default source.
+with_source <- function(param, source) {
+  source <- check_source(source)
+  if (!is_gaussian_source(source)) param$source <- source
+  param
 }
 
 #' @export
-engine_config.DiffusionParam <- function(x) flow_section(path = x$path, sigma = x$sigma, coupling = x$coupling)
+engine_config.DiffusionParam <- function(x) {
+  source_config(x$source, flow_section(path = x$path, sigma = x$sigma, coupling = x$coupling))
+}
 
 #' @export
-method_description.DiffusionParam <- function(x) sprintf("Gaussian source, variance-preserving path, %s schedule",
-                                                         x$schedule)
+method_description.DiffusionParam <- function(x) sprintf("%s source, variance-preserving path, %s schedule",
+                                                         source_label(x$source %||% GaussianSource()), x$schedule)
 
 #' @export
 is_generative.DiffusionParam <- function(method) TRUE
@@ -749,7 +769,10 @@ engine_config.DensityParam <- function(x) list(density = unclass(x)[c("divergenc
 
 #' @export
 print.popflow_param <- function(x, ...) {
-  vals <- vapply(unclass(x), function(v) paste(format(v), collapse = ","), character(1))
+  vals <- vapply(unclass(x), function(v) {
+    if (inherits(v, "popflow_source")) return(sprintf("%s(%s)", class(v)[1], source_description(v)))
+    paste(format(v), collapse = ",")
+  }, character(1))
   cat(sprintf("<%s> %s\n", class(x)[1], paste(names(vals), vals, sep = "=", collapse = ", ")))
   invisible(x)
 }

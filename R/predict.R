@@ -9,8 +9,9 @@
 #'
 #' @param object A model from [fitFlow()].
 #' @param newdata Cells to move (cells x features, the features used in
-#'   fitting). For target-FM models it may be `NULL`: `n` cells are drawn from
-#'   the Gaussian source. Or a SingleCellExperiment or Seurat object, for a
+#'   fitting). For target-FM and diffusion models it may be `NULL`: `n` cells
+#'   are drawn from the model's source (Gaussian, or the [sources] it was
+#'   fitted with, as its model file stores them) and moved to the cells. Or a SingleCellExperiment or Seurat object, for a
 #'   model fitted on one: see [cell-objects].
 #' @param from,to Start and end times: time labels, or numbers on the fitted
 #'   time scale (so times between snapshots work). Default: the first and the
@@ -264,14 +265,15 @@ start_cells <- function(object, newdata, n, seed) {
     pf_abort("newdata", "is missing", "give the cells to move (a cells x features matrix)")
   }
   n <- check_count(n %||% object$n_cells[length(object$n_cells)], "n")
-  with_seed(seed, matrix(stats::rnorm(n * object$n_features), n, object$n_features))
+  source <- object$method$source
+  draw_source(source, n, object$n_features, seed, handle = if (!is_gaussian_source(source)) flow_handle(object))
 }
 
 # predict() on a single-cell object: its source cells, moved, as an object of the same kind.
 predict_cell_object <- function(object, newdata, from = NULL, to = NULL, solver = SolverParam(),
                                 threads = object$threads, device = NULL, verbose = TRUE, unseen_label = "error") {
   if (is_generative(object$method)) {
-    pf_abort("newdata", "is an object, but a target FM model starts from Gaussian noise, not from cells",
+    pf_abort("newdata", "is an object, but a generative model (target FM, diffusion) starts from its source, not from cells",
              "draw new cells with predict(fit, n = )")
   }
   src <- object_source_cells(object, newdata, from, "newdata")

@@ -49,6 +49,11 @@ ReflowParam <- function(model = NULL, rounds = 1, n = NULL, solver = SolverParam
       pf_abort("model", sprintf("was fitted on %d time points; reflow straightens one interval", length(model$times)),
                "reflow a flow fitted on a source and a target population")
     }
+    if (!is_gaussian_source(model$method$source)) {
+      pf_abort("model", sprintf("starts from its %s source; reflow of a generative model draws Gaussian noise",
+                                source_label(model$method$source)),
+               "reflow a model fitted with the default GaussianSource(), or use more solver steps")
+    }
   }
   new_param("reflow", c("ReflowParam", "popflow_flow_param"), path = "icfm", coupling = "paired", sigma = 0,
             model = model, rounds = check_count(rounds, "rounds"),

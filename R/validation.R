@@ -90,8 +90,9 @@ held_out_cells <- function(x, arg, features) {
 # Held-out sets of a flow: for each group (or all cells), the held-out cells
 # at each pair of consecutive held-out time points (source at the earlier,
 # target at the later); `held_out$target` means the first and last times.
-# Target FM without times: Gaussian noise (seeded) to the held-out cells.
-flow_validation_sets <- function(held_out, data, generative, seed) {
+# Target FM without times: the method's source (seeded; `source`: a
+# function of n and d drawing it) to the held-out cells.
+flow_validation_sets <- function(held_out, data, generative, seed, source = NULL) {
   if (!is.null(held_out$population) || !is.null(held_out$label)) {
     pf_abort("held_out", "has `population` or `label`, which only population models (MFM, CGFM) use",
              "use held_out$group to score each group on its own")
@@ -118,7 +119,8 @@ flow_validation_sets <- function(held_out, data, generative, seed) {
     mapped <- vapply(values, function(v) resolve_time(model, v, "held_out$time"), numeric(1))
     at <- unname(mapped[match(if (is.factor(time)) as.character(time) else time, values)])
   } else if (generative) {
-    cells <- rbind(with_seed(seed, matrix(stats::rnorm(nrow(x) * ncol(x)), nrow(x), ncol(x))), x)
+    source <- source %||% function(n, d) with_seed(seed, matrix(stats::rnorm(n * d), n, d))
+    cells <- rbind(source(nrow(x), ncol(x)), x)
     at <- rep(c(first, last), each = nrow(x))
   } else {
     pf_abort("held_out", "has `x` but neither `target` nor `time`",

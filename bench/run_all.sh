@@ -11,7 +11,7 @@
 #                 message, when neither exists.
 #   PEER_PYTHON   Python with torch and POT (default /usr/bin/python3, Debian's)
 #   BENCH_ONLY    space-separated subset of: emt_holdout throughput sampling_steps letters kang_lopo
-#                 population_dynamics mfm_throughput diffusion_steps reflow_steps (default: the
+#                 population_dynamics mfm_throughput diffusion_steps reflow_steps zinb_source (default: the
 #                 first three; the population ones take 15-25 minutes each)
 # Each benchmark prints a markdown table, writes CSVs to bench/results/ and a log to
 # bench/results/<name>.log.

@@ -62,6 +62,20 @@ BEGIN_RCPP
     return rcpp_result_gen;
 END_RCPP
 }
+// pf_draw_source
+Rcpp::NumericMatrix pf_draw_source(SEXP handle, Rcpp::Nullable<Rcpp::List> config, int n, double seed);
+RcppExport SEXP _popflow_pf_draw_source(SEXP handleSEXP, SEXP configSEXP, SEXP nSEXP, SEXP seedSEXP) {
+BEGIN_RCPP
+    Rcpp::RObject rcpp_result_gen;
+    Rcpp::RNGScope rcpp_rngScope_gen;
+    Rcpp::traits::input_parameter< SEXP >::type handle(handleSEXP);
+    Rcpp::traits::input_parameter< Rcpp::Nullable<Rcpp::List> >::type config(configSEXP);
+    Rcpp::traits::input_parameter< int >::type n(nSEXP);
+    Rcpp::traits::input_parameter< double >::type seed(seedSEXP);
+    rcpp_result_gen = Rcpp::wrap(pf_draw_source(handle, config, n, seed));
+    return rcpp_result_gen;
+END_RCPP
+}
 // pf_icnn_fit
 Rcpp::List pf_icnn_fit(Rcpp::NumericMatrix source, Rcpp::NumericMatrix target, Rcpp::List config, Rcpp::Nullable<Rcpp::Function> progress, int progress_every, Rcpp::RawVector metadata);
 RcppExport SEXP _popflow_pf_icnn_fit(SEXP sourceSEXP, SEXP targetSEXP, SEXP configSEXP, SEXP progressSEXP, SEXP progress_everySEXP, SEXP metadataSEXP) {
@@ -327,6 +341,7 @@ static const R_CallMethodDef CallEntries[] = {
     {"_popflow_pf_fit", (DL_FUNC) &_popflow_pf_fit, 10},
     {"_popflow_pf_transport", (DL_FUNC) &_popflow_pf_transport, 7},
     {"_popflow_pf_log_density", (DL_FUNC) &_popflow_pf_log_density, 5},
+    {"_popflow_pf_draw_source", (DL_FUNC) &_popflow_pf_draw_source, 4},
     {"_popflow_pf_icnn_fit", (DL_FUNC) &_popflow_pf_icnn_fit, 6},
     {"_popflow_pf_icnn_transport", (DL_FUNC) &_popflow_pf_icnn_transport, 5},
     {"_popflow_pf_wasserstein", (DL_FUNC) &_popflow_pf_wasserstein, 3},

@@ -92,3 +92,16 @@ Rcpp::List pf_log_density(SEXP handle, Rcpp::NumericMatrix x, Rcpp::List solver,
   PF_GUARD_END
   return R_NilValue;
 }
+
+// n cells from a generative flow's source: of a fitted model (`handle`), or
+// of the configuration of a fit to come (`config`, as for pf_fit) when
+// `handle` is NULL. Seeded: the same seed gives the same cells.
+// [[Rcpp::export]]
+Rcpp::NumericMatrix pf_draw_source(SEXP handle, Rcpp::Nullable<Rcpp::List> config, int n, double seed) {
+  PF_GUARD_BEGIN
+  const FlowConfig cfg =
+      Rf_isNull(handle) ? popflow_r::flow_config(Rcpp::List(config.get())) : popflow_r::flow_of(handle)->config;
+  return to_matrix(draw_source(cfg, n, static_cast<uint64_t>(seed)));
+  PF_GUARD_END
+  return Rcpp::NumericMatrix(0, 0);
+}

@@ -104,8 +104,13 @@ inline std::string section_text(const Rcpp::List& config, const std::string& sec
   return os.str();
 }
 
+// The source's values (config.h SourceConfig, row-major) are no key of the
+// text: R gives them as the entry "source_values" beside the sections.
 inline popflow::FlowConfig flow_config(const Rcpp::List& config) {
-  return popflow::flow_config_from_text(section_text(config, "flow"));
+  popflow::FlowConfig c = popflow::flow_config_from_text(section_text(config, "flow"));
+  if (config.containsElementNamed("source_values"))
+    c.source.values = Rcpp::as<std::vector<double>>(config["source_values"]);
+  return c;
 }
 
 inline popflow::TrainConfig train_config(const Rcpp::List& config) {

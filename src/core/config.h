@@ -27,6 +27,22 @@ enum class DivergenceKind { Auto, Exact, Hutchinson };
 // Distances between cell sets (metrics.h), as validation scores them (validation.h).
 enum class DistanceMetric { W1, W2, MMD, Energy };
 
+// Where a generative path (TargetFM, VP) draws its x0 (paths.h SourceSampler):
+// a standard Gaussian, a zero-inflated negative binomial per feature whose
+// counts c become log(c / size_factor + 1) / log(log_base) (log_base 0: c /
+// size_factor), or given cells drawn with replacement.
+enum class SourceKind { Gaussian, ZINB, Empirical };
+
+struct SourceConfig {
+  SourceKind kind = SourceKind::Gaussian;
+  // rows x dim, row-major: ZINB 3 rows (mu, theta, pi per feature), empirical
+  // one row per cell. Saved as a block of the model file, not as text.
+  int64_t rows = 0;
+  std::vector<double> values;
+  double size_factor = 1.0;
+  double log_base = 0.0;
+};
+
 struct PathConfig {
   PathKind kind = PathKind::ICFM;
   double sigma = 0.1;       // noise level (ICFM constant, SBCFM bridge scale)
@@ -96,6 +112,7 @@ struct FlowConfig {
   CouplingConfig coupling;
   NetworkConfig network;
   std::vector<double> times{0.0, 1.0};  // snapshot times (model time = normalised)
+  SourceConfig source;                  // generative paths only
 };
 
 struct EncoderConfig {

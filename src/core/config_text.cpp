@@ -24,6 +24,11 @@ const MethodNames<PathKind>& method_names(PathKind) {
                                         {PathKind::VPLinear, "vp_linear"}}};
   return t;
 }
+const MethodNames<SourceKind>& method_names(SourceKind) {
+  static const MethodNames<SourceKind> t{
+      "source", {{SourceKind::Gaussian, "gaussian"}, {SourceKind::ZINB, "zinb"}, {SourceKind::Empirical, "empirical"}}};
+  return t;
+}
 const MethodNames<CouplingKind>& method_names(CouplingKind) {
   static const MethodNames<CouplingKind> t{"coupling",
                                            {{CouplingKind::Independent, "independent"},
@@ -118,6 +123,7 @@ E method_value(const std::string& name) {
   template const char* method_name<E>(E value); \
   template E method_value<E>(const std::string& name);
 POPFLOW_METHOD_NAMES(PathKind)
+POPFLOW_METHOD_NAMES(SourceKind)
 POPFLOW_METHOD_NAMES(CouplingKind)
 POPFLOW_METHOD_NAMES(OTMode)
 POPFLOW_METHOD_NAMES(Activation)
@@ -205,7 +211,8 @@ void ConfigText::reject_unknown_keys() const {
 // ---------------------------------------------------------------- FlowConfig
 
 std::string flow_config_to_text(const FlowConfig& c) {
-  return TextWriter()
+  TextWriter text;
+  text
       .put("path", method_name(c.path.kind))
       .put("sigma", c.path.sigma)
       .put("sigma_min", c.path.sigma_min)
@@ -222,8 +229,14 @@ std::string flow_config_to_text(const FlowConfig& c) {
       .put("time_dim", c.network.time_dim)
       .put("fourier_features", c.network.fourier_features)
       .put("fourier_scale", c.network.fourier_scale)
-      .put("times", joined(c.times))
-      .str();
+      .put("times", joined(c.times));
+  // A Gaussian source writes no keys: the text of such models is what it always was.
+  if (c.source.kind != SourceKind::Gaussian)
+    text.put("source", method_name(c.source.kind))
+        .put("source_rows", c.source.rows)
+        .put("source_size_factor", c.source.size_factor)
+        .put("source_log_base", c.source.log_base);
+  return text.str();
 }
 
 FlowConfig flow_config_from_text(const std::string& text) {
@@ -247,6 +260,12 @@ FlowConfig flow_config_from_text(const std::string& text) {
   c.network.fourier_scale = cfg.number("fourier_scale");
   c.times = cfg.numbers("times");
   if (c.times.size() < 2) throw std::runtime_error("model configuration: fewer than two snapshot times");
+  if (cfg.has("source")) {
+    c.source.kind = cfg.method<SourceKind>("source");
+    c.source.rows = cfg.count("source_rows", 0, 1e12);
+    c.source.size_factor = cfg.number("source_size_factor");
+    c.source.log_base = cfg.number("source_log_base");
+  }
   cfg.reject_unknown_keys();
   return c;
 }

@@ -5,6 +5,7 @@
 
 #include "config_text.h"
 #include "model_file.h"
+#include "paths.h"
 
 namespace popflow {
 
@@ -27,6 +28,8 @@ torch::Device parse_device(const std::string& name) {
 }
 
 std::shared_ptr<FlowModel> make_model(const FlowConfig& config, const std::string& device) {
+  const std::string source = source_problem(config.source, config.path.kind, config.network.dim);
+  if (!source.empty()) throw std::invalid_argument(source);
   auto model = std::make_shared<FlowModel>();
   model->config = config;
   model->device = parse_device(device);
@@ -38,6 +41,7 @@ std::shared_ptr<FlowModel> make_model(const FlowConfig& config, const std::strin
 std::string save_model(const FlowModel& model, const std::string& metadata) {
   std::vector<std::string> blocks{flow_config_to_text(model.config), module_bytes(*model.net.ptr(), model.device),
                                   metadata};
+  if (model.config.source.kind != SourceKind::Gaussian) blocks.push_back(source_to_bytes(model.config.source));
   if (model.train_state.step > 0) blocks.push_back(train_state_to_bytes(model.train_state));
   return pack_model_file(kModelKind, blocks);
 }
@@ -47,9 +51,12 @@ std::shared_ptr<FlowModel> load_model(const std::string& bytes, const std::strin
   std::string kind;
   std::vector<std::string> blocks = unpack_model_file(bytes, &kind);
   if (kind != kModelKind) throw std::runtime_error("model file holds a '" + kind + "', not a popflow flow model");
-  if (blocks.size() < 3) throw std::runtime_error("model file is truncated");
-  if (blocks.size() > 4) throw std::runtime_error("model file has trailing bytes");
-  FlowConfig config = flow_config_from_text(blocks[0]);
+  FlowConfig config = blocks.empty() ? FlowConfig() : flow_config_from_text(blocks[0]);
+  // A non-Gaussian source is the block after the metadata.
+  const size_t n_fixed = config.source.kind == SourceKind::Gaussian ? 3 : 4;
+  if (blocks.size() < n_fixed) throw std::runtime_error("model file is truncated");
+  if (blocks.size() > n_fixed + 1) throw std::runtime_error("model file has trailing bytes");
+  if (n_fixed == 4) source_from_bytes(blocks[3], &config.source, config.network.dim);
   if (metadata) *metadata = std::move(blocks[2]);
   std::shared_ptr<FlowModel> model;
   try {
@@ -60,7 +67,8 @@ std::shared_ptr<FlowModel> load_model(const std::string& bytes, const std::strin
   } catch (const std::invalid_argument& e) {
     throw std::runtime_error(std::string("model configuration is invalid: ") + e.what());
   }
-  if (blocks.size() == 4) model->train_state = train_state_from_bytes(blocks[3], parameter_count(*model->net));
+  if (blocks.size() == n_fixed + 1)
+    model->train_state = train_state_from_bytes(blocks[n_fixed], parameter_count(*model->net));
   model->device = parse_device(device);
   model->net->to(model->device);
   return model;

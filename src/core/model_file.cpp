@@ -46,6 +46,7 @@ std::string get_block(const std::string& in, size_t& pos) {
 }
 
 const char kStateTag[] = "popflow-train-state-1\n";
+const char kSourceTag[] = "popflow-source-1\n";
 
 void put_floats(std::string& out, const torch::Tensor& t) {
   if (!t.defined()) {
@@ -188,6 +189,25 @@ void write_file_atomic(const std::string& path, const std::string& bytes) {
     std::remove(tmp.c_str());
     throw std::runtime_error("cannot replace the checkpoint file '" + path + "': " + why);
   }
+}
+
+std::string source_to_bytes(const SourceConfig& source) {
+  std::string out(kSourceTag);
+  put<uint64_t>(out, source.values.size());
+  out.append(reinterpret_cast<const char*>(source.values.data()), source.values.size() * sizeof(double));
+  return out;
+}
+
+void source_from_bytes(const std::string& in, SourceConfig* source, int64_t dim) {
+  const size_t tag = std::strlen(kSourceTag);
+  if (in.compare(0, tag, kSourceTag) != 0) throw std::runtime_error("model file source: unknown layout");
+  size_t pos = tag;
+  const uint64_t n = get<uint64_t>(in, pos);
+  if (n != static_cast<uint64_t>(source->rows * dim) || n * sizeof(double) != in.size() - pos)
+    throw std::runtime_error("model file source: expected " + std::to_string(source->rows) + " rows of " +
+                             std::to_string(dim) + " values");
+  source->values.resize(n);
+  std::memcpy(source->values.data(), in.data() + pos, n * sizeof(double));
 }
 
 }  // namespace popflow

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "config.h"
 #include "optimizer.h"
 
 namespace popflow {
@@ -27,6 +28,12 @@ std::vector<std::string> unpack_model_file(const std::string& bytes, std::string
 std::string train_state_to_bytes(const TrainState& state);
 TrainState train_state_from_bytes(const std::string& bytes, int64_t n_params);
 int64_t parameter_count(torch::nn::Module& module);
+
+// The source block of a generative flow with a non-Gaussian source: its
+// values (config.h SourceConfig). source_from_bytes checks the size against
+// source->rows x dim and throws std::runtime_error naming the problem.
+std::string source_to_bytes(const SourceConfig& source);
+void source_from_bytes(const std::string& bytes, SourceConfig* source, int64_t dim);
 
 // A network's parameters and buffers as a LibTorch archive of CPU tensors,
 // whatever `device` the network lives on (the parameter block of every model kind).

@@ -393,6 +393,9 @@ class FlowObjective : public TrainingObjective {
 
     // TargetFM and the VP paths start from Gaussian noise, so they need only target cells.
     target_fm_ = gaussian_source(model_.config.path.kind);
+    const std::string source = source_problem(model_.config.source, model_.config.path.kind, model_.config.network.dim);
+    if (!source.empty()) throw std::invalid_argument(source);
+    source_ = SourceSampler(model_.config.source, model_.config.network.dim, fopt_);
     paired_ = model_.config.coupling.kind == CouplingKind::Paired;
     if (paired_) check_paired_blocks();
     // Intervals and, per interval, groups with cells on both sides.
@@ -416,7 +419,7 @@ class FlowObjective : public TrainingObjective {
   torch::Tensor loss(int64_t, std::mt19937_64& rng) override {
     const auto& times = model_.config.times;
     const auto dev = model_.device;
-    const int64_t d = model_.config.network.dim, n = batch_size_;
+    const int64_t n = batch_size_;
     std::vector<torch::Tensor> xts, ts, uts, conds;
     for (size_t k = 0; k + 1 < times.size(); ++k) {
       if (usable_[k].empty()) continue;
@@ -432,12 +435,11 @@ class FlowObjective : public TrainingObjective {
           x1 = x_all_.index_select(0, rows.target.to(dev));
         } else {
           x1 = x_all_.index_select(0, draw_rows(blocks_[k + 1][g], n, rng).to(dev));
-          x0 = target_fm_ ? torch::randn({n, d}, fopt_)
-                          : x_all_.index_select(0, draw_rows(blocks_[k][g], n, rng).to(dev));
+          x0 = target_fm_ ? source_.draw(n) : x_all_.index_select(0, draw_rows(blocks_[k][g], n, rng).to(dev));
         }
         auto pair = couple(model_.config.coupling, x0, x1, reg_default_, rng);
         auto s = torch::rand({n}, fopt_);
-        auto ps = sample_path(model_.config.path, pair.x0, pair.x1, s);
+        auto ps = sample_path(model_.config.path, pair.x0, pair.x1, s, !source_.gaussian());
         xts.push_back(ps.xt);
         ts.push_back(t0 + s * (t1 - t0));
         uts.push_back(ps.ut / (t1 - t0));  // unit-interval velocity to model-time velocity
@@ -469,6 +471,7 @@ class FlowObjective : public TrainingObjective {
   std::vector<std::vector<std::vector<int64_t>>> blocks_;
   std::vector<std::vector<int64_t>> usable_;
   bool target_fm_ = false, paired_ = false;
+  SourceSampler source_;
   double reg_default_ = 0;
   std::unique_ptr<FlatAdam> opt_;
 };

@@ -48,6 +48,9 @@ LogDensity log_density(const FlowModel& model, const torch::Tensor& x, const Sol
     throw std::invalid_argument(std::string("log-densities need a flow from a Gaussian source (targetfm, vp_cosine, "
                                             "vp_linear); this model's path is '") +
                                 method_name(cfg.path.kind) + "', whose source density is not known");
+  if (cfg.source.kind != SourceKind::Gaussian)
+    throw std::invalid_argument(std::string("log-densities need a flow from a Gaussian source; this model's source is '") +
+                                method_name(cfg.source.kind) + "', which has no density of continuous cells");
   if (cfg.times.size() != 2)
     throw std::invalid_argument("log-densities need a flow with one interval (noise to cells); this one has " +
                                 std::to_string(cfg.times.size()) + " snapshot times");
@@ -71,6 +74,17 @@ LogDensity log_density(const FlowModel& model, const torch::Tensor& x, const Sol
   const double d = static_cast<double>(cfg.network.dim);
   auto log_source = -0.5 * x0.pow(2).sum(1) - 0.5 * d * std::log(2 * M_PI);
   return {log_source + div, x0, div};
+}
+
+torch::Tensor draw_source(const FlowConfig& config, int64_t n, uint64_t seed) {
+  if (!gaussian_source(config.path.kind))
+    throw std::invalid_argument(std::string("only generative flows have a source to draw from; this model's path is '") +
+                                method_name(config.path.kind) + "'");
+  const std::string problem = source_problem(config.source, config.path.kind, config.network.dim);
+  if (!problem.empty()) throw std::invalid_argument(problem);
+  torch::manual_seed(seed);
+  const auto opt = torch::TensorOptions().dtype(torch::kFloat).device(torch::kCPU);
+  return SourceSampler(config.source, config.network.dim, opt).draw(n).to(torch::kDouble);
 }
 
 }  // namespace popflow

@@ -30,4 +30,9 @@ struct LogDensity {
 LogDensity log_density(const FlowModel& model, const torch::Tensor& x, const SolverConfig& solver,
                        const DensityConfig& density, int threads = 1, OdeStats* stats = nullptr);
 
+// n cells drawn from a generative flow's source (Gaussian, ZINB, empirical:
+// config.h SourceConfig), seeded; a double CPU tensor [n, d]. A fitted
+// model's own configuration, or one about to be fitted (validation sets).
+torch::Tensor draw_source(const FlowConfig& config, int64_t n, uint64_t seed);
+
 }  // namespace popflow

@@ -70,6 +70,36 @@ TEST_CASE("model: save/load round-trips configuration and parameters exactly") {
   PF_CHECK(back.times == format_config().times);
 }
 
+TEST_CASE("model: a non-Gaussian source travels in the model file") {
+  FlowConfig c;
+  c.path.kind = PathKind::TargetFM;
+  c.network.dim = 2;
+  c.network.width = 8;
+  c.source.kind = SourceKind::Empirical;
+  c.source.rows = 3;
+  c.source.values = {1, 2, 3, 4, 5, 6.125};
+  torch::manual_seed(2);
+  auto model = make_model(c, "cpu");
+  const std::string bytes = save_model(*model, "meta");
+  std::string meta;
+  auto loaded = load_model(bytes, "cpu", &meta);
+  PF_CHECK(meta == "meta");
+  PF_CHECK(loaded->config.source.kind == SourceKind::Empirical);
+  PF_CHECK(loaded->config.source.values == c.source.values);
+  PF_CHECK(save_model(*loaded, "meta") == bytes);
+  // A training state follows the source block.
+  loaded->train_state.step = 1;
+  loaded->train_state.loss = {0.5};
+  const int64_t n = parameter_count(*loaded->net);
+  loaded->train_state.m = torch::zeros({n});
+  loaded->train_state.v = torch::zeros({n});
+  auto again = load_model(save_model(*loaded, "meta"));
+  PF_CHECK(again->train_state.step == 1 && again->config.source.values == c.source.values);
+  // Wrong sizes are refused when the model is made.
+  c.source.values.pop_back();
+  PF_CHECK_THROWS_AS(make_model(c, "cpu"), std::invalid_argument);
+}
+
 TEST_CASE("model: damaged files throw std::runtime_error") {
   torch::manual_seed(22);
   auto model = make_model(format_config(), "cpu");

@@ -130,3 +130,39 @@ TEST_CASE("sample_path: variance-preserving paths (cosine and linear schedules)"
   PF_CHECK(gaussian_source(PathKind::TargetFM) && !gaussian_source(PathKind::ICFM) &&
            !gaussian_source(PathKind::SBCFM));
 }
+
+TEST_CASE("SourceSampler: ZINB counts, their transform, and empirical rows") {
+  SourceConfig zinb;
+  zinb.kind = SourceKind::ZINB;
+  zinb.rows = 3;
+  // mu, theta, pi of two features: NB(4, 2) with 30% extra zeros; Poisson-like NB(1, 1e4).
+  zinb.values = {4.0, 1.0, 2.0, 1e4, 0.3, 0.0};
+  PF_CHECK(source_problem(zinb, PathKind::TargetFM, 2).empty());
+  PF_CHECK(!source_problem(zinb, PathKind::ICFM, 2).empty());  // a source is for generative paths
+  PF_CHECK(!source_problem(zinb, PathKind::TargetFM, 3).empty());
+  const auto opt = torch::TensorOptions().dtype(torch::kFloat);
+  torch::manual_seed(3);
+  auto c = SourceSampler(zinb, 2, opt).draw(200000).to(torch::kDouble);
+  PF_CHECK(torch::equal(c, c.round()));  // counts (log_base 0, size factor 1)
+  // Moments of a ZINB: mean (1 - pi) mu, P(0) = pi + (1 - pi) (theta / (theta + mu))^theta.
+  auto a = c.select(1, 0), b = c.select(1, 1);
+  PF_CHECK_NEAR(a.mean().item<double>(), 0.7 * 4.0, 0.03);
+  PF_CHECK_NEAR((a == 0).to(torch::kDouble).mean().item<double>(), 0.3 + 0.7 * std::pow(2.0 / 6.0, 2.0), 0.005);
+  PF_CHECK_NEAR(b.mean().item<double>(), 1.0, 0.01);
+  PF_CHECK_NEAR(b.var().item<double>(), 1.0, 0.02);
+  // The same seed draws the same cells; the transform is log(c / s + 1) / log(base).
+  zinb.size_factor = 0.5;
+  zinb.log_base = 2;
+  torch::manual_seed(3);
+  auto x = SourceSampler(zinb, 2, opt).draw(200000).to(torch::kDouble);
+  PF_CHECK_NEAR(max_abs(x - torch::log2(c / 0.5 + 1)), 0.0, 1e-5);
+
+  SourceConfig cells;
+  cells.kind = SourceKind::Empirical;
+  cells.rows = 3;
+  cells.values = {1, 10, 2, 20, 3, 30};
+  auto e = SourceSampler(cells, 2, opt).draw(1000);
+  PF_CHECK(torch::equal(e.select(1, 1), 10 * e.select(1, 0)));  // whole rows
+  for (double v : {1.0, 2.0, 3.0}) PF_CHECK((e.select(1, 0) == v).any().item<bool>());
+  PF_CHECK(((e.select(1, 0) == 1) | (e.select(1, 0) == 2) | (e.select(1, 0) == 3)).all().item<bool>());
+}

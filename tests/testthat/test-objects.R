@@ -278,7 +278,7 @@ test_that("bad object input gives errors that name the argument and list what ex
   expect_error(do.call(fit_on, c(cond, label = "patient")), "`label` is used only by method")
   generative <- fitFlow(sce, method = "targetfm", training = toy_training(2), verbose = FALSE)
   expect_equal(dim(predict(generative, n = 10)), c(10, 4))
-  expect_error(predict(generative, sce), "`newdata` is an object, but a target FM model starts from Gaussian noise")
+  expect_error(predict(generative, sce), "`newdata` is an object, but a generative model \\(target FM, diffusion\\) starts from its source")
   se <- SummarizedExperiment::SummarizedExperiment(list(logcounts = SummarizedExperiment::assay(sce)),
                                                    colData = SummarizedExperiment::colData(sce))
   expect_error(fitFlow(se, condition = "condition", source = "ctrl", target = "stim", verbose = FALSE),
