@@ -13,6 +13,10 @@ pf_log_density <- function(handle, x, solver, density, threads) {
     .Call(`_popflow_pf_log_density`, handle, x, solver, density, threads)
 }
 
+pf_land_metric <- function(x, reference, bandwidth, eps) {
+    .Call(`_popflow_pf_land_metric`, x, reference, bandwidth, eps)
+}
+
 pf_wasserstein <- function(x, y, p) {
     .Call(`_popflow_pf_wasserstein`, x, y, p)
 }

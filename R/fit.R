@@ -44,8 +44,8 @@
 #'   columns, constant within a population. Categorical labels become learnt
 #'   embeddings, numeric labels covariates; see [MFMParam()].
 #' @param method A method name (`"icfm"`, `"otcfm"`, `"sbcfm"`, `"targetfm"`,
-#'   `"diffusion"`, `"mfm"`, `"cgfm"`) or a parameter object such as
-#'   [OTCFMParam()], [DiffusionParam()], [ReflowParam()] or [MFMParam()].
+#'   `"diffusion"`, `"metricfm"`, `"mfm"`, `"cgfm"`) or a parameter object such as
+#'   [OTCFMParam()], [DiffusionParam()], [MetricFMParam()], [ReflowParam()] or [MFMParam()].
 #' @param network A [NetworkParam()] object.
 #' @param training A [TrainingParam()] object.
 #' @param device `"cpu"` or `"cuda"` (an error if the linked LibTorch has no CUDA).
@@ -157,6 +157,7 @@ fit_method.popflow_flow_param <- function(method, x, target, time, group, popula
                         if (length(data$groups)) data$groups else "all cells",
                         if (length(data$groups)) "group" else "target")
   }
+  check_metric_fit(method, training, resume)
   check_resume_data(resume, data$x, data$times)
   training <- flow_step_limits(method, network, training, data, device, verbose)
   sets <- if (!is.null(validation)) {

@@ -3,6 +3,7 @@
 // this file converts types and maps errors.
 #include "r_glue.h"
 
+#include "core/metric_path.h"
 #include "core/model.h"
 #include "core/transport.h"
 #include "core/trainer.h"
@@ -89,6 +90,18 @@ Rcpp::List pf_log_density(SEXP handle, Rcpp::NumericMatrix x, Rcpp::List solver,
       Rcpp::Named("exact") = exact_divergence(dc, model->config.network.dim),
       Rcpp::Named("evaluations") = static_cast<double>(stats.evaluations),
       Rcpp::Named("parameters") = static_cast<double>(parameter_count(*model->net)));
+  PF_GUARD_END
+  return R_NilValue;
+}
+
+// The inverse LAND metric's diagonal (metric flow matching) at the rows of x,
+// for tests and for users who want to see where the metric is cheap.
+// [[Rcpp::export]]
+Rcpp::NumericMatrix pf_land_metric(Rcpp::NumericMatrix x, Rcpp::NumericMatrix reference, double bandwidth,
+                                   double eps) {
+  PF_GUARD_BEGIN
+  torch::NoGradGuard no_grad;
+  return to_matrix(land_inverse_metric(to_tensor(x), to_tensor(reference), bandwidth, eps));
   PF_GUARD_END
   return R_NilValue;
 }

@@ -205,8 +205,8 @@ void ConfigText::reject_unknown_keys() const {
 // ---------------------------------------------------------------- FlowConfig
 
 std::string flow_config_to_text(const FlowConfig& c) {
-  return TextWriter()
-      .put("path", method_name(c.path.kind))
+  TextWriter w;
+  w.put("path", method_name(c.path.kind))
       .put("sigma", c.path.sigma)
       .put("sigma_min", c.path.sigma_min)
       .put("coupling", method_name(c.coupling.kind))
@@ -222,8 +222,15 @@ std::string flow_config_to_text(const FlowConfig& c) {
       .put("time_dim", c.network.time_dim)
       .put("fourier_features", c.network.fourier_features)
       .put("fourier_scale", c.network.fourier_scale)
-      .put("times", joined(c.times))
-      .str();
+      .put("times", joined(c.times));
+  // Only metric FM writes its keys, so other fits' text is what it always was.
+  if (c.metric.enabled)
+    w.put("metric", "land")
+        .put("metric_bandwidth", c.metric.bandwidth)
+        .put("metric_eps", c.metric.eps)
+        .put("metric_cells", c.metric.cells)
+        .put("interpolant_steps", c.metric.interpolant_steps);
+  return w.str();
 }
 
 FlowConfig flow_config_from_text(const std::string& text) {
@@ -247,6 +254,17 @@ FlowConfig flow_config_from_text(const std::string& text) {
   c.network.fourier_scale = cfg.number("fourier_scale");
   c.times = cfg.numbers("times");
   if (c.times.size() < 2) throw std::runtime_error("model configuration: fewer than two snapshot times");
+  if (cfg.has("metric")) {
+    if (cfg.value("metric") != "land")
+      throw std::runtime_error("model configuration: unknown metric '" + cfg.value("metric") + "'");
+    c.metric.enabled = true;
+    c.metric.bandwidth = cfg.number("metric_bandwidth");
+    c.metric.eps = cfg.number("metric_eps");
+    c.metric.cells = cfg.count("metric_cells", 0, 1e12);
+    c.metric.interpolant_steps = cfg.count("interpolant_steps", 0, 1e12);
+    if (!(c.metric.bandwidth >= 0) || !(c.metric.eps > 0))
+      throw std::runtime_error("model configuration: metric_bandwidth must be >= 0 and metric_eps > 0");
+  }
   cfg.reject_unknown_keys();
   return c;
 }
