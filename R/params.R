@@ -301,7 +301,7 @@ check_metric_fit <- function(method, training, resume) {
                      method$interpolant_steps + 1000L))
   }
   if (!is.null(resume)) {
-    pf_abort("resume", "is not supported by metric flow matching: its interpolant network is not kept in the model",
+    pf_abort("resume", "cannot continue a metric flow matching fit: its interpolant network is not kept in the model",
              "fit again with the total number of steps (TrainingParam(steps = ...))")
   }
   invisible()

@@ -52,9 +52,11 @@ test_that("metric FM's paths follow curved data where OT-CFM's cut across, and l
   off_mfm <- midway_off_circle(mfm, d$source)
   expect_gt(off_ot, 0.05)  # chords of OT pairs run well inside the circle
   expect_lt(off_mfm, 0.6 * off_ot)
-  # Both end on the target cells.
-  end <- predict(mfm, d$source, solver = SolverParam("rk4", steps = 20))
-  expect_lt(wassersteinDistance(end, d$target, p = 1), 0.15)
+  # And still end on the target cells (as close as OT-CFM's after as many velocity steps).
+  end <- function(fit) predict(fit, d$source, solver = SolverParam("rk4", steps = 20))
+  start_w1 <- wassersteinDistance(d$source, d$target, p = 1)
+  expect_lt(wassersteinDistance(end(mfm), d$target, p = 1), 0.2 * start_w1)
+  expect_lt(wassersteinDistance(end(mfm), d$target, p = 1), 1.5 * wassersteinDistance(end(ot), d$target, p = 1))
 })
 
 test_that("with a constant metric the interpolant stays at zero and metric FM is OT-CFM", {
@@ -95,7 +97,8 @@ test_that("metric FM takes SingleCellExperiment and Seurat input", {
   expr[1:2, 41:80] <- expr[1:2, 41:80] + 2
   cond <- rep(c("ctrl", "stim"), each = 40)
   sce <- SingleCellExperiment::SingleCellExperiment(assays = list(logcounts = expr),
-                                                    colData = S4Vectors::DataFrame(condition = cond))
+                                                    colData = S4Vectors::DataFrame(condition = cond),
+                                                    reducedDims = list(PCA = t(expr)))
   method <- MetricFMParam(interpolant_steps = 10)
   training <- TrainingParam(steps = 20, batch_size = 16)
   fit <- fitFlow(sce, condition = "condition", source = "ctrl", target = "stim", method = method,
@@ -120,5 +123,5 @@ test_that("bad metric FM settings are clear errors naming the argument", {
                  training = TrainingParam(steps = 10, batch_size = 16), verbose = FALSE)
   expect_error(fitFlow(d$source, d$target, resume = fit, training = TrainingParam(steps = 20, batch_size = 16),
                        verbose = FALSE),
-               "`resume` is not supported by metric flow matching")
+               "`resume` is a metric flow matching model, which cannot be resumed")
 })
