@@ -84,6 +84,9 @@ for (k in if (nzchar(from)) integer(0) else holdouts) {
       d <- w1(predict(fit, src, from = k - 1, to = k, solver = solver))
       cat(sprintf("%s holdout=%d seed=%d: W1=%.4f, train %.1f s\n", v$label, k, s, d, fit$seconds))
       add(v$label, s, d, fit)
+      # Written after every fit: an interrupted run keeps what it finished.
+      utils::write.csv(do.call(rbind, runs), file.path(RESULTS, sprintf("metric_fm%s_runs.csv", tag)),
+                       row.names = FALSE)
     }
   }
 }
