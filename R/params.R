@@ -241,9 +241,9 @@ is_generative.DiffusionParam <- function(method) TRUE
 #' time point out, 3 seeds, 2000 velocity steps; the README's table) ran these
 #' defaults: W1 level with OT-CFM's when t=1 is held out (0.2907 vs 0.2905)
 #' and below it at t=2 (0.3108 vs 0.3132). `eps = 0.01` makes leaving the
-#' cells 100 times dearer than moving on them, 500 interpolant steps lowered
-#' the straight lines' metric energy about 30-fold on the half-circle of the
-#' tests; other values were not measured on EMT. A fit costs several times
+#' cells about 100 times dearer than moving on them; on the half-circle of
+#' the tests, 300 interpolant steps lowered the straight lines' metric energy
+#' about 30-fold. Other values were not measured on EMT. A fit costs several times
 #' an OT-CFM fit of as many velocity steps (about 5 times on EMT): every
 #' velocity step differentiates the interpolant in time.
 #'
