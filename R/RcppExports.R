@@ -17,6 +17,10 @@ pf_draw_source <- function(handle, config, n, seed) {
     .Call(`_popflow_pf_draw_source`, handle, config, n, seed)
 }
 
+pf_land_metric <- function(x, reference, bandwidth, eps) {
+    .Call(`_popflow_pf_land_metric`, x, reference, bandwidth, eps)
+}
+
 pf_icnn_fit <- function(source, target, config, progress, progress_every, metadata) {
     .Call(`_popflow_pf_icnn_fit`, source, target, config, progress, progress_every, metadata)
 }

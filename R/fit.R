@@ -44,8 +44,8 @@
 #'   columns, constant within a population. Categorical labels become learnt
 #'   embeddings, numeric labels covariates; see [MFMParam()].
 #' @param method A method name (`"icfm"`, `"otcfm"`, `"sbcfm"`, `"targetfm"`,
-#'   `"diffusion"`, `"mfm"`, `"cgfm"`, `"icnn"`) or a parameter object such as
-#'   [OTCFMParam()], [DiffusionParam()], [ReflowParam()], [MFMParam()] or
+#'   `"diffusion"`, `"metricfm"`, `"mfm"`, `"cgfm"`, `"icnn"`) or a parameter object such as
+#'   [OTCFMParam()], [DiffusionParam()], [MetricFMParam()], [ReflowParam()], [MFMParam()] or
 #'   [ICNNParam()] (CellOT's ICNN baseline: an optimal-transport map, not a flow).
 #' @param network A [NetworkParam()] object.
 #' @param training A [TrainingParam()] object.
@@ -159,6 +159,7 @@ fit_method.popflow_flow_param <- function(method, x, target, time, group, popula
                         if (length(data$groups)) "group" else "target")
   }
   check_source_features(method$source, data$x)
+  check_metric_fit(method, training, resume)
   check_resume_data(resume, data$x, data$times)
   training <- flow_step_limits(method, network, training, data, device, verbose)
   config <- fit_config(method, network, training, device, threads, dim = ncol(data$x), times = data$times)

@@ -19,6 +19,10 @@ resume_model <- function(resume) {
   }
   resume <- as_model(resume, "resume")
   if (inherits(resume, "popflow_icnn")) icnn_not_resumable()
+  if (inherits(resume$method, "MetricFMParam")) {
+    pf_abort("resume", "is a metric flow matching model, which cannot be resumed: its interpolant network is not kept",
+             "fit again with the total number of steps (TrainingParam(steps = ...))")
+  }
   if (pf_training_state(resume$bytes)$steps == 0) {
     pf_abort("resume", "holds no training state (it was saved with saveFlow(resumable = FALSE) or by an older popflow)",
              "fit the model again, or resume from a checkpoint file")

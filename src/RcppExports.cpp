@@ -76,6 +76,20 @@ BEGIN_RCPP
     return rcpp_result_gen;
 END_RCPP
 }
+// pf_land_metric
+Rcpp::NumericMatrix pf_land_metric(Rcpp::NumericMatrix x, Rcpp::NumericMatrix reference, double bandwidth, double eps);
+RcppExport SEXP _popflow_pf_land_metric(SEXP xSEXP, SEXP referenceSEXP, SEXP bandwidthSEXP, SEXP epsSEXP) {
+BEGIN_RCPP
+    Rcpp::RObject rcpp_result_gen;
+    Rcpp::RNGScope rcpp_rngScope_gen;
+    Rcpp::traits::input_parameter< Rcpp::NumericMatrix >::type x(xSEXP);
+    Rcpp::traits::input_parameter< Rcpp::NumericMatrix >::type reference(referenceSEXP);
+    Rcpp::traits::input_parameter< double >::type bandwidth(bandwidthSEXP);
+    Rcpp::traits::input_parameter< double >::type eps(epsSEXP);
+    rcpp_result_gen = Rcpp::wrap(pf_land_metric(x, reference, bandwidth, eps));
+    return rcpp_result_gen;
+END_RCPP
+}
 // pf_icnn_fit
 Rcpp::List pf_icnn_fit(Rcpp::NumericMatrix source, Rcpp::NumericMatrix target, Rcpp::List config, Rcpp::Nullable<Rcpp::Function> progress, int progress_every, Rcpp::RawVector metadata);
 RcppExport SEXP _popflow_pf_icnn_fit(SEXP sourceSEXP, SEXP targetSEXP, SEXP configSEXP, SEXP progressSEXP, SEXP progress_everySEXP, SEXP metadataSEXP) {
@@ -342,6 +356,7 @@ static const R_CallMethodDef CallEntries[] = {
     {"_popflow_pf_transport", (DL_FUNC) &_popflow_pf_transport, 7},
     {"_popflow_pf_log_density", (DL_FUNC) &_popflow_pf_log_density, 5},
     {"_popflow_pf_draw_source", (DL_FUNC) &_popflow_pf_draw_source, 4},
+    {"_popflow_pf_land_metric", (DL_FUNC) &_popflow_pf_land_metric, 4},
     {"_popflow_pf_icnn_fit", (DL_FUNC) &_popflow_pf_icnn_fit, 6},
     {"_popflow_pf_icnn_transport", (DL_FUNC) &_popflow_pf_icnn_transport, 5},
     {"_popflow_pf_wasserstein", (DL_FUNC) &_popflow_pf_wasserstein, 3},

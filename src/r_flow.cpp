@@ -3,6 +3,7 @@
 // this file converts types and maps errors.
 #include "r_glue.h"
 
+#include "core/metric_path.h"
 #include "core/model.h"
 #include "core/transport.h"
 #include "core/trainer.h"
@@ -104,4 +105,16 @@ Rcpp::NumericMatrix pf_draw_source(SEXP handle, Rcpp::Nullable<Rcpp::List> confi
   return to_matrix(draw_source(cfg, n, static_cast<uint64_t>(seed)));
   PF_GUARD_END
   return Rcpp::NumericMatrix(0, 0);
+}
+
+// The inverse LAND metric's diagonal (metric flow matching) at the rows of x,
+// for tests and for users who want to see where the metric is cheap.
+// [[Rcpp::export]]
+Rcpp::NumericMatrix pf_land_metric(Rcpp::NumericMatrix x, Rcpp::NumericMatrix reference, double bandwidth,
+                                   double eps) {
+  PF_GUARD_BEGIN
+  torch::NoGradGuard no_grad;
+  return to_matrix(land_inverse_metric(to_tensor(x), to_tensor(reference), bandwidth, eps));
+  PF_GUARD_END
+  return R_NilValue;
 }

@@ -56,6 +56,20 @@ struct CouplingConfig {
   int sinkhorn_iters = 200;
 };
 
+// Metric flow matching (Kapusniak et al. 2024; metric_path.h): the path
+// bends towards the data by a learnt interpolant phi, trained for the first
+// interpolant_steps steps to minimise the kinetic energy under the LAND
+// metric of each interval's cells (`cells` of them at most; 0: all); the
+// remaining steps regress the velocity along it. bandwidth 0: from the data;
+// eps: relative to the metric's typical value on the cells (land_scale()).
+struct MetricConfig {
+  bool enabled = false;
+  double bandwidth = 0.0;
+  double eps = 1e-2;
+  int64_t cells = 2000;
+  int64_t interpolant_steps = 500;
+};
+
 struct NetworkConfig {
   int64_t dim = 2;            // feature dimension of cells
   int64_t cond_dim = 0;       // extra conditioning inputs appended
@@ -113,6 +127,7 @@ struct FlowConfig {
   NetworkConfig network;
   std::vector<double> times{0.0, 1.0};  // snapshot times (model time = normalised)
   SourceConfig source;                  // generative paths only
+  MetricConfig metric;                  // metric FM only (enabled = false otherwise)
 };
 
 struct EncoderConfig {

@@ -236,6 +236,13 @@ std::string flow_config_to_text(const FlowConfig& c) {
         .put("source_rows", c.source.rows)
         .put("source_size_factor", c.source.size_factor)
         .put("source_log_base", c.source.log_base);
+  // Only metric FM writes its keys, so other fits' text is what it always was.
+  if (c.metric.enabled)
+    text.put("metric", "land")
+        .put("metric_bandwidth", c.metric.bandwidth)
+        .put("metric_eps", c.metric.eps)
+        .put("metric_cells", c.metric.cells)
+        .put("interpolant_steps", c.metric.interpolant_steps);
   return text.str();
 }
 
@@ -265,6 +272,17 @@ FlowConfig flow_config_from_text(const std::string& text) {
     c.source.rows = cfg.count("source_rows", 0, 1e12);
     c.source.size_factor = cfg.number("source_size_factor");
     c.source.log_base = cfg.number("source_log_base");
+  }
+  if (cfg.has("metric")) {
+    if (cfg.value("metric") != "land")
+      throw std::runtime_error("model configuration: unknown metric '" + cfg.value("metric") + "'");
+    c.metric.enabled = true;
+    c.metric.bandwidth = cfg.number("metric_bandwidth");
+    c.metric.eps = cfg.number("metric_eps");
+    c.metric.cells = cfg.count("metric_cells", 0, 1e12);
+    c.metric.interpolant_steps = cfg.count("interpolant_steps", 0, 1e12);
+    if (!(c.metric.bandwidth >= 0) || !(c.metric.eps > 0))
+      throw std::runtime_error("model configuration: metric_bandwidth must be >= 0 and metric_eps > 0");
   }
   cfg.reject_unknown_keys();
   return c;

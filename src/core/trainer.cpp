@@ -1,5 +1,7 @@
 #include "trainer.h"
 
+#include <ATen/CPUGeneratorImpl.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -10,6 +12,7 @@
 
 #include "coupling.h"
 #include "device.h"
+#include "metric_path.h"
 #include "optimizer.h"
 #include "paths.h"
 #include "threads.h"
@@ -417,10 +420,35 @@ class FlowObjective : public TrainingObjective {
   std::vector<FlatAdam*> optimisers() override { return {opt_.get()}; }
 
   torch::Tensor loss(int64_t, std::mt19937_64& rng) override {
+    std::vector<torch::Tensor> xts, ts, uts, conds;
+    draw_pairs(rng, [&](const Draw& draw) {
+      auto ps = sample_path(model_.config.path, draw.x0, draw.x1, draw.s, !source_.gaussian());
+      xts.push_back(ps.xt);
+      ts.push_back(draw.t0 + draw.s * (draw.t1 - draw.t0));
+      uts.push_back(ps.ut / (draw.t1 - draw.t0));  // unit-interval velocity to model-time velocity
+      if (cond_all_.defined()) conds.push_back(cond_all_[draw.group].unsqueeze(0).expand({draw.s.size(0), -1}));
+    });
+    auto cond = conds.empty() ? torch::Tensor() : torch::cat(conds);
+    return torch::mse_loss(model_.net->forward(torch::cat(xts), torch::cat(ts), cond), torch::cat(uts));
+  }
+
+ protected:
+  // One coupled minibatch of an interval and group: end points, the times s
+  // in [0, 1] drawn for them, and the interval's model times.
+  struct Draw {
+    torch::Tensor x0, x1, s;
+    double t0, t1;
+    int64_t group;
+    size_t interval;
+  };
+
+  // Per interval, a few groups with cells on both sides, a coupled minibatch
+  // from each, handed to `each` in the order drawn (so that what `each` draws
+  // from torch's generator follows the same sequence on every run).
+  void draw_pairs(std::mt19937_64& rng, const std::function<void(const Draw&)>& each) {
     const auto& times = model_.config.times;
     const auto dev = model_.device;
     const int64_t n = batch_size_;
-    std::vector<torch::Tensor> xts, ts, uts, conds;
     for (size_t k = 0; k + 1 < times.size(); ++k) {
       if (usable_[k].empty()) continue;
       const double t0 = model_.model_time(times[k]), t1 = model_.model_time(times[k + 1]);
@@ -438,16 +466,9 @@ class FlowObjective : public TrainingObjective {
           x0 = target_fm_ ? source_.draw(n) : x_all_.index_select(0, draw_rows(blocks_[k][g], n, rng).to(dev));
         }
         auto pair = couple(model_.config.coupling, x0, x1, reg_default_, rng);
-        auto s = torch::rand({n}, fopt_);
-        auto ps = sample_path(model_.config.path, pair.x0, pair.x1, s, !source_.gaussian());
-        xts.push_back(ps.xt);
-        ts.push_back(t0 + s * (t1 - t0));
-        uts.push_back(ps.ut / (t1 - t0));  // unit-interval velocity to model-time velocity
-        if (cond_all_.defined()) conds.push_back(cond_all_[g].unsqueeze(0).expand({n, -1}));
+        each({pair.x0, pair.x1, torch::rand({n}, fopt_), t0, t1, g, k});
       }
     }
-    auto cond = conds.empty() ? torch::Tensor() : torch::cat(conds);
-    return torch::mse_loss(model_.net->forward(torch::cat(xts), torch::cat(ts), cond), torch::cat(uts));
   }
 
  private:
@@ -463,6 +484,7 @@ class FlowObjective : public TrainingObjective {
     check_paired_counts(blocks_[0], blocks_[1], "group");
   }
 
+ protected:
   FlowModel& model_;
   const TrainingData& data_;
   int64_t batch_size_ = 0, groups_per_step_ = 0;
@@ -476,12 +498,99 @@ class FlowObjective : public TrainingObjective {
   std::unique_ptr<FlatAdam> opt_;
 };
 
+// Metric flow matching: the same draws as the flow objective, in two stages
+// of the one loop. Steps 1 .. interpolant_steps train the interpolant phi
+// (its own optimiser) to minimise the metric kinetic energy of OT-coupled
+// pairs' paths; the remaining steps regress the velocity on d x_t / dt at
+// x_t + sigma eps, phi frozen. Only the velocity field is saved: prediction
+// needs nothing else.
+class MetricFlowObjective : public FlowObjective {
+ public:
+  using FlowObjective::FlowObjective;
+
+  void prepare(const TrainConfig& config) override {
+    const MetricConfig& metric = model_.config.metric;
+    if (model_.config.path.kind != PathKind::ICFM)
+      throw std::invalid_argument("metric flow matching needs the icfm path (noise sigma around the interpolant)");
+    if (model_.config.coupling.kind == CouplingKind::Paired)
+      throw std::invalid_argument("metric flow matching does not support paired coupling");
+    if (metric.interpolant_steps >= config.steps)
+      throw std::invalid_argument("interpolant_steps (" + std::to_string(metric.interpolant_steps) +
+                                  ") must be fewer than the fit's steps (" + std::to_string(config.steps) +
+                                  "), which count both stages");
+    FlowObjective::prepare(config);
+    // Reference cells of each interval's metric: the cells of its two
+    // snapshots (all groups), or a fixed subsample of them.
+    auto gen = at::detail::createCPUGenerator(config.seed);
+    const auto& time_index = data_.time_index;
+    reference_.clear();
+    scales_.clear();
+    for (size_t k = 0; k + 1 < model_.config.times.size(); ++k) {
+      std::vector<int64_t> rows;
+      for (size_t i = 0; i < time_index.size(); ++i)
+        if (time_index[i] == static_cast<int64_t>(k) || time_index[i] == static_cast<int64_t>(k + 1))
+          rows.push_back(static_cast<int64_t>(i));
+      auto idx = torch::tensor(rows, torch::kLong);
+      const int64_t m = idx.size(0);
+      if (metric.cells > 0 && metric.cells < m)
+        idx = idx.index_select(0, torch::randperm(m, gen, torch::TensorOptions().dtype(torch::kLong))
+                                      .narrow(0, 0, metric.cells));
+      reference_.push_back(x_all_.index_select(0, idx.to(model_.device)));
+      scales_.push_back(land_scale(reference_.back(), metric));
+    }
+    phi_ = make_interpolant(model_.config.network);
+    phi_->to(model_.device);
+    phi_->train();
+    phi_opt_ = std::make_unique<FlatAdam>(*phi_, adam_settings(config));
+  }
+
+  std::vector<FlatAdam*> optimisers() override { return {opt_.get(), phi_opt_.get()}; }
+
+  FlatAdam& optimiser(int64_t step) override {
+    return step <= model_.config.metric.interpolant_steps ? *phi_opt_ : *opt_;
+  }
+
+  torch::Tensor loss(int64_t step, std::mt19937_64& rng) override {
+    const bool train_phi = step <= model_.config.metric.interpolant_steps;
+    std::vector<torch::Tensor> xts, dxts, ts, conds, energies;
+    draw_pairs(rng, [&](const Draw& draw) {
+      InterpolantSample path = sample_interpolant(phi_, draw.x0, draw.x1, draw.s, train_phi);
+      if (train_phi) {
+        energies.push_back(metric_energy(path, reference_[draw.interval], scales_[draw.interval]));
+        return;
+      }
+      xts.push_back(path.xt + model_.config.path.sigma * torch::randn_like(draw.x1));
+      dxts.push_back(path.dxt / (draw.t1 - draw.t0));  // unit-interval velocity to model-time velocity
+      ts.push_back(draw.t0 + draw.s * (draw.t1 - draw.t0));
+      if (cond_all_.defined()) conds.push_back(cond_all_[draw.group].unsqueeze(0).expand({draw.s.size(0), -1}));
+    });
+    if (train_phi) return torch::stack(energies).mean();
+    auto cond = conds.empty() ? torch::Tensor() : torch::cat(conds);
+    return torch::mse_loss(model_.net->forward(torch::cat(xts), torch::cat(ts), cond), torch::cat(dxts));
+  }
+
+  std::string why_not_resumable() const override {
+    return "a metric flow matching fit cannot be resumed: its interpolant network is not kept in the model "
+           "file; fit again with the total number of steps";
+  }
+
+ private:
+  std::vector<torch::Tensor> reference_;  // per interval
+  std::vector<LandScale> scales_;         // per interval
+  VectorField phi_{nullptr};
+  std::unique_ptr<FlatAdam> phi_opt_;
+};
+
 }  // namespace
 
 TrainResult train(FlowModel& model, const TrainingData& data, const TrainConfig& config,
                   const TrainCallbacks& callbacks) {
   std::string problem = validate_training_data(model, data);
   if (!problem.empty()) throw std::invalid_argument(problem);
+  if (model.config.metric.enabled) {
+    MetricFlowObjective objective(model, data);
+    return run_training(objective, config, callbacks, model.train_state);
+  }
   FlowObjective objective(model, data);
   return run_training(objective, config, callbacks, model.train_state);
 }
