@@ -191,13 +191,22 @@ method_description.SBCFMParam <- function(x) sprintf("Sinkhorn coupling (reg %g)
 #'   returns each predicted cell's weight (its mass relative to its start).
 #'
 #' `reg` and `reg_m` are in units of the minibatch's mean squared distance, so
-#' they do not depend on the data's scale. Large `reg_m` approaches balanced
-#' transport (mass is moved rather than made); small `reg_m` lets the plan make
-#' and remove mass where the two snapshots differ. The default 0.1 keeps mass
-#' local: on [simulateGrowth()] (regions about 6 apart) one batch's plan with
+#' they do not depend on the data's scale. `reg_m` decides what is growth and
+#' what is motion: moving mass a squared distance `c` costs `c` per unit,
+#' making or removing it costs about `reg_m` times the batch's mean squared
+#' distance, so mass farther apart than roughly `sqrt(reg_m x mean squared
+#' distance)` is grown there and removed here rather than moved. Large
+#' `reg_m` approaches balanced transport. The default, 1, grows cells only
+#' where motion cannot explain the change; when the regions that grow and die
+#' are known to lie far apart compared with how far cells travel, a smaller
+#' `reg_m` separates them better. On [simulateGrowth()] (regions 6 apart,
+#' cells drifting 0.7, mean squared distance about 25) one batch's plan with
 #' `reg_m = 1` credits the growing region's new cells partly to the dying
-#' region (growth 1.70, 1.08, 0.74 for the truth 2, 1, 0.5), with `reg_m = 0.1`
-#' it gives 1.89, 1.05, 0.57 (the batch's own counts).
+#' region (growth 1.70, 1.08, 0.74 for the truth 2, 1, 0.5), with
+#' `reg_m = 0.1` it gives 1.89, 1.05, 0.57 (that batch's own counts). With
+#' balanced snapshots and a small `reg_m`, cells that travel far are still
+#' given growth (death where they leave, birth where they arrive): equal
+#' sizes do not by themselves make the growth vanish.
 #'
 #' @param sigma Noise of the interpolating path (as in [OTCFMParam()]).
 #' @param reg Entropic regularisation, relative to the batch's mean squared distance.
@@ -209,13 +218,13 @@ method_description.SBCFMParam <- function(x) sprintf("Sinkhorn coupling (reg %g)
 #'   [cellProportions()], [wassersteinDistance()] (weights).
 #' @examples
 #' sim <- simulateGrowth(n = 150, seed = 1)
-#' fit <- fitFlow(sim$cells, time = sim$time, method = UnbalancedParam(),
+#' fit <- fitFlow(sim$cells, time = sim$time, method = UnbalancedParam(reg_m = 0.1),
 #'                training = TrainingParam(steps = 200), verbose = FALSE)
 #' pred <- predict(fit, sim$cells[sim$time == 0, ], solver = SolverParam("rk4", steps = 10))
 #' # Mean weight of the predicted cells by the region they started in.
 #' tapply(attr(pred, "weight"), sim$region[sim$time == 0], mean)
 #' @export
-UnbalancedParam <- function(sigma = 0.1, reg = 0.05, reg_m = 0.1, growth_weight = 1, sinkhorn_iters = 1000) {
+UnbalancedParam <- function(sigma = 0.1, reg = 0.05, reg_m = 1, growth_weight = 1, sinkhorn_iters = 1000) {
   new_param("uotcfm", c("UnbalancedParam", "popflow_flow_param"), path = "icfm", coupling = "unbalanced",
             sigma = check_number(sigma, "sigma", min = 0),
             reg = check_number(reg, "reg", min = 0, min_inclusive = FALSE),

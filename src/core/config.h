@@ -60,7 +60,7 @@ struct CouplingConfig {
   // units of the minibatch's mean squared distance (so they do not depend on
   // the data's scale), and the weight of the growth-rate loss.
   double unbalanced_reg = 0.05;
-  double unbalanced_reg_m = 0.1;
+  double unbalanced_reg_m = 1.0;
   double growth_weight = 1.0;
 };
 

@@ -43,7 +43,8 @@ struct UnbalancedPair {
 // config.unbalanced_reg and _reg_m relative to the batch's mean squared
 // distance. A source cell's growth is the target mass attributed to it (each
 // target cell's mass split over the sources by its column of the plan) over
-// its own mass, so the growth factors average target_mass exactly.
+// its own mass, so the growth factors average target_mass exactly (up to the
+// cap of 100-fold growth or death per interval).
 UnbalancedPair couple_unbalanced(const CouplingConfig& config, const torch::Tensor& x0, const torch::Tensor& x1,
                                  double target_mass, std::mt19937_64& rng);
 

@@ -4,6 +4,8 @@
 # the errors of bad sizes and weights.
 
 ub_training <- function(steps = 300, ...) TrainingParam(steps = steps, batch_size = 128, seed = 1, ...)
+# The growth test's fit: small batches, many steps, a moving average (about 5 s here).
+growth_training <- TrainingParam(steps = 1000, batch_size = 64, lr = 2e-3, ema_decay = 0.995, seed = 1)
 ub_solver <- SolverParam("rk4", steps = 10)
 
 # The plan written out directly (scaling form, double precision): P = diag(u) K diag(v),
@@ -40,7 +42,9 @@ test_that("the unbalanced Sinkhorn plan equals a direct computation", {
 
 test_that("an unbalanced flow recovers each region's growth and death within 15%", {
   sim <- simulateGrowth(n = 150, seed = 1)
-  fit <- fitFlow(sim$cells, time = sim$time, method = UnbalancedParam(), training = ub_training(400),
+  # Regions 6 apart, cells drifting 0.7: reg_m = 0.1 makes mass farther than ~1.6 (sqrt(0.1 x the
+  # mean squared distance, ~25)) grow or die rather than move.
+  fit <- fitFlow(sim$cells, time = sim$time, method = UnbalancedParam(reg_m = 0.1), training = growth_training,
                  verbose = FALSE)
   src <- sim$cells[sim$time == 0, ]
   region <- sim$region[sim$time == 0]
@@ -56,11 +60,15 @@ test_that("an unbalanced flow recovers each region's growth and death within 15%
   obs <- cellProportions(sim$region[sim$time == 1])
   prop <- cellProportions(pred, labels = sim$region[sim$time == 1], reference = sim$cells[sim$time == 1, ])
   expect_lt(max(abs(prop - obs)), 0.05)
-  # A balanced flow leaves all weights at 1 and must move cells across regions instead.
-  bal <- cellProportions(predict(fitFlow(sim$cells, time = sim$time, method = "otcfm", training = ub_training(400),
-                                         verbose = FALSE), src, solver = ub_solver),
-                         labels = sim$region[sim$time == 1], reference = sim$cells[sim$time == 1, ])
-  expect_gt(max(abs(bal - obs)), max(abs(prop - obs)))
+  # Cells stay in their region (nearest observed cell at time 1); a balanced flow, whose weights
+  # are all 1, must move cells out of the dying region into the growing one instead.
+  moved <- function(p) {
+    lands <- sim$region[sim$time == 1][popflow:::nearest_rows(p, sim$cells[sim$time == 1, ])]
+    mean(lands != region)
+  }
+  expect_lt(moved(pred), 0.02)
+  ot <- fitFlow(sim$cells, time = sim$time, method = "otcfm", training = ub_training(300), verbose = FALSE)
+  expect_gt(moved(predict(ot, src, solver = ub_solver)), 0.1)
   # print / summary show the sizes.
   expect_output(print(fit), "sizes \\(relative mass")
   expect_output(print(summary(fit)), "relative size")
@@ -69,16 +77,19 @@ test_that("an unbalanced flow recovers each region's growth and death within 15%
 
 test_that("with balanced snapshots the growth field vanishes and the flow matches OT-CFM", {
   d <- shifted_pair(n = 300, shift = c(3, 0))
-  fit <- fitFlow(d$source, d$target, method = UnbalancedParam(), training = ub_training(), verbose = FALSE)
-  ot <- fitFlow(d$source, d$target, method = "otcfm", training = ub_training(), verbose = FALSE)
+  # Every cell travels 3: with a large reg_m that is transport, not death here and birth there.
+  # (reg_m near balance makes Sinkhorn slow: small batches and a capped iteration count keep it short.)
+  training <- TrainingParam(steps = 300, batch_size = 64, seed = 1)
+  fit <- fitFlow(d$source, d$target, method = UnbalancedParam(reg = 0.2, reg_m = 20, sinkhorn_iters = 300),
+                 training = training, verbose = FALSE)
+  ot <- fitFlow(d$source, d$target, method = "otcfm", training = training, verbose = FALSE)
   pred <- predict(fit, d$source, solver = ub_solver)
   w <- attr(pred, "weight")
   expect_lt(max(abs(log(w))), 0.15)
-  expect_lt(abs(mean(w) - 1), 0.03)
+  expect_lt(abs(mean(w) - 1), 0.02)
   w_ub <- wassersteinDistance(pred, d$target)
   w_ot <- wassersteinDistance(predict(ot, d$source, solver = ub_solver), d$target)
   expect_lt(abs(w_ub - w_ot), 0.1)
-  expect_lt(w_ub, 0.35)
 })
 
 test_that("weights come with trajectories, files, resume and evaluateFlow", {
@@ -125,10 +136,11 @@ test_that("an unbalanced flow on SingleCellExperiment and Seurat objects puts we
   expect_true("weight" %in% names(SummarizedExperiment::colData(out)))
   expect_true(all(out$weight > 0))
   skip_if_not_installed("SeuratObject")
-  so <- SeuratObject::CreateSeuratObject(counts = SeuratObject::CreateAssayObject(data = t(sim$cells) |>
-                                                                                    `colnames<-`(colnames(sce))),
-                                         meta.data = data.frame(day = sim$time, row.names = colnames(sce)))
-  fit2 <- fitFlow(so, time = "day", method = "uotcfm", training = ub_training(30), verbose = FALSE)
+  counts <- t(sim$cells)
+  colnames(counts) <- colnames(sce)
+  so <- suppressWarnings(SeuratObject::CreateSeuratObject(counts = SeuratObject::CreateAssayObject(data = counts),
+                                                          meta.data = data.frame(day = sim$time, row.names = colnames(sce))))
+  fit2 <- fitFlow(so, time = "day", assay = "RNA", method = "uotcfm", training = ub_training(30), verbose = FALSE)
   out2 <- predict(fit2, so, solver = ub_solver)
   expect_true("weight" %in% names(out2[[]]))
 })
@@ -145,7 +157,7 @@ test_that("weighted distances: integer weights equal repeated rows, and predict'
   expect_equal(energyDistance(y, x, y_weights = w), energyDistance(y, rep_x), tolerance = 1e-12)
   attr(x, "weight") <- w
   expect_equal(wassersteinDistance(x, y), wassersteinDistance(rep_x, y), tolerance = 1e-9)
-  expect_equal(unname(cellProportions(c("a", "b", "a"), weights = c(1, 2, 3))), c(4, 2) / 6)
+  expect_equal(as.numeric(cellProportions(c("a", "b", "a"), weights = c(1, 2, 3))), c(4, 2) / 6)
 })
 
 test_that("bad sizes and weights, and unbalanced settings a method cannot use, are clear errors", {
