@@ -9,6 +9,10 @@ pf_transport <- function(handle, x, times, cond, solver, threads, progress = NUL
     .Call(`_popflow_pf_transport`, handle, x, times, cond, solver, threads, progress)
 }
 
+pf_unbalanced_plan <- function(x0, x1, target_mass, reg, reg_m, iters) {
+    .Call(`_popflow_pf_unbalanced_plan`, x0, x1, target_mass, reg, reg_m, iters)
+}
+
 pf_log_density <- function(handle, x, solver, density, threads) {
     .Call(`_popflow_pf_log_density`, handle, x, solver, density, threads)
 }
@@ -29,16 +33,16 @@ pf_icnn_transport <- function(handle, x, type, chunk_size, threads) {
     .Call(`_popflow_pf_icnn_transport`, handle, x, type, chunk_size, threads)
 }
 
-pf_wasserstein <- function(x, y, p) {
-    .Call(`_popflow_pf_wasserstein`, x, y, p)
+pf_wasserstein <- function(x, y, p, wx, wy) {
+    .Call(`_popflow_pf_wasserstein`, x, y, p, wx, wy)
 }
 
-pf_mmd <- function(x, y, gammas) {
-    .Call(`_popflow_pf_mmd`, x, y, gammas)
+pf_mmd <- function(x, y, gammas, wx, wy) {
+    .Call(`_popflow_pf_mmd`, x, y, gammas, wx, wy)
 }
 
-pf_energy <- function(x, y) {
-    .Call(`_popflow_pf_energy`, x, y)
+pf_energy <- function(x, y, wx, wy) {
+    .Call(`_popflow_pf_energy`, x, y, wx, wy)
 }
 
 pf_mean_r2 <- function(predicted, observed) {

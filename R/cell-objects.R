@@ -468,6 +468,11 @@ predicted_metadata <- function(object, src, to) {
 predicted_cells_object <- function(object, newdata, src, pred, to) {
   spec <- src$spec
   meta <- predicted_metadata(object, src, to)
+  # An unbalanced flow's weights become a cell column.
+  if (!is.null(attr(pred, "weight"))) {
+    meta$weight <- unname(attr(pred, "weight"))
+    attr(pred, "weight") <- NULL
+  }
   rownames(pred) <- rownames(meta)
   expression <- if (!is.null(spec$expression)) reconstruct_expression(spec$expression, pred)
   if (is_seurat_cells(newdata)) {

@@ -257,3 +257,19 @@ other_method_use <- function(verb, name) {
   }
   NULL
 }
+
+# Cell weights (NULL: equal weights, returned as numeric(0)): one per row of
+# the cells `of`, finite, >= 0, with a positive sum.
+check_weights <- function(w, n, arg, of) {
+  if (is.null(w)) return(numeric(0))
+  if (!is.numeric(w) || length(w) != n) {
+    pf_abort(arg, sprintf("must be %d numbers, one per row of `%s`, not %s", n, of,
+                          if (is.numeric(w)) sprintf("%d", length(w)) else class(w)[1]),
+             sprintf("give one weight per cell of `%s` (e.g. attr(pred, \"weight\") of the same cells), or NULL", of))
+  }
+  if (any(!is.finite(w)) || any(w < 0)) {
+    pf_abort(arg, "must be finite and >= 0", "weights are cell masses: give finite non-negative numbers")
+  }
+  if (!(sum(w) > 0)) pf_abort(arg, "is zero for every cell", "give at least one cell a positive weight")
+  as.numeric(w)
+}

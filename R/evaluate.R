@@ -206,9 +206,12 @@ evaluate_model.popflow_flow <- function(object, source, target, from, to, solver
   }
   t0 <- if (is.null(from)) object$times[1] else resolve_time(object, from, "from")
   t1 <- if (is.null(to)) object$times[length(object$times)] else resolve_time(object, to, "to")
-  predicted <- move_cells(object, source, c(t0, t1), solver, object$threads, verbose = verbose)[[2]]
+  states <- move_cells(object, source, c(t0, t1), solver, object$threads, verbose = verbose)
+  predicted <- states[[2]]
   shifts <- list(mean = mean_at(object, t1) - mean_at(object, t0))
-  out <- prediction_rows(object, predicted, source, target, shifts, max_cells, seed, baselines, expression)
+  # An unbalanced flow's predicted cells are scored with their weights.
+  out <- prediction_rows(object, predicted, source, target, shifts, max_cells, seed, baselines, expression,
+                         weights = attr(states, "weight")[[2]])
   out$cells <- nrow(source)
   out
 }
@@ -258,7 +261,7 @@ evaluate_model.popflow_population <- function(object, source, target, from, to, 
 # observed cells: one row each, in the order of `baseline_names`. `shifts`:
 # `mean` (the "mean shift"), `label` (the "label mean shift").
 prediction_rows <- function(object, predicted, source, observed, shifts, max_cells, seed, baselines,
-                            expression = NULL) {
+                            expression = NULL, weights = NULL) {
   sets <- list(predicted)
   for (b in setdiff(baselines, "noise floor")) {
     sets[[length(sets) + 1]] <- switch(b,
@@ -271,7 +274,8 @@ prediction_rows <- function(object, predicted, source, observed, shifts, max_cel
   labels <- c(method_label(object$method), setdiff(baselines, "noise floor"))
   response <- expression_response(expression)
   rows <- lapply(seq_along(sets), function(i) {
-    bind_columns(data.frame(prediction = labels[i]), metric_row(sets[[i]], observed, max_cells, seed),
+    bind_columns(data.frame(prediction = labels[i]),
+                 metric_row(sets[[i]], observed, max_cells, seed, if (i == 1) weights),
                  expression_row(response, pcs = sets[[i]]))
   })
   if ("noise floor" %in% baselines) {
@@ -308,14 +312,17 @@ na_row <- function(row) {
   row
 }
 
-# Every metric of a prediction against observed cells.
-metric_row <- function(predicted, observed, max_cells, seed) {
-  p <- subsample_rows(predicted, max_cells, seed)
+# Every metric of a prediction against observed cells; `weights` (an
+# unbalanced flow's predicted cells) weight W1, W2, MMD and energy.
+metric_row <- function(predicted, observed, max_cells, seed, weights = NULL) {
+  keep <- subsample_index(nrow(predicted), max_cells, seed)
+  p <- predicted[keep, , drop = FALSE]
+  w <- if (is.null(weights)) numeric(0) else as.numeric(weights[keep])
   o <- subsample_rows(observed, max_cells, seed + 1)
   # Undefined R^2 or r (too few features, constant means or features) is NA, not NaN.
   defined <- function(v) if (is.finite(v)) v else NA_real_
-  data.frame(W1 = pf_wasserstein(p, o, 1L), W2 = pf_wasserstein(p, o, 2L),
-             MMD = pf_mmd(p, o, c(2, 1, 0.5, 0.1, 0.01, 0.005)), energy = pf_energy(p, o),
+  data.frame(W1 = pf_wasserstein(p, o, 1L, w, numeric(0)), W2 = pf_wasserstein(p, o, 2L, w, numeric(0)),
+             MMD = pf_mmd(p, o, c(2, 1, 0.5, 0.1, 0.01, 0.005), w, numeric(0)), energy = pf_energy(p, o, w, numeric(0)),
              mean_R2 = defined(pf_mean_r2(predicted, observed)), corr_r = defined(pf_correlation_r(predicted, observed)))
 }
 

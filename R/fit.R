@@ -44,9 +44,14 @@
 #'   columns, constant within a population. Categorical labels become learnt
 #'   embeddings, numeric labels covariates; see [MFMParam()].
 #' @param method A method name (`"icfm"`, `"otcfm"`, `"sbcfm"`, `"targetfm"`,
-#'   `"diffusion"`, `"metricfm"`, `"mfm"`, `"cgfm"`, `"icnn"`) or a parameter object such as
-#'   [OTCFMParam()], [DiffusionParam()], [MetricFMParam()], [ReflowParam()], [MFMParam()] or
-#'   [ICNNParam()] (CellOT's ICNN baseline: an optimal-transport map, not a flow).
+#'   `"diffusion"`, `"metricfm"`, `"mfm"`, `"cgfm"`, `"icnn"`, `"uotcfm"`) or a parameter object such as
+#'   [OTCFMParam()], [DiffusionParam()], [MetricFMParam()], [ReflowParam()], [MFMParam()],
+#'   [UnbalancedParam()] or [ICNNParam()] (CellOT's ICNN baseline: an optimal-transport map, not a flow).
+#' @param sizes Unbalanced flows ([UnbalancedParam()]) only: the relative
+#'   size (mass) of each snapshot: cell numbers per time point (e.g. counted
+#'   before sampling), or known expansion factors. Positive numbers, one per
+#'   time point, in time order or named by the time labels (for `target`: the
+#'   source and the target). Default: the numbers of cells given.
 #' @param network A [NetworkParam()] object.
 #' @param training A [TrainingParam()] object.
 #' @param device `"cpu"` or `"cuda"` (an error if the linked LibTorch has no CUDA).
@@ -112,14 +117,19 @@ fitFlow <- function(x, ...) UseMethod("fitFlow")
 fitFlow.default <- function(x, target = NULL, time = NULL, group = NULL, method = "otcfm",
                             network = NetworkParam(), training = TrainingParam(), device = "cpu",
                             threads = 1L, verbose = TRUE, population = NULL, label = NULL, resume = NULL,
-                            held_out = NULL, validation = NULL, ...) {
+                            held_out = NULL, validation = NULL, sizes = NULL, ...) {
   resume <- resume_model(resume)
   if (!is.null(resume)) {
     if (missing(method)) method <- resume$method
     if (missing(network)) network <- resume$network
     if (missing(training)) training <- resume$training
+    if (is.null(sizes)) sizes <- resume$sizes
   }
   method <- as_flow_param(method)
+  if (!is.null(sizes) && !is_unbalanced(method)) {
+    pf_abort("sizes", sprintf("is used only by unbalanced flows, not by method \"%s\"", attr(method, "kind")),
+             "use method = UnbalancedParam() (\"uotcfm\") to learn growth, or leave `sizes` out")
+  }
   check_dots(..., .verb = "fitFlow",
              .params = c(training = "TrainingParam", network = "NetworkParam", method = class(method)[1],
                          validation = "ValidationParam"))
@@ -130,9 +140,11 @@ fitFlow.default <- function(x, target = NULL, time = NULL, group = NULL, method 
   threads <- check_count(threads, "threads")
   verbose <- check_flag(verbose, "verbose")
   validation <- fit_validation(validation, held_out)
-  fit_method(method, x, target = target, time = time, group = group, population = population, label = label,
-             network = network, training = training, device = device, threads = threads, verbose = verbose,
-             resume = resume, validation = validation)
+  args <- list(method, x, target = target, time = time, group = group, population = population, label = label,
+               network = network, training = training, device = device, threads = threads, verbose = verbose,
+               resume = resume, validation = validation)
+  if (is_unbalanced(method)) args$sizes <- sizes
+  do.call(fit_method, args)
 }
 
 # fitFlow() for a method family: a flow (I-CFM, OT-CFM, SB-CFM, target FM) or a population model (MFM, CGFM).
@@ -140,7 +152,7 @@ fit_method <- function(method, x, ...) UseMethod("fit_method")
 
 #' @export
 fit_method.popflow_flow_param <- function(method, x, target, time, group, population, label, network, training,
-                                          device, threads, verbose, resume, validation = NULL) {
+                                          device, threads, verbose, resume, validation = NULL, sizes = NULL) {
   if (!is.null(population) || !is.null(label)) {
     pf_abort(if (is.null(population)) "label" else "population",
              "is used only by method = \"mfm\" or \"cgfm\"", "use `group` to pair cells within groups")
@@ -161,6 +173,15 @@ fit_method.popflow_flow_param <- function(method, x, target, time, group, popula
   check_source_features(method$source, data$x)
   check_metric_fit(method, training, resume)
   check_resume_data(resume, data$x, data$times)
+  if (is_unbalanced(method)) {
+    if (is_generative(method) || identical(method$coupling, "paired")) stop("unreachable: unbalanced paths pair cells")
+    sizes <- snapshot_sizes(sizes, data$n_cells)
+    if (!is.null(resume) && !isTRUE(all.equal(unname(sizes / sizes[1]), unname(resume$sizes / resume$sizes[1])))) {
+      pf_abort("sizes", sprintf("differ from those `resume` was fitted with (%s)",
+                                paste(format(resume$sizes, digits = 4), collapse = ", ")),
+               "resume with the sizes of the first fit (leave `sizes` out to use them)")
+    }
+  }
   training <- flow_step_limits(method, network, training, data, device, verbose)
   config <- fit_config(method, network, training, device, threads, dim = ncol(data$x), times = data$times)
   sets <- if (!is.null(validation)) {
@@ -170,11 +191,13 @@ fit_method.popflow_flow_param <- function(method, x, target, time, group, popula
   fields <- list(
     method = method, network = network, training = training, times = data$times,
     time_labels = data$time_labels, feature_names = colnames(data$x), n_features = ncol(data$x),
-    n_cells = data$n_cells, time_means = data$time_means, groups = data$groups,
+    n_cells = data$n_cells, time_means = data$time_means, groups = data$groups, sizes = sizes,
     loss = numeric(0), steps_done = 0, status = "", seconds = 0, device = device, threads = threads,
     validation = validation_fields(validation, sets, sprintf("%d held-out set%s", length(sets),
                                                              if (length(sets) == 1) "" else "s"))
   )
+  # Relative masses, the first snapshot's 1: the engine spreads each over its snapshot's cells.
+  if (is_unbalanced(method)) config$flow$masses <- unname(sizes / sizes[1])
   engine_validation <- if (!is.null(validation)) validation_config(validation, sets, training$seed)
   train_model(fields, training, verbose, resume, function(progress, every, metadata) {
     pf_fit(data$x, data$time_index, data$group, NULL, config, progress, every, resume$bytes, metadata,
@@ -263,6 +286,33 @@ train_model <- function(fields, training, verbose, resume, engine_fit) {
   fit <- new_flow(res$bytes, fitted_fields(fields, res, resume))
   report_training_status(fit, training$steps)
   fit
+}
+
+# `sizes` of an unbalanced fit checked against the snapshots (`n_cells`,
+# named by time label): positive numbers, one per time point, in time order or
+# named by the labels; NULL means the cell counts. Returns them named, in time order.
+snapshot_sizes <- function(sizes, n_cells) {
+  labels <- names(n_cells)
+  if (is.null(sizes)) return(stats::setNames(as.numeric(n_cells), labels))
+  fix <- sprintf("give %d positive numbers, one per time point (%s), e.g. the cells counted at each", length(labels),
+                 paste(labels, collapse = ", "))
+  if (!is.numeric(sizes) || length(sizes) != length(labels)) {
+    pf_abort("sizes", sprintf("must be %d numbers, one per time point, not %s", length(labels),
+                              if (is.numeric(sizes)) sprintf("%d", length(sizes)) else class(sizes)[1]), fix)
+  }
+  if (any(!is.finite(sizes)) || any(sizes <= 0)) {
+    pf_abort("sizes", sprintf("must be finite and > 0; it has %s",
+                              paste(format(sizes[!is.finite(sizes) | sizes <= 0]), collapse = ", ")), fix)
+  }
+  if (!is.null(names(sizes))) {
+    k <- match(labels, names(sizes))
+    if (anyNA(k)) {
+      pf_abort("sizes", sprintf("is named, but not by the time labels: %s missing",
+                                paste(labels[is.na(k)], collapse = ", ")), fix)
+    }
+    sizes <- sizes[k]
+  }
+  stats::setNames(as.numeric(sizes), labels)
 }
 
 # Source and target cells as matrices with the same features.

@@ -78,7 +78,7 @@ flow_step_limits <- function(method, network, training, data, device, verbose) {
   training <- cap_batch_size(training, block_sizes(data, is_generative(method)), verbose)
   n_groups <- max(length(data$groups), 1L)
   rows <- training$batch_size * (length(data$times) - 1L) * min(n_groups, training$groups_per_step)
-  pairs <- if (method$coupling %in% c("exact", "sinkhorn")) training$batch_size else 0
+  pairs <- if (method$coupling %in% c("exact", "sinkhorn", "unbalanced")) training$batch_size else 0
   check_step_memory(network, training, ncol(data$x), 0, rows, pairs, device)
   training
 }

@@ -57,8 +57,14 @@ data_lines <- function(x) UseMethod("data_lines")
 
 #' @export
 data_lines.popflow_flow <- function(x) {
-  sprintf("  cells: %d features; snapshots %s\n", x$n_features,
-          paste(sprintf("%s (%d)", names(x$n_cells), x$n_cells), collapse = ", "))
+  out <- sprintf("  cells: %d features; snapshots %s\n", x$n_features,
+                 paste(sprintf("%s (%d)", names(x$n_cells), x$n_cells), collapse = ", "))
+  # An unbalanced flow: the snapshots' relative sizes it grew the cells by.
+  if (!is.null(x$sizes)) {
+    out <- paste0(out, sprintf("  sizes (relative mass, growth rate learnt): %s\n",
+                               paste(sprintf("%s %.4g", names(x$sizes), x$sizes / x$sizes[1]), collapse = ", ")))
+  }
+  out
 }
 
 #' @export
@@ -104,7 +110,7 @@ recent_loss <- function(loss) mean(utils::tail(loss, max(1, length(loss) %/% 20)
 summary.popflow_flow <- function(object, ...) {
   structure(list(method = method_label(object$method), status = object$status, steps = object$steps_done,
                  seconds = object$seconds, final_loss = recent_loss(object$loss),
-                 n_cells = object$n_cells, times = object$time_labels,
+                 n_cells = object$n_cells, sizes = object$sizes, times = object$time_labels,
                  configuration = strsplit(pf_model_config(object$bytes), "\n")[[1]],
                  validation = validation_summary(object$validation),
                  source = if (!is_gaussian_source(object$method$source)) source_description(object$method$source)),
@@ -131,6 +137,10 @@ print.summary.popflow_flow <- function(x, ...) {
   }
   cat("cells per snapshot:\n")
   print(x$n_cells)
+  if (!is.null(x$sizes)) {
+    cat("relative size (mass) per snapshot (unbalanced flow):\n")
+    print(x$sizes / x$sizes[1])
+  }
   cat("engine configuration:\n")
   cat(paste0("  ", x$configuration, collapse = "\n"), "\n")
   invisible(x)

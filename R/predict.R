@@ -26,7 +26,13 @@
 #'   solver setting such as `steps` given directly) is an error that names it
 #'   and says where it belongs (e.g. `solver = SolverParam(steps = 10)`).
 #' @return A matrix of predicted cells, one row per row of `newdata`; for an
-#'   object, an object of the same kind holding the predicted cells.
+#'   object, an object of the same kind holding the predicted cells. For an
+#'   unbalanced flow ([UnbalancedParam()]) the matrix has an attribute
+#'   `"weight"`: each predicted cell's mass relative to its mass at `from`
+#'   (`exp` of the integrated growth rate; above 1 where cells proliferate,
+#'   below 1 where they die), and an object a `weight` column in its cell
+#'   metadata (colData, meta.data). Weighted summaries: [cellProportions()],
+#'   and the `weights` of [wassersteinDistance()] and [evaluateFlow()].
 #' @examples
 #' set.seed(1)
 #' source <- matrix(rnorm(400), ncol = 2)
@@ -41,7 +47,10 @@ predict.popflow_flow <- function(object, newdata = NULL, from = NULL, to = NULL,
   t0 <- if (is.null(from)) object$times[1] else resolve_time(object, from, "from")
   t1 <- if (is.null(to)) object$times[length(object$times)] else resolve_time(object, to, "to")
   if (!is.null(device)) device <- check_device(device)
-  move_cells(as_model(object), x, c(t0, t1), solver, threads, device, verbose = verbose)[[2]]
+  states <- move_cells(as_model(object), x, c(t0, t1), solver, threads, device, verbose = verbose)
+  pred <- states[[2]]
+  if (!is.null(attr(states, "weight"))) attr(pred, "weight") <- attr(states, "weight")[[2]]
+  pred
 }
 
 #' Predict cells of (new) populations with an MFM or CGFM model
@@ -124,7 +133,9 @@ predict.popflow_meta <- predict.popflow_population
 #'   of `x` and its labels, as in [predict.popflow_population()]; each population is
 #'   embedded once, from its cells in `x`.
 #' @param verbose Show a progress bar when it runs longer than a few seconds.
-#' @return An array cells x features x times.
+#' @return An array cells x features x times. For an unbalanced flow
+#'   ([UnbalancedParam()]) it has an attribute `"weight"`, a cells x times
+#'   matrix of each cell's mass relative to its mass at `times[1]`.
 #' @examples
 #' set.seed(1)
 #' source <- matrix(rnorm(200), ncol = 2)
@@ -163,8 +174,13 @@ sampleTrajectories <- function(object, x, times = NULL, solver = SolverParam(), 
   d <- diff(tt)
   if (!(all(d > 0) || all(d < 0))) pf_abort("times", "must be strictly increasing or strictly decreasing", "sort the times, e.g. sort(unique(times))")
   states <- move_cells(object, x, tt, solver, threads, population = population, label = label, verbose = verbose)
-  array(unlist(states), dim = c(nrow(x), ncol(x), length(tt)),
-        dimnames = list(rownames(x), object$feature_names, as.character(times)))
+  out <- array(unlist(states), dim = c(nrow(x), ncol(x), length(tt)),
+               dimnames = list(rownames(x), object$feature_names, as.character(times)))
+  if (!is.null(attr(states, "weight"))) {
+    attr(out, "weight") <- matrix(unlist(attr(states, "weight")), nrow(x), length(tt),
+                                  dimnames = list(rownames(x), as.character(times)))
+  }
+  out
 }
 
 # Cells `x` moved through the model: their states at `times`, a list of
@@ -186,7 +202,17 @@ move_cells.popflow_flow <- function(object, x, times, solver, threads, device = 
   threads <- check_count(threads, "threads")
   res <- checked_states(pf_transport(flow_handle(object, device), x, times, NULL, engine_config(solver), threads,
                                     prediction_progress(verbose, nrow(x))), solver)
-  named_states(res$states, x, object)
+  states <- named_states(res$states, x, object)
+  # An unbalanced flow's cells carry masses (relative to their start).
+  if (!is.null(res$log_mass)) {
+    weights <- lapply(res$log_mass, exp)
+    if (!all(vapply(weights, function(w) all(is.finite(w)), logical(1)))) {
+      pf_abort("object", "gave non-finite cell weights: its growth rate is not finite along these cells' paths",
+               "refit with a lower `lr`, or give cells on the scale of the training cells")
+    }
+    attr(states, "weight") <- lapply(weights, function(w) stats::setNames(w, rownames(x)))
+  }
+  states
 }
 
 #' @export

@@ -45,6 +45,10 @@ ReflowParam <- function(model = NULL, rounds = 1, n = NULL, solver = SolverParam
       pf_abort("model", "is a population model (MFM, CGFM); reflow straightens a flow",
                "use a model fitted with method = \"icfm\", \"otcfm\", \"sbcfm\", \"targetfm\" or \"diffusion\"")
     }
+    if (is_unbalanced(model$method)) {
+      pf_abort("model", "is an unbalanced flow (UnbalancedParam); reflow pairs each cell with one prediction and would drop the cells' weights",
+               "reflow a balanced flow (\"icfm\", \"otcfm\", \"sbcfm\"), or use the unbalanced flow as it is")
+    }
     if (length(model$times) != 2) {
       pf_abort("model", sprintf("was fitted on %d time points; reflow straightens one interval", length(model$times)),
                "reflow a flow fitted on a source and a target population")

@@ -47,6 +47,22 @@ BEGIN_RCPP
     return rcpp_result_gen;
 END_RCPP
 }
+// pf_unbalanced_plan
+Rcpp::NumericMatrix pf_unbalanced_plan(Rcpp::NumericMatrix x0, Rcpp::NumericMatrix x1, double target_mass, double reg, double reg_m, int iters);
+RcppExport SEXP _popflow_pf_unbalanced_plan(SEXP x0SEXP, SEXP x1SEXP, SEXP target_massSEXP, SEXP regSEXP, SEXP reg_mSEXP, SEXP itersSEXP) {
+BEGIN_RCPP
+    Rcpp::RObject rcpp_result_gen;
+    Rcpp::RNGScope rcpp_rngScope_gen;
+    Rcpp::traits::input_parameter< Rcpp::NumericMatrix >::type x0(x0SEXP);
+    Rcpp::traits::input_parameter< Rcpp::NumericMatrix >::type x1(x1SEXP);
+    Rcpp::traits::input_parameter< double >::type target_mass(target_massSEXP);
+    Rcpp::traits::input_parameter< double >::type reg(regSEXP);
+    Rcpp::traits::input_parameter< double >::type reg_m(reg_mSEXP);
+    Rcpp::traits::input_parameter< int >::type iters(itersSEXP);
+    rcpp_result_gen = Rcpp::wrap(pf_unbalanced_plan(x0, x1, target_mass, reg, reg_m, iters));
+    return rcpp_result_gen;
+END_RCPP
+}
 // pf_log_density
 Rcpp::List pf_log_density(SEXP handle, Rcpp::NumericMatrix x, Rcpp::List solver, Rcpp::List density, int threads);
 RcppExport SEXP _popflow_pf_log_density(SEXP handleSEXP, SEXP xSEXP, SEXP solverSEXP, SEXP densitySEXP, SEXP threadsSEXP) {
@@ -122,40 +138,46 @@ BEGIN_RCPP
 END_RCPP
 }
 // pf_wasserstein
-double pf_wasserstein(Rcpp::NumericMatrix x, Rcpp::NumericMatrix y, int p);
-RcppExport SEXP _popflow_pf_wasserstein(SEXP xSEXP, SEXP ySEXP, SEXP pSEXP) {
+double pf_wasserstein(Rcpp::NumericMatrix x, Rcpp::NumericMatrix y, int p, std::vector<double> wx, std::vector<double> wy);
+RcppExport SEXP _popflow_pf_wasserstein(SEXP xSEXP, SEXP ySEXP, SEXP pSEXP, SEXP wxSEXP, SEXP wySEXP) {
 BEGIN_RCPP
     Rcpp::RObject rcpp_result_gen;
     Rcpp::RNGScope rcpp_rngScope_gen;
     Rcpp::traits::input_parameter< Rcpp::NumericMatrix >::type x(xSEXP);
     Rcpp::traits::input_parameter< Rcpp::NumericMatrix >::type y(ySEXP);
     Rcpp::traits::input_parameter< int >::type p(pSEXP);
-    rcpp_result_gen = Rcpp::wrap(pf_wasserstein(x, y, p));
+    Rcpp::traits::input_parameter< std::vector<double> >::type wx(wxSEXP);
+    Rcpp::traits::input_parameter< std::vector<double> >::type wy(wySEXP);
+    rcpp_result_gen = Rcpp::wrap(pf_wasserstein(x, y, p, wx, wy));
     return rcpp_result_gen;
 END_RCPP
 }
 // pf_mmd
-double pf_mmd(Rcpp::NumericMatrix x, Rcpp::NumericMatrix y, std::vector<double> gammas);
-RcppExport SEXP _popflow_pf_mmd(SEXP xSEXP, SEXP ySEXP, SEXP gammasSEXP) {
+double pf_mmd(Rcpp::NumericMatrix x, Rcpp::NumericMatrix y, std::vector<double> gammas, std::vector<double> wx, std::vector<double> wy);
+RcppExport SEXP _popflow_pf_mmd(SEXP xSEXP, SEXP ySEXP, SEXP gammasSEXP, SEXP wxSEXP, SEXP wySEXP) {
 BEGIN_RCPP
     Rcpp::RObject rcpp_result_gen;
     Rcpp::RNGScope rcpp_rngScope_gen;
     Rcpp::traits::input_parameter< Rcpp::NumericMatrix >::type x(xSEXP);
     Rcpp::traits::input_parameter< Rcpp::NumericMatrix >::type y(ySEXP);
     Rcpp::traits::input_parameter< std::vector<double> >::type gammas(gammasSEXP);
-    rcpp_result_gen = Rcpp::wrap(pf_mmd(x, y, gammas));
+    Rcpp::traits::input_parameter< std::vector<double> >::type wx(wxSEXP);
+    Rcpp::traits::input_parameter< std::vector<double> >::type wy(wySEXP);
+    rcpp_result_gen = Rcpp::wrap(pf_mmd(x, y, gammas, wx, wy));
     return rcpp_result_gen;
 END_RCPP
 }
 // pf_energy
-double pf_energy(Rcpp::NumericMatrix x, Rcpp::NumericMatrix y);
-RcppExport SEXP _popflow_pf_energy(SEXP xSEXP, SEXP ySEXP) {
+double pf_energy(Rcpp::NumericMatrix x, Rcpp::NumericMatrix y, std::vector<double> wx, std::vector<double> wy);
+RcppExport SEXP _popflow_pf_energy(SEXP xSEXP, SEXP ySEXP, SEXP wxSEXP, SEXP wySEXP) {
 BEGIN_RCPP
     Rcpp::RObject rcpp_result_gen;
     Rcpp::RNGScope rcpp_rngScope_gen;
     Rcpp::traits::input_parameter< Rcpp::NumericMatrix >::type x(xSEXP);
     Rcpp::traits::input_parameter< Rcpp::NumericMatrix >::type y(ySEXP);
-    rcpp_result_gen = Rcpp::wrap(pf_energy(x, y));
+    Rcpp::traits::input_parameter< std::vector<double> >::type wx(wxSEXP);
+    Rcpp::traits::input_parameter< std::vector<double> >::type wy(wySEXP);
+    rcpp_result_gen = Rcpp::wrap(pf_energy(x, y, wx, wy));
     return rcpp_result_gen;
 END_RCPP
 }
@@ -354,14 +376,15 @@ END_RCPP
 static const R_CallMethodDef CallEntries[] = {
     {"_popflow_pf_fit", (DL_FUNC) &_popflow_pf_fit, 10},
     {"_popflow_pf_transport", (DL_FUNC) &_popflow_pf_transport, 7},
+    {"_popflow_pf_unbalanced_plan", (DL_FUNC) &_popflow_pf_unbalanced_plan, 6},
     {"_popflow_pf_log_density", (DL_FUNC) &_popflow_pf_log_density, 5},
     {"_popflow_pf_draw_source", (DL_FUNC) &_popflow_pf_draw_source, 4},
     {"_popflow_pf_land_metric", (DL_FUNC) &_popflow_pf_land_metric, 4},
     {"_popflow_pf_icnn_fit", (DL_FUNC) &_popflow_pf_icnn_fit, 6},
     {"_popflow_pf_icnn_transport", (DL_FUNC) &_popflow_pf_icnn_transport, 5},
-    {"_popflow_pf_wasserstein", (DL_FUNC) &_popflow_pf_wasserstein, 3},
-    {"_popflow_pf_mmd", (DL_FUNC) &_popflow_pf_mmd, 3},
-    {"_popflow_pf_energy", (DL_FUNC) &_popflow_pf_energy, 2},
+    {"_popflow_pf_wasserstein", (DL_FUNC) &_popflow_pf_wasserstein, 5},
+    {"_popflow_pf_mmd", (DL_FUNC) &_popflow_pf_mmd, 5},
+    {"_popflow_pf_energy", (DL_FUNC) &_popflow_pf_energy, 4},
     {"_popflow_pf_mean_r2", (DL_FUNC) &_popflow_pf_mean_r2, 2},
     {"_popflow_pf_correlation_r", (DL_FUNC) &_popflow_pf_correlation_r, 2},
     {"_popflow_pf_exact_plan", (DL_FUNC) &_popflow_pf_exact_plan, 1},

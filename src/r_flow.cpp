@@ -4,6 +4,7 @@
 #include "r_glue.h"
 
 #include "core/metric_path.h"
+#include "core/coupling.h"
 #include "core/model.h"
 #include "core/transport.h"
 #include "core/trainer.h"
@@ -66,12 +67,33 @@ Rcpp::List pf_transport(SEXP handle, Rcpp::NumericMatrix x, Rcpp::NumericVector 
   auto model = popflow_r::flow_of(handle);
   torch::Tensor c = cond.isNotNull() ? to_tensor(Rcpp::NumericMatrix(cond.get())) : torch::Tensor();
   OdeStats stats;
+  // An unbalanced flow's cells come with their log-masses.
+  std::vector<torch::Tensor> log_mass;
+  const bool growth = model->net->has_growth();
   auto states = transport(*model, to_tensor(x), Rcpp::as<std::vector<double>>(times), c,
                           popflow_r::solver_config(solver), threads, &stats,
-                          popflow_r::r_ode_progress(progress));
-  return popflow_r::transport_result(states, stats);
+                          popflow_r::r_ode_progress(progress), growth ? &log_mass : nullptr);
+  Rcpp::List out = popflow_r::transport_result(states, stats);
+  if (growth) {
+    Rcpp::List lm(log_mass.size());
+    for (size_t i = 0; i < log_mass.size(); ++i)
+      lm[i] = Rcpp::NumericVector(log_mass[i].data_ptr<double>(), log_mass[i].data_ptr<double>() + log_mass[i].numel());
+    out.push_back(lm, "log_mass");
+  }
+  return out;
   PF_GUARD_END
   return R_NilValue;
+}
+
+// The unbalanced entropic OT plan of source cells (mass 1) and target cells
+// (mass `target_mass`), with absolute reg and reg_m (coupling.h), for tests and users.
+// [[Rcpp::export]]
+Rcpp::NumericMatrix pf_unbalanced_plan(Rcpp::NumericMatrix x0, Rcpp::NumericMatrix x1, double target_mass, double reg,
+                                       double reg_m, int iters) {
+  PF_GUARD_BEGIN
+  return to_matrix(unbalanced_sinkhorn_plan(to_tensor(x0), to_tensor(x1), target_mass, reg, reg_m, iters));
+  PF_GUARD_END
+  return Rcpp::NumericMatrix(0, 0);
 }
 
 // Log-density of each cell under a generative flow (transport.h). `solver`:

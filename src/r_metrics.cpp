@@ -11,19 +11,22 @@ namespace {
 MatView view(const Rcpp::NumericMatrix& m) { return {m.begin(), m.nrow(), m.ncol()}; }
 }  // namespace
 
+// `wx`, `wy`: cell weights, or empty for uniform ones (metrics.h).
 // [[Rcpp::export]]
-double pf_wasserstein(Rcpp::NumericMatrix x, Rcpp::NumericMatrix y, int p) {
-  return popflow::wasserstein(view(x), view(y), p);
+double pf_wasserstein(Rcpp::NumericMatrix x, Rcpp::NumericMatrix y, int p, std::vector<double> wx,
+                      std::vector<double> wy) {
+  return popflow::wasserstein(view(x), view(y), p, wx, wy);
 }
 
 // [[Rcpp::export]]
-double pf_mmd(Rcpp::NumericMatrix x, Rcpp::NumericMatrix y, std::vector<double> gammas) {
-  return popflow::mmd_rbf(view(x), view(y), gammas);
+double pf_mmd(Rcpp::NumericMatrix x, Rcpp::NumericMatrix y, std::vector<double> gammas, std::vector<double> wx,
+              std::vector<double> wy) {
+  return popflow::mmd_rbf(view(x), view(y), gammas, wx, wy);
 }
 
 // [[Rcpp::export]]
-double pf_energy(Rcpp::NumericMatrix x, Rcpp::NumericMatrix y) {
-  return popflow::energy_distance(view(x), view(y));
+double pf_energy(Rcpp::NumericMatrix x, Rcpp::NumericMatrix y, std::vector<double> wx, std::vector<double> wy) {
+  return popflow::energy_distance(view(x), view(y), wx, wy);
 }
 
 // [[Rcpp::export]]

@@ -13,7 +13,9 @@ enum class PathKind { ICFM, SBCFM, TargetFM, VPCosine, VPLinear };
 // How (x0, x1) pairs are formed within a minibatch. Paired: source row i and
 // target row i are the same cell or particle (denoising, simulations, lineage
 // tracing), so a minibatch takes the same row positions on both sides.
-enum class CouplingKind { Independent, ExactOT, Sinkhorn, Paired };
+// Unbalanced: entropic OT with KL-relaxed marginals between snapshots of
+// different mass (cells proliferate and die); the flow also learns a growth rate.
+enum class CouplingKind { Independent, ExactOT, Sinkhorn, Paired, Unbalanced };
 // Exact OT: draw pairs from the plan, or use the plan as a permutation.
 enum class OTMode { Resample, Permutation };
 enum class Activation { SELU, SiLU };
@@ -54,6 +56,12 @@ struct CouplingConfig {
   OTMode mode = OTMode::Resample;
   double sinkhorn_reg = 0.0;  // 0 = use 2 sigma^2 (the SB-CFM choice)
   int sinkhorn_iters = 200;
+  // Unbalanced coupling: entropic and marginal-relaxation strengths, both in
+  // units of the minibatch's mean squared distance (so they do not depend on
+  // the data's scale), and the weight of the growth-rate loss.
+  double unbalanced_reg = 0.05;
+  double unbalanced_reg_m = 1.0;
+  double growth_weight = 1.0;
 };
 
 // Metric flow matching (Kapusniak et al. 2024; metric_path.h): the path
@@ -80,6 +88,7 @@ struct NetworkConfig {
   int64_t time_dim = 16;      // sinusoidal time embedding size (even); 0 = raw t
   int64_t fourier_features = 0;  // random Fourier features of x (even); 0 = none
   double fourier_scale = 1.0;
+  bool growth = false;        // a growth-rate head g(x, t | c) beside the velocity (unbalanced flows)
 };
 
 struct TrainConfig {
@@ -128,6 +137,9 @@ struct FlowConfig {
   std::vector<double> times{0.0, 1.0};  // snapshot times (model time = normalised)
   SourceConfig source;                  // generative paths only
   MetricConfig metric;                  // metric FM only (enabled = false otherwise)
+  // Unbalanced flows: the relative mass of each snapshot (one per time; empty
+  // otherwise). A snapshot's mass is spread evenly over its cells.
+  std::vector<double> masses;
 };
 
 struct EncoderConfig {

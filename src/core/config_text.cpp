@@ -1,6 +1,7 @@
 #include "config_text.h"
 
 #include <cerrno>
+#include <cmath>
 #include <cstdlib>
 #include <sstream>
 #include <utility>
@@ -34,7 +35,8 @@ const MethodNames<CouplingKind>& method_names(CouplingKind) {
                                            {{CouplingKind::Independent, "independent"},
                                             {CouplingKind::ExactOT, "exact"},
                                             {CouplingKind::Sinkhorn, "sinkhorn"},
-                                            {CouplingKind::Paired, "paired"}}};
+                                            {CouplingKind::Paired, "paired"},
+                                            {CouplingKind::Unbalanced, "unbalanced"}}};
   return t;
 }
 const MethodNames<OTMode>& method_names(OTMode) {
@@ -243,6 +245,12 @@ std::string flow_config_to_text(const FlowConfig& c) {
         .put("metric_eps", c.metric.eps)
         .put("metric_cells", c.metric.cells)
         .put("interpolant_steps", c.metric.interpolant_steps);
+  // Only unbalanced flows write these, so other models' text is what it always was.
+  if (c.coupling.kind == CouplingKind::Unbalanced)
+    text.put("unbalanced_reg", c.coupling.unbalanced_reg)
+        .put("unbalanced_reg_m", c.coupling.unbalanced_reg_m)
+        .put("growth_weight", c.coupling.growth_weight)
+        .put("masses", joined(c.masses));
   return text.str();
 }
 
@@ -284,6 +292,20 @@ FlowConfig flow_config_from_text(const std::string& text) {
     if (!(c.metric.bandwidth >= 0) || !(c.metric.eps > 0))
       throw std::runtime_error("model configuration: metric_bandwidth must be >= 0 and metric_eps > 0");
   }
+  if (c.coupling.kind == CouplingKind::Unbalanced) {
+    c.coupling.unbalanced_reg = cfg.number("unbalanced_reg");
+    c.coupling.unbalanced_reg_m = cfg.number("unbalanced_reg_m");
+    c.coupling.growth_weight = cfg.number("growth_weight");
+    c.masses = cfg.numbers("masses");
+    if (!(c.coupling.unbalanced_reg > 0) || !(c.coupling.unbalanced_reg_m > 0) || !(c.coupling.growth_weight >= 0))
+      throw std::runtime_error("model configuration: unbalanced_reg and unbalanced_reg_m must be > 0, "
+                               "growth_weight >= 0");
+    if (c.masses.size() != c.times.size())
+      throw std::runtime_error("model configuration: one mass per snapshot time is needed");
+    for (double m : c.masses)
+      if (!(m > 0) || !std::isfinite(m)) throw std::runtime_error("model configuration: masses must be > 0");
+  }
+  c.network.growth = c.coupling.kind == CouplingKind::Unbalanced;
   cfg.reject_unknown_keys();
   return c;
 }

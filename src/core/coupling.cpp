@@ -1,5 +1,6 @@
 #include "coupling.h"
 
+#include <cmath>
 #include <stdexcept>
 
 #include "assignment.h"
@@ -59,6 +60,28 @@ torch::Tensor sinkhorn_plan(const torch::Tensor& x0, const torch::Tensor& x1, do
   return torch::exp((f.unsqueeze(1) + g.unsqueeze(0) - cost) / eps).to(torch::kDouble);
 }
 
+torch::Tensor unbalanced_sinkhorn_plan(const torch::Tensor& x0, const torch::Tensor& x1, double target_mass,
+                                       double reg, double reg_m, int iters) {
+  if (!(reg > 0) || !(reg_m > 0)) throw std::invalid_argument("unbalanced sinkhorn: reg and reg_m must be > 0");
+  if (!(target_mass > 0)) throw std::invalid_argument("unbalanced sinkhorn: target_mass must be > 0");
+  // Double precision: the potentials of a small reg are large and close together.
+  auto cost = squared_cost(x0.to(torch::kDouble), x1.to(torch::kDouble));
+  const int64_t n = cost.size(0), m = cost.size(1);
+  const double log_a = -std::log(static_cast<double>(n));
+  const double log_b = std::log(target_mass) - std::log(static_cast<double>(m));
+  // The KL penalty of the marginals damps each scaling step by tau (tau -> 1: balanced).
+  const double tau = reg_m / (reg_m + reg);
+  auto f = torch::zeros({n}, cost.options()), g = torch::zeros({m}, cost.options());
+  for (int it = 0; it < iters; ++it) {
+    auto f_new = -tau * reg * torch::logsumexp(log_b + (g.unsqueeze(0) - cost) / reg, 1);
+    g = -tau * reg * torch::logsumexp(log_a + (f_new.unsqueeze(1) - cost) / reg, 0);
+    const bool converged = it % 10 == 9 && (f_new - f).abs().max().item<double>() < 1e-5 * reg;
+    f = f_new;
+    if (converged) break;
+  }
+  return torch::exp(log_a + log_b + (f.unsqueeze(1) + g.unsqueeze(0) - cost) / reg);
+}
+
 namespace {
 
 // Draw n (i, j) pairs with probability proportional to the plan.
@@ -76,9 +99,35 @@ std::pair<torch::Tensor, torch::Tensor> sample_from_plan(const torch::Tensor& pl
 
 }  // namespace
 
+UnbalancedPair couple_unbalanced(const CouplingConfig& config, const torch::Tensor& x0, const torch::Tensor& x1,
+                                 double target_mass, std::mt19937_64& rng) {
+  torch::NoGradGuard no_grad;
+  const int64_t n = x0.size(0);
+  const double scale = std::max(squared_cost(x0.to(torch::kFloat), x1.to(torch::kFloat)).mean().item<double>(), 1e-12);
+  auto plan = unbalanced_sinkhorn_plan(x0, x1, target_mass, config.unbalanced_reg * scale,
+                                       config.unbalanced_reg_m * scale, config.sinkhorn_iters);
+  // Growth of each source cell: the target mass that comes from it, each
+  // target cell's mass split over the source cells by its column of the plan.
+  // The source cells' growth then averages target_mass exactly, and an
+  // isolated region grows by its own mass ratio (the plan's row sums alone
+  // would give only the square root of it: KL-relaxed marginals meet halfway).
+  const double b = target_mass / static_cast<double>(x1.size(0));
+  auto cols = plan.sum(0, true).clamp_min(1e-300);
+  auto growth = (plan / cols).sum(1) * (b * static_cast<double>(n));
+  // A cell that receives (almost) nothing would regress g on log(0): growth
+  // over one interval is capped at 100-fold either way.
+  auto log_growth = torch::log(growth.clamp(1e-2, 1e2));
+  auto ij = sample_from_plan(plan, n, rng);
+  auto i = ij.first.to(x0.device());
+  return {x0.index_select(0, i), x1.index_select(0, ij.second.to(x1.device())),
+          log_growth.to(x0.device(), torch::kFloat).index_select(0, i)};
+}
+
 CoupledPair couple(const CouplingConfig& config, const torch::Tensor& x0, const torch::Tensor& x1,
                    double reg_default, std::mt19937_64& rng) {
   if (!repairs(config.kind)) return {x0, x1};
+  if (config.kind == CouplingKind::Unbalanced)
+    throw std::invalid_argument("the unbalanced coupling needs the snapshots' masses: use couple_unbalanced()");
   torch::NoGradGuard no_grad;
   const int64_t n = x0.size(0);
   torch::Tensor plan;

@@ -24,6 +24,30 @@ torch::Tensor exact_plan(const torch::Tensor& x0, const torch::Tensor& x1);
 // Entropic OT plan (dense [n, m], sums to 1) by log-domain Sinkhorn iterations.
 torch::Tensor sinkhorn_plan(const torch::Tensor& x0, const torch::Tensor& x1, double reg, int iters);
 
+// Unbalanced entropic OT plan (dense [n, m]) between a source carrying mass 1
+// (1/n per row) and a target carrying mass `target_mass` (target_mass/m per
+// column): minimises <C, P> + reg KL(P | a b') + reg_m (KL(P 1 | a) + KL(P' 1 | b))
+// with C the squared Euclidean cost, by log-domain Sinkhorn iterations
+// (Chizat et al. 2018), on the inputs' device. reg and reg_m are absolute here.
+torch::Tensor unbalanced_sinkhorn_plan(const torch::Tensor& x0, const torch::Tensor& x1, double target_mass,
+                                       double reg, double reg_m, int iters);
+
+// An unbalanced coupling of a minibatch: pairs drawn from the normalised plan,
+// and for each pair the log of its source cell's growth over the interval.
+struct UnbalancedPair {
+  torch::Tensor x0, x1;
+  torch::Tensor log_growth;  // [n]
+};
+
+// Couples x0 (mass 1) with x1 (mass target_mass) by the unbalanced plan, with
+// config.unbalanced_reg and _reg_m relative to the batch's mean squared
+// distance. A source cell's growth is the target mass attributed to it (each
+// target cell's mass split over the sources by its column of the plan) over
+// its own mass, so the growth factors average target_mass exactly (up to the
+// cap of 100-fold growth or death per interval).
+UnbalancedPair couple_unbalanced(const CouplingConfig& config, const torch::Tensor& x0, const torch::Tensor& x1,
+                                 double target_mass, std::mt19937_64& rng);
+
 // Whether couple() re-pairs the rows it is given (independent and paired rows stay as drawn).
 inline bool repairs(CouplingKind kind) { return kind != CouplingKind::Independent && kind != CouplingKind::Paired; }
 

@@ -20,4 +20,9 @@ struct TransportPlan {
 // cost is n x m, row-major (cost[i * m + j]). Uniform weights 1/n and 1/m.
 TransportPlan exact_transport(const double* cost, int n, int m);
 
+// The same with weights a (n) and b (m), each >= 0 with a positive sum; each
+// side is normalised to mass 1. The weights are rounded to integer supplies
+// of 2^40 units in all (relative error ~1e-12), so the network simplex stays exact.
+TransportPlan exact_transport_weighted(const double* cost, int n, int m, const double* a, const double* b);
+
 }  // namespace popflow

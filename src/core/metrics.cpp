@@ -22,13 +22,32 @@ double sq_dist(const MatView& x, int i, const MatView& y, int j) {
   return s;
 }
 
-// Mean of f(|a - b|^2) over all pairs (a in x, b in y).
+// Weights normalised to sum 1 (uniform when w is empty).
+std::vector<double> normalised_weights(const std::vector<double>& w, int rows) {
+  if (w.empty()) return std::vector<double>(rows, 1.0 / rows);
+  if (static_cast<int>(w.size()) != rows) throw std::invalid_argument("one weight per cell is needed");
+  double total = 0;
+  for (double v : w) {
+    if (!(v >= 0) || !std::isfinite(v)) throw std::invalid_argument("weights must be finite and >= 0");
+    total += v;
+  }
+  if (!(total > 0)) throw std::invalid_argument("weights must have a positive sum");
+  std::vector<double> out(w);
+  for (double& v : out) v /= total;
+  return out;
+}
+
+// Weighted mean of f(|a - b|^2) over all pairs (a in x, b in y).
 template <typename F>
-double mean_pair(const MatView& x, const MatView& y, F f) {
+double mean_pair(const MatView& x, const MatView& y, F f, const std::vector<double>& wx,
+                 const std::vector<double>& wy) {
   double s = 0.0;
-  for (int i = 0; i < x.rows; ++i)
-    for (int j = 0; j < y.rows; ++j) s += f(sq_dist(x, i, y, j));
-  return s / (static_cast<double>(x.rows) * y.rows);
+  for (int i = 0; i < x.rows; ++i) {
+    double si = 0.0;
+    for (int j = 0; j < y.rows; ++j) si += wy[j] * f(sq_dist(x, i, y, j));
+    s += wx[i] * si;
+  }
+  return s;
 }
 
 std::vector<double> column_means(const MatView& x) {
@@ -73,7 +92,8 @@ std::vector<double> correlation_upper(const MatView& x) {
 
 }  // namespace
 
-double wasserstein(const MatView& x, const MatView& y, int p) {
+double wasserstein(const MatView& x, const MatView& y, int p, const std::vector<double>& wx,
+                   const std::vector<double>& wy) {
   check_same_cols(x, y);
   if (p != 1 && p != 2) throw std::invalid_argument("wasserstein: p must be 1 or 2");
   std::vector<double> cost(static_cast<size_t>(x.rows) * y.rows);
@@ -82,7 +102,13 @@ double wasserstein(const MatView& x, const MatView& y, int p) {
       double d2 = sq_dist(x, i, y, j);
       cost[static_cast<size_t>(i) * y.rows + j] = p == 1 ? std::sqrt(d2) : d2;
     }
-  double c = exact_transport(cost.data(), x.rows, y.rows).cost;
+  double c = 0;
+  if (wx.empty() && wy.empty()) {
+    c = exact_transport(cost.data(), x.rows, y.rows).cost;
+  } else {
+    const std::vector<double> a = normalised_weights(wx, x.rows), b = normalised_weights(wy, y.rows);
+    c = exact_transport_weighted(cost.data(), x.rows, y.rows, a.data(), b.data()).cost;
+  }
   return p == 1 ? c : std::sqrt(std::max(c, 0.0));
 }
 
@@ -91,21 +117,25 @@ const std::vector<double>& default_mmd_gammas() {
   return g;
 }
 
-double mmd_rbf(const MatView& x, const MatView& y, const std::vector<double>& gammas) {
+double mmd_rbf(const MatView& x, const MatView& y, const std::vector<double>& gammas,
+               const std::vector<double>& wx_in, const std::vector<double>& wy_in) {
   check_same_cols(x, y);
   if (gammas.empty()) throw std::invalid_argument("mmd_rbf: no kernel widths");
+  const std::vector<double> wx = normalised_weights(wx_in, x.rows), wy = normalised_weights(wy_in, y.rows);
   double total = 0.0;
   for (double g : gammas) {
     auto k = [g](double d2) { return std::exp(-g * d2); };
-    total += mean_pair(x, x, k) + mean_pair(y, y, k) - 2.0 * mean_pair(x, y, k);
+    total += mean_pair(x, x, k, wx, wx) + mean_pair(y, y, k, wy, wy) - 2.0 * mean_pair(x, y, k, wx, wy);
   }
   return total / gammas.size();
 }
 
-double energy_distance(const MatView& x, const MatView& y) {
+double energy_distance(const MatView& x, const MatView& y, const std::vector<double>& wx_in,
+                       const std::vector<double>& wy_in) {
   check_same_cols(x, y);
+  const std::vector<double> wx = normalised_weights(wx_in, x.rows), wy = normalised_weights(wy_in, y.rows);
   auto dist = [](double d2) { return std::sqrt(d2); };
-  return 2.0 * mean_pair(x, y, dist) - mean_pair(x, x, dist) - mean_pair(y, y, dist);
+  return 2.0 * mean_pair(x, y, dist, wx, wy) - mean_pair(x, x, dist, wx, wx) - mean_pair(y, y, dist, wy, wy);
 }
 
 double mean_r2(const MatView& predicted, const MatView& observed) {

@@ -32,8 +32,10 @@ std::shared_ptr<FlowModel> make_model(const FlowConfig& config, const std::strin
   if (!source.empty()) throw std::invalid_argument(source);
   auto model = std::make_shared<FlowModel>();
   model->config = config;
+  // An unbalanced flow learns a growth rate with its velocity, always and only.
+  model->config.network.growth = config.coupling.kind == CouplingKind::Unbalanced;
   model->device = parse_device(device);
-  model->net = VectorField(config.network);
+  model->net = VectorField(model->config.network);
   model->net->to(model->device);
   return model;
 }

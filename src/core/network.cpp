@@ -32,6 +32,15 @@ VectorFieldImpl::VectorFieldImpl(const NetworkConfig& config) : config_(config) 
     hidden_->push_back(torch::nn::Linear(config.width, config.width));
   register_module("hidden", hidden_);
   output_ = register_module("output", torch::nn::Linear(config.width, config.dim));
+  if (config.growth) {
+    // Registered last: the parameters of models without growth keep their order.
+    torch::nn::Sequential g(torch::nn::Linear(input_size(), config.width));
+    if (config.activation == Activation::SELU) g->push_back(torch::nn::SELU()); else g->push_back(torch::nn::SiLU());
+    g->push_back(torch::nn::Linear(config.width, config.width));
+    if (config.activation == Activation::SELU) g->push_back(torch::nn::SELU()); else g->push_back(torch::nn::SiLU());
+    g->push_back(torch::nn::Linear(config.width, 1));
+    growth_ = register_module("growth", g);
+  }
 }
 
 int64_t VectorFieldImpl::input_size() const {
@@ -43,8 +52,8 @@ torch::Tensor VectorFieldImpl::activate(const torch::Tensor& h) const {
   return config_.activation == Activation::SELU ? torch::selu(h) : torch::silu(h);
 }
 
-torch::Tensor VectorFieldImpl::forward(const torch::Tensor& x, const torch::Tensor& t,
-                                       const torch::Tensor& cond) {
+torch::Tensor VectorFieldImpl::inputs(const torch::Tensor& x, const torch::Tensor& t,
+                                      const torch::Tensor& cond) const {
   std::vector<torch::Tensor> parts{x, time_embedding(t.to(x.dtype()), config_.time_dim)};
   if (config_.fourier_features > 0) {
     auto proj = torch::matmul(x, fourier_matrix_) * (2.0 * M_PI);
@@ -57,7 +66,17 @@ torch::Tensor VectorFieldImpl::forward(const torch::Tensor& x, const torch::Tens
                                   " expected");
     parts.push_back(cond.to(x.dtype()));
   }
-  auto h = activate(input_->forward(torch::cat(parts, 1)));
+  return torch::cat(parts, 1);
+}
+
+torch::Tensor VectorFieldImpl::growth(const torch::Tensor& x, const torch::Tensor& t, const torch::Tensor& cond) {
+  if (!config_.growth) throw std::invalid_argument("network: this flow has no growth rate (it is not unbalanced)");
+  return growth_->forward(inputs(x, t, cond)).squeeze(1);
+}
+
+torch::Tensor VectorFieldImpl::forward(const torch::Tensor& x, const torch::Tensor& t,
+                                       const torch::Tensor& cond) {
+  auto h = activate(input_->forward(inputs(x, t, cond)));
   if (config_.residual) {
     for (size_t i = 0; i + 1 < hidden_->size(); i += 2) {
       auto r = activate(hidden_[i]->as<torch::nn::Linear>()->forward(h));

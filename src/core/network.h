@@ -16,15 +16,22 @@ class VectorFieldImpl : public torch::nn::Module {
   // x: [n, dim], t: [n] (model time in [0, 1]), cond: [n, cond_dim] or undefined.
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& t,
                         const torch::Tensor& cond = torch::Tensor());
+  // The growth rate g(x, t | c) ([n]: d log mass / dt in model time) of an
+  // unbalanced flow (config.growth): a small MLP of its own beside the
+  // velocity, so that the velocity's weights do not trade off against it.
+  torch::Tensor growth(const torch::Tensor& x, const torch::Tensor& t, const torch::Tensor& cond = torch::Tensor());
+  bool has_growth() const { return config_.growth; }
   const NetworkConfig& config() const { return config_; }
   int64_t input_size() const;
 
  private:
   torch::Tensor activate(const torch::Tensor& h) const;
+  torch::Tensor inputs(const torch::Tensor& x, const torch::Tensor& t, const torch::Tensor& cond) const;
   NetworkConfig config_;
   torch::Tensor fourier_matrix_;  // buffer [dim, fourier_features / 2], fixed at construction
   torch::nn::Linear input_{nullptr}, output_{nullptr};
   torch::nn::ModuleList hidden_;  // MLP: depth-1 layers; residual: 2 layers per block
+  torch::nn::Sequential growth_{nullptr};  // growth-rate MLP (config.growth only)
 };
 TORCH_MODULE(VectorField);
 

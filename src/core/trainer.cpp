@@ -412,6 +412,8 @@ class FlowObjective : public TrainingObjective {
     if (n_usable == 0)
       throw std::invalid_argument("no group has cells at two consecutive time points; nothing to learn");
     reg_default_ = std::max(2 * model_.config.path.sigma * model_.config.path.sigma, 1e-3);
+    unbalanced_ = model_.config.coupling.kind == CouplingKind::Unbalanced;
+    if (unbalanced_) prepare_masses();
     opt_ = std::make_unique<FlatAdam>(*model_.net, adam_settings(config));
   }
 
@@ -420,16 +422,23 @@ class FlowObjective : public TrainingObjective {
   std::vector<FlatAdam*> optimisers() override { return {opt_.get()}; }
 
   torch::Tensor loss(int64_t, std::mt19937_64& rng) override {
-    std::vector<torch::Tensor> xts, ts, uts, conds;
+    std::vector<torch::Tensor> xts, ts, uts, conds, rates;
     draw_pairs(rng, [&](const Draw& draw) {
       auto ps = sample_path(model_.config.path, draw.x0, draw.x1, draw.s, !source_.gaussian());
       xts.push_back(ps.xt);
       ts.push_back(draw.t0 + draw.s * (draw.t1 - draw.t0));
       uts.push_back(ps.ut / (draw.t1 - draw.t0));  // unit-interval velocity to model-time velocity
       if (cond_all_.defined()) conds.push_back(cond_all_[draw.group].unsqueeze(0).expand({draw.s.size(0), -1}));
+      // The growth rate along the pair's path: its source cell's log growth
+      // spread evenly over the interval (model time).
+      if (unbalanced_) rates.push_back(draw.log_growth / (draw.t1 - draw.t0));
     });
     auto cond = conds.empty() ? torch::Tensor() : torch::cat(conds);
-    return torch::mse_loss(model_.net->forward(torch::cat(xts), torch::cat(ts), cond), torch::cat(uts));
+    auto xt = torch::cat(xts), t = torch::cat(ts);
+    auto loss = torch::mse_loss(model_.net->forward(xt, t, cond), torch::cat(uts));
+    if (unbalanced_)
+      loss = loss + model_.config.coupling.growth_weight * torch::mse_loss(model_.net->growth(xt, t, cond), torch::cat(rates));
+    return loss;
   }
 
  protected:
@@ -440,6 +449,7 @@ class FlowObjective : public TrainingObjective {
     double t0, t1;
     int64_t group;
     size_t interval;
+    torch::Tensor log_growth;  // [n] unbalanced flows: each pair's source cell's log growth over the interval
   };
 
   // Per interval, a few groups with cells on both sides, a coupled minibatch
@@ -465,13 +475,40 @@ class FlowObjective : public TrainingObjective {
           x1 = x_all_.index_select(0, draw_rows(blocks_[k + 1][g], n, rng).to(dev));
           x0 = target_fm_ ? source_.draw(n) : x_all_.index_select(0, draw_rows(blocks_[k][g], n, rng).to(dev));
         }
+        if (unbalanced_) {
+          auto up = couple_unbalanced(model_.config.coupling, x0, x1, block_mass_[k + 1][g] / block_mass_[k][g], rng);
+          each({up.x0, up.x1, torch::rand({n}, fopt_), t0, t1, g, k, up.log_growth});
+          continue;
+        }
         auto pair = couple(model_.config.coupling, x0, x1, reg_default_, rng);
-        each({pair.x0, pair.x1, torch::rand({n}, fopt_), t0, t1, g, k});
+        each({pair.x0, pair.x1, torch::rand({n}, fopt_), t0, t1, g, k, torch::Tensor()});
       }
     }
   }
 
  private:
+  // Unbalanced flows: the mass of each (time, group) block, its snapshot's
+  // mass spread evenly over the snapshot's cells.
+  void prepare_masses() {
+    const auto& masses = model_.config.masses;
+    const size_t n_times = model_.config.times.size();
+    if (masses.size() != n_times)
+      throw std::invalid_argument("unbalanced flow: one mass per snapshot time is needed (" +
+                                  std::to_string(masses.size()) + " for " + std::to_string(n_times) + " times)");
+    if (target_fm_ || paired_)
+      throw std::invalid_argument("unbalanced flow: the coupling needs cells on both sides (no noise source, no "
+                                  "paired rows)");
+    block_mass_.assign(n_times, {});
+    for (size_t k = 0; k < n_times; ++k) {
+      if (!(masses[k] > 0) || !std::isfinite(masses[k]))
+        throw std::invalid_argument("unbalanced flow: snapshot masses must be finite and > 0");
+      int64_t cells = 0;
+      for (const auto& b : blocks_[k]) cells += static_cast<int64_t>(b.size());
+      for (const auto& b : blocks_[k])
+        block_mass_[k].push_back(cells > 0 ? masses[k] * static_cast<double>(b.size()) / cells : 0.0);
+    }
+  }
+
   // Paired cells: one interval, no noise source, equal counts per group.
   void check_paired_blocks() const {
     const size_t n_times = model_.config.times.size();
@@ -492,7 +529,8 @@ class FlowObjective : public TrainingObjective {
   torch::Tensor x_all_, cond_all_;
   std::vector<std::vector<std::vector<int64_t>>> blocks_;
   std::vector<std::vector<int64_t>> usable_;
-  bool target_fm_ = false, paired_ = false;
+  bool target_fm_ = false, paired_ = false, unbalanced_ = false;
+  std::vector<std::vector<double>> block_mass_;  // [time][group], unbalanced flows only
   SourceSampler source_;
   double reg_default_ = 0;
   std::unique_ptr<FlatAdam> opt_;

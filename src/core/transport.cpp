@@ -13,7 +13,7 @@ namespace popflow {
 std::vector<torch::Tensor> transport(const FlowModel& model, const torch::Tensor& x,
                                      const std::vector<double>& times, const torch::Tensor& cond,
                                      const SolverConfig& solver, int threads, OdeStats* stats,
-                                     const OdeProgress& progress) {
+                                     const OdeProgress& progress, std::vector<torch::Tensor>* log_mass) {
   const auto& net_cfg = model.config.network;
   if (x.dim() != 2 || x.size(1) != net_cfg.dim)
     throw std::invalid_argument("cells have " + std::to_string(x.dim() == 2 ? x.size(1) : -1) +
@@ -29,15 +29,30 @@ std::vector<torch::Tensor> transport(const FlowModel& model, const torch::Tensor
   auto cd = cond.defined() ? cond.to(fopt) : torch::Tensor();
   std::vector<double> model_times;
   for (double t : times) model_times.push_back(model.model_time(t));
+  if (log_mass && !net->has_growth())
+    throw std::invalid_argument("this flow has no growth rate: masses come only from unbalanced flows");
+  const bool with_mass = log_mass != nullptr;
+  const int64_t d = net_cfg.dim;
+  // With masses, the state is [x, log m]: the solver integrates both.
   auto chunk_fn = [&](int64_t begin, int64_t end) -> VelocityFn {
     torch::Tensor c = cd.defined() ? cd.slice(0, begin, end) : torch::Tensor();
-    return [net, c](const torch::Tensor& xc, double t) mutable {
+    return [net, c, with_mass, d](const torch::Tensor& xc, double t) mutable {
       auto tt = torch::full({xc.size(0)}, t, xc.options());
-      return net->forward(xc, tt, c);
+      if (!with_mass) return net->forward(xc, tt, c);
+      auto cells = xc.slice(1, 0, d);
+      return torch::cat({net->forward(cells, tt, c), net->growth(cells, tt, c).unsqueeze(1)}, 1);
     };
   };
+  if (with_mass) xd = torch::cat({xd, torch::zeros({xd.size(0), 1}, fopt)}, 1);
   auto states = integrate(chunk_fn, xd, model_times, solver, stats, progress);
-  for (auto& s : states) s = s.to(torch::kCPU, torch::kDouble);
+  if (with_mass) log_mass->clear();
+  for (auto& s : states) {
+    s = s.to(torch::kCPU, torch::kDouble);
+    if (with_mass) {
+      log_mass->push_back(s.select(1, d).contiguous());
+      s = s.slice(1, 0, d).contiguous();
+    }
+  }
   return states;
 }
 

@@ -13,10 +13,14 @@ namespace popflow {
 // x: [n, d] cells at times.front() (user time units); cond: [n, cond_dim] or
 // undefined. Returns one double CPU tensor [n, d] per entry of `times`.
 // `progress`: see integrate() (Interrupted when it returns false).
+// `log_mass`, for an unbalanced flow (a growth rate g): one double CPU tensor
+// [n] per entry of `times`, the log of each cell's mass relative to its mass at
+// times.front(), integrated with the cells (d log m / dt = g(x, t)) under the
+// same error control; std::invalid_argument for a flow without growth.
 std::vector<torch::Tensor> transport(const FlowModel& model, const torch::Tensor& x,
                                      const std::vector<double>& times, const torch::Tensor& cond,
                                      const SolverConfig& solver, int threads = 1, OdeStats* stats = nullptr,
-                                     const OdeProgress& progress = {});
+                                     const OdeProgress& progress = {}, std::vector<torch::Tensor>* log_mass = nullptr);
 
 // Exact log-likelihood of a generative flow (a Gaussian-source path: target
 // FM, VP): each cell x is carried back from the last time to the first, where

@@ -90,3 +90,23 @@ TEST_CASE("metrics: MMD, energy distance, mean R2, correlation r") {
   auto two = col_major(x.slice(1, 0, 2));
   PF_CHECK(std::isnan(correlation_r(two.view(), two.view())));
 }
+
+TEST_CASE("metrics: integer weights equal repeated rows; uniform weights change nothing") {
+  torch::manual_seed(31);
+  auto xt = torch::randn({6, 2}, kD), yt = torch::randn({5, 2}, kD) + 1;
+  auto x = col_major(xt), y = col_major(yt);
+  const std::vector<double> w{1, 2, 1, 3, 1, 1};
+  std::vector<torch::Tensor> rows;
+  for (int i = 0; i < 6; ++i)
+    for (int r = 0; r < w[i]; ++r) rows.push_back(xt[i].unsqueeze(0));
+  auto rep = col_major(torch::cat(rows));
+  for (int p : {1, 2})
+    PF_CHECK_NEAR(wasserstein(x.view(), y.view(), p, w), wasserstein(rep.view(), y.view(), p), 1e-9);
+  PF_CHECK_NEAR(mmd_rbf(x.view(), y.view(), default_mmd_gammas(), w), mmd_rbf(rep.view(), y.view(), default_mmd_gammas()),
+                1e-12);
+  PF_CHECK_NEAR(energy_distance(x.view(), y.view(), w), energy_distance(rep.view(), y.view()), 1e-12);
+  PF_CHECK_NEAR(wasserstein(x.view(), y.view(), 1, std::vector<double>(6, 0.5)), wasserstein(x.view(), y.view(), 1),
+                1e-9);
+  PF_CHECK_THROWS_AS(wasserstein(x.view(), y.view(), 1, {1, 2}), std::invalid_argument);
+  PF_CHECK_THROWS_AS(wasserstein(x.view(), y.view(), 1, std::vector<double>(6, 0.0)), std::invalid_argument);
+}
