@@ -86,21 +86,6 @@ std::string joined(const std::vector<T>& values) {
   return os.str();
 }
 
-// Key=value lines with doubles printed to round-trip exactly.
-class TextWriter {
- public:
-  TextWriter() { os_.precision(17); }
-  template <typename T>
-  TextWriter& put(const char* key, const T& value) {
-    os_ << key << '=' << value << '\n';
-    return *this;
-  }
-  std::string str() const { return os_.str(); }
-
- private:
-  std::ostringstream os_;
-};
-
 }  // namespace
 
 template <typename E>

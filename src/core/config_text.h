@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <map>
 #include <set>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -26,6 +27,22 @@ template <typename E>
 const char* method_name(E value);
 template <typename E>
 E method_value(const std::string& name);
+
+// Writes key=value lines, doubles printed to round-trip exactly: the writer
+// of every configuration block.
+class TextWriter {
+ public:
+  TextWriter() { os_.precision(17); }
+  template <typename T>
+  TextWriter& put(const char* key, const T& value) {
+    os_ << key << '=' << value << '\n';
+    return *this;
+  }
+  std::string str() const { return os_.str(); }
+
+ private:
+  std::ostringstream os_;
+};
 
 // A parsed configuration block with checked access. Each accessor marks its
 // key as read, so that reject_unknown_keys() can name a key no reader knows.

@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <functional>
-#include <sstream>
 #include <stdexcept>
 #include <vector>
 
@@ -16,12 +15,16 @@ namespace popflow {
 // ------------------------------------------------------------------ config
 
 std::string icnn_config_to_text(const IcnnConfig& c) {
-  std::ostringstream os;
-  os.precision(17);
-  os << "dim=" << c.dim << "\nwidth=" << c.width << "\ndepth=" << c.depth << "\ninner_steps=" << c.inner_steps
-     << "\ng_convexity=" << (c.clamp_g ? "clamp" : "penalty") << "\ng_penalty=" << c.g_penalty
-     << "\nbeta1=" << c.beta1 << "\nbeta2=" << c.beta2 << "\n";
-  return os.str();
+  return TextWriter()
+      .put("dim", c.dim)
+      .put("width", c.width)
+      .put("depth", c.depth)
+      .put("inner_steps", c.inner_steps)
+      .put("g_convexity", c.clamp_g ? "clamp" : "penalty")
+      .put("g_penalty", c.g_penalty)
+      .put("beta1", c.beta1)
+      .put("beta2", c.beta2)
+      .str();
 }
 
 IcnnConfig icnn_config_from_text(const std::string& text) {
@@ -267,15 +270,11 @@ std::shared_ptr<IcnnModel> load_icnn_model(const std::string& bytes, const std::
   if (blocks.size() > 3) throw std::runtime_error("model file has trailing bytes");
   const IcnnConfig config = icnn_config_from_text(blocks[0]);
   if (metadata) *metadata = std::move(blocks[2]);
-  std::shared_ptr<IcnnModel> model;
-  try {
-    model = make_icnn_model(config, "cpu");
-    load_module_bytes(*model->net, blocks[1]);
-  } catch (const c10::Error& e) {
-    throw std::runtime_error(std::string("model file parameters are unreadable: ") + e.what_without_backtrace());
-  } catch (const std::invalid_argument& e) {
-    throw std::runtime_error(std::string("model configuration is invalid: ") + e.what());
-  }
+  auto model = build_from_model_file([&] {
+    auto m = make_icnn_model(config, "cpu");
+    load_module_bytes(*m->net, blocks[1]);
+    return m;
+  });
   model->device = parse_device(device);
   model->net->to(model->device);
   return model;
