@@ -60,15 +60,11 @@ std::shared_ptr<FlowModel> load_model(const std::string& bytes, const std::strin
   if (blocks.size() > n_fixed + 1) throw std::runtime_error("model file has trailing bytes");
   if (n_fixed == 4) source_from_bytes(blocks[3], &config.source, config.network.dim);
   if (metadata) *metadata = std::move(blocks[2]);
-  std::shared_ptr<FlowModel> model;
-  try {
-    model = make_model(config, "cpu");
-    load_module_bytes(*model->net, blocks[1]);
-  } catch (const c10::Error& e) {
-    throw std::runtime_error(std::string("model file parameters are unreadable: ") + e.what_without_backtrace());
-  } catch (const std::invalid_argument& e) {
-    throw std::runtime_error(std::string("model configuration is invalid: ") + e.what());
-  }
+  auto model = build_from_model_file([&] {
+    auto m = make_model(config, "cpu");
+    load_module_bytes(*m->net, blocks[1]);
+    return m;
+  });
   if (blocks.size() == n_fixed + 1)
     model->train_state = train_state_from_bytes(blocks[n_fixed], parameter_count(*model->net));
   model->device = parse_device(device);

@@ -7,6 +7,7 @@
 #include <torch/torch.h>
 
 #include <cstdint>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -42,6 +43,21 @@ std::string module_bytes(torch::nn::Module& net, const torch::Device& device);
 // so a shape that differs from the network's is a std::runtime_error.
 // LibTorch's own errors (c10::Error) pass through to the caller.
 void load_module_bytes(torch::nn::Module& net, const std::string& bytes);
+
+// Runs `build` (make a model from a file's configuration, load its parameter
+// block) and says what goes wrong in the model file's words: LibTorch's errors
+// as unreadable parameters, a constructor's std::invalid_argument as an invalid
+// configuration (both std::runtime_error); other errors pass through.
+template <typename Build>
+auto build_from_model_file(Build&& build) -> decltype(build()) {
+  try {
+    return build();
+  } catch (const c10::Error& e) {
+    throw std::runtime_error(std::string("model file parameters are unreadable: ") + e.what_without_backtrace());
+  } catch (const std::invalid_argument& e) {
+    throw std::runtime_error(std::string("model configuration is invalid: ") + e.what());
+  }
+}
 
 // Writes `bytes` to a temporary file next to `path` and renames it over
 // `path`, so a reader never sees a half-written file. Throws std::runtime_error.

@@ -371,17 +371,13 @@ std::shared_ptr<PopulationModel> load_population_model(const std::string& bytes,
   if (blocks.size() > 5) throw std::runtime_error("model file has trailing bytes");
   FlowConfig config = flow_config_from_text(blocks[0]);
   PopulationConfig population = population_config_from_text(blocks[1]);
-  std::shared_ptr<PopulationModel> model;
-  try {
-    model = make_population_model(config, population, "cpu");
-    if (model->config.network.cond_dim != config.network.cond_dim)
+  auto model = build_from_model_file([&] {
+    auto m = make_population_model(config, population, "cpu");
+    if (m->config.network.cond_dim != config.network.cond_dim)
       throw std::runtime_error("model file configurations disagree on the conditioning width");
-    load_module_bytes(*model->net, blocks[2]);
-  } catch (const c10::Error& e) {
-    throw std::runtime_error(std::string("model file parameters are unreadable: ") + e.what_without_backtrace());
-  } catch (const std::invalid_argument& e) {
-    throw std::runtime_error(std::string("model configuration is invalid: ") + e.what());
-  }
+    load_module_bytes(*m->net, blocks[2]);
+    return m;
+  });
   if (metadata) *metadata = std::move(blocks[3]);
   if (blocks.size() == 5) model->train_state = train_state_from_bytes(blocks[4], parameter_count(*model->net));
   model->device = parse_device(device);
