@@ -152,9 +152,11 @@ class DeferredChecks {
     const int64_t first = step - size() + 1;
     losses_.clear();
     kept_after_.clear();
+    const double* loss = losses.data_ptr<double>();
+    const bool* ok = kept.data_ptr<bool>();
     for (int64_t i = 0; i < losses.size(0); ++i) {
-      if (!kept[i].item<bool>()) return first + i;
-      result.loss.push_back(losses[i].item<double>());
+      if (!ok[i]) return first + i;
+      result.loss.push_back(loss[i]);
       result.steps_done = first + i;
     }
     return 0;
@@ -211,6 +213,10 @@ TrainResult run_training(TrainingObjective& objective, const TrainConfig& config
   // they can already give non-finite velocities, so the fit returns the step
   // before that one (the best validated weights, when validation keeps them,
   // are usable anyway).
+  const auto checkpoint_due = [&](int64_t step) {
+    return callbacks.checkpoint && callbacks.checkpoint_every > 0 && step % callbacks.checkpoint_every == 0;
+  };
+  const auto over_time = [&] { return config.time_limit_s > 0 && seconds_since(start) > config.time_limit_s; };
   const auto diverged = [&](int64_t step, FlatAdam* previous_opt) {
     result.status = "nonfinite";
     if (previous_opt && !validation.keeps_best()) {
@@ -255,9 +261,8 @@ TrainResult run_training(TrainingObjective& objective, const TrainConfig& config
       opt.clip_grad_norm(norm, config.clip_norm);
       opt.remember(keep);
       opt.step(keep);
-      const bool due = deferred.size() >= sync_every || step == config.steps ||
-                       (callbacks.checkpoint && callbacks.checkpoint_every > 0 && step % callbacks.checkpoint_every == 0) ||
-                       validation.due(step) || (config.time_limit_s > 0 && seconds_since(start) > config.time_limit_s);
+      const bool due = deferred.size() >= sync_every || step == config.steps || checkpoint_due(step) ||
+                       validation.due(step) || over_time();
       if (!due) continue;
       const int64_t bad = deferred.read(step, result);  // records the good steps' losses
       if (bad > 0) {
@@ -266,7 +271,7 @@ TrainResult run_training(TrainingObjective& objective, const TrainConfig& config
       }
       loss_value = result.loss.back();
     }
-    if (callbacks.checkpoint && callbacks.checkpoint_every > 0 && step % callbacks.checkpoint_every == 0) {
+    if (checkpoint_due(step)) {
       const TrainState saved = why_not_resumable.empty() ? resumable_state(primary, step, result.loss) : TrainState();
       with_weights_to_save(optimisers, 0, [&] { callbacks.checkpoint(step, saved); });
     }
@@ -274,7 +279,7 @@ TrainResult run_training(TrainingObjective& objective, const TrainConfig& config
       result.status = "early_stop";
       break;
     }
-    if (config.time_limit_s > 0 && seconds_since(start) > config.time_limit_s && step < config.steps) {
+    if (over_time() && step < config.steps) {
       result.status = "time_limit";
       break;
     }
