@@ -14,8 +14,8 @@
 #    STEPS steps on the GPU with TF32 off and on, W1 on the unseen letter Y; a few CPU steps for
 #    the speed ratio.
 # Settings (environment): STEPS (2000), EMT_STEPS (2000), CPU_LETTER_STEPS (10).
-suppressPackageStartupMessages(library(popflow))
-env_int <- function(name, default) as.integer(Sys.getenv(name, default))
+source(file.path(dirname(sub("^--file=", "", grep("^--file=", commandArgs(FALSE), value = TRUE)[1])), "common.R"))
+load_popflow()
 steps <- env_int("STEPS", 2000)
 emt_steps <- env_int("EMT_STEPS", 2000)
 cpu_letter_steps <- env_int("CPU_LETTER_STEPS", 10)
