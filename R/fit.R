@@ -523,12 +523,13 @@ fit_cell_object <- function(x, space, condition, source, target, time, populatio
   need_object_packages(x, "x")
   method <- as_flow_param(method)
   layout <- object_layout(x, space, assay, features)
-  coords <- layout_coordinates(x, layout, "x")
-  if (!is.null(layout$assay)) layout$features <- colnames(coords)
+  read_features <- layout_source(x, layout, "x")$features  # checked now, read below
+  if (!is.null(layout$assay)) layout$features <- read_features
   cells_arg <- cells
   keep <- cell_subset(cells, x)
-  coords <- coords[keep, , drop = FALSE]
   meta <- cell_columns(x)[keep, , drop = FALSE]
+  # Only the cells fitted on are read (in blocks: an HDF5- or DelayedArray-backed object is never realised whole).
+  read_cells <- function(rows) layout_coordinates(x, layout, "x", keep[rows])
   population <- check_columns(population, x, meta, "population")
   label <- check_columns(label, x, meta, "label")
   labels <- label_frame(meta, label)
@@ -556,13 +557,16 @@ fit_cell_object <- function(x, space, condition, source, target, time, populatio
     src <- where(source)
     tgt <- where(target)
     cells <- c(src, tgt)
-    fit <- fit_on(cells, coords[src, , drop = FALSE], coords[tgt, , drop = FALSE])
+    coords <- read_cells(cells)
+    fit <- fit_on(cells, coords[seq_along(src), , drop = FALSE], coords[-seq_along(src), , drop = FALSE])
   } else if (!is.null(time)) {
     time <- check_columns(time, x, meta, "time", single = TRUE)
-    cells <- seq_len(nrow(coords))
+    cells <- seq_along(keep)
+    coords <- read_cells(cells)
     fit <- fit_on(cells, coords)
   } else if (is_generative(method)) {
-    cells <- seq_len(nrow(coords))
+    cells <- seq_along(keep)
+    coords <- read_cells(cells)
     fit <- fit_on(cells, coords)
   } else {
     pf_abort("condition", "and `time` are both missing",
@@ -571,7 +575,7 @@ fit_cell_object <- function(x, space, condition, source, target, time, populatio
   fit$cell_object <- list(
     class = class(x)[1], space = layout$space, assay = layout$assay, features = layout$features,
     condition = condition, source = source, target = target, time = time, population = population, label = label,
-    expression = expression_model(x, layout, keep[cells], coords[cells, , drop = FALSE])
+    expression = expression_model(x, layout, keep[cells], coords)
   )
   fit
 }
