@@ -445,6 +445,13 @@ reconstruct_expression <- function(model, pcs) {
 #' return the predicted features in that assay instead. Its genes are only
 #' those it has values for (the loading genes, or the fitted features).
 #'
+#' Big objects: as in [fitFlow()][fitFlow-objects], only the cells used
+#' (the source cells; for `evaluateFlow()` also the observed target cells) and
+#' the fitted features or loading genes are read, in blocks, from dense,
+#' sparse or DelayedArray (HDF5) assays and reducedDims, and from each layer
+#' of a Seurat v5 assay split by sample. A Seurat v5 object gives a v5
+#' prediction (an `Assay5` with one `data` layer); a v4 object a v4 one.
+#'
 #' Observed and predicted cells together: [combinePrediction()]`(observed,
 #' predicted)` gives one object of the same kind. Not `cbind()` (the objects
 #' have different metadata columns and assays) nor Seurat's `merge()`, which

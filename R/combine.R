@@ -25,6 +25,12 @@
 #'   observed cells) and `source_cell` (`NA` for them) tell the cells apart, and
 #'   a column one object lacks is `NA` for the other's cells.
 #'
+#' A DelayedArray assay of `observed` (e.g. HDF5-backed) stays delayed: the
+#' combined assay is a DelayedMatrix whose observed part is still read from
+#' disk. A Seurat v5 assay split into layers by sample is joined (as
+#' `JoinLayers()` joins it) into the combined object's one `data` layer, of a
+#' v5 assay.
+#'
 #' @param observed A SingleCellExperiment or Seurat object: the observed
 #'   cells (all of them, or e.g. only the target condition), with the space
 #'   and genes the model was fitted on.

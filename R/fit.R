@@ -472,8 +472,24 @@ population_label_values <- function(cols, pop_code, n_pop) {
 #' - `label`: columns of known labels (`"mfm"`, `"cgfm"`), constant within a
 #'   population.
 #'
+#' Big objects: only the cells fitted on (after `cells`, `condition` or
+#' `time`) and, for an assay, only `features` are read, in blocks of at most
+#' `DelayedArray::getAutoBlockSize()` bytes (100 MB by default). An assay or
+#' reducedDim may be a dense matrix, a sparse `dgCMatrix` or a DelayedArray
+#' (an `HDF5Array::HDF5Array()` on disk, or any DelayedMatrix): the whole
+#' matrix is never realised, and the fit equals the fit on the same values in
+#' memory. The expression model of a PCA reads the loading genes of the
+#' fitted cells, block by block too. A Seurat v5 assay whose layers are split
+#' by sample (`obj[["RNA"]] <- split(obj[["RNA"]], f = obj$sample)`: layers
+#' `data.1`, `data.2`, ...) is read layer by layer, each cell from the layer
+#' that holds it, as `JoinLayers()` would give (not only the first layer,
+#' which is what `LayerData(obj, layer = "data")` returns); an assay without
+#' a `data` layer is an error that says to run `NormalizeData()`.
+#'
 #' @param x A SingleCellExperiment (or SummarizedExperiment, with `assay`) or
-#'   a Seurat object.
+#'   a Seurat object (SeuratObject 4 or 5). Its assays and reducedDims may be
+#'   matrices, sparse matrices or DelayedArrays (e.g. HDF5-backed); see "Big
+#'   objects" below.
 #' @param space Name of the reducedDim (SingleCellExperiment) or reduction
 #'   (Seurat) holding the cells' coordinates.
 #' @param condition,source,target Column of the cell metadata (colData /

@@ -102,8 +102,8 @@ test_that("an MFM on an HDF5-backed object reads only the fitted cells and loadi
 
   expect_equal(embedPopulations(fit_h5, held_h5), embedPopulations(fit_mem, held_mem))
 
-  both_mem <- combinePrediction(held_mem, pred_mem)
-  run <- h5_reads(combinePrediction(held_h5, pred_mem))
+  both_mem <- suppressMessages(combinePrediction(held_mem, pred_mem))
+  run <- h5_reads(suppressMessages(combinePrediction(held_h5, pred_mem)))
   both_h5 <- run$value
   expect_s4_class(SummarizedExperiment::assay(both_h5, "logcounts"), "DelayedMatrix")  # still on disk
   expect_equal(touched(run$reads, "logcounts", c(106, n))$calls, 0)
@@ -137,10 +137,10 @@ test_that("features of an HDF5 or sparse assay are read alone, and fit as the de
   # Held-out cells of the same object, read as the training cells are.
   held <- fitFlow(pair$h5, assay = "logcounts", features = genes, condition = "condition", source = "ctrl",
                   target = "stim", method = "icfm", cells = train, held_out = pair$h5[, !train],
-                  validation = ValidationParam(every = 20), training = toy_training(), verbose = FALSE)
+                  validation = ValidationParam(every = 10), training = toy_training(20), verbose = FALSE)
   held_mem <- fitFlow(pair$mem, assay = "logcounts", features = genes, condition = "condition", source = "ctrl",
                       target = "stim", method = "icfm", cells = train, held_out = pair$mem[, !train],
-                      validation = ValidationParam(every = 20), training = toy_training(), verbose = FALSE)
+                      validation = ValidationParam(every = 10), training = toy_training(20), verbose = FALSE)
   expect_equal(held$validation$scores, held_mem$validation$scores)
 
   sparse <- pair$mem
