@@ -641,7 +641,7 @@ seurat_data_rows <- function(x, assay, genes, arg) {
   pieces <- lapply(seurat_v5_layers(x, a, assay, "data", arg), function(p) {
     f <- match(genes, p$features)
     piece <- p$m[f[!is.na(f)], , drop = FALSE]
-    piece <- if (inherits(piece, "DelayedArray")) methods::as(piece, "dgCMatrix") else SeuratObject::as.sparse(piece)
+    piece <- if (inherits(piece, "DelayedArray")) as(piece, "dgCMatrix") else SeuratObject::as.sparse(piece)
     if (anyNA(f)) {
       full <- Matrix::sparseMatrix(i = integer(0), j = integer(0), x = numeric(0), dims = c(length(genes), ncol(piece)))
       full[!is.na(f), ] <- piece
