@@ -137,25 +137,36 @@ object_layout <- function(x, space, assay, features) {
   list(space = space, assay = NULL, features = NULL)
 }
 
-# Cells x features matrix of `x` in the layout's space.
-layout_coordinates <- function(x, layout, arg) {
-  if (!is.null(layout$space)) {
-    m <- space_matrix(x, layout$space, arg)
-  } else {
-    a <- assay_matrix(x, layout$assay, arg)
-    features <- layout$features %||% rownames(a)
-    missing <- setdiff(features, rownames(a))
-    if (length(missing)) {
-      pf_abort(if (arg == "x") "features" else arg,
-               sprintf("%s %d feature%s not among the rows of assay '%s': %s", if (arg == "x") "has" else "lacks",
-                       length(missing), if (length(missing) > 1) "s" else "", layout$assay,
-                       paste(utils::head(missing, 5), collapse = ", ")),
-               "use feature names from rownames() of the object")
-    }
-    m <- t(as.matrix(a[features, , drop = FALSE]))
-  }
-  m <- matrix(as.numeric(m), nrow(m), ncol(m), dimnames = list(colnames(x), colnames(m)))
+# Cells x features matrix of `x` in the layout's space: all cells, or the
+# cells `cells` (column indices of `x`, in that order). Only those cells (and
+# an assay's chosen features) are read, block by block (see read_dense()), so
+# an HDF5- or DelayedArray-backed object is never realised whole.
+layout_coordinates <- function(x, layout, arg, cells = NULL) {
+  cells <- if (is.null(cells)) seq_len(ncol(x)) else cells
+  m <- layout_source(x, layout, arg)$read(cells)
+  m <- matrix(as.numeric(m), nrow(m), ncol(m), dimnames = list(colnames(x)[cells], colnames(m)))
   as_cell_matrix(m, arg)
+}
+
+# Where a layout's cells are, checked but not read: `features` (the column
+# names the cells will have) and `read(cells)`, cells x features.
+layout_source <- function(x, layout, arg) {
+  if (!is.null(layout$space)) {
+    m <- check_readable(space_matrix(x, layout$space, arg), if (arg == "x") "space" else arg,
+                        sprintf("%s '%s'", if (is_seurat_cells(x)) "reduction" else "reducedDim", layout$space))
+    return(list(features = colnames(m), read = function(cells) read_dense(m, cells, NULL, along = "rows")))
+  }
+  src <- assay_source(x, layout$assay, arg)
+  features <- layout$features %||% src$features
+  missing <- setdiff(features, src$features)
+  if (length(missing)) {
+    pf_abort(if (arg == "x") "features" else arg,
+             sprintf("%s %d feature%s not among the rows of assay '%s': %s", if (arg == "x") "has" else "lacks",
+                     length(missing), if (length(missing) > 1) "s" else "", layout$assay,
+                     paste(utils::head(missing, 5), collapse = ", ")),
+             "use feature names from rownames() of the object")
+  }
+  list(features = features, read = function(cells) t(src$read(features, cells)))
 }
 
 space_matrix <- function(x, space, arg) {
@@ -181,22 +192,96 @@ space_matrix <- function(x, space, arg) {
   SingleCellExperiment::reducedDim(x, space, withDimnames = TRUE)
 }
 
-# Features x cells matrix of an assay (Seurat: the assay's "data" layer).
+# Features x cells matrix (as stored: dense, sparse or a DelayedArray) of an
+# assay (Seurat: the assay's "data" layer; v5 assays with split layers: see
+# assay_source()).
 assay_matrix <- function(x, assay, arg) {
+  check_assay_name(x, assay, arg)
+  if (is_seurat_cells(x)) seurat_layer(x, assay, "data") else SummarizedExperiment::assay(x, assay, withDimnames = TRUE)
+}
+
+check_assay_name <- function(x, assay, arg) {
   available <- if (is_seurat_cells(x)) SeuratObject::Assays(x) else SummarizedExperiment::assayNames(x)
   if (!(assay %in% available)) {
     pf_abort("assay", sprintf("is '%s', not an assay of `%s`; its assays: %s", assay, arg,
                               if (length(available)) paste(available, collapse = ", ") else "none"),
              "name one of its assays")
   }
-  if (is_seurat_cells(x)) seurat_layer(x, assay, "data") else SummarizedExperiment::assay(x, assay, withDimnames = TRUE)
 }
+
+# An assay's values, checked but not read: `features` (its row names) and
+# `read(features, cells)`, features x cells (dense; `cells` are column
+# indices of `x`), reading those features and cells only.
+assay_source <- function(x, assay, arg) {
+  check_assay_name(x, assay, arg)
+  if (is_seurat_cells(x)) return(seurat_data_source(x, assay, "data", arg))
+  m <- check_readable(SummarizedExperiment::assay(x, assay, withDimnames = TRUE), if (arg == "x") "assay" else arg,
+                      sprintf("assay '%s'", assay))
+  list(features = rownames(m), read = function(features, cells) read_dense(m, match(features, rownames(m)), cells))
+}
+
+# A Seurat assay's layer (v4 slot). A v5 assay (Assay5) may hold it split by
+# sample (data.1, data.2, ... after split()): each cell is read from the layer
+# that holds it, and a feature a layer lacks is 0 for its cells, as
+# JoinLayers() would give.
+seurat_data_source <- function(x, assay, layer, arg) {
+  a <- x[[assay]]
+  if (!inherits(a, "Assay5")) {
+    m <- check_readable(seurat_layer(x, assay, layer), if (arg == "x") "assay" else arg,
+                        sprintf("the '%s' of assay '%s'", layer, assay))
+    cell_names <- colnames(m)
+    return(list(features = rownames(m), read = function(features, cells) {
+      read_dense(m, match(features, rownames(m)), match(colnames(x)[cells], cell_names))
+    }))
+  }
+  parts <- seurat_v5_layers(x, a, assay, layer, arg)
+  list(features = seurat5("Features")(a), read = function(features, cells) {
+    names <- colnames(x)[cells]
+    out <- matrix(0, length(features), length(cells), dimnames = list(features, names))
+    done <- logical(length(cells))
+    for (p in parts) {
+      at <- which(!done & names %in% p$cells)
+      if (!length(at)) next
+      f <- match(features, p$features)
+      if (any(!is.na(f))) out[!is.na(f), at] <- read_dense(p$m, f[!is.na(f)], match(names[at], p$cells))
+      done[at] <- TRUE
+    }
+    if (!all(done)) {
+      pf_abort(arg, sprintf("has %d cell%s (e.g. '%s') in no '%s' layer of assay '%s' (layers: %s)", sum(!done),
+                            if (sum(!done) > 1) "s" else "", names[!done][1], layer, assay,
+                            paste(seurat5("Layers")(a), collapse = ", ")),
+               sprintf("normalise all cells (Seurat::NormalizeData()), or select cells that have a '%s' layer", layer))
+    }
+    out
+  })
+}
+
+# The layers of a v5 assay that hold `layer` ("data", or "data.1", "data.2",
+# ... when split), each as its matrix (not read), features and cells.
+seurat_v5_layers <- function(x, a, assay, layer, arg) {
+  layers <- seurat5("Layers")(a, search = layer)
+  if (!length(layers)) {
+    pf_abort(if (arg == "x") "assay" else arg,
+             sprintf("has no '%s' layer in the Seurat v5 assay '%s'; its layers: %s", layer, assay,
+                     paste(seurat5("Layers")(a), collapse = ", ")),
+             sprintf("normalise it first (Seurat::NormalizeData(x, assay = \"%s\")), which writes the '%s' layer%s",
+                     assay, layer, if (length(seurat5("Layers")(a)) > 1) "s" else ""))
+  }
+  lapply(layers, function(l) {
+    m <- check_readable(seurat5("LayerData")(a, layer = l, fast = TRUE), if (arg == "x") "assay" else arg,
+                        sprintf("layer '%s' of assay '%s'", l, assay))
+    list(m = m, features = seurat5("Features")(a, layer = l), cells = seurat5("Cells")(a, layer = l))
+  })
+}
+
+# A function of SeuratObject 5 (looked up at run time: SeuratObject 4, which
+# the code also supports, does not export it).
+seurat5 <- function(name) getExportedValue("SeuratObject", name)
 
 # Seurat v5 stores layers (LayerData); v4 slots (GetAssayData(slot =)).
 seurat_layer <- function(x, assay, layer) {
   if (utils::packageVersion("SeuratObject") >= "5.0.0") {
-    layer_data <- getExportedValue("SeuratObject", "LayerData")
-    layer_data(x, assay = assay, layer = layer)
+    seurat5("LayerData")(x, assay = assay, layer = layer)
   } else {
     SeuratObject::GetAssayData(x, slot = layer, assay = assay)
   }
@@ -258,7 +343,7 @@ check_same_loadings <- function(spec, x, arg) {
   rotation <- if (is_seurat_cells(x)) {
     tryCatch(SeuratObject::Loadings(x[[spec$space]]), error = function(e) NULL)
   } else {
-    attr(SingleCellExperiment::reducedDim(x, spec$space), "rotation")
+    pca_rotation(x, spec$space)
   }
   if (is.null(rotation) || !length(rotation)) return(invisible())
   same <- identical(dim(rotation), dim(fitted)) && identical(rownames(rotation), rownames(fitted)) &&
@@ -271,6 +356,13 @@ check_same_loadings <- function(spec, x, arg) {
                     "the fitted assay)"))
   }
   invisible()
+}
+
+# The loadings scater keeps as the "rotation" attribute of a reducedDim: read
+# from the stored object (withDimnames = FALSE), since setting the cell names
+# on a DelayedArray (HDF5) reducedDim gives a new object without it.
+pca_rotation <- function(x, space) {
+  attr(SingleCellExperiment::reducedDim(x, space, withDimnames = FALSE), "rotation")
 }
 
 # Expression model of a PCA space, recorded at fit so that predicted cells can
@@ -288,16 +380,17 @@ expression_model <- function(x, layout, cells, pcs) {
     rotation <- SeuratObject::Loadings(reduction)
     assay <- SeuratObject::DefaultAssay(reduction)
   } else {
-    rotation <- attr(SingleCellExperiment::reducedDim(x, layout$space), "rotation")
+    rotation <- pca_rotation(x, layout$space)
     assay <- "logcounts"
   }
   if (is.null(rotation) || !length(rotation) || ncol(rotation) != ncol(pcs) || is.null(rownames(rotation))) return(NULL)
-  data <- tryCatch(assay_matrix(x, assay, "x"), error = function(e) NULL)
+  data <- tryCatch(assay_source(x, assay, "x"), error = function(e) NULL)
   genes <- rownames(rotation)
-  if (is.null(data) || !all(genes %in% rownames(data))) return(NULL)
-  expr <- as.matrix(data[genes, cells, drop = FALSE])
-  mean <- rowMeans(expr)
-  scale <- if (is_seurat_cells(x)) sqrt(rowSums((expr - mean)^2) / max(1, ncol(expr) - 1)) else rep(1, length(genes))
+  if (is.null(data) || !all(genes %in% data$features)) return(NULL)
+  # Mean and standard deviation of the loading genes, in blocks of cells.
+  moments <- row_moments(function(at) data$read(genes, at), cells, length(genes))
+  mean <- stats::setNames(moments$mean, genes)
+  scale <- if (is_seurat_cells(x)) moments$sd else rep(1, length(genes))
   pc_mean <- colMeans(pcs)
   rotation <- matrix(as.numeric(rotation), nrow(rotation), dimnames = list(genes, colnames(pcs)))
   list(assay = assay, center = mean - scale * drop(rotation %*% pc_mean), scale = stats::setNames(scale, genes),
@@ -351,6 +444,13 @@ reconstruct_expression <- function(model, pcs) {
 #' reduction with the input reduction's key); models fitted on an assay
 #' return the predicted features in that assay instead. Its genes are only
 #' those it has values for (the loading genes, or the fitted features).
+#'
+#' Big objects: as in [fitFlow()][fitFlow-objects], only the cells used
+#' (the source cells; for `evaluateFlow()` also the observed target cells) and
+#' the fitted features or loading genes are read, in blocks, from dense,
+#' sparse or DelayedArray (HDF5) assays and reducedDims, and from each layer
+#' of a Seurat v5 assay split by sample. A Seurat v5 object gives a v5
+#' prediction (an `Assay5` with one `data` layer); a v4 object a v4 one.
 #'
 #' Observed and predicted cells together: [combinePrediction()]`(observed,
 #' predicted)` gives one object of the same kind. Not `cbind()` (the objects
@@ -427,7 +527,7 @@ model_cell_object <- function(object, x, arg) {
 object_source_cells <- function(object, x, from, arg) {
   spec <- model_cell_object(object, x, arg)
   meta <- cell_columns(x)
-  coords <- layout_coordinates(x, spec, arg)
+  layout_source(x, spec, arg)  # the space or assay checked before the columns
   check_same_loadings(spec, x, arg)
   if (!is.null(spec$time)) {
     from <- from %||% object$time_labels[1]
@@ -436,7 +536,7 @@ object_source_cells <- function(object, x, from, arg) {
     cells <- cells_where(meta, spec$condition, spec$source, arg)
   }
   fitted_columns(c(spec$population, spec$label), x, meta, arg)
-  list(x = coords[cells, , drop = FALSE], cells = cells, meta = meta, spec = spec, seurat = is_seurat_cells(x),
+  list(x = layout_coordinates(x, spec, arg, cells), cells = cells, meta = meta, spec = spec, seurat = is_seurat_cells(x),
        population = population_ids(meta, spec$population, cells, arg),
        label = rows_of(label_frame(meta, spec$label), cells))
 }
@@ -507,7 +607,7 @@ seurat_cells <- function(newdata, spec, pred, meta, expression) {
     data <- t(pred)
     assay <- "popflow"
   }
-  assay_object <- SeuratObject::CreateAssayObject(data = data)
+  assay_object <- seurat_assay_like(newdata, data)
   SeuratObject::Key(assay_object) <- paste0(gsub("[^[:alnum:]]", "", tolower(assay)), "_")
   out <- SeuratObject::CreateSeuratObject(counts = assay_object, assay = assay, meta.data = meta, project = "popflow")
   if (!is.null(spec$space)) {
@@ -518,6 +618,46 @@ seurat_cells <- function(newdata, spec, pred, meta, expression) {
     out[[spec$space]] <- do.call(SeuratObject::CreateDimReducObject, reduction)
   }
   out
+}
+
+# An assay holding `data` (features x cells) of the version `like` uses: a v5
+# assay (Assay5, one "data" layer) for a Seurat v5 object, else a v3/v4 Assay.
+seurat_assay_like <- function(like, data) {
+  if (inherits(like[[SeuratObject::DefaultAssay(like)]], "Assay5")) {
+    return(seurat5("CreateAssay5Object")(data = data))
+  }
+  SeuratObject::CreateAssayObject(data = data)
+}
+
+# Rows `genes` of the "data" of a Seurat assay for all cells of `x`, in the
+# order of colnames(x), as stored (a sparse layer stays sparse, a DelayedArray
+# is realised as sparse): the layer of a v4 assay, or a v5 assay's split
+# layers joined as JoinLayers() joins them (a gene a layer lacks is 0 there).
+seurat_data_rows <- function(x, assay, genes, arg) {
+  a <- x[[assay]]
+  if (!inherits(a, "Assay5")) return(observed_rows(seurat_layer(x, assay, "data"), genes, sprintf("assay '%s'", assay)))
+  features <- seurat5("Features")(a)
+  observed_rows(matrix(0, length(features), 0, dimnames = list(features, NULL)), genes, sprintf("assay '%s'", assay))
+  pieces <- lapply(seurat_v5_layers(x, a, assay, "data", arg), function(p) {
+    f <- match(genes, p$features)
+    piece <- p$m[f[!is.na(f)], , drop = FALSE]
+    piece <- if (inherits(piece, "DelayedArray")) as(piece, "dgCMatrix") else SeuratObject::as.sparse(piece)
+    if (anyNA(f)) {
+      full <- Matrix::sparseMatrix(i = integer(0), j = integer(0), x = numeric(0), dims = c(length(genes), ncol(piece)))
+      full[!is.na(f), ] <- piece
+      piece <- full
+    }
+    dimnames(piece) <- list(genes, p$cells)
+    piece
+  })
+  joined <- do.call(cbind, pieces)
+  at <- match(colnames(x), colnames(joined))
+  if (anyNA(at)) {
+    pf_abort(arg, sprintf("has %d cells (e.g. '%s') in no 'data' layer of assay '%s'", sum(is.na(at)),
+                          colnames(x)[is.na(at)][1], assay),
+             "normalise all cells (Seurat::NormalizeData()), or give only cells that have a 'data' layer")
+  }
+  joined[, at, drop = FALSE]
 }
 
 # One line of print() for a model fitted on an object: where its cells come from.

@@ -25,6 +25,12 @@
 #'   observed cells) and `source_cell` (`NA` for them) tell the cells apart, and
 #'   a column one object lacks is `NA` for the other's cells.
 #'
+#' A DelayedArray assay of `observed` (e.g. HDF5-backed) stays delayed: the
+#' combined assay is a DelayedMatrix whose observed part is still read from
+#' disk. A Seurat v5 assay split into layers by sample is joined (as
+#' `JoinLayers()` joins it) into the combined object's one `data` layer, of a
+#' v5 assay.
+#'
 #' @param observed A SingleCellExperiment or Seurat object: the observed
 #'   cells (all of them, or e.g. only the target condition), with the space
 #'   and genes the model was fitted on.
@@ -107,7 +113,10 @@ combine_bioc <- function(observed, predicted, meta) {
                "give the object (or cells of the object) the model was fitted on")
     }
     obs <- observed_rows(SummarizedExperiment::assay(observed, a, withDimnames = TRUE), genes, sprintf("assay '%s'", a))
-    cbind(obs, SummarizedExperiment::assay(predicted, a, withDimnames = TRUE))
+    pred <- SummarizedExperiment::assay(predicted, a, withDimnames = TRUE)
+    # An observed DelayedArray (e.g. HDF5) stays on disk: a delayed cbind() (Bioconductor's generic), both sides delayed.
+    if (inherits(obs, "DelayedArray")) return(BiocGenerics::cbind(obs, DelayedArray::DelayedArray(pred)))
+    cbind(obs, pred)
   })
   left_out_note(nrow(observed), genes)
   out <- SingleCellExperiment::SingleCellExperiment(assays = assays,
@@ -115,7 +124,7 @@ combine_bioc <- function(observed, predicted, meta) {
   if (length(genes) && length(assays)) SummarizedExperiment::rowData(out) <- SummarizedExperiment::rowData(observed)[genes, , drop = FALSE]
   for (space in SingleCellExperiment::reducedDimNames(predicted)) {
     pred <- SingleCellExperiment::reducedDim(predicted, space, withDimnames = TRUE)
-    obs <- space_matrix(observed, space, "observed")
+    obs <- read_dense(space_matrix(observed, space, "observed"), along = "rows")
     if (ncol(obs) != ncol(pred)) {
       pf_abort("observed", sprintf("has %d dimensions in reducedDim '%s', the prediction %d", ncol(obs), space, ncol(pred)))
     }
@@ -133,11 +142,11 @@ combine_seurat <- function(observed, predicted, meta) {
   genes <- rownames(pred_data)
   spaces <- SeuratObject::Reductions(predicted)
   if (assay %in% SeuratObject::Assays(observed)) {
-    obs_data <- observed_rows(seurat_layer(observed, assay, "data"), genes, sprintf("assay '%s'", assay))
+    obs_data <- seurat_data_rows(observed, assay, genes, "observed")
     left_out_note(nrow(observed[[assay]]), genes)
   } else if (identical(assay, "popflow") && length(spaces)) {
     # No expression: the prediction's coordinates are its assay; the observed cells' are theirs.
-    obs_data <- t(space_matrix(observed, spaces[1], "observed"))
+    obs_data <- t(read_dense(space_matrix(observed, spaces[1], "observed"), along = "rows"))
     rownames(obs_data) <- genes
   } else {
     pf_abort("observed", sprintf("has no assay '%s', which the prediction holds", assay),
@@ -145,13 +154,13 @@ combine_seurat <- function(observed, predicted, meta) {
   }
   data <- cbind(SeuratObject::as.sparse(obs_data), SeuratObject::as.sparse(pred_data))
   colnames(data) <- rownames(meta)
-  assay_object <- SeuratObject::CreateAssayObject(data = data)
+  assay_object <- seurat_assay_like(observed, data)
   SeuratObject::Key(assay_object) <- SeuratObject::Key(predicted[[assay]])
   out <- SeuratObject::CreateSeuratObject(counts = assay_object, assay = assay, meta.data = meta, project = "popflow")
   for (space in spaces) {
     reduction <- predicted[[space]]
     pred <- SeuratObject::Embeddings(reduction)
-    obs <- space_matrix(observed, space, "observed")
+    obs <- read_dense(space_matrix(observed, space, "observed"), along = "rows")
     if (ncol(obs) != ncol(pred)) {
       pf_abort("observed", sprintf("has %d dimensions in reduction '%s', the prediction %d", ncol(obs), space, ncol(pred)))
     }

@@ -393,11 +393,9 @@ object_expression <- function(model, source_object, src_cells, src_pcs, observed
 # assay, or, when it lacks them, the reconstruction of the cells' PCs.
 observed_genes <- function(model, x, cells, pcs) {
   genes <- rownames(model$rotation)
-  data <- tryCatch(assay_matrix(x, model$assay, "x"), error = function(e) NULL)
-  if (is.null(data) || !all(genes %in% rownames(data))) return(reconstruct_expression(model, pcs))
-  out <- as.matrix(data[genes, cells, drop = FALSE])
-  storage.mode(out) <- "double"
-  out
+  data <- tryCatch(assay_source(x, model$assay, "x"), error = function(e) NULL)
+  if (is.null(data) || !all(genes %in% data$features)) return(reconstruct_expression(model, pcs))
+  data$read(genes, cells)
 }
 
 expression_cells <- function(expression, in_src, in_obs) {
@@ -454,17 +452,19 @@ evaluate_cell_object <- function(object, source, target, from, to, solver, max_c
              "leave it out to compare with the target cells of `source`")
   }
   obs_meta <- cell_columns(observed_object)
-  obs_coords <- same_features(layout_coordinates(observed_object, spec, "target"), "target", object$feature_names,
-                              object$n_features)
+  layout_source(observed_object, spec, "target")  # the space or assay checked before the columns
   if (!is.null(target)) check_same_loadings(spec, target, "target")
   obs_column <- spec$condition %||% spec$time
   obs_value <- if (!is.null(spec$condition)) spec$target else to %||% object$time_labels[length(object$time_labels)]
   if (is.null(target)) fitted_columns(obs_column, source, obs_meta, "source")
   obs <- cells_where(obs_meta, obs_column, obs_value, if (is.null(target)) "source" else "target")
-  expression <- object_expression(spec$expression, source, src$cells, src$x, observed_object, obs,
-                                  obs_coords[obs, , drop = FALSE], top_genes)
+  # The observed cells only, one row per cell of `obs`.
+  obs_coords <- same_features(layout_coordinates(observed_object, spec, "target", obs), "target", object$feature_names,
+                              object$n_features)
+  expression <- object_expression(spec$expression, source, src$cells, src$x, observed_object, obs, obs_coords,
+                                  top_genes)
   if (!length(spec$population)) {
-    return(evaluate_model(object, src$x, obs_coords[obs, , drop = FALSE], from = from, to = to, solver = solver,
+    return(evaluate_model(object, src$x, obs_coords, from = from, to = to, solver = solver,
                           max_cells = max_cells, seed = seed, baselines = baselines, population = NULL,
                           target_population = NULL, label = NULL, unseen_label = "error", expression = expression,
                           verbose = verbose))
@@ -478,7 +478,7 @@ evaluate_cell_object <- function(object, source, target, from, to, solver, max_c
   }
   keep <- src$population %in% shared
   in_obs <- obs_population %in% shared
-  by_population <- evaluate_by_population(object, src$x[keep, , drop = FALSE], obs_coords[obs[in_obs], , drop = FALSE],
+  by_population <- evaluate_by_population(object, src$x[keep, , drop = FALSE], obs_coords[in_obs, , drop = FALSE],
                                           src$population[keep], obs_population[in_obs], rows_of(src$label, keep),
                                           from, to, solver, max_cells, seed, baselines,
                                           expression_cells(expression, keep, in_obs), unseen_label, verbose)

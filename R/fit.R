@@ -472,8 +472,24 @@ population_label_values <- function(cols, pop_code, n_pop) {
 #' - `label`: columns of known labels (`"mfm"`, `"cgfm"`), constant within a
 #'   population.
 #'
+#' Big objects: only the cells fitted on (after `cells`, `condition` or
+#' `time`) and, for an assay, only `features` are read, in blocks of at most
+#' `DelayedArray::getAutoBlockSize()` bytes (100 MB by default). An assay or
+#' reducedDim may be a dense matrix, a sparse `dgCMatrix` or a DelayedArray
+#' (an `HDF5Array::HDF5Array()` on disk, or any DelayedMatrix): the whole
+#' matrix is never realised, and the fit equals the fit on the same values in
+#' memory. The expression model of a PCA reads the loading genes of the
+#' fitted cells, block by block too. A Seurat v5 assay whose layers are split
+#' by sample (`obj[["RNA"]] <- split(obj[["RNA"]], f = obj$sample)`: layers
+#' `data.1`, `data.2`, ...) is read layer by layer, each cell from the layer
+#' that holds it, as `JoinLayers()` would give (not only the first layer,
+#' which is what `LayerData(obj, layer = "data")` returns); an assay without
+#' a `data` layer is an error that says to run `NormalizeData()`.
+#'
 #' @param x A SingleCellExperiment (or SummarizedExperiment, with `assay`) or
-#'   a Seurat object.
+#'   a Seurat object (SeuratObject 4 or 5). Its assays and reducedDims may be
+#'   matrices, sparse matrices or DelayedArrays (e.g. HDF5-backed); see "Big
+#'   objects" below.
 #' @param space Name of the reducedDim (SingleCellExperiment) or reduction
 #'   (Seurat) holding the cells' coordinates.
 #' @param condition,source,target Column of the cell metadata (colData /
@@ -523,12 +539,13 @@ fit_cell_object <- function(x, space, condition, source, target, time, populatio
   need_object_packages(x, "x")
   method <- as_flow_param(method)
   layout <- object_layout(x, space, assay, features)
-  coords <- layout_coordinates(x, layout, "x")
-  if (!is.null(layout$assay)) layout$features <- colnames(coords)
+  read_features <- layout_source(x, layout, "x")$features  # checked now, read below
+  if (!is.null(layout$assay)) layout$features <- read_features
   cells_arg <- cells
   keep <- cell_subset(cells, x)
-  coords <- coords[keep, , drop = FALSE]
   meta <- cell_columns(x)[keep, , drop = FALSE]
+  # Only the cells fitted on are read (in blocks: an HDF5- or DelayedArray-backed object is never realised whole).
+  read_cells <- function(rows) layout_coordinates(x, layout, "x", keep[rows])
   population <- check_columns(population, x, meta, "population")
   label <- check_columns(label, x, meta, "label")
   labels <- label_frame(meta, label)
@@ -556,13 +573,16 @@ fit_cell_object <- function(x, space, condition, source, target, time, populatio
     src <- where(source)
     tgt <- where(target)
     cells <- c(src, tgt)
-    fit <- fit_on(cells, coords[src, , drop = FALSE], coords[tgt, , drop = FALSE])
+    coords <- read_cells(cells)
+    fit <- fit_on(cells, coords[seq_along(src), , drop = FALSE], coords[-seq_along(src), , drop = FALSE])
   } else if (!is.null(time)) {
     time <- check_columns(time, x, meta, "time", single = TRUE)
-    cells <- seq_len(nrow(coords))
+    cells <- seq_along(keep)
+    coords <- read_cells(cells)
     fit <- fit_on(cells, coords)
   } else if (is_generative(method)) {
-    cells <- seq_len(nrow(coords))
+    cells <- seq_along(keep)
+    coords <- read_cells(cells)
     fit <- fit_on(cells, coords)
   } else {
     pf_abort("condition", "and `time` are both missing",
@@ -571,7 +591,7 @@ fit_cell_object <- function(x, space, condition, source, target, time, populatio
   fit$cell_object <- list(
     class = class(x)[1], space = layout$space, assay = layout$assay, features = layout$features,
     condition = condition, source = source, target = target, time = time, population = population, label = label,
-    expression = expression_model(x, layout, keep[cells], coords[cells, , drop = FALSE])
+    expression = expression_model(x, layout, keep[cells], coords)
   )
   fit
 }

@@ -198,7 +198,7 @@ plotPrediction <- function(predicted, observed, source = NULL, dims = c(1, 2), p
 plot_cells <- function(x, arg, space) {
   if (!is_cell_object(x)) return(x)
   need_object_packages(x, arg)
-  space_matrix(x, space, arg)
+  read_dense(space_matrix(x, space, arg), along = "rows")  # a DelayedArray (HDF5) reducedDim, in blocks
 }
 
 # The space a predicted object holds its cells in: its (first) reducedDim or reduction.

@@ -11,6 +11,7 @@
 #' @useDynLib popflow, .registration = TRUE
 #' @importFrom Rcpp sourceCpp
 #' @importFrom stats predict
+#' @importFrom methods as
 "_PACKAGE"
 
 #' Is CUDA available to popflow?

@@ -206,7 +206,7 @@ population_validation_sets <- function(held_out, method, features, labels_info, 
 object_held_out <- function(held_out, method, layout, condition, source, target, time, population, label) {
   if (is.null(held_out) || !is_cell_object(held_out)) return(held_out)
   need_object_packages(held_out, "held_out")
-  coords <- layout_coordinates(held_out, layout, "held_out")
+  layout_source(held_out, layout, "held_out")  # the space or assay checked before the columns
   meta <- cell_columns(held_out)
   fitted_columns(c(condition, time, population, label), held_out, meta, "held_out")
   pops <- population_ids(meta, population)
@@ -215,10 +215,11 @@ object_held_out <- function(held_out, method, layout, condition, source, target,
     src <- cells_where(meta, condition, source, "held_out")
     tgt <- cells_where(meta, condition, target, "held_out")
     cells <- c(src, tgt)
-    out <- list(x = coords[src, , drop = FALSE], target = coords[tgt, , drop = FALSE])
+    coords <- layout_coordinates(held_out, layout, "held_out", cells)  # those cells only
+    out <- list(x = coords[seq_along(src), , drop = FALSE], target = coords[-seq_along(src), , drop = FALSE])
   } else {
-    cells <- seq_len(nrow(coords))
-    out <- list(x = coords)
+    cells <- seq_len(ncol(held_out))
+    out <- list(x = layout_coordinates(held_out, layout, "held_out"))
   }
   extra <- object_cells(method, pops[cells], rows_of(labels, cells), if (!is.null(time)) meta[[time]][cells])
   c(out, Filter(Negate(is.null), extra))

@@ -4,8 +4,9 @@
 # Safe to re-run: apt is a no-op when everything is present, and the package is
 # rebuilt only when its sources changed.
 #   usage: tools/install.sh [--system-only]
-#   --system-only: the apt packages only (tools/test.sh: tools/check_package.sh
-#                  installs the package into a private library for R CMD check).
+#   --system-only: the apt packages and the SeuratObject 5 test library only
+#                  (tools/test.sh: tools/check_package.sh installs the package
+#                  into a private library for R CMD check).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 system_only=0
@@ -18,6 +19,7 @@ esac
 PKGS=(r-base-dev r-cran-rcpp r-cran-testthat r-cran-roxygen2 r-cran-pkgbuild
       libtorch-dev libopenblas0-pthread liblemon-dev
       r-bioc-singlecellexperiment r-cran-seurat r-cran-seuratobject r-cran-matrix
+      r-bioc-hdf5array r-cran-callr  # HDF5-backed objects; callr: the Seurat v5 tests' own R process
       r-cran-knitr r-cran-rmarkdown pandoc r-cran-ggplot2 r-cran-cli cmake g++ make
       r-cran-png fonts-dejavu-core)  # png + fonts: only tools/make_letters.R (letters data)
 missing=()
@@ -30,6 +32,14 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+# SeuratObject 5 (CRAN) in a library of its own, /opt/popflow-seurat5 (or
+# $POPFLOW_SEURAT5_LIB), for the tests of the Seurat v5 paths: Debian's
+# SeuratObject is 4. About 4 min on a fresh machine (Matrix 1.6-5 compiles),
+# 5 s when present.
+R_MAKEVARS_USER="$PWD/tools/Makevars.user" MAKEFLAGS="-j$(nproc)" POPFLOW_NCPUS="$(nproc)" \
+  Rscript tools/install_seurat5.R >/tmp/popflow-seurat5.log 2>&1 ||
+  { tail -40 /tmp/popflow-seurat5.log; echo "popflow: installing SeuratObject 5 failed (full log: /tmp/popflow-seurat5.log)"; exit 1; }
+tail -1 /tmp/popflow-seurat5.log
 if [ $system_only -eq 1 ]; then
   echo "popflow: system packages present"
   exit 0
