@@ -52,6 +52,13 @@ torch::Tensor VectorFieldImpl::activate(const torch::Tensor& h) const {
   return config_.activation == Activation::SELU ? torch::selu(h) : torch::silu(h);
 }
 
+torch::Tensor VectorFieldImpl::activate_backward(const torch::Tensor& grad, const torch::Tensor& pre) const {
+  if (config_.activation == Activation::SiLU) return at::silu_backward(grad, pre);
+  // SELU is ELU with alpha 1.6733 scaled by 1.0507: torch's own SELU backward.
+  return at::elu_backward(grad, 1.6732632423543772848170429916717, 1.0507009873554804934193349852946, 1.0,
+                          /*is_result=*/false, pre);
+}
+
 torch::Tensor VectorFieldImpl::inputs(const torch::Tensor& x, const torch::Tensor& t,
                                       const torch::Tensor& cond) const {
   std::vector<torch::Tensor> parts{x, time_embedding(t.to(x.dtype()), config_.time_dim)};
@@ -87,6 +94,93 @@ torch::Tensor VectorFieldImpl::forward(const torch::Tensor& x, const torch::Tens
     for (auto& layer : *hidden_) h = activate(layer->as<torch::nn::Linear>()->forward(h));
   }
   return output_->forward(h);
+}
+
+namespace {
+
+// One linear layer's forward product, kept for its backward pass.
+struct LinearStep {
+  torch::nn::LinearImpl* layer;
+  torch::Tensor in;   // the layer's input
+  torch::Tensor pre;  // the activation's input after it (undefined when none follows directly)
+};
+
+// Writes the layer's weight and bias gradients for output gradient `d` and
+// returns the gradient of its input (undefined when not needed).
+torch::Tensor linear_backward(const LinearStep& s, const torch::Tensor& d, bool need_input_grad) {
+  auto& w = s.layer->weight;
+  auto& b = s.layer->bias;
+  if (!w.grad().defined()) w.mutable_grad() = torch::zeros_like(w);
+  if (!b.grad().defined()) b.mutable_grad() = torch::zeros_like(b);
+  at::mm_out(w.mutable_grad(), d.t(), s.in);
+  at::sum_out(b.mutable_grad(), d, 0);
+  return need_input_grad ? d.mm(w) : torch::Tensor();
+}
+
+torch::Tensor linear_forward(torch::nn::LinearImpl* layer, const torch::Tensor& in) {
+  return torch::addmm(layer->bias, in, layer->weight.t());
+}
+
+}  // namespace
+
+torch::Tensor VectorFieldImpl::mse_with_gradient(const torch::Tensor& x, const torch::Tensor& t,
+                                                 const torch::Tensor& cond, const torch::Tensor& target,
+                                                 torch::Tensor* cond_grad) {
+  if (config_.growth)
+    throw std::logic_error("network: mse_with_gradient() has no growth term; use autograd for unbalanced flows");
+  torch::NoGradGuard no_grad;
+  // Forward, keeping each layer's input and each activation's input.
+  std::vector<LinearStep> steps;
+  auto in = inputs(x, t, cond);
+  auto pre = linear_forward(input_.get(), in);
+  steps.push_back({input_.get(), in, pre});
+  auto h = activate(pre);
+  std::vector<torch::Tensor> block_in;  // residual: each block's input h
+  if (config_.residual) {
+    for (size_t i = 0; i + 1 < hidden_->size(); i += 2) {
+      auto* l1 = hidden_[i]->as<torch::nn::Linear>();
+      auto* l2 = hidden_[i + 1]->as<torch::nn::Linear>();
+      block_in.push_back(h);
+      auto a = linear_forward(l1, h);
+      steps.push_back({l1, h, a});
+      auto r = activate(a);
+      auto u = h + linear_forward(l2, r);
+      steps.push_back({l2, r, u});
+      h = activate(u);
+    }
+  } else {
+    for (auto& module : *hidden_) {
+      auto* layer = module->as<torch::nn::Linear>();
+      auto z = linear_forward(layer, h);
+      steps.push_back({layer, h, z});
+      h = activate(z);
+    }
+  }
+  auto out = linear_forward(output_.get(), h);
+  auto loss = torch::mse_loss(out, target);
+  // Backward: mean squared error, then the layers in reverse.
+  auto d = (out - target).mul_(2.0 / static_cast<double>(out.numel()));
+  d = linear_backward({output_.get(), h, torch::Tensor()}, d, true);
+  if (config_.residual) {
+    for (size_t b = block_in.size(); b-- > 0;) {
+      const LinearStep& s1 = steps[1 + 2 * b];
+      const LinearStep& s2 = steps[2 + 2 * b];
+      auto du = activate_backward(d, s2.pre);
+      auto dr = linear_backward(s2, du, true);
+      auto da = activate_backward(dr, s1.pre);
+      d = du + linear_backward(s1, da, true);  // the skip connection and the block's branch
+    }
+  } else {
+    for (size_t i = steps.size(); i-- > 1;) d = linear_backward(steps[i], activate_backward(d, steps[i].pre), true);
+  }
+  d = activate_backward(d, steps[0].pre);
+  linear_backward(steps[0], d, false);
+  if (cond_grad) {
+    // The conditioning is the last cond_dim columns of the input layer's input.
+    const int64_t c = config_.cond_dim;
+    *cond_grad = c > 0 ? d.mm(input_->weight.narrow(1, input_size() - c, c)) : torch::Tensor();
+  }
+  return loss;
 }
 
 }  // namespace popflow

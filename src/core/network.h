@@ -21,11 +21,25 @@ class VectorFieldImpl : public torch::nn::Module {
   // velocity, so that the velocity's weights do not trade off against it.
   torch::Tensor growth(const torch::Tensor& x, const torch::Tensor& t, const torch::Tensor& cond = torch::Tensor());
   bool has_growth() const { return config_.growth; }
+  // The mean squared error of forward(x, t, cond) against `target` ([n, dim]),
+  // with its gradient written into the parameters' .grad (overwritten, not
+  // accumulated) by a hand-written backward pass: the same matrix products
+  // autograd runs, without building its graph, whose per-operation cost
+  // dominates a small network's training step on CPU. Runs without recording
+  // a graph; the returned loss has none. Fields with a growth MLP throw
+  // (its parameters would get no gradient): use autograd for them. With
+  // `cond_grad`, also the loss's gradient with respect to `cond` ([n,
+  // cond_dim]), for conditioning that is itself trained (a population's
+  // embedding): the caller passes it on with autograd.
+  torch::Tensor mse_with_gradient(const torch::Tensor& x, const torch::Tensor& t, const torch::Tensor& cond,
+                                  const torch::Tensor& target, torch::Tensor* cond_grad = nullptr);
   const NetworkConfig& config() const { return config_; }
   int64_t input_size() const;
 
  private:
   torch::Tensor activate(const torch::Tensor& h) const;
+  // grad * activation'(pre): the backward of activate() at its input `pre`.
+  torch::Tensor activate_backward(const torch::Tensor& grad, const torch::Tensor& pre) const;
   torch::Tensor inputs(const torch::Tensor& x, const torch::Tensor& t, const torch::Tensor& cond) const;
   NetworkConfig config_;
   torch::Tensor fourier_matrix_;  // buffer [dim, fourier_features / 2], fixed at construction

@@ -180,6 +180,39 @@ class PopulationObjective : public TrainingObjective {
   }
 
   torch::Tensor loss(int64_t step, std::mt19937_64& rng) override {
+    const Regression r = regression(step, rng);
+    return torch::mse_loss(model_.net->field->forward(r.xt, r.t, expand_rows(r.cond, r.n_cells)), r.ut);
+  }
+
+  // The field's gradient by hand (VectorField::mse_with_gradient); the
+  // conditioning's gradient, summed over each population's rows, then goes
+  // through autograd into the encoder and the label embeddings.
+  torch::Tensor loss_and_gradient(int64_t step, std::mt19937_64& rng, FlatAdam& optimiser) override {
+    const Regression r = regression(step, rng);
+    optimiser.zero_grad();
+    torch::Tensor cond_grad;
+    const bool trained_cond = r.cond.requires_grad();
+    auto loss = model_.net->field->mse_with_gradient(r.xt, r.t, expand_rows(r.cond.detach(), r.n_cells), r.ut,
+                                                     trained_cond ? &cond_grad : nullptr);
+    if (trained_cond) r.cond.backward(cond_grad.view({r.cond.size(0), r.n_cells, -1}).sum(1));
+    return loss;
+  }
+
+ private:
+  // One step's regression: points x_t at times t, the path's velocity there,
+  // and each chosen population's conditioning row ([P, cond_dim], with its
+  // graph when the encoder or label embeddings train on this step).
+  struct Regression {
+    torch::Tensor xt, t, ut, cond;
+    int64_t n_cells;
+  };
+
+  // Each population's condition for its n_cells rows (expand: no sync, unlike repeat_interleave on a GPU).
+  static torch::Tensor expand_rows(const torch::Tensor& cond, int64_t n_cells) {
+    return cond.unsqueeze(1).expand({cond.size(0), n_cells, cond.size(1)}).reshape({-1, cond.size(1)});
+  }
+
+  Regression regression(int64_t step, std::mt19937_64& rng) {
     const auto dev = model_.device;
     const int64_t n_cells = model_.population.cells_per_population;
     std::vector<int64_t> chosen = usable_;
@@ -232,13 +265,9 @@ class PopulationObjective : public TrainingObjective {
     }
     auto t = torch::rand({n_chosen * n_cells}, fopt_);
     auto ps = sample_path(model_.config.path, x0, x1, t);
-    // Each population's condition for its n_cells rows (expand: no sync, unlike repeat_interleave on a GPU).
-    auto cond_rows = cond_pop.unsqueeze(1).expand({n_chosen, n_cells, cond_pop.size(1)}).reshape({-1, cond_pop.size(1)});
-    auto pred = model_.net->field->forward(ps.xt, t, cond_rows);
-    return torch::mse_loss(pred, ps.ut);
+    return {ps.xt, t, ps.ut, cond_pop, n_cells};
   }
 
- private:
   // Source and target cells of each population; only those with both take part.
   // Paired coupling pairs sources_[p][j] with targets_[p][j].
   void index_cells() {

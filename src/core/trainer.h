@@ -92,6 +92,12 @@ class TrainingObjective {
   // uninterrupted run would.
   virtual torch::Tensor loss(int64_t step, std::mt19937_64& rng) = 0;
 
+  // The loss of step `step` (as loss()) with `optimiser`'s gradient filled
+  // in. Default: loss(), then autograd's backward() into a zeroed gradient.
+  // An objective that computes its gradient by hand overrides this (the flow
+  // objective, for a small network whose step autograd's overhead dominates).
+  virtual torch::Tensor loss_and_gradient(int64_t step, std::mt19937_64& rng, FlatAdam& optimiser);
+
   // Called after backward() fills the stepping optimiser's gradient and before
   // its norm is checked and clipped: where gradients would be combined across
   // processes (distributed training). Default: nothing.

@@ -81,3 +81,46 @@ TEST_CASE("FlatAdam: same trajectory as torch::optim::Adam, with EMA and clippin
   auto averaged = c->parameters()[0].detach().clone();
   PF_CHECK(torch::allclose(averaged, 0.9 * before + 0.1 * stepped, 1e-6, 1e-7));
 }
+
+TEST_CASE("network: mse_with_gradient equals autograd's loss and gradient") {
+  NetworkConfig nc;
+  nc.dim = 3;
+  nc.width = 16;
+  nc.depth = 3;
+  for (bool residual : {false, true})
+    for (Activation act : {Activation::SELU, Activation::SiLU})
+      for (int64_t extras : {0, 1}) {  // time embedding, Fourier features and conditioning, or raw t only
+        nc.residual = residual;
+        nc.activation = act;
+        nc.time_dim = extras ? 4 : 0;
+        nc.fourier_features = extras ? 4 : 0;
+        nc.cond_dim = extras ? 2 : 0;
+        torch::manual_seed(7);
+        VectorField net(nc);
+        auto x = torch::randn({40, 3}), t = torch::rand({40}), target = torch::randn({40, 3});
+        auto cond = extras ? torch::randn({40, 2}) : torch::Tensor();
+        for (auto& p : net->parameters()) p.mutable_grad() = torch::full_like(p, 5.0);  // overwritten, not added to
+        torch::Tensor cond_grad;
+        const double hand = net->mse_with_gradient(x, t, cond, target, &cond_grad).item<double>();
+        PF_CHECK(cond_grad.defined() == static_cast<bool>(extras));
+        if (extras) cond.requires_grad_(true);
+        std::vector<torch::Tensor> by_hand;
+        for (auto& p : net->parameters()) by_hand.push_back(p.grad().clone());
+        for (auto& p : net->parameters()) p.mutable_grad() = torch::Tensor();
+        auto loss = torch::mse_loss(net->forward(x, t, cond), target);
+        loss.backward();
+        PF_CHECK_NEAR(hand, loss.item<double>(), 1e-7);
+        if (extras) PF_CHECK_NEAR(max_abs(cond_grad - cond.grad()) / max_abs(cond.grad()), 0.0, 1e-5);
+        auto params = net->parameters();
+        PF_CHECK(params.size() == by_hand.size());
+        for (size_t i = 0; i < params.size(); ++i) {
+          const double scale = params[i].grad().abs().max().item<double>() + 1e-12;
+          PF_CHECK_NEAR(max_abs(by_hand[i] - params[i].grad()) / scale, 0.0, 1e-5);
+        }
+      }
+  nc.growth = true;
+  VectorField grows(nc);
+  PF_CHECK_THROWS_AS(grows->mse_with_gradient(torch::randn({4, 3}), torch::rand({4}), torch::randn({4, 2}),
+                                              torch::randn({4, 3})),
+                     std::logic_error);
+}

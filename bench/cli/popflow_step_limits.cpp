@@ -1,0 +1,137 @@
+// popflow_step_limits: what bounds one I-CFM training step on this CPU.
+//
+//   popflow_step_limits --width 256 --batch 1024 [--depth 3 --dim 10 --steps 300 --threads 1]
+//
+// Times, in one process and one thread:
+//   - the full training step (popflow::train on two synthetic 10-d snapshots,
+//     I-CFM, an MLP of `depth` hidden layers of `width`, SELU, input [x, t]);
+//   - the step's matrix products alone: the forward product of each layer and
+//     the two backward products (weight gradient, input gradient; none for
+//     the first layer's input), at the step's exact shapes, on fresh tensors;
+//   - the machine's matrix-product throughput on a large square product
+//     (1024 x 1024 x 1024), its practical peak for one thread.
+// Prints one JSON line: step ms, products ms, their ratio (how close the step
+// is to its products' own time), and GFLOP/s of the products at the step's
+// shapes and at the large square. "step / products" near 1 means products
+// bound the step; well above 1, per-operation overhead or element-wise work.
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "config.h"
+#include "model.h"
+#include "trainer.h"
+
+namespace {
+
+double now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+struct Product {
+  int64_t m, k, n;  // [m, k] x [k, n]
+};
+
+// Median of `reps` timings of `f` (seconds), after one warm-up call.
+template <class F>
+double median_time(F&& f, int reps) {
+  f();
+  std::vector<double> t;
+  for (int r = 0; r < reps; ++r) {
+    const double s = now();
+    f();
+    t.push_back(now() - s);
+  }
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int64_t width = 64, batch = 256, depth = 3, dim = 10, steps = 300;
+  int threads = 1;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto value = [&]() -> long long {
+      if (i + 1 >= argc) {
+        std::fprintf(stderr, "%s needs a value\n", a.c_str());
+        std::exit(2);
+      }
+      return std::atoll(argv[++i]);
+    };
+    if (a == "--width") width = value();
+    else if (a == "--batch") batch = value();
+    else if (a == "--depth") depth = value();
+    else if (a == "--dim") dim = value();
+    else if (a == "--steps") steps = value();
+    else if (a == "--threads") threads = static_cast<int>(value());
+    else {
+      std::fprintf(stderr, "usage: popflow_step_limits [--width W] [--batch B] [--depth D] [--dim d] [--steps S] [--threads T]\n");
+      return 2;
+    }
+  }
+  torch::set_num_threads(threads);
+  torch::manual_seed(1);
+
+  // The full step, through the training loop.
+  popflow::FlowConfig cfg;
+  cfg.network.dim = dim;
+  cfg.network.width = width;
+  cfg.network.depth = depth;
+  cfg.times = {0.0, 1.0};
+  popflow::TrainConfig tc;
+  tc.steps = steps;
+  tc.batch_size = batch;
+  tc.threads = threads;
+  const int64_t n = 4 * batch;
+  popflow::TrainingData data;
+  data.x = torch::cat({torch::randn({n, dim}), torch::randn({n, dim}) * 0.5 + 3});
+  data.time_index.assign(n, 0);
+  data.time_index.insert(data.time_index.end(), n, 1);
+  auto model = popflow::make_model(cfg, "cpu");
+  popflow::train(*model, data, [&] { auto w = tc; w.steps = 10; return w; }());  // warm-up
+  model = popflow::make_model(cfg, "cpu");
+  const auto res = popflow::train(*model, data, tc);
+  const double step_s = res.seconds / static_cast<double>(res.steps_done);
+
+  // The step's products at its shapes: layer sizes in -> out.
+  const int64_t t_features = cfg.network.time_dim > 0 ? cfg.network.time_dim : 1;
+  std::vector<int64_t> sizes{dim + t_features};
+  for (int64_t l = 0; l < depth; ++l) sizes.push_back(width);
+  sizes.push_back(dim);
+  std::vector<Product> products;
+  for (size_t l = 0; l + 1 < sizes.size(); ++l) {
+    const int64_t in = sizes[l], out = sizes[l + 1];
+    products.push_back({batch, in, out});              // forward
+    products.push_back({out, batch, in});              // weight gradient d^T h
+    if (l > 0) products.push_back({batch, out, in});   // input gradient d W
+  }
+  double flop = 0;
+  std::vector<std::pair<torch::Tensor, torch::Tensor>> operands;
+  for (const auto& p : products) {
+    operands.emplace_back(torch::randn({p.m, p.k}), torch::randn({p.k, p.n}));
+    flop += 2.0 * p.m * p.k * p.n;
+  }
+  const int reps = 50;
+  const double products_s = median_time([&] {
+    for (const auto& ab : operands) torch::mm(ab.first, ab.second);
+  }, reps);
+  auto a = torch::randn({1024, 1024}), b = torch::randn({1024, 1024});
+  const double square_s = median_time([&] { torch::mm(a, b); }, 10);
+
+  std::printf(
+      "{\"width\": %lld, \"batch\": %lld, \"depth\": %lld, \"dim\": %lld, \"threads\": %d, \"steps\": %lld, "
+      "\"step_ms\": %.4f, \"steps_per_s\": %.1f, \"products_ms\": %.4f, \"step_over_products\": %.3f, "
+      "\"products_gflops\": %.2f, \"step_gflops\": %.2f, \"square_gflops\": %.2f}\n",
+      static_cast<long long>(width), static_cast<long long>(batch), static_cast<long long>(depth),
+      static_cast<long long>(dim), threads, static_cast<long long>(res.steps_done), 1e3 * step_s, 1.0 / step_s,
+      1e3 * products_s, step_s / products_s, flop / products_s / 1e9, flop / step_s / 1e9,
+      2.0 * 1024 * 1024 * 1024 / square_s / 1e9);
+  return 0;
+}
