@@ -37,9 +37,11 @@ fi
 # SeuratObject is 4. About 4 min on a fresh machine (Matrix 1.6-5 compiles),
 # 5 s when present.
 R_MAKEVARS_USER="$PWD/tools/Makevars.user" MAKEFLAGS="-j$(nproc)" POPFLOW_NCPUS="$(nproc)" \
-  Rscript tools/install_seurat5.R >/tmp/popflow-seurat5.log 2>&1 ||
-  { tail -40 /tmp/popflow-seurat5.log; echo "popflow: installing SeuratObject 5 failed (full log: /tmp/popflow-seurat5.log)"; exit 1; }
-tail -1 /tmp/popflow-seurat5.log
+  Rscript tools/install_seurat5.R >/tmp/popflow-seurat5.log 2>&1 &&
+  tail -1 /tmp/popflow-seurat5.log ||
+  # Not fatal: popflow itself does not need it; the v5 tests then skip and say why.
+  { tail -20 /tmp/popflow-seurat5.log
+    echo "popflow: WARNING: SeuratObject 5 did not install (CRAN unreachable?); the Seurat v5 tests will skip (full log: /tmp/popflow-seurat5.log)"; }
 if [ $system_only -eq 1 ]; then
   echo "popflow: system packages present"
   exit 0
