@@ -19,6 +19,8 @@
 # TP_DEPTH (3), TP_STEPS_ICFM (3000), TP_STEPS_OT256 (300), TP_STEPS_OT1024 (30) (an exact OT
 # step costs ~50x an I-CFM step, so OT runs fewer steps), TP_REPS (1: repeats; the table shows
 # the median steps/s and the max RSS over repeats). R_LIBS must name popflow's library.
+# "ratio, CPU time": the same ratio from each process's CPU time over the timed
+# steps (one thread), which other work on the machine distorts far less than wall time.
 # Writes bench/results/throughput_runs.csv and throughput.csv.
 
 source(file.path(dirname(sub("^--file=", "", grep("^--file=", commandArgs(FALSE), value = TRUE)[1])), "common.R"))
@@ -65,10 +67,11 @@ run_measured <- function(cmd, args) {
 rscript <- file.path(R.home("bin"), "Rscript")
 
 rows <- list()
-add <- function(impl, method, width, batch, steps, rep, steps_per_s, seconds, rss_mb) {
+add <- function(impl, method, width, batch, steps, rep, steps_per_s, seconds, rss_mb, cpu_seconds = NA) {
   rows[[length(rows) + 1]] <<- data.frame(impl = impl, method = method, width = width, depth = depth,
                                           batch = batch, steps = steps, rep = rep, seconds = seconds,
-                                          steps_per_s = steps_per_s, peak_rss_mb = rss_mb)
+                                          steps_per_s = steps_per_s, peak_rss_mb = rss_mb,
+                                          cpu_steps_per_s = steps / cpu_seconds)
 }
 
 # Idle (start-up) memory of each side.
@@ -93,7 +96,7 @@ for (method in methods) for (width in widths) for (batch in batches) for (rep in
                                method, width, depth, batch, steps))
   if (!r$ok || is.na(r$result)) stop("popflow run failed:\n", paste(r$out, collapse = "\n"))
   f <- strsplit(r$result, ",")[[1]]
-  add("popflow", method, width, batch, steps, rep, as.numeric(f[9]), as.numeric(f[8]), r$rss_mb)
+  add("popflow", method, width, batch, steps, rep, as.numeric(f[9]), as.numeric(f[8]), r$rss_mb, as.numeric(f[11]))
   cat(sprintf("popflow  %-5s w=%-3d b=%-4d: %8.1f steps/s, peak RSS %.0f MB\n", method, width, batch,
               as.numeric(f[9]), r$rss_mb))
   if (peer_ok) {
@@ -104,7 +107,8 @@ for (method in methods) for (width in widths) for (batch in batches) for (rep in
     j <- r$result
     sps <- as.numeric(sub('.*"steps_per_s": ([0-9.eE+-]+).*', "\\1", j))
     secs <- as.numeric(sub('.*"seconds": ([0-9.eE+-]+).*', "\\1", j))
-    add("TorchCFM", method, width, batch, steps, rep, sps, secs, r$rss_mb)
+    cpu <- as.numeric(sub('.*"cpu_seconds": ([0-9.eE+-]+).*', "\\1", j))
+    add("TorchCFM", method, width, batch, steps, rep, sps, secs, r$rss_mb, cpu)
     cat(sprintf("TorchCFM %-5s w=%-3d b=%-4d: %8.1f steps/s, peak RSS %.0f MB\n", method, width, batch, sps, r$rss_mb))
   }
 }
@@ -121,11 +125,14 @@ tab <- do.call(rbind, lapply(seq_len(nrow(cfg)), function(i) {
   q <- runs[sel("TorchCFM"), ]
   ps <- stats::median(p$steps_per_s)
   qs <- if (nrow(q)) stats::median(q$steps_per_s) else NA
+  pc <- stats::median(p$cpu_steps_per_s)
+  qc <- if (nrow(q)) stats::median(q$cpu_steps_per_s) else NA
   data.frame(method = c(icfm = "I-CFM", otcfm = "OT-CFM (exact)", sbcfm = "SB-CFM")[cfg$method[i]],
              width = cfg$width[i], depth = depth, batch = cfg$batch[i], steps = cfg$steps[i],
              `popflow steps/s` = sprintf("%.1f", ps),
              `TorchCFM steps/s` = if (is.na(qs)) "-" else sprintf("%.1f", qs),
              `ratio popflow/TorchCFM` = if (is.na(qs)) "-" else sprintf("%.2f", ps / qs),
+             `ratio, CPU time` = if (is.na(qc)) "-" else sprintf("%.2f", pc / qc),
              `popflow peak RSS (MB)` = sprintf("%.0f", max(p$peak_rss_mb)),
              `TorchCFM peak RSS (MB)` = if (nrow(q)) sprintf("%.0f", max(q$peak_rss_mb)) else "-",
              check.names = FALSE)
@@ -133,7 +140,7 @@ tab <- do.call(rbind, lapply(seq_len(nrow(cfg)), function(i) {
 idle <- runs[runs$method == "idle", ]
 tab <- rbind(tab, data.frame(method = "idle (library loaded, no training)", width = NA, depth = NA, batch = NA,
                              steps = NA, `popflow steps/s` = "-", `TorchCFM steps/s` = "-",
-                             `ratio popflow/TorchCFM` = "-",
+                             `ratio popflow/TorchCFM` = "-", `ratio, CPU time` = "-",
                              `popflow peak RSS (MB)` = sprintf("%.0f", idle$peak_rss_mb[idle$impl == "popflow"]),
                              `TorchCFM peak RSS (MB)` = if (any(idle$impl == "TorchCFM"))
                                sprintf("%.0f", idle$peak_rss_mb[idle$impl == "TorchCFM"]) else "-",

@@ -10,11 +10,17 @@
 //     the first layer's input), at the step's exact shapes, on fresh tensors;
 //   - the machine's matrix-product throughput on a large square product
 //     (1024 x 1024 x 1024), its practical peak for one thread.
+// Also the SELU activations' forward and backward passes at the hidden
+// shapes, and the optimiser's whole-buffer work (the gradient's norm, the
+// copies that let a step be undone, Adam), so that the step splits into
+// products, activations, optimiser and the rest (per-operation overhead,
+// sampling, the loss, and the products and activations running slower inside
+// the step than alone, their operands no longer in cache).
 // All times are the process's CPU time (one thread), not wall time: other
-// processes on the machine then matter little. Prints one JSON line: step ms, products ms, their ratio (how close the step
-// is to its products' own time), and GFLOP/s of the products at the step's
-// shapes and at the large square. "step / products" near 1 means products
-// bound the step; well above 1, per-operation overhead or element-wise work.
+// processes on the machine then matter little. Prints one JSON line: step ms,
+// products ms, their ratio ("step / products" near 1: the products bound the
+// step), the split, and GFLOP/s of the products at the step's shapes and at
+// the large square.
 #include <torch/torch.h>
 
 #include <algorithm>
@@ -129,16 +135,44 @@ int main(int argc, char** argv) {
   const double products_s = median_time([&] {
     for (const auto& ab : operands) torch::mm(ab.first, ab.second);
   }, reps);
+  // The activations' forward and backward passes at the hidden layers' shapes (SELU, as the step).
+  std::vector<torch::Tensor> pre;
+  for (int64_t l = 0; l < depth; ++l) pre.push_back(torch::randn({batch, width}));
+  const auto grad = torch::randn({batch, width});
+  const double activations_s = median_time([&] {
+    for (const auto& z : pre) {
+      torch::selu(z);
+      at::elu_backward(grad, 1.6732632423543772, 1.0507009873554805, 1.0, false, z);
+    }
+  }, reps);
+  // Adam's update and the loop's bookkeeping over the flat parameter buffer.
+  const int64_t n_params = model->net->parameters().size() > 0 ? [&] {
+    int64_t c = 0;
+    for (const auto& p : model->net->parameters()) c += p.numel();
+    return c;
+  }() : 0;
+  auto flat = torch::randn({n_params}), m = torch::zeros({n_params}), v = torch::zeros({n_params}),
+       g = torch::randn({n_params});
+  const double optimizer_s = median_time([&] {
+    torch::NoGradGuard no_grad;
+    (void)g.norm().item<double>();  // the finiteness check and clipping
+    auto saved = flat.clone(), saved_m = m.clone(), saved_v = v.clone();  // remember(): a step can be undone
+    m.mul_(0.9).add_(g, 0.1);
+    v.mul_(0.999).addcmul_(g, g, 0.001);
+    flat.addcdiv_(m, (v.sqrt() / 0.9).add_(1e-8), -1e-3);
+  }, reps);
   auto a = torch::randn({1024, 1024}), b = torch::randn({1024, 1024});
   const double square_s = median_time([&] { torch::mm(a, b); }, 10);
 
   std::printf(
       "{\"width\": %lld, \"batch\": %lld, \"depth\": %lld, \"dim\": %lld, \"threads\": %d, \"steps\": %lld, "
       "\"step_ms\": %.4f, \"steps_per_s\": %.1f, \"products_ms\": %.4f, \"step_over_products\": %.3f, "
+      "\"activations_ms\": %.4f, \"optimizer_ms\": %.4f, \"other_ms\": %.4f, "
       "\"products_gflops\": %.2f, \"step_gflops\": %.2f, \"square_gflops\": %.2f}\n",
       static_cast<long long>(width), static_cast<long long>(batch), static_cast<long long>(depth),
       static_cast<long long>(dim), threads, static_cast<long long>(res.steps_done), 1e3 * step_s, 1.0 / step_s,
-      1e3 * products_s, step_s / products_s, flop / products_s / 1e9, flop / step_s / 1e9,
+      1e3 * products_s, step_s / products_s, 1e3 * activations_s, 1e3 * optimizer_s,
+      1e3 * (step_s - products_s - activations_s - optimizer_s), flop / products_s / 1e9, flop / step_s / 1e9,
       2.0 * 1024 * 1024 * 1024 / square_s / 1e9);
   return 0;
 }
