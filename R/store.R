@@ -500,9 +500,16 @@ fit_population_store <- function(method, store, target, time, group, population,
                                          label_levels = labels$levels, covariates = ncol(labels$covariates) %||% 0L))
   engine_validation <- if (!is.null(validation)) validation_config(validation, sets, training$seed)
   empty <- matrix(numeric(0), 0, store$dim)
-  train_model(fields, training, verbose, resume, function(progress, every, metadata) {
-    pf_population_fit(empty, integer(0), integer(0), labels$codes, labels$covariates, config, progress, every,
-                      resume$bytes, metadata, engine_validation, store = store$path,
-                      graph_cache_mb = graph_cache_mb(method))
+  stats <- NULL
+  fit <- train_model(fields, training, verbose, resume, function(progress, every, metadata) {
+    res <- pf_population_fit(empty, integer(0), integer(0), labels$codes, labels$covariates, config, progress, every,
+                             resume$bytes, metadata, engine_validation, store = store$path,
+                             graph_cache_mb = graph_cache_mb(method))
+    stats <<- attr(res, "graph_stats")
+    res
   })
+  # What training did with the store and its graphs (for tuning graph_cache_mb): graphs built and
+  # evicted, the cache's peak bytes, blocks read and the seconds spent reading them (on the prefetch thread, mostly).
+  fit$store_stats <- stats
+  fit
 }

@@ -12,6 +12,8 @@
 # BENCH_MEMORY_CELLS (largest in-memory comparison, default 2e6), BENCH_STEPS
 # (150), BENCH_SWEEP (populations of the sweep, default 100,1000,10000,100000).
 # Each fit runs in a fresh R process so that its peak RSS (VmHWM) is its own.
+# read_ms_per_step: the engine's time in pread() per step (mostly on the
+# prefetch thread, overlapping the step), from fit$store_stats.
 # Results: bench/results/population_store.csv and .log.
 
 source(file.path(local({
@@ -62,7 +64,11 @@ fit_once <- function(source, steps, path = NULL, n_cells = 0, n_pop = 0) {
     pop <- rep(sprintf("p%06d", seq_len(n_pop)), each = per_pop)
     fit <- fitFlow(x, target, population = c(pop, pop), method = method, training = training, verbose = FALSE)
   }
-  cat(sprintf("RESULT %s %.4f %.1f\n", source, fit$steps_done / fit$seconds, peak_rss_mb()))
+  st <- fit$store_stats
+  if (is.null(st)) st <- c(graphs_built = NA, evictions = NA, cache_peak_bytes = NA, read_seconds = NA, read_bytes = NA)
+  cat(sprintf("RESULT %s %.4f %.1f %.3f %.0f %.0f %.1f %.1f\n", source, fit$steps_done / fit$seconds, peak_rss_mb(),
+              1000 * st[["read_seconds"]] / fit$steps_done, st[["graphs_built"]], st[["evictions"]],
+              st[["cache_peak_bytes"]] / 2^20, st[["read_bytes"]] / fit$steps_done / 2^20))
 }
 
 args <- commandArgs(trailingOnly = TRUE)
@@ -96,7 +102,8 @@ run_fit <- function(source, path, cells, pops) {
   if (!length(res)) stop(paste(out, collapse = "\n"))
   v <- strsplit(res, " ")[[1]]
   data.frame(source = source, cells = cells, populations = pops, steps = steps, steps_per_s = as.numeric(v[3]),
-             peak_rss_mb = as.numeric(v[4]))
+             peak_rss_mb = as.numeric(v[4]), read_ms_per_step = as.numeric(v[5]), graphs_built = as.numeric(v[6]),
+             evictions = as.numeric(v[7]), graph_cache_peak_mb = as.numeric(v[8]), read_mb_per_step = as.numeric(v[9]))
 }
 
 rows <- list()
@@ -106,12 +113,6 @@ small <- file.path(store_dir, "bench_small.pfstore")
 say("write %g cells in %g populations: %.1f s", mem_cells, mem_pops, write_synthetic(small, mem_cells, mem_pops))
 rows[[length(rows) + 1]] <- run_fit("memory", NULL, mem_cells, mem_pops)
 rows[[length(rows) + 1]] <- run_fit("store", small, mem_cells, mem_pops)
-# Reading a step's blocks (10 populations, source and target) through R's glue, an upper bound on the engine's pread.
-st <- PopulationStore(small)
-blocks <- c(st$populations$source_block[1:10], st$populations$target_block[1:10])
-t_read <- system.time(for (i in 1:50) popflow:::pf_store_read(st$path, blocks))[["elapsed"]] / 50
-say("reading 10 populations' blocks (%d cells x %d) through R: %.2f ms per step", sum(st$blocks$cells[blocks + 1]), DIM,
-    1000 * t_read)
 unlink(small)
 big <- file.path(store_dir, "bench_big.pfstore")
 say("write %g cells in %g populations: %.1f s", n_cells, n_pop, write_synthetic(big, n_cells, n_pop))

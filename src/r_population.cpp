@@ -59,8 +59,9 @@ Rcpp::List pf_population_fit(Rcpp::NumericMatrix x, Rcpp::IntegerVector side, Rc
   PF_GUARD_BEGIN
   PopulationSet data;
   std::unique_ptr<PopulationData> blocks;
+  std::shared_ptr<const PopulationStore> opened;
   if (store.isNotNull()) {
-    auto opened = std::make_shared<const PopulationStore>(Rcpp::as<std::string>(Rcpp::CharacterVector(store.get())[0]));
+    opened = std::make_shared<const PopulationStore>(Rcpp::as<std::string>(Rcpp::CharacterVector(store.get())[0]));
     blocks = store_population_data(opened, long_matrix(labels), float_matrix(covariates));
   } else {
     data.x = to_tensor(x);
@@ -105,11 +106,13 @@ Rcpp::List pf_population_fit(Rcpp::NumericMatrix x, Rcpp::IntegerVector side, Rc
         return blocks ? train_population_model(*model, *blocks, tc, callbacks, how, &stats)
                       : train_population_model(*model, data, tc, callbacks, how, &stats);
       });
+  const PopulationStore::ReadStats reads = opened ? opened->read_stats() : PopulationStore::ReadStats{};
   out.attr("graph_stats") = Rcpp::NumericVector::create(
       Rcpp::Named("graphs_built") = static_cast<double>(stats.graphs_built),
       Rcpp::Named("evictions") = static_cast<double>(stats.graph_evictions),
       Rcpp::Named("cache_peak_bytes") = static_cast<double>(stats.graph_cache_peak_bytes),
-      Rcpp::Named("blocks_read") = static_cast<double>(stats.blocks_read));
+      Rcpp::Named("blocks_read") = static_cast<double>(stats.blocks_read),
+      Rcpp::Named("read_seconds") = reads.seconds, Rcpp::Named("read_bytes") = static_cast<double>(reads.bytes));
   return out;
   PF_GUARD_END
   return R_NilValue;

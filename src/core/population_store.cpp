@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -311,7 +312,16 @@ PopulationStore::~PopulationStore() {
 
 void PopulationStore::read_rows(int64_t first, int64_t n, float* out) const {
   if (first < 0 || n < 0 || first + n > cells()) throw StoreError("rows outside the store");
-  pread_all(fd_, out, static_cast<size_t>(n * dim()) * sizeof(float), kStoreDataOffset + first * dim() * 4, path_);
+  const auto start = std::chrono::steady_clock::now();
+  const size_t bytes = static_cast<size_t>(n * dim()) * sizeof(float);
+  pread_all(fd_, out, bytes, kStoreDataOffset + first * dim() * 4, path_);
+  read_ns_ += std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start).count();
+  read_bytes_ += static_cast<int64_t>(bytes);
+  ++reads_;
+}
+
+PopulationStore::ReadStats PopulationStore::read_stats() const {
+  return {reads_.load(), read_bytes_.load(), static_cast<double>(read_ns_.load()) * 1e-9};
 }
 
 torch::Tensor PopulationStore::read_block(int64_t b) const {

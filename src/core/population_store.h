@@ -21,6 +21,7 @@
 #pragma once
 #include <torch/torch.h>
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <stdexcept>
@@ -105,6 +106,12 @@ class PopulationStore {
   torch::Tensor read_block(int64_t b) const;
   // Reads every cell and compares the data checksum (StoreError when it differs).
   void verify() const;
+  // Reads so far (from every thread): calls, bytes and seconds spent in pread().
+  struct ReadStats {
+    int64_t reads = 0, bytes = 0;
+    double seconds = 0;
+  };
+  ReadStats read_stats() const;
 
  private:
   std::string path_;
@@ -112,6 +119,7 @@ class PopulationStore {
   int64_t file_bytes_ = 0;
   uint64_t data_checksum_ = 0;
   StoreLayout layout_;
+  mutable std::atomic<int64_t> reads_{0}, read_bytes_{0}, read_ns_{0};
 };
 
 }  // namespace popflow
