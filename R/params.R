@@ -540,10 +540,11 @@ is_generative.TargetFMParam <- function(method) TRUE
 #'   recently used are dropped above the cap, so memory does not grow with the
 #'   number of populations; the fit is the same under any cap (a graph is
 #'   seeded by its population), only the time to rebuild dropped graphs
-#'   changes. The default, 1024, holds every graph of data sets of up to a few
-#'   hundred populations (a graph of 2,000 cells, the `max_cells` cap, with
-#'   `k = 50` takes about 4 MiB; see `bench/population_store.R`) and keeps a
-#'   fit of 10^5 populations within a few GB.
+#'   changes. The default, 1024, holds every graph of data sets of up to
+#'   about 290 populations at the largest graph (2,000 cells, the `max_cells`
+#'   cap, of 50 features with `k = 50`: 3.5 MiB, measured) and many more of
+#'   smaller ones, while a fit of 10^5 populations stays within a few GB
+#'   (`bench/population_store.R`).
 #' @return An object of classes `popflow_population_param` and `popflow_param`.
 #' @examples
 #' MFMParam(k = 10, encoder = "gcn")
