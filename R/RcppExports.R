@@ -93,8 +93,8 @@ pf_torch_version <- function() {
     .Call(`_popflow_pf_torch_version`)
 }
 
-pf_population_fit <- function(x, side, population, labels, covariates, config, progress, progress_every, resume, metadata, validation = NULL) {
-    .Call(`_popflow_pf_population_fit`, x, side, population, labels, covariates, config, progress, progress_every, resume, metadata, validation)
+pf_population_fit <- function(x, side, population, labels, covariates, config, progress, progress_every, resume, metadata, validation = NULL, store = NULL, graph_cache_mb = 1024, prefetch = TRUE) {
+    .Call(`_popflow_pf_population_fit`, x, side, population, labels, covariates, config, progress, progress_every, resume, metadata, validation, store, graph_cache_mb, prefetch)
 }
 
 pf_population_embed <- function(handle, x, population, n_pop, threads) {
@@ -103,5 +103,29 @@ pf_population_embed <- function(handle, x, population, n_pop, threads) {
 
 pf_population_transport <- function(handle, x, population, n_pop, labels, covariates, times, solver, threads, progress = NULL) {
     .Call(`_popflow_pf_population_transport`, handle, x, population, n_pop, labels, covariates, times, solver, threads, progress)
+}
+
+pf_store_write_open <- function(path, dim, block_names, block_sizes, population_names, source_block, target_block, text) {
+    .Call(`_popflow_pf_store_write_open`, path, dim, block_names, block_sizes, population_names, source_block, target_block, text)
+}
+
+pf_store_write_rows <- function(writer, rows, dest, block) {
+    invisible(.Call(`_popflow_pf_store_write_rows`, writer, rows, dest, block))
+}
+
+pf_store_write_finish <- function(writer) {
+    invisible(.Call(`_popflow_pf_store_write_finish`, writer))
+}
+
+pf_store_info <- function(path) {
+    .Call(`_popflow_pf_store_info`, path)
+}
+
+pf_store_read <- function(path, blocks) {
+    .Call(`_popflow_pf_store_read`, path, blocks)
+}
+
+pf_store_verify <- function(path) {
+    invisible(.Call(`_popflow_pf_store_verify`, path))
 }
 

@@ -80,7 +80,10 @@ fair_baseline_names <- c("no change", "mean shift", "label mean shift")
 #'
 #' @param object A model from [fitFlow()].
 #' @param source Cells at time `from`, or a SingleCellExperiment or Seurat
-#'   object for a model fitted on one (see [cell-objects]).
+#'   object for a model fitted on one (see [cell-objects]); for a population
+#'   model also a population store ([PopulationStore()]): each population's
+#'   source cells are moved and scored against its target cells, both read
+#'   from the store (`population` then chooses store populations; `NULL`: all).
 #' @param target Observed cells at time `to`; for an object `source`, missing
 #'   (its own target cells) or a second object.
 #' @inheritParams predict.popflow_flow
@@ -155,6 +158,10 @@ evaluateFlow <- function(object, source, target, from = NULL, to = NULL, solver 
     message("the model has 1 feature: mean_R2 (R^2 over the features' means) needs at least 2 and corr_r ",
             "(correlation of the features' correlations) at least 3, so both are NA")
   }
+  if (is_population_store(source)) {
+    return(evaluate_store(object, source, if (!missing(target)) target, solver, max_cells, seed, baselines,
+                          population, label, unseen_label, verbose))
+  }
   if (is_cell_object(source)) {
     return(evaluate_cell_object(object, source, if (!missing(target)) target, from, to, solver, max_cells, seed,
                                 baselines, top_genes, unseen_label, verbose))
@@ -164,6 +171,26 @@ evaluateFlow <- function(object, source, target, from = NULL, to = NULL, solver 
   evaluate_model(object, source, target, from = from, to = to, solver = solver, max_cells = max_cells, seed = seed,
                  baselines = baselines, population = population, target_population = target_population,
                  label = label, unseen_label = unseen_label, verbose = verbose)
+}
+
+# evaluateFlow() on a store: each chosen population's source cells moved
+# and scored against its target cells, both read from the store.
+evaluate_store <- function(object, store, target, solver, max_cells, seed, baselines, population, label,
+                           unseen_label, verbose) {
+  if (!inherits(object, "popflow_population")) {
+    pf_abort("source", "is a population store, which only population models (MFM, CGFM) read",
+             "give a flow model source and target cells as matrices")
+  }
+  if (!is.null(target)) pf_abort("target", "is read from the store", "leave `target` out when `source` is a store")
+  if (!is.null(label)) pf_abort("label", "is read from the store", "leave `label` out when `source` is a store")
+  idx <- store_populations(store, population)
+  src <- store_source_cells(store, idx, object)
+  tgt <- store_target_cells(store, idx)
+  evaluate_model(object, same_features(src$x, "source", object$feature_names, object$n_features),
+                 same_features(tgt$x, "source", object$feature_names, object$n_features), from = NULL, to = NULL,
+                 solver = solver, max_cells = max_cells, seed = seed, baselines = baselines,
+                 population = src$population, target_population = tgt$population, label = src$label,
+                 unseen_label = unseen_label, verbose = verbose)
 }
 
 # The baselines to score (their names, in row order) from `baselines`.

@@ -30,6 +30,10 @@
 #'   same value in every cell gives a warning (it carries no information and
 #'   the flow leaves it unchanged).
 #'   For a SingleCellExperiment or Seurat object, see [fitFlow-objects].
+#'   For `method = "mfm"` or `"cgfm"`, `x` may be a population store
+#'   ([PopulationStore()], written by [writePopulationStore()]): the engine
+#'   then reads each step's populations from the file (leave `target` and
+#'   `population` out; `label` names the store's label columns to condition on).
 #' @param target Target cells (same features as `x`), or `NULL` when `time` is given.
 #' @param time One time label per row of `x` (numeric, or a factor with levels
 #'   in time order).
@@ -153,6 +157,10 @@ fit_method <- function(method, x, ...) UseMethod("fit_method")
 #' @export
 fit_method.popflow_flow_param <- function(method, x, target, time, group, population, label, network, training,
                                           device, threads, verbose, resume, validation = NULL, sizes = NULL) {
+  if (is_population_store(x)) {
+    pf_abort("x", sprintf("is a population store, which only population models read, not method \"%s\"", attr(method, "kind")),
+             "use method = \"mfm\" or \"cgfm\" with a store, or give the cells as matrices")
+  }
   if (!is.null(population) || !is.null(label)) {
     pf_abort(if (is.null(population)) "label" else "population",
              "is used only by method = \"mfm\" or \"cgfm\"", "use `group` to pair cells within groups")
@@ -208,6 +216,10 @@ fit_method.popflow_flow_param <- function(method, x, target, time, group, popula
 #' @export
 fit_method.popflow_population_param <- function(method, x, target, time, group, population, label, network,
                                                 training, device, threads, verbose, resume, validation = NULL) {
+  if (is_population_store(x)) {
+    return(fit_population_store(method, x, target, time, group, population, label, network, training, device,
+                                threads, verbose, resume, validation))
+  }
   if (!is.null(time) || !is.null(group)) {
     pf_abort(if (is.null(time)) "group" else "time", sprintf("is not used by method \"%s\"", attr(method, "kind")),
              "give source cells as `x`, target cells as `target`, and `population` (and `label`)")
@@ -264,7 +276,7 @@ fit_method.popflow_population_param <- function(method, x, target, time, group, 
   engine_validation <- if (!is.null(validation)) validation_config(validation, sets, training$seed)
   train_model(fields, training, verbose, resume, function(progress, every, metadata) {
     pf_population_fit(rbind(x, target), side, pops$code - 1L, labels$codes, labels$covariates, config, progress,
-                      every, resume$bytes, metadata, engine_validation)
+                      every, resume$bytes, metadata, engine_validation, graph_cache_mb = graph_cache_mb(method))
   })
 }
 

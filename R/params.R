@@ -534,6 +534,17 @@ is_generative.TargetFMParam <- function(method) TRUE
 #' @param schedule `"joint"` or `"alternating"` (see above).
 #' @param encoder_lr Learning rate of the encoder's optimiser under the
 #'   alternating schedule (`NULL`: the `lr` of [TrainingParam()]).
+#' @param graph_cache_mb Cap, in MiB, on the memory of the kNN graphs kept
+#'   between training steps (`0`: no cap). Graphs are built when a step first
+#'   draws a population (on a background thread, a step ahead) and the least
+#'   recently used are dropped above the cap, so memory does not grow with the
+#'   number of populations; the fit is the same under any cap (a graph is
+#'   seeded by its population), only the time to rebuild dropped graphs
+#'   changes. The default, 1024, holds every graph of data sets of up to
+#'   about 290 populations at the largest graph (2,000 cells, the `max_cells`
+#'   cap, of 50 features with `k = 50`: 3.5 MiB, measured) and many more of
+#'   smaller ones, while a fit of 10^5 populations stays within a few GB
+#'   (`bench/population_store.R`).
 #' @return An object of classes `popflow_population_param` and `popflow_param`.
 #' @examples
 #' MFMParam(k = 10, encoder = "gcn")
@@ -547,7 +558,7 @@ NULL
 MFMParam <- function(k = 50, layers = 3, width = 64, encoder = c("gcn", "mean", "kme"), populations_per_step = 10,
                      cells_per_population = 700, max_cells = 2000, coupling = c("independent", "exact", "paired"),
                      sigma = 0.1, label_dim = 8, bandwidth = 1, schedule = c("joint", "alternating"),
-                     encoder_lr = NULL) {
+                     encoder_lr = NULL, graph_cache_mb = 1024) {
   encoder <- check_choice(encoder[1], "encoder", c("gcn", "mean", "kme"))
   width <- check_count(width, "width")
   if (encoder == "kme" && width %% 2 != 0) pf_abort("width", "must be even for the \"kme\" encoder", "use e.g. width = 64")
@@ -564,8 +575,12 @@ MFMParam <- function(k = 50, layers = 3, width = 64, encoder = c("gcn", "mean", 
             bandwidth = check_number(bandwidth, "bandwidth", min = 0, min_inclusive = FALSE),
             schedule = check_choice(schedule[1], "schedule", c("joint", "alternating")),
             encoder_lr = if (is.null(encoder_lr)) NULL else check_number(encoder_lr, "encoder_lr", min = 0,
-                                                                          min_inclusive = FALSE))
+                                                                          min_inclusive = FALSE),
+            graph_cache_mb = check_number(graph_cache_mb, "graph_cache_mb", min = 0))
 }
+
+# The graph cache's cap of a method (population models fitted before it existed, and CGFM, which has no graphs: the default).
+graph_cache_mb <- function(method) method$graph_cache_mb %||% formals(MFMParam)$graph_cache_mb
 
 #' @export
 engine_config.MFMParam <- function(x) {

@@ -62,13 +62,17 @@ predict.popflow_flow <- function(object, newdata = NULL, from = NULL, to = NULL,
 #' values must have been (see [MFMParam()] for the error on an unseen value).
 #'
 #' @param object A model from [fitFlow()] with `method = "mfm"` or `"cgfm"`.
-#' @param newdata Source cells (cells x features, the fitted features), or a
+#' @param newdata Source cells (cells x features, the fitted features), a
+#'   population store ([PopulationStore()]), or a
 #'   SingleCellExperiment or Seurat object for a model fitted on one (its
 #'   populations and labels are then read from the fitted columns; see
 #'   [cell-objects]).
 #' @param population The population of each row of `newdata`; a population's
 #'   cells are embedded together. For CGFM it may be `NULL` (the label
-#'   combinations are the populations).
+#'   combinations are the populations). When `newdata` is a population store
+#'   ([PopulationStore()]): the store populations to predict (`NULL`: all);
+#'   each population's source cells (its control set's, when shared) are read
+#'   from the store with its labels.
 #' @param label Labels of each row of `newdata`, as in fitting (a vector, or a
 #'   data.frame with the fitted label columns).
 #' @param unseen_label What a categorical label value not seen in training
@@ -85,7 +89,9 @@ predict.popflow_flow <- function(object, newdata = NULL, from = NULL, to = NULL,
 #'   solver setting such as `steps` given directly) is an error that names it
 #'   and says where it belongs (e.g. `solver = SolverParam(steps = 10)`).
 #' @return A matrix of predicted target cells, one row per row of `newdata`, in the same order;
-#'   for an object, an object of the same kind (see [cell-objects]).
+#'   for an object, an object of the same kind (see [cell-objects]); for a
+#'   store, the predicted cells of each chosen population in turn, with each
+#'   row's population as the attribute `"population"`.
 #' @examples
 #' set.seed(1)
 #' mu <- c(-2, -1, 1, 2)
@@ -106,6 +112,15 @@ predict.popflow_population <- function(object, newdata, population = NULL, label
   if (is_cell_object(newdata)) {
     return(predict_cell_object(object, newdata, solver = solver, threads = threads, device = device,
                                verbose = verbose, unseen_label = unseen_label))
+  }
+  if (is_population_store(newdata)) {
+    if (!is.null(label)) pf_abort("label", "is read from the store", "leave `label` out when `newdata` is a store")
+    cells <- store_source_cells(newdata, store_populations(newdata, population), object)
+    x <- same_features(cells$x, "newdata", object$feature_names, object$n_features)
+    out <- move_cells(object, x, c(0, 1), solver, threads, device, cells$population, cells$label, unseen_label,
+                      verbose)[[2]]
+    attr(out, "population") <- cells$population
+    return(out)
   }
   if (missing(newdata) || is.null(newdata)) {
     pf_abort("newdata", "is missing", "give the source cells to move (a cells x features matrix)")

@@ -317,8 +317,8 @@ BEGIN_RCPP
 END_RCPP
 }
 // pf_population_fit
-Rcpp::List pf_population_fit(Rcpp::NumericMatrix x, Rcpp::IntegerVector side, Rcpp::IntegerVector population, Rcpp::Nullable<Rcpp::IntegerMatrix> labels, Rcpp::Nullable<Rcpp::NumericMatrix> covariates, Rcpp::List config, Rcpp::Nullable<Rcpp::Function> progress, int progress_every, Rcpp::Nullable<Rcpp::RawVector> resume, Rcpp::RawVector metadata, Rcpp::Nullable<Rcpp::List> validation);
-RcppExport SEXP _popflow_pf_population_fit(SEXP xSEXP, SEXP sideSEXP, SEXP populationSEXP, SEXP labelsSEXP, SEXP covariatesSEXP, SEXP configSEXP, SEXP progressSEXP, SEXP progress_everySEXP, SEXP resumeSEXP, SEXP metadataSEXP, SEXP validationSEXP) {
+Rcpp::List pf_population_fit(Rcpp::NumericMatrix x, Rcpp::IntegerVector side, Rcpp::IntegerVector population, Rcpp::Nullable<Rcpp::IntegerMatrix> labels, Rcpp::Nullable<Rcpp::NumericMatrix> covariates, Rcpp::List config, Rcpp::Nullable<Rcpp::Function> progress, int progress_every, Rcpp::Nullable<Rcpp::RawVector> resume, Rcpp::RawVector metadata, Rcpp::Nullable<Rcpp::List> validation, Rcpp::Nullable<Rcpp::CharacterVector> store, double graph_cache_mb, bool prefetch);
+RcppExport SEXP _popflow_pf_population_fit(SEXP xSEXP, SEXP sideSEXP, SEXP populationSEXP, SEXP labelsSEXP, SEXP covariatesSEXP, SEXP configSEXP, SEXP progressSEXP, SEXP progress_everySEXP, SEXP resumeSEXP, SEXP metadataSEXP, SEXP validationSEXP, SEXP storeSEXP, SEXP graph_cache_mbSEXP, SEXP prefetchSEXP) {
 BEGIN_RCPP
     Rcpp::RObject rcpp_result_gen;
     Rcpp::RNGScope rcpp_rngScope_gen;
@@ -333,7 +333,10 @@ BEGIN_RCPP
     Rcpp::traits::input_parameter< Rcpp::Nullable<Rcpp::RawVector> >::type resume(resumeSEXP);
     Rcpp::traits::input_parameter< Rcpp::RawVector >::type metadata(metadataSEXP);
     Rcpp::traits::input_parameter< Rcpp::Nullable<Rcpp::List> >::type validation(validationSEXP);
-    rcpp_result_gen = Rcpp::wrap(pf_population_fit(x, side, population, labels, covariates, config, progress, progress_every, resume, metadata, validation));
+    Rcpp::traits::input_parameter< Rcpp::Nullable<Rcpp::CharacterVector> >::type store(storeSEXP);
+    Rcpp::traits::input_parameter< double >::type graph_cache_mb(graph_cache_mbSEXP);
+    Rcpp::traits::input_parameter< bool >::type prefetch(prefetchSEXP);
+    rcpp_result_gen = Rcpp::wrap(pf_population_fit(x, side, population, labels, covariates, config, progress, progress_every, resume, metadata, validation, store, graph_cache_mb, prefetch));
     return rcpp_result_gen;
 END_RCPP
 }
@@ -372,6 +375,80 @@ BEGIN_RCPP
     return rcpp_result_gen;
 END_RCPP
 }
+// pf_store_write_open
+SEXP pf_store_write_open(std::string path, int dim, Rcpp::CharacterVector block_names, Rcpp::NumericVector block_sizes, Rcpp::CharacterVector population_names, Rcpp::IntegerVector source_block, Rcpp::IntegerVector target_block, std::string text);
+RcppExport SEXP _popflow_pf_store_write_open(SEXP pathSEXP, SEXP dimSEXP, SEXP block_namesSEXP, SEXP block_sizesSEXP, SEXP population_namesSEXP, SEXP source_blockSEXP, SEXP target_blockSEXP, SEXP textSEXP) {
+BEGIN_RCPP
+    Rcpp::RObject rcpp_result_gen;
+    Rcpp::RNGScope rcpp_rngScope_gen;
+    Rcpp::traits::input_parameter< std::string >::type path(pathSEXP);
+    Rcpp::traits::input_parameter< int >::type dim(dimSEXP);
+    Rcpp::traits::input_parameter< Rcpp::CharacterVector >::type block_names(block_namesSEXP);
+    Rcpp::traits::input_parameter< Rcpp::NumericVector >::type block_sizes(block_sizesSEXP);
+    Rcpp::traits::input_parameter< Rcpp::CharacterVector >::type population_names(population_namesSEXP);
+    Rcpp::traits::input_parameter< Rcpp::IntegerVector >::type source_block(source_blockSEXP);
+    Rcpp::traits::input_parameter< Rcpp::IntegerVector >::type target_block(target_blockSEXP);
+    Rcpp::traits::input_parameter< std::string >::type text(textSEXP);
+    rcpp_result_gen = Rcpp::wrap(pf_store_write_open(path, dim, block_names, block_sizes, population_names, source_block, target_block, text));
+    return rcpp_result_gen;
+END_RCPP
+}
+// pf_store_write_rows
+void pf_store_write_rows(SEXP writer, Rcpp::NumericMatrix rows, Rcpp::NumericVector dest, Rcpp::IntegerVector block);
+RcppExport SEXP _popflow_pf_store_write_rows(SEXP writerSEXP, SEXP rowsSEXP, SEXP destSEXP, SEXP blockSEXP) {
+BEGIN_RCPP
+    Rcpp::RNGScope rcpp_rngScope_gen;
+    Rcpp::traits::input_parameter< SEXP >::type writer(writerSEXP);
+    Rcpp::traits::input_parameter< Rcpp::NumericMatrix >::type rows(rowsSEXP);
+    Rcpp::traits::input_parameter< Rcpp::NumericVector >::type dest(destSEXP);
+    Rcpp::traits::input_parameter< Rcpp::IntegerVector >::type block(blockSEXP);
+    pf_store_write_rows(writer, rows, dest, block);
+    return R_NilValue;
+END_RCPP
+}
+// pf_store_write_finish
+void pf_store_write_finish(SEXP writer);
+RcppExport SEXP _popflow_pf_store_write_finish(SEXP writerSEXP) {
+BEGIN_RCPP
+    Rcpp::RNGScope rcpp_rngScope_gen;
+    Rcpp::traits::input_parameter< SEXP >::type writer(writerSEXP);
+    pf_store_write_finish(writer);
+    return R_NilValue;
+END_RCPP
+}
+// pf_store_info
+Rcpp::List pf_store_info(std::string path);
+RcppExport SEXP _popflow_pf_store_info(SEXP pathSEXP) {
+BEGIN_RCPP
+    Rcpp::RObject rcpp_result_gen;
+    Rcpp::RNGScope rcpp_rngScope_gen;
+    Rcpp::traits::input_parameter< std::string >::type path(pathSEXP);
+    rcpp_result_gen = Rcpp::wrap(pf_store_info(path));
+    return rcpp_result_gen;
+END_RCPP
+}
+// pf_store_read
+Rcpp::NumericMatrix pf_store_read(std::string path, Rcpp::IntegerVector blocks);
+RcppExport SEXP _popflow_pf_store_read(SEXP pathSEXP, SEXP blocksSEXP) {
+BEGIN_RCPP
+    Rcpp::RObject rcpp_result_gen;
+    Rcpp::RNGScope rcpp_rngScope_gen;
+    Rcpp::traits::input_parameter< std::string >::type path(pathSEXP);
+    Rcpp::traits::input_parameter< Rcpp::IntegerVector >::type blocks(blocksSEXP);
+    rcpp_result_gen = Rcpp::wrap(pf_store_read(path, blocks));
+    return rcpp_result_gen;
+END_RCPP
+}
+// pf_store_verify
+void pf_store_verify(std::string path);
+RcppExport SEXP _popflow_pf_store_verify(SEXP pathSEXP) {
+BEGIN_RCPP
+    Rcpp::RNGScope rcpp_rngScope_gen;
+    Rcpp::traits::input_parameter< std::string >::type path(pathSEXP);
+    pf_store_verify(path);
+    return R_NilValue;
+END_RCPP
+}
 
 static const R_CallMethodDef CallEntries[] = {
     {"_popflow_pf_fit", (DL_FUNC) &_popflow_pf_fit, 10},
@@ -397,9 +474,15 @@ static const R_CallMethodDef CallEntries[] = {
     {"_popflow_pf_training_state", (DL_FUNC) &_popflow_pf_training_state, 1},
     {"_popflow_pf_cuda_available", (DL_FUNC) &_popflow_pf_cuda_available, 0},
     {"_popflow_pf_torch_version", (DL_FUNC) &_popflow_pf_torch_version, 0},
-    {"_popflow_pf_population_fit", (DL_FUNC) &_popflow_pf_population_fit, 11},
+    {"_popflow_pf_population_fit", (DL_FUNC) &_popflow_pf_population_fit, 14},
     {"_popflow_pf_population_embed", (DL_FUNC) &_popflow_pf_population_embed, 5},
     {"_popflow_pf_population_transport", (DL_FUNC) &_popflow_pf_population_transport, 10},
+    {"_popflow_pf_store_write_open", (DL_FUNC) &_popflow_pf_store_write_open, 8},
+    {"_popflow_pf_store_write_rows", (DL_FUNC) &_popflow_pf_store_write_rows, 4},
+    {"_popflow_pf_store_write_finish", (DL_FUNC) &_popflow_pf_store_write_finish, 1},
+    {"_popflow_pf_store_info", (DL_FUNC) &_popflow_pf_store_info, 1},
+    {"_popflow_pf_store_read", (DL_FUNC) &_popflow_pf_store_read, 2},
+    {"_popflow_pf_store_verify", (DL_FUNC) &_popflow_pf_store_verify, 1},
     {NULL, NULL, 0}
 };
 

@@ -5,6 +5,7 @@
 #include "r_glue.h"
 
 #include "core/population_model.h"
+#include "core/population_store.h"
 #include "core/transport.h"
 #include "core/threads.h"
 #include "core/validation.h"
@@ -42,20 +43,37 @@ std::vector<torch::Tensor> split_populations(const torch::Tensor& x, const Rcpp:
 // `config`: the sections "flow", "population", "training" and "checkpoint";
 // `resume` and `metadata` as for pf_fit(); `validation`: NULL, or the
 // settings and held-out `sets` of popflow_r::add_validation_schedule() and
-// popflow_r::population_holdouts().
+// popflow_r::population_holdouts(). `store`: NULL, or the path of a
+// population store whose cells the engine reads itself (`x`, `side` and
+// `population` are then empty; labels and covariates have one row per store
+// population). `graph_cache_mb`: the cap on the kNN graphs kept (<= 0: none).
+// The fit's graph statistics come back as the attribute "graph_stats".
 // [[Rcpp::export]]
 Rcpp::List pf_population_fit(Rcpp::NumericMatrix x, Rcpp::IntegerVector side, Rcpp::IntegerVector population,
                              Rcpp::Nullable<Rcpp::IntegerMatrix> labels, Rcpp::Nullable<Rcpp::NumericMatrix> covariates,
                              Rcpp::List config, Rcpp::Nullable<Rcpp::Function> progress, int progress_every,
                              Rcpp::Nullable<Rcpp::RawVector> resume, Rcpp::RawVector metadata,
-                             Rcpp::Nullable<Rcpp::List> validation = R_NilValue) {
+                             Rcpp::Nullable<Rcpp::List> validation = R_NilValue,
+                             Rcpp::Nullable<Rcpp::CharacterVector> store = R_NilValue, double graph_cache_mb = 1024,
+                             bool prefetch = true) {
   PF_GUARD_BEGIN
   PopulationSet data;
-  data.x = to_tensor(x);
-  data.side.assign(side.begin(), side.end());
-  data.population.assign(population.begin(), population.end());
-  data.labels = long_matrix(labels);
-  data.covariates = float_matrix(covariates);
+  std::unique_ptr<PopulationData> blocks;
+  std::shared_ptr<const PopulationStore> opened;
+  if (store.isNotNull()) {
+    opened = std::make_shared<const PopulationStore>(Rcpp::as<std::string>(Rcpp::CharacterVector(store.get())[0]));
+    blocks = store_population_data(opened, long_matrix(labels), float_matrix(covariates));
+  } else {
+    data.x = to_tensor(x);
+    data.side.assign(side.begin(), side.end());
+    data.population.assign(population.begin(), population.end());
+    data.labels = long_matrix(labels);
+    data.covariates = float_matrix(covariates);
+  }
+  PopulationTraining how;
+  how.graph_cache_bytes = static_cast<int64_t>(graph_cache_mb * 1048576.0);
+  how.prefetch = prefetch;
+  PopulationTrainingStats stats;
   TrainConfig tc = popflow_r::train_config(config);
   torch::set_num_threads(tc.threads);
   const FlowConfig flow = popflow_r::flow_config(config);
@@ -76,7 +94,7 @@ Rcpp::List pf_population_fit(Rcpp::NumericMatrix x, Rcpp::IntegerVector side, Rc
     torch::manual_seed(tc.seed);  // weight initialisation is part of the seeded run
     model = make_population_model(flow, asked, tc.device);
   }
-  return popflow_r::train_for_r(
+  Rcpp::List out = popflow_r::train_for_r(
       *model, config, tc.steps, progress, progress_every, metadata,
       [](const PopulationModel& m, const std::string& fields) { return save_population_model(m, fields); },
       [&](TrainCallbacks callbacks) {
@@ -85,8 +103,17 @@ Rcpp::List pf_population_fit(Rcpp::NumericMatrix x, Rcpp::IntegerVector side, Rc
           const ValidationConfig vc = popflow_r::add_validation_schedule(callbacks, v, tc.threads);
           callbacks.validate = population_validator(*model, popflow_r::population_holdouts(v["sets"]), vc);
         }
-        return train_population_model(*model, data, tc, callbacks);
+        return blocks ? train_population_model(*model, *blocks, tc, callbacks, how, &stats)
+                      : train_population_model(*model, data, tc, callbacks, how, &stats);
       });
+  const PopulationStore::ReadStats reads = opened ? opened->read_stats() : PopulationStore::ReadStats{};
+  out.attr("graph_stats") = Rcpp::NumericVector::create(
+      Rcpp::Named("graphs_built") = static_cast<double>(stats.graphs_built),
+      Rcpp::Named("evictions") = static_cast<double>(stats.graph_evictions),
+      Rcpp::Named("cache_peak_bytes") = static_cast<double>(stats.graph_cache_peak_bytes),
+      Rcpp::Named("blocks_read") = static_cast<double>(stats.blocks_read),
+      Rcpp::Named("read_seconds") = reads.seconds, Rcpp::Named("read_bytes") = static_cast<double>(reads.bytes));
+  return out;
   PF_GUARD_END
   return R_NilValue;
 }

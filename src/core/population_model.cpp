@@ -2,6 +2,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <future>
+#include <numeric>
+#include <unordered_map>
 #include <random>
 #include <stdexcept>
 
@@ -10,7 +13,10 @@
 #include "device.h"
 #include "model_file.h"
 #include "optimizer.h"
+#include "graph_cache.h"
 #include "paths.h"
+#include "population_store.h"
+#include "step_seed.h"
 
 namespace popflow {
 
@@ -79,27 +85,6 @@ torch::Tensor rows_on(const torch::Tensor& t, const torch::Tensor& index, const 
   return t.to(dev, type).index_select(0, index);
 }
 
-// Detached embeddings [chosen, E] from the cache; populations not embedded yet are embedded now.
-torch::Tensor cached_embeddings(PopulationModel& model, const std::vector<PopulationGraph>& graphs,
-                                const std::vector<int64_t>& chosen, std::vector<torch::Tensor>& cached,
-                                const torch::Device& dev) {
-  std::vector<int64_t> missing;
-  std::vector<const PopulationGraph*> batch;
-  for (int64_t p : chosen)
-    if (!cached[p].defined()) {
-      missing.push_back(p);
-      batch.push_back(&graphs[p]);
-    }
-  if (!missing.empty()) {
-    torch::NoGradGuard no_grad;
-    auto fresh = model.net->encoder->forward(batch_graphs(batch, dev));
-    for (size_t i = 0; i < missing.size(); ++i) cached[missing[i]] = fresh[static_cast<int64_t>(i)];
-  }
-  std::vector<torch::Tensor> rows;
-  for (int64_t p : chosen) rows.push_back(cached[p]);
-  return torch::stack(rows);
-}
-
 }  // namespace
 
 std::string validate_population_set(const PopulationModel& model, const PopulationSet& data) {
@@ -137,12 +122,101 @@ std::string validate_population_set(const PopulationModel& model, const Populati
 
 namespace {
 
+// An in-memory PopulationSet as blocks: population p's source cells are block
+// p, its target cells block P + p, each in the set's row order.
+class MemoryPopulationData : public PopulationData {
+ public:
+  explicit MemoryPopulationData(const PopulationSet& set) : set_(set), n_pop_(population_count(set)) {
+    rows_.assign(static_cast<size_t>(2 * n_pop_), {});
+    for (size_t i = 0; i < set.population.size(); ++i)
+      rows_[(set.side[i] == 0 ? 0 : n_pop_) + set.population[i]].push_back(static_cast<int64_t>(i));
+    x_cpu_ = set.x.to(torch::kCPU, torch::kFloat).contiguous();
+  }
+  int64_t dim() const override { return set_.x.size(1); }
+  int64_t populations() const override { return n_pop_; }
+  int64_t blocks() const override { return 2 * n_pop_; }
+  int64_t block_size(int64_t b) const override { return static_cast<int64_t>(rows_[b].size()); }
+  int64_t source_block(int64_t p) const override { return p; }
+  int64_t target_block(int64_t p) const override { return n_pop_ + p; }
+  torch::Tensor labels() const override { return set_.labels; }
+  torch::Tensor covariates() const override { return set_.covariates; }
+  torch::Tensor block_cells(int64_t b) const override {
+    return x_cpu_.index_select(0, torch::tensor(rows_[b], torch::kLong));
+  }
+  bool on_disk() const override { return false; }
+  torch::Tensor all_cells() const override { return set_.x; }
+  const std::vector<std::vector<int64_t>>* block_rows() const override { return &rows_; }
+
+ private:
+  const PopulationSet& set_;
+  int64_t n_pop_;
+  std::vector<std::vector<int64_t>> rows_;
+  torch::Tensor x_cpu_;
+};
+
+class StorePopulationData : public PopulationData {
+ public:
+  StorePopulationData(std::shared_ptr<const PopulationStore> store, torch::Tensor labels, torch::Tensor covariates)
+      : store_(std::move(store)), labels_(std::move(labels)), covariates_(std::move(covariates)) {}
+  int64_t dim() const override { return store_->dim(); }
+  int64_t populations() const override { return static_cast<int64_t>(store_->layout().populations.size()); }
+  int64_t blocks() const override { return static_cast<int64_t>(store_->layout().blocks.size()); }
+  int64_t block_size(int64_t b) const override { return store_->layout().blocks[b].count; }
+  int64_t source_block(int64_t p) const override { return store_->layout().populations[p].source; }
+  int64_t target_block(int64_t p) const override { return store_->layout().populations[p].target; }
+  torch::Tensor labels() const override { return labels_; }
+  torch::Tensor covariates() const override { return covariates_; }
+  torch::Tensor block_cells(int64_t b) const override { return store_->read_block(b); }
+  bool on_disk() const override { return true; }
+
+ private:
+  std::shared_ptr<const PopulationStore> store_;
+  torch::Tensor labels_, covariates_;
+};
+
+// Labels and covariates of blocks-form data against the model (the cells are checked as they are written).
+std::string validate_population_data(const PopulationModel& model, const PopulationData& data) {
+  if (data.dim() != model.config.network.dim)
+    return "cells have " + std::to_string(data.dim()) + " features, the model expects " +
+           std::to_string(model.config.network.dim);
+  const int64_t n_pop = data.populations();
+  for (int64_t p = 0; p < n_pop; ++p)
+    for (int64_t b : {data.source_block(p), data.target_block(p)})
+      if (b < 0 || b >= data.blocks()) return "population " + std::to_string(p) + " names a block that does not exist";
+  const auto n_labels = static_cast<int64_t>(model.population.label_levels.size());
+  const torch::Tensor labels = data.labels(), covariates = data.covariates();
+  if (n_labels > 0) {
+    if (!labels.defined() || labels.dim() != 2 || labels.size(0) != n_pop || labels.size(1) != n_labels)
+      return "labels must have one row per population and " + std::to_string(n_labels) + " columns";
+    auto lab = labels.to(torch::kLong);
+    for (int64_t j = 0; j < n_labels; ++j) {
+      auto col = lab.select(1, j);
+      if (col.min().item<int64_t>() < -1 || col.max().item<int64_t>() >= model.population.label_levels[j])
+        return "label codes out of range";
+    }
+  }
+  if (model.population.covariates > 0 &&
+      (!covariates.defined() || covariates.dim() != 2 || covariates.size(0) != n_pop ||
+       covariates.size(1) != model.population.covariates))
+    return "covariates must have one row per population and " + std::to_string(model.population.covariates) + " columns";
+  return "";
+}
+
 // Algorithm 1's objective for population models. With the alternating
 // schedule, odd steps update the field and label embeddings (the primary
 // optimiser) on cached, detached embeddings, even steps only the encoder.
+// Graphs live in a GraphCache; with prefetching, the next step's populations
+// (a function of (seed, step + 1)) have their blocks read and their missing
+// graphs built on a background thread while this step computes.
 class PopulationObjective : public TrainingObjective {
  public:
-  PopulationObjective(PopulationModel& model, const PopulationSet& data) : model_(model), data_(data) {}
+  PopulationObjective(PopulationModel& model, PopulationData& data, const PopulationTraining& how,
+                      PopulationTrainingStats* stats)
+      : model_(model), data_(data), how_(how), stats_(stats), graphs_(how.graph_cache_bytes) {}
+
+  ~PopulationObjective() override {
+    if (pending_.valid()) pending_.wait();
+  }
 
   void prepare(const TrainConfig& config) override {
     const PopulationConfig& population = model_.population;
@@ -151,15 +225,17 @@ class PopulationObjective : public TrainingObjective {
       if (value < 1)
         throw std::invalid_argument(std::string(name) + " must be >= 1, not " + std::to_string(value) +
                                     " (a model file written before it was recorded holds 0: set it before training)");
-    if (data_.labels.defined() && data_.labels.numel() > 0 && data_.labels.min().item<int64_t>() < 0)
+    const torch::Tensor labels = data_.labels(), covariates = data_.covariates();
+    if (labels.defined() && labels.numel() > 0 && labels.min().item<int64_t>() < 0)
       throw std::invalid_argument("label codes out of range (unseen values exist only at prediction)");
+    seed_ = config.seed;
+    last_step_ = config.steps;
     fopt_ = torch::TensorOptions().dtype(torch::kFloat).device(model_.device);
-    x_all_ = data_.x.to(fopt_);
+    if (!data_.on_disk()) x_all_ = data_.all_cells().to(fopt_);
     // On the device once: rows_on() then selects without a copy from the host each step.
-    labels_ = data_.labels.defined() ? data_.labels.to(model_.device, torch::kLong) : torch::Tensor();
-    covariates_ = data_.covariates.defined() ? data_.covariates.to(fopt_) : torch::Tensor();
-    index_cells();
-    if (population.use_encoder) build_graphs();
+    labels_ = labels.defined() ? labels.to(model_.device, torch::kLong) : torch::Tensor();
+    covariates_ = covariates.defined() ? covariates.to(fopt_) : torch::Tensor();
+    index_populations();
     reg_default_ = std::max(2 * model_.config.path.sigma * model_.config.path.sigma, 1e-3);
     make_optimisers(adam_settings(config));
   }
@@ -215,43 +291,98 @@ class PopulationObjective : public TrainingObjective {
   Regression regression(int64_t step, std::mt19937_64& rng) {
     const auto dev = model_.device;
     const int64_t n_cells = model_.population.cells_per_population;
-    std::vector<int64_t> chosen = usable_;
-    std::shuffle(chosen.begin(), chosen.end(), rng);
-    chosen.resize(std::min<size_t>(chosen.size(), model_.population.populations_per_step));
+    const std::vector<int64_t> chosen = choose(rng);
+    const auto n_chosen = static_cast<int64_t>(chosen.size());
     auto chosen_index = to_device_async(torch::tensor(chosen, torch::kLong), dev);
+    StepInput in = take(step);
+
+    // Source blocks: populations sharing one share its graph and embedding.
+    std::vector<int64_t> src(n_chosen), unique_src, slot(n_chosen);
+    for (int64_t i = 0; i < n_chosen; ++i) {
+      src[i] = data_.source_block(chosen[i]);
+      auto at = std::find(unique_src.begin(), unique_src.end(), src[i]);
+      slot[i] = at - unique_src.begin();
+      if (at == unique_src.end()) unique_src.push_back(src[i]);
+    }
+    const bool shared = unique_src.size() != src.size();
+    // On disk: this step's blocks (read ahead, or now).
+    if (data_.on_disk())
+      for (int64_t p : chosen)
+        for (int64_t b : {data_.source_block(p), data_.target_block(p)})
+          if (!in.cells.count(b)) {
+            in.cells[b] = data_.block_cells(b);
+            count_read();
+          }
 
     torch::Tensor embedding;
-    if (model_.population.use_encoder && (!alternate_ || encoder_step(step))) {
+    std::vector<GraphCache::Graph> held;  // this step's graphs, whatever the cache evicts
+    const auto batch_of = [&](const std::vector<int64_t>& blocks) {
+      held.clear();
       std::vector<const PopulationGraph*> batch;
-      for (int64_t p : chosen) batch.push_back(&graphs_[p]);
+      for (int64_t b : blocks) {
+        held.push_back(graph(b, in));
+        batch.push_back(held.back().get());
+      }
+      return batch_graphs(batch, dev);
+    };
+    const bool through_encoder = model_.population.use_encoder && (!alternate_ || encoder_step(step));
+    if (through_encoder) {
       // Through the encoder, so that its step (or the joint step) trains it on the field's loss.
-      embedding = model_.net->encoder->forward(batch_graphs(batch, dev));
+      auto fresh = model_.net->encoder->forward(batch_of(unique_src));
       if (alternate_)
-        for (size_t i = 0; i < chosen.size(); ++i) cached_[chosen[i]] = embedding[static_cast<int64_t>(i)].detach();
+        for (size_t u = 0; u < unique_src.size(); ++u) cached_[unique_src[u]] = fresh[static_cast<int64_t>(u)].detach();
+      embedding = shared ? fresh.index_select(0, torch::tensor(slot, torch::kLong).to(dev)) : fresh;
     } else if (alternate_) {
-      embedding = cached_embeddings(model_, graphs_, chosen, cached_, dev);
+      // Detached embeddings from the cache; blocks not embedded yet are embedded now.
+      std::vector<int64_t> missing;
+      for (int64_t b : unique_src)
+        if (!cached_[b].defined()) missing.push_back(b);
+      if (!missing.empty()) {
+        torch::NoGradGuard no_grad;
+        auto fresh = model_.net->encoder->forward(batch_of(missing));
+        for (size_t i = 0; i < missing.size(); ++i) cached_[missing[i]] = fresh[static_cast<int64_t>(i)];
+      }
+      std::vector<torch::Tensor> rows;
+      for (int64_t b : src) rows.push_back(cached_[b]);
+      embedding = torch::stack(rows);
     }
+    launch(step + 1);  // after this step's graphs are in the cache: the next step builds only what is missing
     auto cond_pop = model_.net->condition(embedding, rows_on(labels_, chosen_index, dev, torch::kLong),
                                           rows_on(covariates_, chosen_index, dev, torch::kFloat));
 
     // All populations' rows are drawn on the CPU and moved in one transfer;
     // with independent coupling the whole batch then takes one path sample.
-    const int64_t n_chosen = static_cast<int64_t>(chosen.size());
     auto rows0 = torch::empty({n_chosen, n_cells}, torch::kLong), rows1 = torch::empty_like(rows0);
+    std::vector<int64_t> scratch0, scratch1;
     for (int64_t i = 0; i < n_chosen; ++i) {
       const int64_t p = chosen[i];
+      const auto& pool0 = pool(data_.source_block(p), scratch0);
+      const auto& pool1 = pool(data_.target_block(p), scratch1);
       if (paired_) {
-        const PairedRows rows = draw_paired_rows(sources_[p], targets_[p], n_cells, rng);
+        const PairedRows rows = draw_paired_rows(pool0, pool1, n_cells, rng);
         rows0[i].copy_(rows.source);
         rows1[i].copy_(rows.target);
       } else {
-        rows0[i].copy_(draw_rows(sources_[p], n_cells, rng));
-        rows1[i].copy_(draw_rows(targets_[p], n_cells, rng));
+        rows0[i].copy_(draw_rows(pool0, n_cells, rng));
+        rows1[i].copy_(draw_rows(pool1, n_cells, rng));
       }
     }
-    auto rows = to_device_async(torch::stack({rows0.view(-1), rows1.view(-1)}), dev);
-    auto x0 = x_all_.index_select(0, rows[0]);
-    auto x1 = x_all_.index_select(0, rows[1]);
+    torch::Tensor x0, x1;
+    if (data_.on_disk()) {
+      // Rows are positions within their blocks, selected on the host and moved in one transfer.
+      std::vector<torch::Tensor> parts0, parts1;
+      for (int64_t i = 0; i < n_chosen; ++i) {
+        parts0.push_back(in.cells.at(data_.source_block(chosen[i])).index_select(0, rows0[i]));
+        parts1.push_back(in.cells.at(data_.target_block(chosen[i])).index_select(0, rows1[i]));
+      }
+      auto both = to_device_async(torch::stack({torch::cat(parts0), torch::cat(parts1)}), dev);
+      x0 = both[0];
+      x1 = both[1];
+    } else {
+      auto rows = to_device_async(torch::stack({rows0.view(-1), rows1.view(-1)}), dev);
+      x0 = x_all_.index_select(0, rows[0]);
+      x1 = x_all_.index_select(0, rows[1]);
+    }
     if (repairs(model_.config.coupling.kind)) {
       std::vector<torch::Tensor> paired0, paired1;
       for (int64_t i = 0; i < n_chosen; ++i) {
@@ -265,42 +396,124 @@ class PopulationObjective : public TrainingObjective {
     }
     auto t = torch::rand({n_chosen * n_cells}, fopt_);
     auto ps = sample_path(model_.config.path, x0, x1, t);
+    if (stats_) {
+      stats_->graph_evictions = graphs_.evictions();
+      stats_->graph_cache_peak_bytes = graphs_.peak_bytes();
+    }
     return {ps.xt, t, ps.ut, cond_pop, n_cells};
   }
 
-  // Source and target cells of each population; only those with both take part.
-  // Paired coupling pairs sources_[p][j] with targets_[p][j].
-  void index_cells() {
-    const int64_t n_pop = population_count(data_);
-    sources_.assign(n_pop, {});
-    targets_.assign(n_pop, {});
-    for (size_t i = 0; i < data_.population.size(); ++i)
-      (data_.side[i] == 0 ? sources_ : targets_)[data_.population[i]].push_back(static_cast<int64_t>(i));
-    paired_ = model_.config.coupling.kind == CouplingKind::Paired;
-    if (paired_) check_paired_counts(sources_, targets_, "population");
-    for (int64_t p = 0; p < n_pop; ++p)
-      if (!sources_[p].empty() && !targets_[p].empty()) usable_.push_back(p);
-    if (usable_.empty())
-      throw std::invalid_argument("no population has both source and target cells; nothing to learn");
+  // What a step needs besides its draws: blocks read and graphs built ahead.
+  struct StepInput {
+    std::unordered_map<int64_t, torch::Tensor> cells;
+    std::unordered_map<int64_t, std::shared_ptr<PopulationGraph>> graphs;  // on the CPU
+  };
+
+  // The step's populations: the first draws of its generator.
+  std::vector<int64_t> choose(std::mt19937_64& rng) const {
+    std::vector<int64_t> chosen = usable_;
+    std::shuffle(chosen.begin(), chosen.end(), rng);
+    chosen.resize(std::min<size_t>(chosen.size(), model_.population.populations_per_step));
+    return chosen;
   }
 
-  // The graphs are fixed for the whole run: built once, before the first step.
-  void build_graphs() {
-    const PopulationConfig& population = model_.population;
-    const int64_t k = population.graph_k();
-    auto x_cpu = data_.x.to(torch::kCPU, torch::kFloat);
-    graphs_.assign(sources_.size(), {});
-    for (int64_t p : usable_) {
-      auto cells = x_cpu.index_select(0, torch::tensor(sources_[p], torch::kLong));
-      const uint64_t seed = population.graph_seed + static_cast<uint64_t>(p);
-      graphs_[p] = graph_on(build_graph(cells, k, population.max_cells, seed), model_.device);
+  // A block's rows to draw from: in memory its rows of all cells, on disk its positions.
+  const std::vector<int64_t>& pool(int64_t b, std::vector<int64_t>& scratch) const {
+    if (const auto* rows = data_.block_rows()) return (*rows)[b];
+    scratch.resize(static_cast<size_t>(data_.block_size(b)));
+    std::iota(scratch.begin(), scratch.end(), 0);
+    return scratch;
+  }
+
+  PopulationGraph make_graph(int64_t b, const torch::Tensor& cells) const {
+    const uint64_t seed = model_.population.graph_seed + static_cast<uint64_t>(b);
+    return build_graph(cells, model_.population.graph_k(), model_.population.max_cells, seed);
+  }
+
+  // The graph of source block b: from the cache, built ahead, or built now.
+  GraphCache::Graph graph(int64_t b, StepInput& in) {
+    if (auto g = graphs_.find(b)) return g;
+    auto ahead = in.graphs.find(b);
+    PopulationGraph built;
+    if (ahead != in.graphs.end()) {
+      built = std::move(*ahead->second);
+      in.graphs.erase(ahead);
+    } else {
+      auto cells = in.cells.count(b) ? in.cells.at(b) : data_.block_cells(b);
+      built = make_graph(b, cells);
     }
+    auto g = std::make_shared<const PopulationGraph>(graph_on(built, model_.device));
+    graphs_.insert(b, g);
+    if (stats_) ++stats_->graphs_built;
+    return g;
+  }
+
+  StepInput take(int64_t step) {
+    if (!pending_.valid()) return {};
+    StepInput in = pending_.get();  // rethrows what the background read threw
+    if (pending_step_ != step) return {};
+    if (stats_) stats_->blocks_read += static_cast<int64_t>(in.cells.size());
+    return in;
+  }
+
+  void count_read() {
+    if (stats_) ++stats_->blocks_read;
+  }
+
+  // Reads step `next`'s blocks and builds its missing graphs in the background.
+  void launch(int64_t next) {
+    if (!how_.prefetch || next > last_step_ || pending_.valid()) return;
+    std::mt19937_64 rng(step_seed(seed_, next));
+    const std::vector<int64_t> chosen = choose(rng);
+    std::vector<int64_t> read, build;
+    const auto add = [](std::vector<int64_t>& v, int64_t b) {
+      if (std::find(v.begin(), v.end(), b) == v.end()) v.push_back(b);
+    };
+    if (data_.on_disk())
+      for (int64_t p : chosen) {
+        add(read, data_.source_block(p));
+        add(read, data_.target_block(p));
+      }
+    const bool needs_graphs =
+        model_.population.use_encoder && (!alternate_ || encoder_step(next));
+    for (int64_t p : chosen) {
+      const int64_t b = data_.source_block(p);
+      if (model_.population.use_encoder && !graphs_.contains(b) && (needs_graphs || !cached_[b].defined())) add(build, b);
+    }
+    if (read.empty() && build.empty()) return;
+    pending_step_ = next;
+    pending_ = std::async(std::launch::async, [this, read, build] {
+      StepInput in;
+      for (int64_t b : read) in.cells[b] = data_.block_cells(b);
+      for (int64_t b : build) {
+        auto cells = in.cells.count(b) ? in.cells.at(b) : data_.block_cells(b);
+        in.graphs[b] = std::make_shared<PopulationGraph>(make_graph(b, cells));
+      }
+      return in;
+    });
+  }
+
+  // Populations with source and target cells take part.
+  void index_populations() {
+    const int64_t n_pop = data_.populations();
+    paired_ = model_.config.coupling.kind == CouplingKind::Paired;
+    for (int64_t p = 0; p < n_pop; ++p) {
+      const int64_t n0 = data_.block_size(data_.source_block(p)), n1 = data_.block_size(data_.target_block(p));
+      if (paired_ && n0 != n1)
+        throw std::invalid_argument("paired coupling: population " + std::to_string(p) + " has " + std::to_string(n0) +
+                                    " source and " + std::to_string(n1) + " target cells; paired cells come in equal " +
+                                    "numbers, the k-th source cell of a population paired with its k-th target cell");
+      if (n0 > 0 && n1 > 0) usable_.push_back(p);
+    }
+    if (usable_.empty())
+      throw std::invalid_argument("no population has both source and target cells; nothing to learn");
   }
 
   void make_optimisers(const AdamSettings& adam) {
     const PopulationConfig& population = model_.population;
     // A fixed encoder (kernel mean embedding) has nothing to alternate with.
     alternate_ = population.use_encoder && population.alternating && !model_.net->encoder->parameters().empty();
+    cached_.assign(static_cast<size_t>(data_.blocks()), torch::Tensor());
     if (!alternate_) {
       opt_ = std::make_unique<FlatAdam>(*model_.net, adam);
       return;
@@ -313,34 +526,59 @@ class PopulationObjective : public TrainingObjective {
     AdamSettings encoder_adam = adam;
     if (population.encoder_lr > 0) encoder_adam.lr = population.encoder_lr;
     encoder_opt_ = std::make_unique<FlatAdam>(*model_.net->encoder, encoder_adam);
-    cached_.assign(sources_.size(), torch::Tensor());
   }
 
   bool encoder_step(int64_t step) const { return alternate_ && step % 2 == 0; }
 
   PopulationModel& model_;
-  const PopulationSet& data_;
+  PopulationData& data_;
+  PopulationTraining how_;
+  PopulationTrainingStats* stats_;
+  GraphCache graphs_;
+  uint64_t seed_ = 0;
+  int64_t last_step_ = 0, pending_step_ = -1;
+  std::future<StepInput> pending_;
   torch::TensorOptions fopt_;
-  torch::Tensor x_all_;
-  torch::Tensor labels_, covariates_;  // data_'s, on the model's device
-  std::vector<std::vector<int64_t>> sources_, targets_;
+  torch::Tensor x_all_;                // in memory: all cells, on the model's device
+  torch::Tensor labels_, covariates_;  // on the model's device
   std::vector<int64_t> usable_;
-  std::vector<PopulationGraph> graphs_;
   double reg_default_ = 0;
   bool alternate_ = false, paired_ = false;
   std::shared_ptr<torch::nn::Module> field_parts_;
   std::unique_ptr<FlatAdam> opt_, encoder_opt_;
-  std::vector<torch::Tensor> cached_;  // alternating: detached embedding per population
+  std::vector<torch::Tensor> cached_;  // alternating: detached embedding per source block
 };
+
+TrainResult train_blocks(PopulationModel& model, PopulationData& data, const TrainConfig& config,
+                         const TrainCallbacks& callbacks, const PopulationTraining& how,
+                         PopulationTrainingStats* stats) {
+  if (stats) *stats = {};
+  PopulationObjective objective(model, data, how, stats);
+  return run_training(objective, config, callbacks, model.train_state);
+}
 
 }  // namespace
 
+std::unique_ptr<PopulationData> store_population_data(std::shared_ptr<const PopulationStore> store,
+                                                      torch::Tensor labels, torch::Tensor covariates) {
+  return std::make_unique<StorePopulationData>(std::move(store), std::move(labels), std::move(covariates));
+}
+
 TrainResult train_population_model(PopulationModel& model, const PopulationSet& data, const TrainConfig& config,
-                                   const TrainCallbacks& callbacks) {
+                                   const TrainCallbacks& callbacks, const PopulationTraining& how,
+                                   PopulationTrainingStats* stats) {
   std::string problem = validate_population_set(model, data);
   if (!problem.empty()) throw std::invalid_argument(problem);
-  PopulationObjective objective(model, data);
-  return run_training(objective, config, callbacks, model.train_state);
+  MemoryPopulationData blocks(data);
+  return train_blocks(model, blocks, config, callbacks, how, stats);
+}
+
+TrainResult train_population_model(PopulationModel& model, PopulationData& data, const TrainConfig& config,
+                                   const TrainCallbacks& callbacks, const PopulationTraining& how,
+                                   PopulationTrainingStats* stats) {
+  std::string problem = validate_population_data(model, data);
+  if (!problem.empty()) throw std::invalid_argument(problem);
+  return train_blocks(model, data, config, callbacks, how, stats);
 }
 
 torch::Tensor embed_populations(PopulationModel& model, const std::vector<torch::Tensor>& sources) {

@@ -63,15 +63,69 @@ struct PopulationSet {
 
 std::string validate_population_set(const PopulationModel& model, const PopulationSet& data);
 
+class PopulationStore;
+
+// Training cells as blocks, wherever they live (in memory or in a population
+// store): population p draws its source cells from block source_block(p) and
+// its target cells from block target_block(p). Populations may share a
+// source block (a shared control set): it then has one graph and one embedding.
+class PopulationData {
+ public:
+  virtual ~PopulationData() = default;
+  virtual int64_t dim() const = 0;
+  virtual int64_t populations() const = 0;
+  virtual int64_t blocks() const = 0;
+  virtual int64_t block_size(int64_t b) const = 0;
+  virtual int64_t source_block(int64_t p) const = 0;
+  virtual int64_t target_block(int64_t p) const = 0;
+  virtual torch::Tensor labels() const = 0;      // [P, n_categorical] long, or undefined
+  virtual torch::Tensor covariates() const = 0;  // [P, n_covariates], or undefined
+  // A block's cells, [n, dim] float on the CPU. Thread-safe: the prefetcher calls it.
+  virtual torch::Tensor block_cells(int64_t b) const = 0;
+  // True when block_cells() reads a file (the objective then reads a step's blocks ahead).
+  virtual bool on_disk() const = 0;
+  // In memory: the cells of all blocks ([N, dim]) and each block's rows in it;
+  // a step then selects its rows without copying blocks. Undefined / empty on disk.
+  virtual torch::Tensor all_cells() const { return torch::Tensor(); }
+  virtual const std::vector<std::vector<int64_t>>* block_rows() const { return nullptr; }
+};
+
+// The cells of a store, with the populations' labels and covariates in the
+// engine's form (one row per store population; undefined when the model has none).
+std::unique_ptr<PopulationData> store_population_data(std::shared_ptr<const PopulationStore> store,
+                                                      torch::Tensor labels, torch::Tensor covariates);
+
+// How training holds its graphs and reads its cells (not part of the model).
+struct PopulationTraining {
+  // kNN graphs are built when a step needs them and kept under this many
+  // bytes, least recently used out (<= 0: no cap). Results do not depend on it.
+  int64_t graph_cache_bytes = int64_t{1} << 30;
+  // Read the next step's blocks and build its missing graphs on a background thread.
+  bool prefetch = true;
+};
+
+// What a fit did with its graphs (for benchmarks and tests).
+struct PopulationTrainingStats {
+  int64_t graphs_built = 0, graph_evictions = 0, graph_cache_peak_bytes = 0, blocks_read = 0;
+};
+
 // Algorithm 1: each step draws population.populations_per_step populations and
 // population.cells_per_population source and target cells from each (the
 // TrainConfig's batch_size and groups_per_step are not used), couples them within
 // the population, and regresses v(x_t, t | phi(source population), labels).
-// The kNN graphs are built once, before the first step. Paired coupling pairs
+// The kNN graphs are built when a step first needs them (PopulationTraining). Paired coupling pairs
 // a population's j-th source cell with its j-th target cell (in data.x order)
 // and needs as many of each (std::invalid_argument naming the population).
 TrainResult train_population_model(PopulationModel& model, const PopulationSet& data, const TrainConfig& config,
-                       const TrainCallbacks& callbacks = {});
+                       const TrainCallbacks& callbacks = {}, const PopulationTraining& how = {},
+                       PopulationTrainingStats* stats = nullptr);
+// The same loop on cells given as blocks (a store). The graphs of source
+// blocks are seeded by graph_seed + block; an in-memory PopulationSet's
+// source block of population p is block p, so a store written with the same
+// populations in the same order trains the same model.
+TrainResult train_population_model(PopulationModel& model, PopulationData& data, const TrainConfig& config,
+                       const TrainCallbacks& callbacks = {}, const PopulationTraining& how = {},
+                       PopulationTrainingStats* stats = nullptr);
 
 // Unit-length embeddings [P, E] of populations given by their source cells.
 torch::Tensor embed_populations(PopulationModel& model, const std::vector<torch::Tensor>& sources);

@@ -15,6 +15,7 @@
 #include "metric_path.h"
 #include "optimizer.h"
 #include "paths.h"
+#include "step_seed.h"
 #include "threads.h"
 
 namespace popflow {
@@ -24,11 +25,7 @@ namespace {
 // reseeded at the start of each step, so a run resumed after step s draws
 // exactly what the uninterrupted run draws from step s + 1 on.
 void seed_step(uint64_t seed, int64_t step, std::mt19937_64& rng) {
-  // splitmix64 of (seed, step): nearby seeds and steps give unrelated streams.
-  uint64_t z = seed * 0x9E3779B97F4A7C15ULL + static_cast<uint64_t>(step);
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-  z ^= z >> 31;
+  const uint64_t z = step_seed(seed, step);
   rng.seed(z);
   torch::manual_seed(z);
 }
