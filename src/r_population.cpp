@@ -55,7 +55,7 @@ Rcpp::List pf_population_fit(Rcpp::NumericMatrix x, Rcpp::IntegerVector side, Rc
                              Rcpp::Nullable<Rcpp::RawVector> resume, Rcpp::RawVector metadata,
                              Rcpp::Nullable<Rcpp::List> validation = R_NilValue,
                              Rcpp::Nullable<Rcpp::CharacterVector> store = R_NilValue, double graph_cache_mb = 1024,
-                             bool prefetch = true) {
+                             bool prefetch = true, SEXP parallel = R_NilValue) {
   PF_GUARD_BEGIN
   PopulationSet data;
   std::unique_ptr<PopulationData> blocks;
@@ -105,7 +105,8 @@ Rcpp::List pf_population_fit(Rcpp::NumericMatrix x, Rcpp::IntegerVector side, Rc
         }
         return blocks ? train_population_model(*model, *blocks, tc, callbacks, how, &stats)
                       : train_population_model(*model, data, tc, callbacks, how, &stats);
-      });
+      },
+      parallel);
   const PopulationStore::ReadStats reads = opened ? opened->read_stats() : PopulationStore::ReadStats{};
   out.attr("graph_stats") = Rcpp::NumericVector::create(
       Rcpp::Named("graphs_built") = static_cast<double>(stats.graphs_built),
