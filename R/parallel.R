@@ -182,7 +182,7 @@ port_free <- function(port) {
 # popflow loaded, of this session's version. `rscript`: for tests.
 start_workers <- function(n, timeout, rscript = file.path(R.home("bin"), "Rscript")) {
   cluster <- tryCatch(
-    parallel::makePSOCKcluster(n, rscript = rscript, setup_timeout = max(timeout, 5)),
+    parallel::makePSOCKcluster(n, rscript = rscript, setup_timeout = max(timeout, 1)),
     error = function(e) {
       pf_abort("parallel", sprintf("could not start %d worker%s (%s)", n, if (n == 1) "" else "s", conditionMessage(e)),
                "check that Rscript runs on this machine and that there is memory for the workers; lower `workers`")
