@@ -11,7 +11,8 @@
 #            averaged over Gloo every step (gives the model one_acc2 gives)
 # speed-up = time of one_acc2 / time of two (the same work per step); the communication share
 # is (two - one) / two per step: what two workers spend beyond one worker's own work
-# (the allreduce of the flat gradient and waiting for the slower rank). "train s" is the
+# (the allreduce of the flat gradient and waiting for the slower rank); the workers also time
+# their exchanges themselves (POPFLOW_DISTRIBUTED_TIMES, src/core/distributed.cpp). "train s" is the
 # engine's training time of rank 0 (after the workers started and met); "wall s" includes
 # starting the workers. The runs alternate DIST_REPS times; the table gives medians.
 #
@@ -35,12 +36,20 @@ tgt <- src + matrix(rep(centres[, 1], each = n_cells), nrow(src), d) * 0.5 + 1
 method <- MFMParam(k = 20, layers = 3, width = 64, populations_per_step = per_step, cells_per_population = 128)
 network <- NetworkParam(width = 256, depth = 3)
 
+# Each worker appends "rank exchanges seconds" here when it leaves the group (distributed.cpp).
+times_file <- tempfile()
+Sys.setenv(POPFLOW_DISTRIBUTED_TIMES = times_file)
+
 run <- function(kind) {
   training <- TrainingParam(steps = steps, seed = 1, accumulate = if (kind == "one_acc2") 2 else 1)
+  unlink(times_file)
   wall <- system.time(fit <- fitFlow(src, tgt, population = c(pop, pop), method = method, network = network,
                                      training = training, verbose = FALSE,
                                      parallel = if (kind == "two") ParallelParam(workers = 2)))[["elapsed"]]
-  data.frame(kind = kind, steps = steps, train_s = fit$seconds, wall_s = wall, final_loss = utils::tail(fit$loss, 1))
+  exch <- if (file.exists(times_file)) utils::read.table(times_file, col.names = c("rank", "n", "s")) else NULL
+  data.frame(kind = kind, steps = steps, train_s = fit$seconds, wall_s = wall, final_loss = utils::tail(fit$loss, 1),
+             exchange_s_rank0 = if (is.null(exch)) NA else exch$s[exch$rank == 0],
+             exchange_s_rank1 = if (is.null(exch)) NA else exch$s[exch$rank == 1])
 }
 
 runs <- do.call(rbind, lapply(seq_len(reps), function(r) {
@@ -62,6 +71,9 @@ cat(sprintf("MFM, %d steps, %d populations of %d cells per rank and step, %d-d, 
 md_table(tab)
 cat(sprintf("\nspeed-up of two workers over one process with the same batch (accumulate = 2): %.2fx\n",
             med("one_acc2", "train_s") / med("two", "train_s")))
-cat(sprintf("time two workers spend per step beyond one worker's work (communication, waiting): %.2f ms, %.0f%% of a step\n",
+cat(sprintf("time two workers spend per step beyond one worker's work: %.2f ms, %.0f%% of a step\n",
             1000 * (med("two", "train_s") - med("one", "train_s")) / steps,
             100 * (med("two", "train_s") - med("one", "train_s")) / med("two", "train_s")))
+cat(sprintf("time in the gradient exchange (allreduce, waiting for the other rank included): rank 0 %.2f ms a step (%.0f%% of its training time), rank 1 %.2f ms\n",
+            1000 * med("two", "exchange_s_rank0") / steps, 100 * med("two", "exchange_s_rank0") / med("two", "train_s"),
+            1000 * med("two", "exchange_s_rank1") / steps))
