@@ -21,6 +21,7 @@ using popflow_r::to_tensor;
 // `metadata`: R's fields, stored in checkpoint files.
 // `validation`: NULL, or the settings and held-out `sets` of
 // popflow_r::add_validation_schedule() and popflow_r::flow_holdouts().
+// `parallel`: NULL, or this process's rank of a data-parallel fit (popflow_r::join_from_r()).
 // [[Rcpp::export]]
 Rcpp::List pf_fit(Rcpp::NumericMatrix x, Rcpp::IntegerVector time_index, Rcpp::IntegerVector group,
                   Rcpp::Nullable<Rcpp::NumericMatrix> group_cond, Rcpp::List config,

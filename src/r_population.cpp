@@ -48,6 +48,7 @@ std::vector<torch::Tensor> split_populations(const torch::Tensor& x, const Rcpp:
 // `population` are then empty; labels and covariates have one row per store
 // population). `graph_cache_mb`: the cap on the kNN graphs kept (<= 0: none).
 // The fit's graph statistics come back as the attribute "graph_stats".
+// `parallel`: NULL, or this process's rank of a data-parallel fit (popflow_r::join_from_r()).
 // [[Rcpp::export]]
 Rcpp::List pf_population_fit(Rcpp::NumericMatrix x, Rcpp::IntegerVector side, Rcpp::IntegerVector population,
                              Rcpp::Nullable<Rcpp::IntegerMatrix> labels, Rcpp::Nullable<Rcpp::NumericMatrix> covariates,
