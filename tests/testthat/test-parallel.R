@@ -76,12 +76,12 @@ start_rank1 <- function(job, port, ...) {
   list(cl = cl, pid = pid)
 }
 
-rank1_fit <- function(port, steps, x_cols = 2, version = NULL) {
+rank1_fit <- function(port, steps, x_cols = 2, version = NULL, time_limit = 0) {
   if (!is.null(version)) utils::assignInNamespace("popflow_version", function() version, "popflow")
   set.seed(1)
   x <- matrix(rnorm(60 * x_cols), ncol = x_cols)
   try(popflow::fitFlow(x, x + 3, method = "icfm", verbose = FALSE,
-                       training = popflow::TrainingParam(steps = steps, batch_size = 16),
+                       training = popflow::TrainingParam(steps = steps, batch_size = 16, time_limit = time_limit),
                        parallel = popflow::ParallelParam(rank = 1, world_size = 2, port = port, timeout = 20)),
       silent = TRUE)
 }
@@ -101,6 +101,18 @@ test_that("a rank that dies becomes an R error on the others within seconds", {
   system(sprintf("(sleep 3; kill -9 %d)", r1$pid), wait = FALSE)  # R appends the &
   start <- Sys.time()
   expect_error(rank0_fit(port, 1e7), "rank 0 of 2 lost contact with the other processes")
+  expect_lt(as.numeric(difftime(Sys.time(), start, units = "secs")), 15)
+})
+
+test_that("the ranks stop together when one reaches its time limit", {
+  skip_without_gloo()
+  port <- popflow:::free_port()
+  r1 <- start_rank1(rank1_fit, port, steps = 1e7, time_limit = 0.5)
+  on.exit(try(parallel::stopCluster(r1$cl), silent = TRUE))
+  start <- Sys.time()
+  expect_message(fit <- rank0_fit(port, 1e7), "time limit")  # rank 0 has none of its own
+  expect_equal(fit$status, "time_limit")
+  expect_gt(fit$steps_done, 0)
   expect_lt(as.numeric(difftime(Sys.time(), start, units = "secs")), 15)
 })
 
