@@ -140,7 +140,7 @@ test_that("bad parallel settings are clear R errors", {
                        parallel = ParallelParam(workers = 2, port = port)),
                "port .* in use.*Fix: give ParallelParam\\(port = \\) another port")
   # A rank that never arrives: an error after the timeout, not a hang.
-  expect_error(rank0_fit(popflow:::free_port(), 5, timeout = 2), "did not join")
+  expect_error(rank0_fit(popflow:::free_port(), 5, timeout = 1), "did not join")
   # Workers that cannot start.
   expect_error(popflow:::start_workers(1, timeout = 1, rscript = "/nonexistent/Rscript"),
                "`parallel` could not start 1 worker")
