@@ -86,6 +86,10 @@
 #'   `held_out` is scored, whether the model keeps the best-scoring weights
 #'   and whether training stops early. Default, with `held_out`:
 #'   `ValidationParam()`.
+#' @param parallel A [ParallelParam()]: train on several processes, started
+#'   here (`ParallelParam(workers = 2)`) or by a launcher such as srun or
+#'   torchrun (`ParallelParam()`), averaging their gradients every step. The
+#'   result is rank 0's model. Default `NULL`: one process.
 #' @param ... Nothing for matrices: an argument that lands here (a misspelt
 #'   name, `cells =` meant for objects, a setting such as `steps` given
 #'   directly) is an error that names it and says where it belongs (e.g.
@@ -121,7 +125,7 @@ fitFlow <- function(x, ...) UseMethod("fitFlow")
 fitFlow.default <- function(x, target = NULL, time = NULL, group = NULL, method = "otcfm",
                             network = NetworkParam(), training = TrainingParam(), device = "cpu",
                             threads = 1L, verbose = TRUE, population = NULL, label = NULL, resume = NULL,
-                            held_out = NULL, validation = NULL, sizes = NULL, ...) {
+                            held_out = NULL, validation = NULL, sizes = NULL, parallel = NULL, ...) {
   resume <- resume_model(resume)
   if (!is.null(resume)) {
     if (missing(method)) method <- resume$method
@@ -143,11 +147,14 @@ fitFlow.default <- function(x, target = NULL, time = NULL, group = NULL, method 
   device <- check_device(device)
   threads <- check_count(threads, "threads")
   verbose <- check_flag(verbose, "verbose")
+  parallel <- check_parallel(parallel, method, device)
+  if (!is.null(parallel)) threads <- parallel$threads  # per worker
   validation <- fit_validation(validation, held_out)
   args <- list(method, x, target = target, time = time, group = group, population = population, label = label,
                network = network, training = training, device = device, threads = threads, verbose = verbose,
                resume = resume, validation = validation)
   if (is_unbalanced(method)) args$sizes <- sizes
+  if (!is.null(parallel)) args$parallel <- parallel
   do.call(fit_method, args)
 }
 
@@ -156,7 +163,8 @@ fit_method <- function(method, x, ...) UseMethod("fit_method")
 
 #' @export
 fit_method.popflow_flow_param <- function(method, x, target, time, group, population, label, network, training,
-                                          device, threads, verbose, resume, validation = NULL, sizes = NULL) {
+                                          device, threads, verbose, resume, validation = NULL, sizes = NULL,
+                                          parallel = NULL) {
   if (is_population_store(x)) {
     pf_abort("x", sprintf("is a population store, which only population models read, not method \"%s\"", attr(method, "kind")),
              "use method = \"mfm\" or \"cgfm\" with a store, or give the cells as matrices")
@@ -207,16 +215,21 @@ fit_method.popflow_flow_param <- function(method, x, target, time, group, popula
   # Relative masses, the first snapshot's 1: the engine spreads each over its snapshot's cells.
   if (is_unbalanced(method)) config$flow$masses <- unname(sizes / sizes[1])
   engine_validation <- if (!is.null(validation)) validation_config(validation, sets, training$seed)
-  train_model(fields, training, verbose, resume, function(progress, every, metadata) {
+  train_model(fields, training, verbose, resume, function(progress, every, metadata, parallel = NULL) {
     pf_fit(data$x, data$time_index, data$group, NULL, config, progress, every, resume$bytes, metadata,
-           engine_validation)
-  })
+           engine_validation, parallel)
+  }, parallel)
 }
 
 #' @export
 fit_method.popflow_population_param <- function(method, x, target, time, group, population, label, network,
-                                                training, device, threads, verbose, resume, validation = NULL) {
+                                                training, device, threads, verbose, resume, validation = NULL,
+                                                parallel = NULL) {
   if (is_population_store(x)) {
+    if (!is.null(parallel)) {
+      pf_abort("parallel", "is not supported with a population store yet (each rank would read every block)",
+               "train on a store in one process, or give the cells as matrices")
+    }
     return(fit_population_store(method, x, target, time, group, population, label, network, training, device,
                                 threads, verbose, resume, validation))
   }
@@ -274,10 +287,11 @@ fit_method.popflow_population_param <- function(method, x, target, time, group, 
                        population = list(graph_seed = if (is.null(resume)) training$seed else resume$training$seed,
                                          label_levels = labels$levels, covariates = ncol(labels$covariates) %||% 0L))
   engine_validation <- if (!is.null(validation)) validation_config(validation, sets, training$seed)
-  train_model(fields, training, verbose, resume, function(progress, every, metadata) {
+  train_model(fields, training, verbose, resume, function(progress, every, metadata, parallel = NULL) {
     pf_population_fit(rbind(x, target), side, pops$code - 1L, labels$codes, labels$covariates, config, progress,
-                      every, resume$bytes, metadata, engine_validation, graph_cache_mb = graph_cache_mb(method))
-  })
+                      every, resume$bytes, metadata, engine_validation, graph_cache_mb = graph_cache_mb(method),
+                      parallel = parallel)
+  }, parallel)
 }
 
 # The engine's configuration of a fit: the sections of the parameter objects
@@ -289,12 +303,18 @@ fit_config <- function(method, network, training, device, threads, dim, times, p
                       training = list(threads = threads, device = device), population = population))
 }
 
-# Runs the engine's training (`engine_fit(progress, every, metadata)`) with a
-# progress bar and returns the fitted model, reporting how training ended.
-train_model <- function(fields, training, verbose, resume, engine_fit) {
-  progress <- if (verbose) training_progress(training$steps) else NULL
-  res <- engine_fit(progress$update, max(1L, training$steps %/% 100L), checkpoint_metadata(fields, training))
-  if (!is.null(progress)) progress$done()
+# Runs the engine's training (`engine_fit(progress, every, metadata, parallel)`)
+# with a progress bar, or as the ranks of `parallel` (R/parallel.R), and
+# returns the fitted model, reporting how training ended.
+train_model <- function(fields, training, verbose, resume, engine_fit, parallel = NULL) {
+  every <- max(1L, training$steps %/% 100L)
+  if (!is.null(parallel)) {
+    res <- parallel_fit(parallel, engine_fit, every, checkpoint_metadata(fields, training), verbose, training$steps)
+  } else {
+    progress <- if (verbose) training_progress(training$steps) else NULL
+    res <- engine_fit(progress$update, every, checkpoint_metadata(fields, training))
+    if (!is.null(progress)) progress$done()
+  }
   fit <- new_flow(res$bytes, fitted_fields(fields, res, resume))
   report_training_status(fit, training$steps)
   fit

@@ -768,6 +768,12 @@ model_class.ICNNParam <- function(method) c("popflow_icnn", "popflow_flow")
 #'   W1 by at most 0.0005 (3 seeds) with it on, and ran no faster, its step
 #'   being bound by per-step overhead rather than arithmetic
 #'   (`bench/results/gpu_session.md`). Try it for wide networks and large batches.
+#' @param accumulate Minibatches drawn per step (per worker, in data-parallel
+#'   training) whose gradients are averaged: a larger batch in the memory of
+#'   one. Draw `r` of a step is seeded by (seed, step, r), draw 0 being the
+#'   single draw of `accumulate = 1`, so a fit with `accumulate = 2` on one
+#'   process gives the model (to float rounding) that two workers give with
+#'   `fitFlow(..., parallel = ParallelParam(workers = 2))`.
 #' @param checkpoint_every,checkpoint_file Write the model to
 #'   `checkpoint_file` every `checkpoint_every` steps (0 = never). Each write
 #'   replaces the file atomically (a temporary file renamed over it), so the
@@ -812,7 +818,7 @@ engine_config.NetworkParam <- function(x) {
 #' @export
 TrainingParam <- function(steps = 2000, batch_size = 256, lr = 1e-3, weight_decay = 0, clip_norm = 0,
                           ema_decay = 0, seed = 1, groups_per_step = 1, time_limit = 0, tf32 = FALSE,
-                          checkpoint_every = 0, checkpoint_file = NULL) {
+                          checkpoint_every = 0, checkpoint_file = NULL, accumulate = 1) {
   checkpoint_every <- check_count(checkpoint_every, "checkpoint_every", min = 0)
   checkpoint_file <- check_checkpoint_file(checkpoint_file, checkpoint_every)
   new_param("training", "TrainingParam",
@@ -825,7 +831,8 @@ TrainingParam <- function(steps = 2000, batch_size = 256, lr = 1e-3, weight_deca
             groups_per_step = check_count(groups_per_step, "groups_per_step"),
             time_limit = check_number(time_limit, "time_limit", min = 0),
             tf32 = check_flag(tf32, "tf32"),
-            checkpoint_every = checkpoint_every, checkpoint_file = checkpoint_file)
+            checkpoint_every = checkpoint_every, checkpoint_file = checkpoint_file,
+            accumulate = check_count(accumulate, "accumulate"))
 }
 
 # `checkpoint` is read by the glue, not the engine: where and how often to write the model during training.
@@ -835,7 +842,8 @@ engine_config.TrainingParam <- function(x) {
                                  "ema_decay", "seed", "time_limit")],
                     # tf32: absent from TrainingParam objects of models saved before it existed.
                     # sync_every 0: the engine reads losses back every step on CPU, every 25 on a GPU.
-                    list(tf32 = as.integer(isTRUE(x$tf32)), sync_every = 0L)),
+                    # accumulate: absent from objects saved before it existed.
+                    list(tf32 = as.integer(isTRUE(x$tf32)), sync_every = 0L, accumulate = x$accumulate %||% 1L)),
        checkpoint = list(every = x$checkpoint_every, file = x$checkpoint_file %||% ""))
 }
 
@@ -1010,4 +1018,118 @@ as_flow_param <- function(method) {
 expect_param <- function(x, arg, class) {
   if (!inherits(x, class)) pf_abort(arg, sprintf("must be made by %s()", class), sprintf("use %s = %s(...)", arg, class))
   x
+}
+
+#' Data-parallel training: workers, and how they meet
+#'
+#' `ParallelParam()` makes [fitFlow()] train one model on several processes
+#' (`fitFlow(..., parallel = ParallelParam(...))`): every process (rank)
+#' starts from rank 0's weights, draws minibatches of its own each step (by
+#' seed, step and rank) and the ranks average their gradients (through
+#' LibTorch's distributed layer, c10d) before every Adam step, so the replicas
+#' stay identical. W workers give the model that one process gives with
+#' `TrainingParam(accumulate = W)`, W times the batch, to float rounding. Rank 0
+#' writes the checkpoints. Supported: the flows (I-CFM, OT-CFM, SB-CFM, target
+#' FM, diffusion, unbalanced) and MFM / CGFM with the joint schedule; methods
+#' with two optimisers (ICNN, metric FM, the alternating schedule) and reflow
+#' are fitted in one process.
+#'
+#' Two ways to start the ranks:
+#' - **On one machine**: `ParallelParam(workers = 2)`. [fitFlow()] starts the
+#'   workers itself, as R processes of a PSOCK cluster (package parallel;
+#'   never forked, as forking after LibTorch has used threads can hang), sends
+#'   them the data, trains, returns the model of rank 0 and shuts the workers
+#'   down, also on an error or an interrupt. Each worker uses `threads`
+#'   threads; give one worker per group of cores. No progress bar: the workers
+#'   train out of sight.
+#' - **Across nodes (SPMD)**: run the same script once per rank, for example
+#'   with `srun Rscript fit.R` (SLURM) or a torchrun-style launcher, and call
+#'   `fitFlow(..., parallel = ParallelParam())` in it. `ParallelParam()`
+#'   without `workers` reads the rank and the number of ranks from `RANK` and
+#'   `WORLD_SIZE` (torchrun), else from `SLURM_PROCID` and `SLURM_NTASKS`
+#'   (srun), and where rank 0 serves the rendezvous from `MASTER_ADDR` and
+#'   `MASTER_PORT` (default port 29500). Under SLURM on several nodes set
+#'   `MASTER_ADDR` yourself, e.g.
+#'   `export MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)`;
+#'   on one node it defaults to `127.0.0.1`. Every rank returns the fitted
+#'   model (the replicas are identical, the loss is the mean over the ranks);
+#'   save it on rank 0 only (`if (p$rank == 0) saveFlow(fit, ...)`). Rank 0
+#'   alone shows progress.
+#'
+#' A worker that stops (an error, a crash, a killed process) becomes an R
+#' error on the others within seconds; a rank that never arrives, after
+#' `timeout` seconds. The last checkpoint stays usable:
+#' `fitFlow(..., resume = checkpoint_file, parallel = ...)` continues from it.
+#' Every rank must run the same popflow version (checked when they meet).
+#'
+#' Backends: `"gloo"` trains on CPUs (it needs popflow built with Debian's
+#' libgloo-dev, which `tools/install.sh` installs); `"nccl"` on one GPU per
+#' rank, with popflow built against a CUDA LibTorch that has NCCL
+#' (`device = "cuda:N"`, N the rank's GPU). [distributedBackends()] lists what
+#' this build has.
+#'
+#' @param workers Workers to start on this machine, or `NULL` (default) for a
+#'   script started once per rank by a launcher.
+#' @param backend `"gloo"` (CPU) or `"nccl"` (GPU).
+#' @param address Where rank 0 serves the rendezvous. Default: `"127.0.0.1"`
+#'   with `workers`, else `MASTER_ADDR`.
+#' @param port Its TCP port. Default: a free port with `workers`, else
+#'   `MASTER_PORT` or 29500.
+#' @param timeout Seconds to wait for a rank at the rendezvous, and for each
+#'   exchange of gradients, before giving up with an error.
+#' @param threads LibTorch threads per worker (replaces `fitFlow(threads = )`).
+#' @param rank,world_size This process's rank and the number of ranks, for
+#'   launchers that set neither pair of variables. Default: from the
+#'   environment (see Details).
+#' @return A `ParallelParam` object (of class `popflow_param`). Its `launcher`
+#'   says where the rank came from: `"workers"`, `"arguments"`,
+#'   `"RANK/WORLD_SIZE"`, `"SLURM_PROCID/SLURM_NTASKS"` or `"none"`.
+#' @seealso [fitFlow()], [TrainingParam()] (`accumulate`), [distributedBackends()].
+#' @examples
+#' ParallelParam(workers = 2)
+#' \donttest{
+#' if ("gloo" %in% distributedBackends()) {
+#'   set.seed(1)
+#'   x <- matrix(rnorm(400), ncol = 2)
+#'   fit <- fitFlow(x, x + 3, method = "icfm", training = TrainingParam(steps = 50),
+#'                  parallel = ParallelParam(workers = 2), verbose = FALSE)
+#'   fit
+#' }
+#' }
+#' # In a script started by `srun -n 4 Rscript fit.R` (or torchrun):
+#' #   p <- ParallelParam()
+#' #   fit <- fitFlow(x, target, method = "mfm", population = pop, parallel = p)
+#' #   if (p$rank == 0) saveFlow(fit, "fit.popflow")
+#' @export
+ParallelParam <- function(workers = NULL, backend = c("gloo", "nccl"), address = NULL, port = NULL, timeout = 120,
+                          threads = 1, rank = NULL, world_size = NULL) {
+  backend <- check_choice(backend[1], "backend", c("gloo", "nccl"))
+  if (!is.null(address) && (!is.character(address) || length(address) != 1 || is.na(address) || !nzchar(address))) {
+    pf_abort("address", sprintf("must be a host name or address, not %s", deparse1(address)),
+             "e.g. address = \"127.0.0.1\" or the host name of rank 0's node")
+  }
+  if (!is.null(port)) {
+    port <- check_count(port, "port")
+    if (port > 65535) pf_abort("port", sprintf("must be a TCP port (1 to 65535), not %d", port), "e.g. port = 29500")
+  }
+  if (!is.null(workers)) {
+    workers <- check_count(workers, "workers")
+    if (!is.null(rank) || !is.null(world_size)) {
+      pf_abort(if (is.null(rank)) "world_size" else "rank", "is set together with `workers`",
+               "give `workers` to start workers on this machine, or `rank` and `world_size` for a launched script")
+    }
+    launcher <- "workers"
+    world_size <- workers
+    address <- address %||% "127.0.0.1"
+  } else {
+    found <- launcher_ranks(rank, world_size)
+    launcher <- found$launcher
+    rank <- found$rank
+    world_size <- found$world_size
+    address <- address %||% launcher_address(launcher)
+    port <- port %||% env_count("MASTER_PORT") %||% 29500L
+  }
+  new_param("parallel", "ParallelParam", workers = workers, backend = backend, address = address, port = port,
+            timeout = check_number(timeout, "timeout", min = 0, min_inclusive = FALSE),
+            threads = check_count(threads, "threads"), rank = rank, world_size = world_size, launcher = launcher)
 }

@@ -11,8 +11,8 @@ Rcpp::Rostream<false>& Rcpp::Rcerr = Rcpp::Rcpp_cerr_get();
 #endif
 
 // pf_fit
-Rcpp::List pf_fit(Rcpp::NumericMatrix x, Rcpp::IntegerVector time_index, Rcpp::IntegerVector group, Rcpp::Nullable<Rcpp::NumericMatrix> group_cond, Rcpp::List config, Rcpp::Nullable<Rcpp::Function> progress, int progress_every, Rcpp::Nullable<Rcpp::RawVector> resume, Rcpp::RawVector metadata, Rcpp::Nullable<Rcpp::List> validation);
-RcppExport SEXP _popflow_pf_fit(SEXP xSEXP, SEXP time_indexSEXP, SEXP groupSEXP, SEXP group_condSEXP, SEXP configSEXP, SEXP progressSEXP, SEXP progress_everySEXP, SEXP resumeSEXP, SEXP metadataSEXP, SEXP validationSEXP) {
+Rcpp::List pf_fit(Rcpp::NumericMatrix x, Rcpp::IntegerVector time_index, Rcpp::IntegerVector group, Rcpp::Nullable<Rcpp::NumericMatrix> group_cond, Rcpp::List config, Rcpp::Nullable<Rcpp::Function> progress, int progress_every, Rcpp::Nullable<Rcpp::RawVector> resume, Rcpp::RawVector metadata, Rcpp::Nullable<Rcpp::List> validation, SEXP parallel);
+RcppExport SEXP _popflow_pf_fit(SEXP xSEXP, SEXP time_indexSEXP, SEXP groupSEXP, SEXP group_condSEXP, SEXP configSEXP, SEXP progressSEXP, SEXP progress_everySEXP, SEXP resumeSEXP, SEXP metadataSEXP, SEXP validationSEXP, SEXP parallelSEXP) {
 BEGIN_RCPP
     Rcpp::RObject rcpp_result_gen;
     Rcpp::RNGScope rcpp_rngScope_gen;
@@ -26,7 +26,18 @@ BEGIN_RCPP
     Rcpp::traits::input_parameter< Rcpp::Nullable<Rcpp::RawVector> >::type resume(resumeSEXP);
     Rcpp::traits::input_parameter< Rcpp::RawVector >::type metadata(metadataSEXP);
     Rcpp::traits::input_parameter< Rcpp::Nullable<Rcpp::List> >::type validation(validationSEXP);
-    rcpp_result_gen = Rcpp::wrap(pf_fit(x, time_index, group, group_cond, config, progress, progress_every, resume, metadata, validation));
+    Rcpp::traits::input_parameter< SEXP >::type parallel(parallelSEXP);
+    rcpp_result_gen = Rcpp::wrap(pf_fit(x, time_index, group, group_cond, config, progress, progress_every, resume, metadata, validation, parallel));
+    return rcpp_result_gen;
+END_RCPP
+}
+// pf_distributed_backends
+Rcpp::CharacterVector pf_distributed_backends();
+RcppExport SEXP _popflow_pf_distributed_backends() {
+BEGIN_RCPP
+    Rcpp::RObject rcpp_result_gen;
+    Rcpp::RNGScope rcpp_rngScope_gen;
+    rcpp_result_gen = Rcpp::wrap(pf_distributed_backends());
     return rcpp_result_gen;
 END_RCPP
 }
@@ -317,8 +328,8 @@ BEGIN_RCPP
 END_RCPP
 }
 // pf_population_fit
-Rcpp::List pf_population_fit(Rcpp::NumericMatrix x, Rcpp::IntegerVector side, Rcpp::IntegerVector population, Rcpp::Nullable<Rcpp::IntegerMatrix> labels, Rcpp::Nullable<Rcpp::NumericMatrix> covariates, Rcpp::List config, Rcpp::Nullable<Rcpp::Function> progress, int progress_every, Rcpp::Nullable<Rcpp::RawVector> resume, Rcpp::RawVector metadata, Rcpp::Nullable<Rcpp::List> validation, Rcpp::Nullable<Rcpp::CharacterVector> store, double graph_cache_mb, bool prefetch);
-RcppExport SEXP _popflow_pf_population_fit(SEXP xSEXP, SEXP sideSEXP, SEXP populationSEXP, SEXP labelsSEXP, SEXP covariatesSEXP, SEXP configSEXP, SEXP progressSEXP, SEXP progress_everySEXP, SEXP resumeSEXP, SEXP metadataSEXP, SEXP validationSEXP, SEXP storeSEXP, SEXP graph_cache_mbSEXP, SEXP prefetchSEXP) {
+Rcpp::List pf_population_fit(Rcpp::NumericMatrix x, Rcpp::IntegerVector side, Rcpp::IntegerVector population, Rcpp::Nullable<Rcpp::IntegerMatrix> labels, Rcpp::Nullable<Rcpp::NumericMatrix> covariates, Rcpp::List config, Rcpp::Nullable<Rcpp::Function> progress, int progress_every, Rcpp::Nullable<Rcpp::RawVector> resume, Rcpp::RawVector metadata, Rcpp::Nullable<Rcpp::List> validation, Rcpp::Nullable<Rcpp::CharacterVector> store, double graph_cache_mb, bool prefetch, SEXP parallel);
+RcppExport SEXP _popflow_pf_population_fit(SEXP xSEXP, SEXP sideSEXP, SEXP populationSEXP, SEXP labelsSEXP, SEXP covariatesSEXP, SEXP configSEXP, SEXP progressSEXP, SEXP progress_everySEXP, SEXP resumeSEXP, SEXP metadataSEXP, SEXP validationSEXP, SEXP storeSEXP, SEXP graph_cache_mbSEXP, SEXP prefetchSEXP, SEXP parallelSEXP) {
 BEGIN_RCPP
     Rcpp::RObject rcpp_result_gen;
     Rcpp::RNGScope rcpp_rngScope_gen;
@@ -336,7 +347,8 @@ BEGIN_RCPP
     Rcpp::traits::input_parameter< Rcpp::Nullable<Rcpp::CharacterVector> >::type store(storeSEXP);
     Rcpp::traits::input_parameter< double >::type graph_cache_mb(graph_cache_mbSEXP);
     Rcpp::traits::input_parameter< bool >::type prefetch(prefetchSEXP);
-    rcpp_result_gen = Rcpp::wrap(pf_population_fit(x, side, population, labels, covariates, config, progress, progress_every, resume, metadata, validation, store, graph_cache_mb, prefetch));
+    Rcpp::traits::input_parameter< SEXP >::type parallel(parallelSEXP);
+    rcpp_result_gen = Rcpp::wrap(pf_population_fit(x, side, population, labels, covariates, config, progress, progress_every, resume, metadata, validation, store, graph_cache_mb, prefetch, parallel));
     return rcpp_result_gen;
 END_RCPP
 }
@@ -451,7 +463,8 @@ END_RCPP
 }
 
 static const R_CallMethodDef CallEntries[] = {
-    {"_popflow_pf_fit", (DL_FUNC) &_popflow_pf_fit, 10},
+    {"_popflow_pf_fit", (DL_FUNC) &_popflow_pf_fit, 11},
+    {"_popflow_pf_distributed_backends", (DL_FUNC) &_popflow_pf_distributed_backends, 0},
     {"_popflow_pf_transport", (DL_FUNC) &_popflow_pf_transport, 7},
     {"_popflow_pf_unbalanced_plan", (DL_FUNC) &_popflow_pf_unbalanced_plan, 6},
     {"_popflow_pf_log_density", (DL_FUNC) &_popflow_pf_log_density, 5},
@@ -474,7 +487,7 @@ static const R_CallMethodDef CallEntries[] = {
     {"_popflow_pf_training_state", (DL_FUNC) &_popflow_pf_training_state, 1},
     {"_popflow_pf_cuda_available", (DL_FUNC) &_popflow_pf_cuda_available, 0},
     {"_popflow_pf_torch_version", (DL_FUNC) &_popflow_pf_torch_version, 0},
-    {"_popflow_pf_population_fit", (DL_FUNC) &_popflow_pf_population_fit, 14},
+    {"_popflow_pf_population_fit", (DL_FUNC) &_popflow_pf_population_fit, 15},
     {"_popflow_pf_population_embed", (DL_FUNC) &_popflow_pf_population_embed, 5},
     {"_popflow_pf_population_transport", (DL_FUNC) &_popflow_pf_population_transport, 10},
     {"_popflow_pf_store_write_open", (DL_FUNC) &_popflow_pf_store_write_open, 8},

@@ -5,6 +5,7 @@
 
 #include "core/metric_path.h"
 #include "core/coupling.h"
+#include "core/distributed.h"
 #include "core/model.h"
 #include "core/transport.h"
 #include "core/trainer.h"
@@ -20,11 +21,12 @@ using popflow_r::to_tensor;
 // `metadata`: R's fields, stored in checkpoint files.
 // `validation`: NULL, or the settings and held-out `sets` of
 // popflow_r::add_validation_schedule() and popflow_r::flow_holdouts().
+// `parallel`: NULL, or this process's rank of a data-parallel fit (popflow_r::join_from_r()).
 // [[Rcpp::export]]
 Rcpp::List pf_fit(Rcpp::NumericMatrix x, Rcpp::IntegerVector time_index, Rcpp::IntegerVector group,
                   Rcpp::Nullable<Rcpp::NumericMatrix> group_cond, Rcpp::List config,
                   Rcpp::Nullable<Rcpp::Function> progress, int progress_every, Rcpp::Nullable<Rcpp::RawVector> resume,
-                  Rcpp::RawVector metadata, Rcpp::Nullable<Rcpp::List> validation = R_NilValue) {
+                  Rcpp::RawVector metadata, Rcpp::Nullable<Rcpp::List> validation = R_NilValue, SEXP parallel = R_NilValue) {
   PF_GUARD_BEGIN
   TrainingData data;
   data.x = to_tensor(x);
@@ -53,10 +55,15 @@ Rcpp::List pf_fit(Rcpp::NumericMatrix x, Rcpp::IntegerVector time_index, Rcpp::I
           callbacks.validate = flow_validator(*model, popflow_r::flow_holdouts(v["sets"]), vc);
         }
         return train(*model, data, tc, callbacks);
-      });
+      },
+      parallel);
   PF_GUARD_END
   return R_NilValue;
 }
+
+// The backends of data-parallel training this build has ("gloo", "nccl").
+// [[Rcpp::export]]
+Rcpp::CharacterVector pf_distributed_backends() { return Rcpp::wrap(distributed_backends()); }
 
 // `solver`: a list with the section "solver"; `progress(fraction)`: see r_ode_progress().
 // [[Rcpp::export]]

@@ -14,6 +14,7 @@
 
 #include "core/config.h"
 #include "core/config_text.h"
+#include "core/distributed.h"
 #include "core/icnn.h"
 #include "core/model.h"
 #include "core/model_file.h"
@@ -354,21 +355,42 @@ inline Rcpp::List transport_result(const std::vector<torch::Tensor>& states, con
                             Rcpp::Named("rejected") = static_cast<double>(stats.rejected));
 }
 
+// Data-parallel training from R (R/parallel.R): NULL, or a list of backend,
+// rank, world_size, address, port, timeout and version (distributed.h).
+inline std::unique_ptr<popflow::GradientSync> join_from_r(SEXP parallel) {
+  if (Rf_isNull(parallel)) return nullptr;
+  const Rcpp::List p(parallel);
+  popflow::DistributedConfig c;
+  c.backend = Rcpp::as<std::string>(p["backend"]);
+  c.rank = static_cast<int64_t>(Rcpp::as<double>(p["rank"]));
+  c.world_size = static_cast<int64_t>(Rcpp::as<double>(p["world_size"]));
+  c.address = Rcpp::as<std::string>(p["address"]);
+  c.port = static_cast<int64_t>(Rcpp::as<double>(p["port"]));
+  c.timeout_s = Rcpp::as<double>(p["timeout"]);
+  c.version = Rcpp::as<std::string>(p["version"]);
+  return popflow::join_process_group(c);
+}
+
 // Trains a model of either kind with R's progress callback and the
 // checkpoints of `config`, and returns the fit for R: `save(model, metadata)`
 // writes the model's bytes, `train(callbacks)` runs the engine's training
 // (adding its validator, if any), and the validation record comes back too.
+// With `parallel` (join_from_r()), this process is one rank of a data-parallel
+// fit: only rank 0 writes checkpoints.
 template <typename Model, typename Save, typename Train>
 Rcpp::List train_for_r(Model& model, const Rcpp::List& config, int64_t steps,
                         const Rcpp::Nullable<Rcpp::Function>& progress, int progress_every,
-                        const Rcpp::RawVector& metadata, Save save, Train train) {
+                        const Rcpp::RawVector& metadata, Save save, Train train, SEXP parallel = R_NilValue) {
   bool user_interrupt = false;
   auto callbacks = r_callbacks(progress, progress_every, steps, &user_interrupt);
   const std::string fields = from_raw(metadata);
-  add_checkpoints(callbacks, config, [&](const popflow::TrainState& state) {
-    model.train_state = state;
-    return save(model, fields);
-  });
+  const std::unique_ptr<popflow::GradientSync> sync = join_from_r(parallel);
+  callbacks.sync = sync.get();
+  if (!sync || sync->rank() == 0)
+    add_checkpoints(callbacks, config, [&](const popflow::TrainState& state) {
+      model.train_state = state;
+      return save(model, fields);
+    });
   const popflow::TrainResult res = train(callbacks);
   const std::vector<double> validation_steps(res.validation_steps.begin(), res.validation_steps.end());
   return Rcpp::List::create(Rcpp::Named("bytes") = to_raw(save(model, "")), Rcpp::Named("loss") = Rcpp::wrap(res.loss),

@@ -48,6 +48,7 @@ std::vector<torch::Tensor> split_populations(const torch::Tensor& x, const Rcpp:
 // `population` are then empty; labels and covariates have one row per store
 // population). `graph_cache_mb`: the cap on the kNN graphs kept (<= 0: none).
 // The fit's graph statistics come back as the attribute "graph_stats".
+// `parallel`: NULL, or this process's rank of a data-parallel fit (popflow_r::join_from_r()).
 // [[Rcpp::export]]
 Rcpp::List pf_population_fit(Rcpp::NumericMatrix x, Rcpp::IntegerVector side, Rcpp::IntegerVector population,
                              Rcpp::Nullable<Rcpp::IntegerMatrix> labels, Rcpp::Nullable<Rcpp::NumericMatrix> covariates,
@@ -55,7 +56,7 @@ Rcpp::List pf_population_fit(Rcpp::NumericMatrix x, Rcpp::IntegerVector side, Rc
                              Rcpp::Nullable<Rcpp::RawVector> resume, Rcpp::RawVector metadata,
                              Rcpp::Nullable<Rcpp::List> validation = R_NilValue,
                              Rcpp::Nullable<Rcpp::CharacterVector> store = R_NilValue, double graph_cache_mb = 1024,
-                             bool prefetch = true) {
+                             bool prefetch = true, SEXP parallel = R_NilValue) {
   PF_GUARD_BEGIN
   PopulationSet data;
   std::unique_ptr<PopulationData> blocks;
@@ -105,7 +106,8 @@ Rcpp::List pf_population_fit(Rcpp::NumericMatrix x, Rcpp::IntegerVector side, Rc
         }
         return blocks ? train_population_model(*model, *blocks, tc, callbacks, how, &stats)
                       : train_population_model(*model, data, tc, callbacks, how, &stats);
-      });
+      },
+      parallel);
   const PopulationStore::ReadStats reads = opened ? opened->read_stats() : PopulationStore::ReadStats{};
   out.attr("graph_stats") = Rcpp::NumericVector::create(
       Rcpp::Named("graphs_built") = static_cast<double>(stats.graphs_built),

@@ -17,7 +17,7 @@ case "${1:-}" in
 esac
 
 PKGS=(r-base-dev r-cran-rcpp r-cran-testthat r-cran-roxygen2 r-cran-pkgbuild
-      libtorch-dev libopenblas0-pthread liblemon-dev
+      libtorch-dev libopenblas0-pthread liblemon-dev libgloo-dev
       r-bioc-singlecellexperiment r-cran-seurat r-cran-seuratobject r-cran-matrix
       r-bioc-hdf5array r-cran-callr  # HDF5-backed objects; callr: the Seurat v5 tests' own R process
       r-cran-knitr r-cran-rmarkdown pandoc r-cran-ggplot2 r-cran-cli cmake g++ make

@@ -112,6 +112,9 @@ struct TrainConfig {
   // 0 = automatic (1 on CPU, 25 on a GPU).
   int64_t sync_every = 0;
   bool resume = false;           // continue from the model's saved training state
+  // Minibatches drawn per step (per process, in data-parallel training) whose
+  // gradients are averaged: a larger batch in the memory of one (trainer.h).
+  int64_t accumulate = 1;
 };
 
 struct SolverConfig {

@@ -363,6 +363,7 @@ std::string train_config_to_text(const TrainConfig& c) {
       .put("time_limit", c.time_limit_s)
       .put("tf32", c.tf32 ? 1 : 0)
       .put("sync_every", c.sync_every)
+      .put("accumulate", c.accumulate)
       .str();
 }
 
@@ -383,6 +384,7 @@ TrainConfig train_config_from_text(const std::string& text) {
   c.time_limit_s = cfg.number("time_limit");
   c.tf32 = cfg.flag("tf32");
   c.sync_every = cfg.count("sync_every", 0, 1e12);
+  c.accumulate = cfg.count("accumulate", 1, 1e6);
   cfg.reject_unknown_keys();
   return c;
 }

@@ -39,6 +39,9 @@ class FlatAdam {
   FlatAdam& operator=(const FlatAdam&) = delete;
 
   void zero_grad() { grad_.zero_(); }
+  // The flat gradient buffer itself (the parameters' .grad are views into it),
+  // for combining gradients across processes.
+  torch::Tensor gradient() const { return grad_; }
   // Euclidean norm of the whole gradient; scales it to max_norm when larger (max_norm > 0).
   double clip_grad_norm(double max_norm);
   void step();

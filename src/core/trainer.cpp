@@ -24,10 +24,78 @@ namespace {
 // Every step's randomness is a function of (seed, step): both generators are
 // reseeded at the start of each step, so a run resumed after step s draws
 // exactly what the uninterrupted run draws from step s + 1 on.
-void seed_step(uint64_t seed, int64_t step, std::mt19937_64& rng) {
-  const uint64_t z = step_seed(seed, step);
+// Draw r > 0 of a step (accumulation, data-parallel processes) mixes r in
+// once more, so that draw 0 is the draw of a plain fit.
+uint64_t splitmix64(uint64_t z) {
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+  return z ^ (z >> 31);
+}
+
+void seed_step(uint64_t seed, int64_t step, std::mt19937_64& rng, int64_t draw = 0) {
+  uint64_t z = step_seed(seed, step);
+  if (draw > 0) z = splitmix64(z + static_cast<uint64_t>(draw) * 0xD1B54A32D192ED03ULL);
   rng.seed(z);
   torch::manual_seed(z);
+}
+
+// The loss (detached, the mean over the draws) of a step drawn `draws` times
+// in this process, with the mean gradient in `opt`; with `sync`, both are then
+// averaged over the processes, which also learn whether any of them is out
+// of time or was asked to stop (flags sent along, so all decide alike).
+struct CombinedStep {
+  torch::Tensor loss;
+  bool out_of_time = false, stop = false;
+};
+
+CombinedStep combined_step(TrainingObjective& objective, FlatAdam& opt, uint64_t seed, int64_t step, int64_t draws,
+                           GradientSync* sync, std::mt19937_64& rng, bool out_of_time, bool stop) {
+  torch::Tensor grad = opt.gradient(), total, sum;
+  const int64_t first = sync ? sync->rank() * draws : 0;
+  for (int64_t r = 0; r < draws; ++r) {
+    seed_step(seed, step, rng, first + r);
+    const torch::Tensor loss = objective.loss_and_gradient(step, rng, opt);  // zeroes the gradient first
+    total = r == 0 ? loss : total + loss;
+    if (draws > 1) sum = r == 0 ? grad.clone() : sum.add_(grad);
+  }
+  CombinedStep out;
+  out.loss = total;
+  if (draws > 1) {
+    grad.copy_(sum.div_(static_cast<double>(draws)));
+    out.loss = total / static_cast<double>(draws);
+  }
+  if (!sync) return out;
+  const int64_t n = grad.numel();
+  // One exchange: the gradient, the loss and the two flags.
+  torch::Tensor buffer = torch::cat({grad, out.loss.reshape({1}).to(grad.dtype()),
+                                     torch::tensor({out_of_time ? 1.0 : 0.0, stop ? 1.0 : 0.0}, grad.options())});
+  sync->average(buffer);
+  grad.copy_(buffer.narrow(0, 0, n));
+  const auto tail = buffer.narrow(0, n, 3).to(torch::kCPU, torch::kDouble);
+  out.loss = tail[0].clone();
+  out.out_of_time = tail[1].item<double>() > 0;
+  out.stop = tail[2].item<double>() > 0;
+  return out;
+}
+
+// Data-parallel set-up: one optimiser, the same parameter count on every
+// process, and every replica starting from rank 0's weights.
+void start_replicas(GradientSync& sync, torch::nn::Module& network, const std::vector<FlatAdam*>& optimisers) {
+  if (optimisers.size() != 1)
+    throw std::invalid_argument("data-parallel training supports fits with one optimiser; this one has " +
+                                std::to_string(optimisers.size()) +
+                                " (ICNN, metric flow matching, the alternating schedule): fit it in one process");
+  sync.agree("parameter count", std::to_string(optimisers.front()->parameter_count()));
+  torch::NoGradGuard no_grad;
+  std::vector<torch::Tensor> params;
+  for (const auto& p : network.parameters()) params.push_back(p.detach().reshape({-1}));
+  torch::Tensor flat = torch::cat(params);
+  sync.broadcast(flat);
+  int64_t offset = 0;
+  for (auto& p : network.parameters()) {
+    p.detach().copy_(flat.narrow(0, offset, p.numel()).view(p.sizes()));
+    offset += p.numel();
+  }
 }
 
 // With config.resume, restores the primary optimiser and the loss history
@@ -209,7 +277,13 @@ TrainResult run_training(TrainingObjective& objective, const TrainConfig& config
   Validation validation(callbacks, network, optimisers);
   network.train();
   Tf32Scope tf32(config.tf32);
-  const int64_t sync_every = config.sync_every > 0 ? config.sync_every : on_gpu(primary) ? 25 : 1;
+  GradientSync* const sync = callbacks.sync;
+  if (sync) start_replicas(*sync, network, optimisers);
+  const int64_t draws = std::max<int64_t>(config.accumulate, 1);
+  const bool combined = sync || draws > 1;  // a step's gradient is a mean over draws or processes
+  bool stop_asked = false, out_of_time = false;  // data-parallel: this process's request, the agreed flag
+  // Processes decide together, at each step's exchange, so the host reads every step.
+  const int64_t sync_every = sync ? 1 : config.sync_every > 0 ? config.sync_every : on_gpu(primary) ? 25 : 1;
   DeferredChecks deferred;  // with sync_every > 1: the steps whose loss the host has not read yet
   std::mt19937_64 rng;
   FlatAdam* last_opt = nullptr;  // the optimiser of the last step, which a non-finite loss undoes
@@ -220,7 +294,8 @@ TrainResult run_training(TrainingObjective& objective, const TrainConfig& config
   const auto checkpoint_due = [&](int64_t step) {
     return callbacks.checkpoint && callbacks.checkpoint_every > 0 && step % callbacks.checkpoint_every == 0;
   };
-  const auto over_time = [&] { return config.time_limit_s > 0 && seconds_since(start) > config.time_limit_s; };
+  const auto own_time_out = [&] { return config.time_limit_s > 0 && seconds_since(start) > config.time_limit_s; };
+  const auto over_time = [&] { return sync ? out_of_time : own_time_out(); };
   const auto diverged = [&](int64_t step, FlatAdam* previous_opt) {
     result.status = "nonfinite";
     if (previous_opt && !validation.keeps_best()) {
@@ -230,9 +305,21 @@ TrainResult run_training(TrainingObjective& objective, const TrainConfig& config
     }
   };
   for (int64_t step = first_step; step <= config.steps; ++step) {
-    seed_step(config.seed, step, rng);
+    torch::Tensor loss;
     FlatAdam& opt = objective.optimiser(step);
-    const torch::Tensor loss = objective.loss_and_gradient(step, rng, opt);
+    if (combined) {
+      const CombinedStep c =
+          combined_step(objective, opt, config.seed, step, draws, sync, rng, sync && own_time_out(), stop_asked);
+      if (c.stop) {
+        result.status = "interrupted";
+        break;
+      }
+      out_of_time = c.out_of_time;
+      loss = c.loss;
+    } else {
+      seed_step(config.seed, step, rng);
+      loss = objective.loss_and_gradient(step, rng, opt);
+    }
     double loss_value = 0;
     if (sync_every == 1) {
       loss_value = loss.item<double>();
@@ -286,6 +373,11 @@ TrainResult run_training(TrainingObjective& objective, const TrainConfig& config
     // With deferred checks, progress (and the host's chance to stop) comes at each sync instead.
     const bool report = step % std::max<int64_t>(callbacks.every, 1) == 0 || step == config.steps || sync_every > 1;
     if (callbacks.progress && report && !callbacks.progress(step, loss_value)) {
+      // Data-parallel processes stop together, at the next step's exchange.
+      if (sync) {
+        stop_asked = true;
+        continue;
+      }
       result.status = "interrupted";
       break;
     }

@@ -20,6 +20,27 @@
 
 namespace popflow {
 
+// Data-parallel training (distributed.h connects processes over c10d): every
+// process runs the same fit on draws of its own; run_training() makes their
+// weights rank 0's before the first step and averages, before every step, the
+// stepping optimiser's flat gradient together with the loss and the
+// processes' stop requests, so that every process takes (or refuses, or stops
+// at) the same step and the replicas stay identical. Errors (a peer that died
+// or timed out) are exceptions on every surviving process.
+class GradientSync {
+ public:
+  virtual ~GradientSync() = default;
+  virtual int64_t rank() const = 0;
+  virtual int64_t world_size() const = 0;
+  // Every process must pass the same `value` for `what` (for example the
+  // number of parameters); std::invalid_argument names the first that differs.
+  virtual void agree(const std::string& what, const std::string& value) = 0;
+  // `t` (contiguous) becomes rank 0's on every process, in place.
+  virtual void broadcast(torch::Tensor& t) = 0;
+  // `t` (contiguous) becomes its mean over the processes, in place.
+  virtual void average(torch::Tensor& t) = 0;
+};
+
 struct TrainCallbacks {
   // Called after every `every` completed steps and after the last one (with
   // TrainConfig::sync_every > 1: at each of the host's reads instead);
@@ -46,6 +67,10 @@ struct TrainCallbacks {
   int64_t validate_every = 0;
   bool keep_best = true;
   int64_t patience = 0;
+  // Data-parallel training (see GradientSync), or null for one process. Give
+  // checkpoint and progress callbacks to rank 0 only: the others train the
+  // same replica. Objectives with more than one optimiser are refused.
+  GradientSync* sync = nullptr;
 };
 
 struct TrainResult {
@@ -127,6 +152,11 @@ class TrainingObjective {
 // carries the last step's weights as `raw` (and as `ema` without an average:
 // the model file keeps the two together), so a resumed fit continues from the
 // last step, as the uninterrupted fit would.
+// With config.accumulate > 1 or callbacks.sync, a step's loss and gradient
+// are the mean over several draws: accumulate per process, draw r of process
+// `rank` from (seed, step, rank * accumulate + r) (draw 0 of rank 0 is the
+// single draw of a plain fit), so W processes with accumulate a give the
+// model one process with accumulate W * a gives, to float rounding.
 TrainResult run_training(TrainingObjective& objective, const TrainConfig& config, const TrainCallbacks& callbacks,
                          TrainState& state);
 
