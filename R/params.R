@@ -114,9 +114,9 @@ method_label <- function(method) {
 #'   `"auction"`: a Jacobi auction in tensor operations on the fit's device
 #'   (its prices start from Sinkhorn potentials): no copy of the batch to the
 #'   CPU, a permutation whose mean cost per cell is within 0.001 times the
-#'   batch's mean squared distance of the optimum's. On the CPU it is several
-#'   times slower than `"exact"` (`bench/exact_ot.py`; see `bench/results/exact_ot.md`),
-#'   so it is meant for GPU fits.
+#'   batch's mean squared distance of the optimum's. On the CPU it was 7-33
+#'   times slower than `"exact"` (`bench/results/exact_ot.md`), so it is meant
+#'   for GPU fits.
 #' @param reg Sinkhorn entropic regularisation; `NULL` means `2 * sigma^2`.
 #' @param sinkhorn_iters Maximum Sinkhorn iterations (it stops early once converged).
 #' @param sigma_min Width of the target-FM path at `t = 1`.

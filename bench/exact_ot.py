@@ -159,10 +159,10 @@ def table(path):
     steps = [r for r in rows if r["steps_per_s"]]
     if steps:
         print()
-        print("| n | d | variant | steps/s |")
-        print("|---|---|---|---|")
+        print("| n | d | width | variant | steps/s |")
+        print("|---|---|---|---|---|")
         for r in steps:
-            print(f"| {r['n']} | {r['d']} | {r['solver']} | {float(r['steps_per_s']):.2f} |")
+            print(f"| {r['n']} | {r['d']} | {r.get('width') or 64} | {r['solver']} | {float(r['steps_per_s']):.2f} |")
 
 
 def main():
@@ -181,6 +181,8 @@ def main():
     ap.add_argument("--steps", action="store_true", help="also time OT-CFM training steps")
     ap.add_argument("--step-sizes", default="256,1024,4096")
     ap.add_argument("--ot-modes", default="resample,permutation", help="OT-CFM ot_mode(s) of the steps")
+    ap.add_argument("--step-solvers", default="exact,auction", help="ot_solver(s) of the steps")
+    ap.add_argument("--widths", default="64", help="MLP width(s) of the steps (depth 3)")
     ap.add_argument("--out", default=None, help="CSV of all rows (default: print only)")
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args()
@@ -236,18 +238,20 @@ def main():
                 write_step_csv(path, n, d, rng)
                 steps = 40 if n <= 1024 else 8
                 variants = [("independent", "exact", "resample")] + [
-                    ("exact", solver, mode) for mode in args.ot_modes.split(",") for solver in ("exact", "auction")]
-                for coupling, solver, mode in variants:
-                    cmd = [step_bin, path, "--coupling", coupling, "--ot-solver", solver, "--ot-mode", mode,
-                           "--batch", str(n), "--steps", str(steps), "--device", args.device, "--json"]
-                    out = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True).stdout
-                    res = json.loads(out.strip().splitlines()[-1])
-                    name = "step_independent" if coupling == "independent" else f"step_{solver}_{mode}"
-                    emit({"shape": "shifted", "n": n, "d": d, "solver": name, "device": args.device,
-                          "steps_per_s": res.get("steps_per_s"), "steps": steps})
+                    ("exact", solver, mode) for mode in args.ot_modes.split(",") for solver in args.step_solvers.split(",")]
+                for width in [int(w) for w in args.widths.split(",")]:
+                    for coupling, solver, mode in variants:
+                        cmd = [step_bin, path, "--coupling", coupling, "--ot-solver", solver, "--ot-mode", mode,
+                               "--batch", str(n), "--steps", str(steps), "--width", str(width),
+                               "--device", args.device, "--json"]
+                        out = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True).stdout
+                        res = json.loads(out.strip().splitlines()[-1])
+                        name = "step_independent" if coupling == "independent" else f"step_{solver}_{mode}"
+                        emit({"shape": "shifted", "n": n, "d": d, "solver": name, "device": args.device,
+                              "width": width, "steps_per_s": res.get("steps_per_s"), "steps": steps})
     if args.out:
         keys = ["shape", "n", "d", "solver", "device", "cpu_ms", "wall_ms", "mean_cost", "gap", "optimal",
-                "steps_per_s", "steps"]
+                "width", "steps_per_s", "steps"]
         with open(args.out, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
             w.writeheader()
