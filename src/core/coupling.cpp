@@ -230,8 +230,7 @@ CoupledPair couple(const CouplingConfig& config, const torch::Tensor& x0, const 
       return {x0, x1.index_select(0, ot_permutation(x0, x1, config.solver))};
     plan = exact_plan(x0, x1, config.solver);
     if (config.mode == OTMode::Permutation) {
-      // Each source cell goes to the target carrying most of its mass; with
-      // equal batch sizes the exact plan is a permutation, so this is it.
+      // Unequal sizes: each source cell goes to the target carrying most of its mass.
       auto j = plan.argmax(1).to(x1.device());
       return {x0, x1.index_select(0, j)};
     }
