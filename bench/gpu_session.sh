@@ -12,17 +12,21 @@
 #   C. GPU training from R: bench/gpu_r_end_to_end.R.
 #   D. Letters at the paper's size, MFM GCN k = 10, 3 seeds, LETTERS_STEPS (2000) steps, TF32 off
 #      and on (6 fits sharing the GPU), scored on the unseen Y: whether TF32 moves the metrics.
+#   F. (only with PHASES containing F) Exact OT of one minibatch: the auction solver on the GPU
+#      against the CPU solvers and POT's ot.emd, n = 1024 and 4096, d = 10 and 50, then OT-CFM
+#      steps at batch 1024 and 4096 with each solver (bench/exact_ot.py). PHASES=F alone needs
+#      only LEMON's headers carried (the R build then fails harmlessly).
 #
 # Prepare here: sh tools/gpu_r_bundle.sh (writes .gpu/r_bundle.tar.xz) and LEMON's headers
 # (mkdir -p .gpu/lemon_inc && cp -r /usr/include/lemon .gpu/lemon_inc/); carry the two
 # (.gpu/r_bundle.tar.xz, .gpu/lemon_inc). Run there: bash bench/gpu_session.sh $OUT
 # (R there writes the letters CSVs itself, bench/letters_csv.R.)
 # Files: gpu.txt, build.log (CMake and R CMD INSTALL), throughput.jsonl, r_end_to_end.txt,
-# letters_tf32.jsonl, session.log (this script's progress and errors).
+# letters_tf32.jsonl, exact_ot_gpu.jsonl (F), session.log (this script's progress and errors).
 set -u
 OUTDIR=${1:?usage: bash bench/gpu_session.sh OUTDIR}
 DEADLINE=${DEADLINE:-500}   # seconds: later phases are skipped past it
-PHASES=${PHASES:-"B C D"}   # after the builds; E: where the step's time goes (see below)
+PHASES=${PHASES:-"B C D"}   # after the builds; E: where the step's time goes; F: exact OT (see below)
 has() { case " $PHASES " in *" $1 "*) return 0 ;; esac; return 1; }
 cd "$(dirname "$0")/.." || exit 1
 mkdir -p "$OUTDIR"
@@ -40,7 +44,8 @@ export PATH=/usr/lib/R/bin:$PATH   # R as the archive unpacks it (Debian's layou
 (
   cmake -S . -B build/cuda -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$prefix" \
     -DPOPFLOW_LEMON_INCLUDE="$PWD/.gpu/lemon_inc" -DPOPFLOW_BUILD_TESTS=OFF &&
-    cmake --build build/cuda -j10 --target popflow_mfm_bench $(has D && echo popflow_letters)
+    cmake --build build/cuda -j10 --target popflow_mfm_bench $(has D && echo popflow_letters) \
+      $(has F && echo popflow_ot_bench popflow_bench)
 ) > /tmp/cmake.log 2>&1 &
 cmake_pid=$!
 (
@@ -84,6 +89,16 @@ if has E && [ -x $bin ]; then
       | sed "s/^{/{\"variant\": \"$v\", /" >> "$tp" 2>> "$OUTDIR/session.log"
   done
   log "step breakdown done"
+fi
+
+# F. Exact OT of one minibatch (issue 14, item 3): time per solve of the auction solver on the GPU
+#    next to the CPU solvers (exact = auction prices + JV, LEMON) and POT (if importable), with
+#    each one's gap to the optimum; then OT-CFM steps per second with each solver.
+if has F && [ -x build/cuda/popflow_ot_bench ]; then
+  timeout 300 python3 bench/exact_ot.py --build build/cuda --device cuda --sizes 1024,4096 --dims 10,50 \
+    --shapes shifted,identical,kang --solvers exact,lemon,auction --steps --step-sizes 1024,4096 \
+    > "$OUTDIR/exact_ot_gpu.jsonl" 2>> "$OUTDIR/session.log"
+  log "exact OT: exit $?"
 fi
 
 # C. From R; meanwhile R writes the letters CSVs for D (CPU only).

@@ -35,6 +35,7 @@
 #include <vector>
 
 #include "config.h"
+#include "config_text.h"
 #include "metrics.h"
 #include "model.h"
 #include "ode.h"
@@ -48,7 +49,7 @@ struct Options {
   std::string synthetic;  // N:D:T
   std::string time_column = "samples";
   std::vector<std::string> drop, features;
-  std::string path = "icfm", coupling = "independent", ot_mode = "resample", device = "cpu";
+  std::string path = "icfm", coupling = "independent", ot_mode = "resample", ot_solver = "exact", device = "cpu";
   double sigma = 0.1, lr = 1e-3, time_limit = 0;
   int64_t width = 64, depth = 3, batch = 256, steps = 1000, max_eval_cells = 1000;
   bool residual = false, json = false, have_holdout = false;
@@ -67,6 +68,7 @@ const char* kUsage =
     "  --path icfm|sbcfm|targetfm        (default icfm)\n"
     "  --coupling independent|exact|sinkhorn (default independent)\n"
     "  --ot-mode resample|permutation    (exact OT; default resample)\n"
+    "  --ot-solver exact|auction         (exact OT of equal batches; default exact)\n"
     "  --sigma S              path noise (default 0.1)\n"
     "  --width W --depth D --residual     network (default 64, 3, plain MLP)\n"
     "  --batch B              cells per interval and step (default 256)\n"
@@ -140,6 +142,7 @@ Options parse_args(int argc, char** argv) {
     else if (a == "--path") o.path = value();
     else if (a == "--coupling") o.coupling = value();
     else if (a == "--ot-mode") o.ot_mode = value();
+    else if (a == "--ot-solver") o.ot_solver = value();
     else if (a == "--sigma") o.sigma = to_double(a, value());
     else if (a == "--width") o.width = to_int(a, value());
     else if (a == "--depth") o.depth = to_int(a, value());
@@ -375,6 +378,11 @@ int main(int argc, char** argv) {
     cfg.path.sigma = o.sigma;
     cfg.coupling.kind = coupling_kind(o.coupling);
     cfg.coupling.mode = ot_mode(o.ot_mode);
+    try {
+      cfg.coupling.solver = popflow::method_value<popflow::OTSolver>(o.ot_solver);
+    } catch (const std::invalid_argument& e) {
+      usage_error(std::string("--ot-solver: ") + e.what());
+    }
     cfg.network.dim = ds.d;
     cfg.network.width = o.width;
     cfg.network.depth = o.depth;
@@ -444,7 +452,7 @@ int main(int argc, char** argv) {
       std::ostringstream js;
       js << "{\"input\":" << json_str(o.synthetic.empty() ? o.input : "synthetic:" + o.synthetic)
          << ",\"cells\":" << ds.n << ",\"features\":" << ds.d << ",\"times\":" << all_times.size()
-         << ",\"path\":" << json_str(o.path) << ",\"coupling\":" << json_str(o.coupling)
+         << ",\"path\":" << json_str(o.path) << ",\"coupling\":" << json_str(o.coupling) << ",\"ot_solver\":" << json_str(o.ot_solver)
          << ",\"ot_mode\":" << json_str(o.ot_mode) << ",\"sigma\":" << json_num(o.sigma) << ",\"width\":" << o.width
          << ",\"depth\":" << o.depth << ",\"residual\":" << (o.residual ? "true" : "false") << ",\"batch\":" << o.batch
          << ",\"lr\":" << json_num(o.lr) << ",\"device\":" << json_str(o.device) << ",\"threads\":" << o.threads

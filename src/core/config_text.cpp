@@ -43,6 +43,10 @@ const MethodNames<OTMode>& method_names(OTMode) {
   static const MethodNames<OTMode> t{"ot_mode", {{OTMode::Resample, "resample"}, {OTMode::Permutation, "permutation"}}};
   return t;
 }
+const MethodNames<OTSolver>& method_names(OTSolver) {
+  static const MethodNames<OTSolver> t{"ot_solver", {{OTSolver::Exact, "exact"}, {OTSolver::Auction, "auction"}}};
+  return t;
+}
 const MethodNames<Activation>& method_names(Activation) {
   static const MethodNames<Activation> t{"activation", {{Activation::SELU, "selu"}, {Activation::SiLU, "silu"}}};
   return t;
@@ -113,6 +117,7 @@ POPFLOW_METHOD_NAMES(PathKind)
 POPFLOW_METHOD_NAMES(SourceKind)
 POPFLOW_METHOD_NAMES(CouplingKind)
 POPFLOW_METHOD_NAMES(OTMode)
+POPFLOW_METHOD_NAMES(OTSolver)
 POPFLOW_METHOD_NAMES(Activation)
 POPFLOW_METHOD_NAMES(SolverKind)
 POPFLOW_METHOD_NAMES(EncoderKind)
@@ -223,6 +228,8 @@ std::string flow_config_to_text(const FlowConfig& c) {
         .put("source_rows", c.source.rows)
         .put("source_size_factor", c.source.size_factor)
         .put("source_log_base", c.source.log_base);
+  // Only the non-default OT solver is written, so other models' text is what it always was.
+  if (c.coupling.solver != OTSolver::Exact) text.put("ot_solver", method_name(c.coupling.solver));
   // Only metric FM writes its keys, so other fits' text is what it always was.
   if (c.metric.enabled)
     text.put("metric", "land")
@@ -247,6 +254,7 @@ FlowConfig flow_config_from_text(const std::string& text) {
   c.path.sigma_min = cfg.number("sigma_min");
   c.coupling.kind = cfg.method<CouplingKind>("coupling");
   c.coupling.mode = cfg.method<OTMode>("ot_mode");
+  if (cfg.has("ot_solver")) c.coupling.solver = cfg.method<OTSolver>("ot_solver");
   c.coupling.sinkhorn_reg = cfg.number("sinkhorn_reg");
   c.coupling.sinkhorn_iters = static_cast<int>(cfg.count("sinkhorn_iters", 1, 1e7));
   c.network.dim = cfg.count("dim", 1, 1e6);

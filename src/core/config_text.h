@@ -18,7 +18,8 @@ namespace popflow {
 
 // Method names <-> enum values, for PathKind ("icfm", "sbcfm", "targetfm",
 // "vp_cosine", "vp_linear"), CouplingKind ("independent", "exact", "sinkhorn",
-// "paired"), OTMode ("resample", "permutation"), Activation ("selu", "silu"),
+// "paired"), OTMode ("resample", "permutation"), OTSolver ("exact", "auction"),
+// Activation ("selu", "silu"),
 // SolverKind ("euler", "heun", "midpoint", "rk4", "dopri5"), EncoderKind
 // ("gcn", "mean", "kme"), DivergenceKind ("auto", "exact", "hutchinson") and
 // DistanceMetric ("W1", "W2", "MMD", "energy"): the one table of each.

@@ -1,7 +1,9 @@
 #include "coupling.h"
 
+#include <algorithm>
 #include <cmath>
 #include <stdexcept>
+#include <vector>
 
 #include "assignment.h"
 #include "exact_ot.h"
@@ -14,18 +16,110 @@ torch::Tensor squared_cost(const torch::Tensor& x0, const torch::Tensor& x1) {
   return (a2 + b2 - 2 * torch::matmul(x0, x1.t())).clamp_min(0);
 }
 
-torch::Tensor exact_plan(const torch::Tensor& x0, const torch::Tensor& x1) {
+namespace {
+
+// Column potentials g of entropic OT between uniform marginals at regularisation
+// reg, by a few log-domain Sinkhorn iterations per stage of eps halving from
+// max(cost) / 8: a warm start for the auction's prices, not a converged plan.
+torch::Tensor sinkhorn_column_potentials(const torch::Tensor& cost, double reg, int iters_per_stage) {
+  const int64_t n = cost.size(0);
+  const double log_w = -std::log(static_cast<double>(n));
+  auto f = torch::zeros({n}, cost.options()), g = torch::zeros({n}, cost.options());
+  for (double eps = std::max(reg, cost.max().item<double>() / 8);; eps = std::max(reg, eps / 2)) {
+    for (int it = 0; it < iters_per_stage; ++it) {
+      f = eps * (log_w - torch::logsumexp((g.unsqueeze(0) - cost) / eps, 1));
+      g = eps * (log_w - torch::logsumexp((f.unsqueeze(1) - cost) / eps, 0));
+    }
+    if (eps <= reg) break;
+  }
+  return g;
+}
+
+}  // namespace
+
+torch::Tensor auction_assignment(const torch::Tensor& cost, double rel_gap) {
+  if (cost.dim() != 2 || cost.size(0) != cost.size(1) || cost.size(0) == 0)
+    throw std::invalid_argument("auction_assignment: cost must be a non-empty square matrix");
+  if (!(rel_gap > 0)) throw std::invalid_argument("auction_assignment: rel_gap must be > 0");
+  torch::NoGradGuard no_grad;
+  const int64_t n = cost.size(0);
+  auto opts_long = cost.options().dtype(torch::kLong);
+  if (n == 1) return torch::zeros({1}, opts_long);
+  const double spread = (cost.max() - cost.min()).item<double>();
+  const double mean = cost.mean().item<double>();
+  const double eps_final = rel_gap * mean;
+  if (!(spread > 0) || !std::isfinite(spread) || !(eps_final > 0))  // constant costs: any matching is optimal
+    return torch::arange(n, opts_long);
+  // Prices start at minus the entropic column potentials at 3 eps_final: close
+  // to optimal duals, so the auction needs one or two eps stages and a few
+  // hundred rounds rather than five stages and thousands of rounds from zero.
+  const double warm = 3 * eps_final;
+  // One trailing slot in price and row_col takes the writes of "no column" / "no row".
+  auto price = torch::zeros({n + 1}, cost.options());
+  price.narrow(0, 0, n).copy_(-sinkhorn_column_potentials(cost, warm, 5));
+  auto row_col = torch::full({n + 1}, -1, opts_long), col_row = torch::full({n}, -1, opts_long);
+  auto cols = torch::arange(n, opts_long);
+  // Stages of eps shrinking 5-fold, each from an empty matching and the last
+  // stage's prices, down to eps_final: the last matching is within n * eps_final
+  // of the optimum (every row ends within eps of its cheapest column).
+  std::vector<double> stages{eps_final};
+  while (stages.back() * 5 <= std::min(warm, spread / 4)) stages.push_back(stages.back() * 5);
+  for (auto it = stages.rbegin(); it != stages.rend(); ++it) {
+    const double eps = *it;
+    row_col.fill_(-1);
+    col_row.fill_(-1);
+    while (true) {
+      auto free_rows = (row_col.narrow(0, 0, n) < 0).nonzero().squeeze(1);
+      const int64_t k = free_rows.size(0);
+      if (k == 0) break;
+      // Every free row bids at once for its cheapest column (cost + price),
+      // raising its price by the gap to its second-cheapest plus eps.
+      auto top = (cost.index_select(0, free_rows) + price.narrow(0, 0, n).unsqueeze(0)).topk(2, 1, false);
+      auto values = std::get<0>(top);
+      auto bid_col = std::get<1>(top).select(1, 0);
+      auto bid = price.index_select(0, bid_col) + (values.select(1, 1) - values.select(1, 0) + eps);
+      // Each column goes to its highest bid, the lowest row on ties: bids sorted
+      // by value, then stably by column, so each column's group starts with its winner.
+      auto by_bid = std::get<1>(bid.sort(/*stable=*/true, 0, /*descending=*/true));
+      auto col_by_bid = bid_col.index_select(0, by_bid);
+      auto by_col = std::get<1>(col_by_bid.sort(/*stable=*/true, 0, /*descending=*/false));
+      auto order = by_bid.index_select(0, by_col);
+      auto col_sorted = col_by_bid.index_select(0, by_col);
+      auto head = torch::ones({k}, cost.options().dtype(torch::kBool));
+      if (k > 1) head.narrow(0, 1, k - 1).copy_(col_sorted.narrow(0, 1, k - 1) != col_sorted.narrow(0, 0, k - 1));
+      auto target = torch::where(head, col_sorted, torch::full_like(col_sorted, n));
+      price.scatter_(0, target, bid.index_select(0, order));
+      auto winner = torch::full({n + 1}, n, opts_long).scatter_(0, target, free_rows.index_select(0, order)).narrow(0, 0, n);
+      auto won = winner < n;
+      // The previous holders of won columns become free; the winners take them.
+      row_col.scatter_(0, torch::where(won & (col_row >= 0), col_row, torch::full_like(col_row, n)), -1);
+      row_col.scatter_(0, torch::where(won, winner, torch::full_like(winner, n)), cols);
+      col_row = torch::where(won, winner, col_row);
+    }
+  }
+  return row_col.narrow(0, 0, n).clone();
+}
+
+torch::Tensor ot_permutation(const torch::Tensor& x0, const torch::Tensor& x1, OTSolver solver) {
+  if (x0.size(0) != x1.size(0)) throw std::invalid_argument("ot_permutation: batches must have equal sizes");
+  torch::NoGradGuard no_grad;
+  if (solver == OTSolver::Auction)
+    return auction_assignment(squared_cost(x0.to(torch::kFloat), x1.to(torch::kFloat))).to(x1.device());
   auto cost = squared_cost(x0, x1).to(torch::kCPU, torch::kDouble).contiguous();
-  const int n = static_cast<int>(cost.size(0)), m = static_cast<int>(cost.size(1));
+  const int n = static_cast<int>(cost.size(0));
+  std::vector<int> col = solve_assignment(cost.data_ptr<double>(), n);
+  return torch::tensor(std::vector<int64_t>(col.begin(), col.end()), torch::kLong).to(x1.device());
+}
+
+torch::Tensor exact_plan(const torch::Tensor& x0, const torch::Tensor& x1, OTSolver solver) {
+  const int64_t n = x0.size(0), m = x1.size(0);
   if (n == m) {
     // Equal uniform batches: the optimal plan is a permutation (an assignment).
-    std::vector<int> col = solve_assignment(cost.data_ptr<double>(), n);
-    auto dense = torch::zeros({n, m}, torch::kDouble);
-    auto acc = dense.accessor<double, 2>();
-    for (int i = 0; i < n; ++i) acc[i][col[i]] = 1.0 / n;
-    return dense;
+    auto col = ot_permutation(x0, x1, solver).to(torch::kCPU);
+    return torch::zeros({n, m}, torch::kDouble).index_put_({torch::arange(n), col}, 1.0 / static_cast<double>(n));
   }
-  TransportPlan plan = exact_transport(cost.data_ptr<double>(), n, m);
+  auto cost = squared_cost(x0, x1).to(torch::kCPU, torch::kDouble).contiguous();
+  TransportPlan plan = exact_transport(cost.data_ptr<double>(), static_cast<int>(n), static_cast<int>(m));
   auto dense = torch::zeros({n, m}, torch::kDouble);
   auto acc = dense.accessor<double, 2>();
   for (const auto& e : plan.entries) acc[e.i][e.j] = e.mass;
@@ -132,10 +226,11 @@ CoupledPair couple(const CouplingConfig& config, const torch::Tensor& x0, const 
   const int64_t n = x0.size(0);
   torch::Tensor plan;
   if (config.kind == CouplingKind::ExactOT) {
-    plan = exact_plan(x0, x1);
+    if (config.mode == OTMode::Permutation && x1.size(0) == n)
+      return {x0, x1.index_select(0, ot_permutation(x0, x1, config.solver))};
+    plan = exact_plan(x0, x1, config.solver);
     if (config.mode == OTMode::Permutation) {
-      // Each source cell goes to the target carrying most of its mass; with
-      // equal batch sizes the exact plan is a permutation, so this is it.
+      // Unequal sizes: each source cell goes to the target carrying most of its mass.
       auto j = plan.argmax(1).to(x1.device());
       return {x0, x1.index_select(0, j)};
     }

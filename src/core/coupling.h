@@ -18,8 +18,21 @@ struct CoupledPair {
 // Squared Euclidean cost matrix [n, m].
 torch::Tensor squared_cost(const torch::Tensor& x0, const torch::Tensor& x1);
 
-// Exact OT plan (dense [n, m], sums to 1) of uniform point sets.
-torch::Tensor exact_plan(const torch::Tensor& x0, const torch::Tensor& x1);
+// Exact OT plan (dense [n, m], sums to 1) of uniform point sets. With equal
+// sizes the plan is a permutation / n, found by `solver` (OTSolver::Auction:
+// auction_assignment() on the inputs' device); unequal sizes use network simplex.
+torch::Tensor exact_plan(const torch::Tensor& x0, const torch::Tensor& x1, OTSolver solver = OTSolver::Exact);
+
+// The optimal (Exact) or near-optimal (Auction) permutation of equal batches:
+// col [n] (int64, on x1's device), row i paired with x1 row col[i].
+torch::Tensor ot_permutation(const torch::Tensor& x0, const torch::Tensor& x1, OTSolver solver);
+
+// Minimum-cost assignment of a square cost matrix by a Jacobi auction (every
+// unassigned row bids at once) with epsilon scaling, in tensor ops on cost's
+// device; its prices start from entropic (Sinkhorn) potentials. Returns col [n] (int64, on cost's device). Its last stage's eps is
+// rel_gap * mean(cost), and the total cost is within n * eps of the optimum:
+// the mean cost per row is within rel_gap * mean(cost) of the optimum's.
+torch::Tensor auction_assignment(const torch::Tensor& cost, double rel_gap = 1e-3);
 
 // Entropic OT plan (dense [n, m], sums to 1) by log-domain Sinkhorn iterations.
 torch::Tensor sinkhorn_plan(const torch::Tensor& x0, const torch::Tensor& x1, double reg, int iters);

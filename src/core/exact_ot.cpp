@@ -1,5 +1,6 @@
 #include "exact_ot.h"
 
+#include <algorithm>
 #include <cmath>
 #include <numeric>
 #include <stdexcept>
@@ -47,18 +48,31 @@ TransportPlan solve_transport(const double* cost, int n, int m, const std::vecto
   std::vector<Graph::Node> src(n), dst(m);
   for (int i = 0; i < n; ++i) src[i] = g.addNode();
   for (int j = 0; j < m; ++j) dst[j] = g.addNode();
-  Graph::ArcMap<double> arc_cost(g);
+  // Integer arc costs: the costs scaled so the largest magnitude is 2^40, then
+  // rounded. With double costs the pivots' reduced costs carry rounding noise,
+  // and on degenerate problems (duplicate points) the simplex cycled forever;
+  // in exact integer arithmetic it cannot. The rounding (at most 2^-41 of the
+  // largest cost per arc) costs the plan at most ~1e-12 of the largest cost.
+  double largest = 0;
+  const int64_t nm = static_cast<int64_t>(n) * m;
+  for (int64_t k = 0; k < nm; ++k) {
+    if (!std::isfinite(cost[k])) throw std::invalid_argument("exact_transport: costs must be finite");
+    largest = std::max(largest, std::abs(cost[k]));
+  }
+  const double scale = largest > 0 ? std::ldexp(1.0, 40) / largest : 1.0;
+  Graph::ArcMap<int64_t> arc_cost(g);
   Graph::NodeMap<int64_t> supply(g);
   for (int i = 0; i < n; ++i) supply[src[i]] = out[i];
   for (int j = 0; j < m; ++j) supply[dst[j]] = -in[j];
   for (int i = 0; i < n; ++i)
     for (int j = 0; j < m; ++j)
-      arc_cost[g.addArc(src[i], dst[j])] = cost[static_cast<int64_t>(i) * m + j];
+      arc_cost[g.addArc(src[i], dst[j])] = std::llround(cost[static_cast<int64_t>(i) * m + j] * scale);
 
-  lemon::NetworkSimplex<Graph, int64_t, double> solver(g);
+  using Simplex = lemon::NetworkSimplex<Graph, int64_t, int64_t>;
+  Simplex solver(g);
   solver.costMap(arc_cost).supplyMap(supply);
-  auto status = solver.run(lemon::NetworkSimplex<Graph, int64_t, double>::BLOCK_SEARCH);
-  if (status != lemon::NetworkSimplex<Graph, int64_t, double>::OPTIMAL)
+  auto status = solver.run(Simplex::BLOCK_SEARCH);
+  if (status != Simplex::OPTIMAL)
     throw std::runtime_error("exact_transport: network simplex did not reach an optimum (status " +
                              std::to_string(static_cast<int>(status)) + ")");
 
@@ -70,7 +84,7 @@ TransportPlan solve_transport(const double* cost, int n, int m, const std::vecto
     int j = g.id(g.target(a)) - n;
     double mass = static_cast<double>(f) / total;
     plan.entries.push_back({i, j, mass});
-    plan.cost += mass * arc_cost[a];
+    plan.cost += mass * cost[static_cast<int64_t>(i) * m + j];
   }
   return plan;
 }

@@ -186,6 +186,18 @@ TEST_CASE("config_text: today's model-file configuration text still reads") {
   PF_CHECK(!labels_only.use_encoder && !labels_only.alternating && labels_only.encoder_lr == 0);
 }
 
+TEST_CASE("config_text: the OT solver is written only when not the default, and round-trips") {
+  FlowConfig flow = flow_config_from_text(kFlowText);
+  PF_CHECK(flow.coupling.solver == OTSolver::Exact);
+  flow.coupling.solver = OTSolver::Auction;
+  const std::string text = flow_config_to_text(flow);
+  PF_CHECK_MSG(text.find("ot_solver=auction\n") != std::string::npos, text);
+  PF_CHECK(flow_config_from_text(text).coupling.solver == OTSolver::Auction);
+  PF_CHECK(flow_config_from_text(std::string(kFlowText) + "ot_solver=exact\n").coupling.solver == OTSolver::Exact);
+  const std::string msg = thrown_message([] { flow_config_from_text(std::string(kFlowText) + "ot_solver=simplex\n"); });
+  PF_CHECK_MSG(msg.find("'simplex'") != std::string::npos && msg.find("exact, auction") != std::string::npos, msg);
+}
+
 TEST_CASE("config_text: method names map both ways, unknown names list the known ones") {
   for (auto v : {PathKind::ICFM, PathKind::SBCFM, PathKind::TargetFM, PathKind::VPCosine, PathKind::VPLinear})
     PF_CHECK(method_value<PathKind>(method_name(v)) == v);
@@ -194,6 +206,7 @@ TEST_CASE("config_text: method names map both ways, unknown names list the known
   for (auto v : {CouplingKind::Independent, CouplingKind::ExactOT, CouplingKind::Sinkhorn, CouplingKind::Paired})
     PF_CHECK(method_value<CouplingKind>(method_name(v)) == v);
   for (auto v : {OTMode::Resample, OTMode::Permutation}) PF_CHECK(method_value<OTMode>(method_name(v)) == v);
+  for (auto v : {OTSolver::Exact, OTSolver::Auction}) PF_CHECK(method_value<OTSolver>(method_name(v)) == v);
   for (auto v : {Activation::SELU, Activation::SiLU}) PF_CHECK(method_value<Activation>(method_name(v)) == v);
   for (auto v : {SolverKind::Euler, SolverKind::Heun, SolverKind::Midpoint, SolverKind::RK4, SolverKind::Dopri5})
     PF_CHECK(method_value<SolverKind>(method_name(v)) == v);

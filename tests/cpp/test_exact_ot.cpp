@@ -7,6 +7,7 @@
 #include <limits>
 #include <numeric>
 #include <random>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -211,4 +212,150 @@ TEST_CASE("solve_assignment: matches network simplex on random and tied problems
     for (int i = 0; i < n; ++i) total += cost[static_cast<size_t>(i) * n + col[i]];
     PF_CHECK_NEAR(total / n, popflow::exact_transport(cost.data(), n, n).cost, 1e-9);
   }
+}
+
+namespace {
+
+// Squared distances between two n-point clouds in d dimensions of a named
+// shape: "shifted" (N(0, I) to N(3, 0.25 I), where plain JV's column reduction
+// is far off), "identical" (both N(0, I)), "clusters" (two well-separated
+// clusters on each side, of unequal weights) or "duplicates" (each target point
+// four times: many tied optima).
+std::vector<double> shaped_cost(const std::string& shape, int n, int d, std::mt19937_64& rng) {
+  std::normal_distribution<double> z(0, 1);
+  std::vector<double> a(static_cast<size_t>(n) * d), b(a.size());
+  for (int i = 0; i < n; ++i)
+    for (int k = 0; k < d; ++k) {
+      double& x = a[static_cast<size_t>(i) * d + k];
+      double& y = b[static_cast<size_t>(i) * d + k];
+      x = z(rng);
+      y = z(rng);
+      if (shape == "shifted") y = 3 + 0.5 * y;
+      if (shape == "clusters" && k == 0) {
+        x += i % 3 == 0 ? 8 : -8;
+        y += i % 2 == 0 ? 8 : -8;
+      }
+      if (shape == "duplicates" && i % 4 != 0) y = b[static_cast<size_t>(i - i % 4) * d + k];
+    }
+  std::vector<double> c(static_cast<size_t>(n) * n);
+  for (int i = 0; i < n; ++i)
+    for (int j = 0; j < n; ++j) {
+      double s = 0;
+      for (int k = 0; k < d; ++k) {
+        const double t = a[static_cast<size_t>(i) * d + k] - b[static_cast<size_t>(j) * d + k];
+        s += t * t;
+      }
+      c[static_cast<size_t>(i) * n + j] = s;
+    }
+  return c;
+}
+
+// Mean cost of the matching col, or NaN when col is not a permutation.
+double matching_cost(const std::vector<double>& c, int n, const std::vector<int64_t>& col) {
+  std::vector<char> seen(n, 0);
+  double total = 0;
+  for (int i = 0; i < n; ++i) {
+    if (col[i] < 0 || col[i] >= n || seen[col[i]]) return std::numeric_limits<double>::quiet_NaN();
+    seen[col[i]] = 1;
+    total += c[static_cast<size_t>(i) * n + col[i]];
+  }
+  return total / n;
+}
+
+const char* const kShapes[] = {"shifted", "identical", "clusters", "duplicates"};
+
+}  // namespace
+
+TEST_CASE("solve_assignment and plain JV reach the network-simplex optimum on every data shape") {
+  std::mt19937_64 rng(21);
+  for (const char* shape : kShapes)
+    for (int d : {2, 10})
+      for (int n : {50, 200}) {
+        auto c = shaped_cost(shape, n, d, rng);
+        const double reference = exact_transport(c.data(), n, n).cost;
+        auto fast = solve_assignment(c.data(), n), plain = solve_assignment_jv(c.data(), n);
+        const double got = matching_cost(c, n, {fast.begin(), fast.end()});
+        const double got_jv = matching_cost(c, n, {plain.begin(), plain.end()});
+        PF_CHECK_MSG(std::abs(got - reference) <= 1e-9 * std::max(1.0, reference),
+                     shape << " d=" << d << " n=" << n << ": " << got << " vs " << reference);
+        PF_CHECK_MSG(std::abs(got_jv - reference) <= 1e-9 * std::max(1.0, reference),
+                     "plain JV " << shape << " d=" << d << " n=" << n << ": " << got_jv << " vs " << reference);
+      }
+  // Constant costs (no spread for the auction's eps) and a single row.
+  std::vector<double> flat(49, 2.5);
+  auto col = solve_assignment(flat.data(), 7);
+  PF_CHECK_NEAR(matching_cost(flat, 7, {col.begin(), col.end()}), 2.5, 0);
+  double one = 3;
+  PF_CHECK(solve_assignment(&one, 1) == std::vector<int>{0});
+}
+
+TEST_CASE("exact_transport: degenerate problems (duplicate target points) terminate at the optimum") {
+  // With double arc costs LEMON's simplex cycled forever on the first of these (seed 22).
+  for (uint64_t seed : {22u, 23u, 24u}) {
+    std::mt19937_64 rng(seed);
+    for (int k = 0; k < 6; ++k) shaped_cost("shifted", 96, 2, rng);  // the auction test's draws before it
+    auto c = shaped_cost("duplicates", 96, 2, rng);
+    auto col = solve_assignment(c.data(), 96);
+    PF_CHECK_NEAR(exact_transport(c.data(), 96, 96).cost, matching_cost(c, 96, {col.begin(), col.end()}), 1e-9);
+  }
+}
+
+TEST_CASE("auction_assignment: a permutation within its bound of the optimum, on every data shape") {
+  std::mt19937_64 rng(22);
+  const double rel_gap = 1e-3;
+  for (const char* shape : kShapes)
+    for (int d : {2, 10}) {
+      const int n = 96;
+      auto c = shaped_cost(shape, n, d, rng);
+      const double reference = exact_transport(c.data(), n, n).cost;
+      auto cost = torch::from_blob(c.data(), {n, n}, kD).to(torch::kFloat);
+      auto col_t = auction_assignment(cost, rel_gap);
+      PF_CHECK(col_t.scalar_type() == torch::kLong && col_t.size(0) == n);
+      std::vector<int64_t> col(col_t.data_ptr<int64_t>(), col_t.data_ptr<int64_t>() + n);
+      const double got = matching_cost(c, n, col);
+      const double bound = rel_gap * cost.mean().item<double>();
+      PF_CHECK_MSG(got >= reference - 1e-6 * reference && got <= reference + bound,
+                   shape << " d=" << d << ": " << got << " vs optimum " << reference << " + " << bound);
+    }
+  // Integer costs with n * eps below their resolution: the auction's matching is optimal.
+  std::uniform_int_distribution<int> digit(0, 9);
+  const int n = 40;
+  std::vector<double> c(static_cast<size_t>(n) * n);
+  for (auto& v : c) v = digit(rng);
+  auto cost = torch::from_blob(c.data(), {n, n}, kD).clone();
+  auto col_t = auction_assignment(cost, 0.5 / (n * cost.mean().item<double>()));
+  std::vector<int64_t> col(col_t.data_ptr<int64_t>(), col_t.data_ptr<int64_t>() + n);
+  PF_CHECK_NEAR(matching_cost(c, n, col), exact_transport(c.data(), n, n).cost, 1e-12);
+  // Degenerate and bad input.
+  PF_CHECK(auction_assignment(torch::ones({5, 5}), 1e-3).equal(torch::arange(5)));
+  PF_CHECK(auction_assignment(torch::ones({1, 1}), 1e-3).equal(torch::zeros({1}, torch::kLong)));
+  PF_CHECK_THROWS_AS(auction_assignment(torch::ones({2, 3}), 1e-3), std::invalid_argument);
+  PF_CHECK_THROWS_AS(auction_assignment(torch::ones({2, 2}), 0), std::invalid_argument);
+}
+
+TEST_CASE("couple: the auction solver pairs equal batches by a near-optimal permutation") {
+  torch::manual_seed(23);
+  std::mt19937_64 rng(23);
+  CouplingConfig cfg;
+  cfg.kind = CouplingKind::ExactOT;
+  cfg.mode = OTMode::Permutation;
+  cfg.solver = OTSolver::Auction;
+  const int64_t n = 64;
+  auto x0 = torch::randn({n, 5}), x1 = torch::randn({n, 5}) * 0.5 + 3;
+  auto pair = couple(cfg, x0, x1, 0.1, rng);
+  PF_CHECK(torch::equal(pair.x0, x0));
+  auto col = ot_permutation(x0, x1, OTSolver::Auction);
+  PF_CHECK(torch::equal(pair.x1, x1.index_select(0, col)));
+  PF_CHECK(std::get<0>(col.sort()).equal(torch::arange(n)));
+  const double mean_cost = squared_cost(x0, x1).mean().item<double>();
+  const double optimum = (exact_plan(x0, x1) * squared_cost(x0, x1).to(torch::kDouble)).sum().item<double>();
+  const double got = (pair.x0 - pair.x1).pow(2).sum(1).mean().item<double>();
+  PF_CHECK_LE(got, optimum + 1e-3 * mean_cost + 1e-4);
+  // The plan form: a permutation matrix / n; unequal sizes still go to network simplex.
+  auto plan = exact_plan(x0, x1, OTSolver::Auction);
+  PF_CHECK_NEAR(max_abs(plan.sum(1) - 1.0 / n), 0.0, 1e-12);
+  PF_CHECK_NEAR(max_abs(plan.sum(0) - 1.0 / n), 0.0, 1e-12);
+  PF_CHECK(plan.gt(0).sum().item<int64_t>() == n);
+  auto unequal = exact_plan(x0, x1.narrow(0, 0, 48), OTSolver::Auction);
+  PF_CHECK_NEAR(max_abs(unequal.sum(0) - 1.0 / 48), 0.0, 1e-12);
 }

@@ -2,7 +2,7 @@
 # engine_config() gives exactly the engine's keys, and the glue hands them to
 # the engine's readers, which refuse a missing or unknown key.
 
-flow_keys <- c("path", "sigma", "sigma_min", "coupling", "ot_mode", "sinkhorn_reg", "sinkhorn_iters")
+flow_keys <- c("path", "sigma", "sigma_min", "coupling", "ot_mode", "ot_solver", "sinkhorn_reg", "sinkhorn_iters")
 population_keys <- c("encoder", "layers", "encoder_width", "bandwidth", "k", "max_cells", "label_dim", "schedule",
                      "encoder_lr", "cells_per_population", "populations_per_step")
 sections <- function(x) lapply(popflow:::engine_config(x), names)
@@ -33,6 +33,8 @@ test_that("engine_config() gives the engine's keys of every parameter object", {
                                                                            seed = 1L))
   expect_equal(config(SBCFMParam(sigma = 0.5))$flow$sinkhorn_reg, 0.5)
   expect_equal(config(OTCFMParam(ot_mode = "permutation"))$flow$ot_mode, "permutation")
+  expect_equal(config(OTCFMParam())$flow$ot_solver, "exact")
+  expect_equal(config(OTCFMParam(ot_solver = "auction"))$flow$ot_solver, "auction")
   expect_equal(config(TargetFMParam(sigma_min = 0.01))$flow[c("sigma", "sigma_min")], list(sigma = 0, sigma_min = 0.01))
   expect_equal(config(MFMParam(width = 32, schedule = "alternating", encoder_lr = 1e-4))$population[
     c("encoder_width", "schedule", "encoder_lr")], list(encoder_width = 32L, schedule = "alternating", encoder_lr = 1e-4))

@@ -27,6 +27,7 @@ test_that("bad inputs give R errors that name the argument", {
   expect_error(NetworkParam(time_dim = 3), "`time_dim` must be even")
   expect_error(SBCFMParam(sigma = 0), "`sigma`")
   expect_error(OTCFMParam(ot_mode = "greedy"), "`ot_mode`")
+  expect_error(OTCFMParam(ot_solver = "hungarian"), "`ot_solver`")
   expect_error(SolverParam("leapfrog"), "`method`")
   expect_error(SolverParam(atol = -1), "`atol`")
 })

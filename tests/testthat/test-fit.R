@@ -9,6 +9,19 @@ test_that("every method learns a translation from matrices", {
   }
 })
 
+test_that("OT-CFM with the auction solver trains on a shifted, narrower target", {
+  set.seed(4)
+  source <- matrix(rnorm(400), ncol = 2)
+  target <- sweep(matrix(rnorm(400, sd = 0.5), ncol = 2), 2, c(3, 3), "+")
+  method <- OTCFMParam(ot_mode = "permutation", ot_solver = "auction")
+  fit <- fitFlow(source, target, method = method, training = TrainingParam(steps = 150, batch_size = 64),
+                 verbose = FALSE)
+  expect_identical(fit$method$ot_solver, "auction")
+  expect_output(print(fit), "auction solver")
+  pred <- predict(fit, source, solver = SolverParam("rk4", steps = 10))
+  expect_lt(max(abs(colMeans(pred) - c(3, 3))), 0.5)
+})
+
 test_that("the fitted flow beats the no-change baseline on a rotation plus shift", {
   set.seed(11)
   source <- matrix(rnorm(800), ncol = 2) %*% diag(c(2, 0.5))
