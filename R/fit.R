@@ -668,14 +668,21 @@ training_progress <- function(total) {
   }, done = function() cli::cli_progress_done(id = id, .envir = env))
 }
 
+# How to go on from a fit that stopped early: resuming, where the fit kept its
+# training state (the ICNN, metric flow matching and the alternating schedule keep none).
+continuation_hint <- function(fit) {
+  if (pf_training_state(fit$bytes)$steps > 0) return("continue with fitFlow(..., resume = fit)")
+  "this kind of fit cannot be resumed: fit again with more steps or a longer time_limit in TrainingParam()"
+}
+
 report_training_status <- function(fit, steps) {
   done <- fit$steps_done
   switch(fit$status,
     interrupted = warning(sprintf(paste0(
-      "training was interrupted at step %d of %d; the model holds step %d. ",
-      "Continue with fitFlow(..., resume = fit) or use it as it is."), done, steps, done), call. = FALSE),
-    time_limit = message(sprintf(paste0("training stopped at its time limit after %d of %d steps; ",
-                                        "continue with fitFlow(..., resume = fit)"), done, steps)),
+      "training was interrupted at step %d of %d; the model holds step %d. %s, or use the model as it is."),
+      done, steps, done, continuation_hint(fit)), call. = FALSE),
+    time_limit = message(sprintf("training stopped at its time limit after %d of %d steps; %s", done, steps,
+                                 continuation_hint(fit))),
     early_stop = message(early_stop_message(fit, steps)),
     nonfinite = {
       # The engine returns the last step whose weights still gave a finite loss.

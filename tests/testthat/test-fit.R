@@ -153,7 +153,7 @@ test_that("print, summary and plot describe the model", {
 test_that("a time limit stops training early and keeps a usable model", {
   d <- shifted_pair(100)
   expect_message(fit <- fitFlow(d$source, d$target, training = TrainingParam(steps = 1e7, time_limit = 0.3),
-                                verbose = FALSE), "time limit")
+                                verbose = FALSE), "time limit.*continue with fitFlow\\(\\.\\.\\., resume = fit\\)")
   expect_equal(fit$status, "time_limit")
   expect_lt(fit$steps_done, 1e7)
   expect_length(fit$loss, fit$steps_done)

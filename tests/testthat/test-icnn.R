@@ -136,6 +136,10 @@ test_that("ICNN settings and misuse give clear errors", {
   expect_equal(fit$training$lr, 1e-3)  # from ICNNParam(), not TrainingParam()
   expect_error(fitFlow(x, y, resume = fit, training = TrainingParam(steps = 8, batch_size = 16), verbose = FALSE),
                "`resume` is not supported by the ICNN")
+  # A time limit's message does not offer resuming a fit that cannot resume.
+  expect_message(fitFlow(x, y, method = ICNNParam(width = 8, depth = 1),
+                         training = TrainingParam(steps = 1e7, batch_size = 16, time_limit = 0.2), verbose = FALSE),
+                 "time limit.*cannot be resumed: fit again with more steps or a longer time_limit")
   expect_error(fitFlow(x, y, method = "icnn", training = tiny, held_out = list(x = x, target = y), verbose = FALSE),
                "`held_out` is not used by the ICNN")
   expect_error(sampleTrajectories(fit, x), "the ICNN is a map, not a flow")
