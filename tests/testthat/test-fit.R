@@ -208,8 +208,8 @@ test_that("Ctrl-C during training stops cleanly and keeps the last completed ste
   fit <- popflow:::new_flow(res$bytes, list(method = ICFMParam(), times = c(0, 1), time_labels = c(0, 1),
                                             feature_names = NULL, n_features = 2L, threads = 1L, device = "cpu"))
   expect_true(all(is.finite(predict(fit, d$source))))
-  expect_warning(popflow:::report_training_status(list(status = "interrupted", steps_done = 20), 100),
-                 "interrupted at step 20 of 100")
+  expect_warning(popflow:::report_training_status(list(status = "interrupted", steps_done = 20, bytes = res$bytes), 100),
+                 "interrupted at step 20 of 100.*continue with fitFlow\\(\\.\\.\\., resume = fit\\)")
   # The interrupted model resumes: 10 more steps, and the run matches one that was never interrupted.
   total <- res$steps_done + 10
   cfg$training$steps <- total
