@@ -91,20 +91,16 @@ struct In {
   void need(size_t n) {
     if (n > bytes.size() - at) throw StoreError("the store's table is malformed (it ends early)");
   }
-  uint64_t u64() {
-    need(8);
-    uint64_t v;
-    std::memcpy(&v, bytes.data() + at, 8);
-    at += 8;
+  template <class T>
+  T value() {
+    need(sizeof(T));
+    T v;
+    std::memcpy(&v, bytes.data() + at, sizeof(T));
+    at += sizeof(T);
     return v;
   }
-  double f64() {
-    need(8);
-    double v;
-    std::memcpy(&v, bytes.data() + at, 8);
-    at += 8;
-    return v;
-  }
+  uint64_t u64() { return value<uint64_t>(); }
+  double f64() { return value<double>(); }
   std::string str() {
     const uint64_t n = u64();
     need(n);
