@@ -226,12 +226,8 @@ fit_method.popflow_population_param <- function(method, x, target, time, group, 
                                                 training, device, threads, verbose, resume, validation = NULL,
                                                 parallel = NULL) {
   if (is_population_store(x)) {
-    if (!is.null(parallel)) {
-      pf_abort("parallel", "is not supported with a population store yet (each rank would read every block)",
-               "train on a store in one process, or give the cells as matrices")
-    }
     return(fit_population_store(method, x, target, time, group, population, label, network, training, device,
-                                threads, verbose, resume, validation))
+                                threads, verbose, resume, validation, parallel))
   }
   if (!is.null(time) || !is.null(group)) {
     pf_abort(if (is.null(time)) "group" else "time", sprintf("is not used by method \"%s\"", attr(method, "kind")),
@@ -305,8 +301,9 @@ fit_config <- function(method, network, training, device, threads, dim, times, p
 
 # Runs the engine's training (`engine_fit(progress, every, metadata, parallel)`)
 # with a progress bar, or as the ranks of `parallel` (R/parallel.R), and
-# returns the fitted model, reporting how training ended.
-train_model <- function(fields, training, verbose, resume, engine_fit, parallel = NULL) {
+# returns the fitted model, reporting how training ended. `on_result` sees the
+# engine's result (rank 0's), attributes included, before the model is made.
+train_model <- function(fields, training, verbose, resume, engine_fit, parallel = NULL, on_result = NULL) {
   every <- max(1L, training$steps %/% 100L)
   if (!is.null(parallel)) {
     res <- parallel_fit(parallel, engine_fit, every, checkpoint_metadata(fields, training), verbose, training$steps)
@@ -315,6 +312,7 @@ train_model <- function(fields, training, verbose, resume, engine_fit, parallel 
     res <- engine_fit(progress$update, every, checkpoint_metadata(fields, training))
     if (!is.null(progress)) progress$done()
   }
+  if (!is.null(on_result)) on_result(res)
   fit <- new_flow(res$bytes, fitted_fields(fields, res, resume))
   report_training_status(fit, training$steps)
   fit

@@ -1083,6 +1083,12 @@ expect_param <- function(x, arg, class) {
 #' `fitFlow(..., resume = checkpoint_file, parallel = ...)` continues from it.
 #' Every rank must run the same popflow version (checked when they meet).
 #'
+#' A population model trains from a population store ([writePopulationStore()])
+#' the same way: every rank opens the store file itself (on the same path,
+#' e.g. a shared file system across nodes) and reads, a draw ahead, only the
+#' blocks of the populations it draws, so each rank reads its share and no
+#' cells pass through R or between ranks.
+#'
 #' Backends: `"gloo"` trains on CPUs (it needs popflow built with Debian's
 #' libgloo-dev, which `tools/install.sh` installs); `"nccl"` on one GPU per
 #' rank, with popflow built against a CUDA LibTorch that has NCCL

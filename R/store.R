@@ -450,7 +450,7 @@ store_target_cells <- function(store, idx) {
 # fitFlow() on a store (population models): the cells stay on disk; the
 # engine reads the blocks each step needs.
 fit_population_store <- function(method, store, target, time, group, population, label, network, training, device,
-                                 threads, verbose, resume, validation) {
+                                 threads, verbose, resume, validation, parallel = NULL) {
   for (arg in c("target", "time", "group", "population")) {
     if (!is.null(get(arg))) {
       pf_abort(arg, "is not used with a population store",
@@ -502,15 +502,15 @@ fit_population_store <- function(method, store, target, time, group, population,
   engine_validation <- if (!is.null(validation)) validation_config(validation, sets, training$seed)
   empty <- matrix(numeric(0), 0, store$dim)
   stats <- NULL
-  fit <- train_model(fields, training, verbose, resume, function(progress, every, metadata) {
-    res <- pf_population_fit(empty, integer(0), integer(0), labels$codes, labels$covariates, config, progress, every,
-                             resume$bytes, metadata, engine_validation, store = store$path,
-                             graph_cache_mb = graph_cache_mb(method))
-    stats <<- attr(res, "graph_stats")
-    res
-  })
+  # Data-parallel: each rank opens the store and reads only the blocks of its own draws.
+  fit <- train_model(fields, training, verbose, resume, function(progress, every, metadata, parallel = NULL) {
+    pf_population_fit(empty, integer(0), integer(0), labels$codes, labels$covariates, config, progress, every,
+                      resume$bytes, metadata, engine_validation, store = store$path,
+                      graph_cache_mb = graph_cache_mb(method), parallel = parallel)
+  }, parallel, on_result = function(res) stats <<- attr(res, "graph_stats"))
   # What training did with the store and its graphs (for tuning graph_cache_mb): graphs built and
-  # evicted, the cache's peak bytes, blocks read and the seconds spent reading them (on the prefetch thread, mostly).
+  # evicted, the cache's peak bytes, blocks read (and of those, read by a draw itself, not ahead) and the
+  # seconds spent reading them (on the prefetch thread, mostly); with `parallel`, rank 0's.
   fit$store_stats <- stats
   fit
 }

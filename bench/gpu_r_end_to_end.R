@@ -9,6 +9,7 @@
 #    same seed: seconds, steps/s, W1 to the held-out cells.
 # 2. The GPU model predicted on GPU and on CPU (same weights: the difference is float
 #    arithmetic), and saved, reloaded and predicted on CPU.
+# 2b. The NCCL backend with one rank (issue 13), against the plain GPU fit.
 # 3. Letters at the paper's size from R (24 letters x 10 rotations, every pixel; width-512
 #    residual decoder, MFM GCN k = 10, 10 populations x 700 cells a step, paired, lr 1e-4):
 #    STEPS steps on the GPU with TF32 off and on, W1 on the unseen letter Y; a few CPU steps for
@@ -58,6 +59,29 @@ if (gpu) {
   p_loaded <- predict(loadFlow(file), x1, from = 1, to = 2, device = "cpu")
   row("same_weights max_abs_diff gpu_vs_cpu=%.3g reloaded_cpu_vs_cpu=%.3g (cells %d)", max(abs(p_gpu - p_cpu)),
       max(abs(p_loaded - p_cpu)), nrow(p_cpu))
+}
+
+# 2b. Issue 13: the NCCL path with one rank (this process as rank 0 of 1, a launched-style fit), which
+#     must give the model of the plain GPU fit: with one rank the allreduce is the identity.
+if (gpu) {
+  row("distributed_backends=%s", paste(distributedBackends(), collapse = ","))
+  if ("nccl" %in% distributedBackends()) {
+    plain <- fitFlow(emt$x[keep, ], time = emt$time[keep], method = "otcfm", device = "cuda", verbose = FALSE,
+                     training = TrainingParam(steps = 200, seed = 1))
+    run <- timed(tryCatch(
+      fitFlow(emt$x[keep, ], time = emt$time[keep], method = "otcfm", device = "cuda", verbose = FALSE,
+              training = TrainingParam(steps = 200, seed = 1),
+              parallel = ParallelParam(backend = "nccl", rank = 0, world_size = 1, port = 29517)),
+      error = function(e) e))
+    if (inherits(run$value, "error")) {
+      row("nccl_one_rank FAILED: %s", conditionMessage(run$value))
+    } else {
+      x1 <- emt$x[emt$time == 1, ]
+      row("nccl_one_rank steps=%d seconds=%.2f status=%s max_abs_loss_diff_vs_plain=%.3g max_abs_pred_diff=%.3g",
+          run$value$steps_done, run$seconds, run$value$status, max(abs(run$value$loss - plain$loss)),
+          max(abs(predict(run$value, x1, from = 1, to = 2) - predict(plain, x1, from = 1, to = 2))))
+    }
+  }
 }
 
 # 3. Letters at the paper's size.

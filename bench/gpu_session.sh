@@ -9,7 +9,7 @@
 #      step, alone on the GPU: popflow (host checks every step, as before; every 25 steps; the
 #      same with TF32) against bench/mfm_peer_torch.py (eager fp32 reading the loss every step,
 #      the reference's habit; eager TF32 with fused Adam; a CUDA graph of the whole step, TF32).
-#   C. GPU training from R: bench/gpu_r_end_to_end.R.
+#   C. GPU training from R: bench/gpu_r_end_to_end.R (with the NCCL backend run as one rank, issue 13).
 #   D. Letters at the paper's size, MFM GCN k = 10, 3 seeds, LETTERS_STEPS (2000) steps, TF32 off
 #      and on (6 fits sharing the GPU), scored on the unseen Y: whether TF32 moves the metrics.
 #   F. (only with PHASES containing F) Exact OT of one minibatch: the auction solver on the GPU

@@ -114,6 +114,7 @@ Rcpp::List pf_population_fit(Rcpp::NumericMatrix x, Rcpp::IntegerVector side, Rc
       Rcpp::Named("evictions") = static_cast<double>(stats.graph_evictions),
       Rcpp::Named("cache_peak_bytes") = static_cast<double>(stats.graph_cache_peak_bytes),
       Rcpp::Named("blocks_read") = static_cast<double>(stats.blocks_read),
+      Rcpp::Named("blocks_read_in_step") = static_cast<double>(stats.blocks_read_in_step),
       Rcpp::Named("read_seconds") = reads.seconds, Rcpp::Named("read_bytes") = static_cast<double>(reads.bytes));
   return out;
   PF_GUARD_END

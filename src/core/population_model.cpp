@@ -205,9 +205,11 @@ std::string validate_population_data(const PopulationModel& model, const Populat
 // Algorithm 1's objective for population models. With the alternating
 // schedule, odd steps update the field and label embeddings (the primary
 // optimiser) on cached, detached embeddings, even steps only the encoder.
-// Graphs live in a GraphCache; with prefetching, the next step's populations
-// (a function of (seed, step + 1)) have their blocks read and their missing
-// graphs built on a background thread while this step computes.
+// Graphs live in a GraphCache; with prefetching, the next draw's populations
+// (a function of (seed, step, draw): the next step's, or with accumulation or
+// data-parallel ranks this process's next draw of the step) have their blocks
+// read and their missing graphs built on a background thread while this draw
+// computes. A rank reads only the blocks of its own draws.
 class PopulationObjective : public TrainingObjective {
  public:
   PopulationObjective(PopulationModel& model, PopulationData& data, const PopulationTraining& how,
@@ -241,6 +243,12 @@ class PopulationObjective : public TrainingObjective {
   }
 
   torch::nn::Module& network() override { return *model_.net; }
+
+  void next_draw(int64_t draw, int64_t first_draw, int64_t draws) override {
+    draw_ = draw;
+    first_draw_ = first_draw;
+    draws_ = draws;
+  }
 
   std::vector<FlatAdam*> optimisers() override {
     if (encoder_opt_) return {opt_.get(), encoder_opt_.get()};
@@ -346,7 +354,9 @@ class PopulationObjective : public TrainingObjective {
       for (int64_t b : src) rows.push_back(cached_[b]);
       embedding = torch::stack(rows);
     }
-    launch(step + 1);  // after this step's graphs are in the cache: the next step builds only what is missing
+    // After this draw's graphs are in the cache: the next draw builds only what is missing.
+    if (draw_ + 1 < first_draw_ + draws_) launch(step, draw_ + 1);
+    else launch(step + 1, first_draw_);
     auto cond_pop = model_.net->condition(embedding, rows_on(labels_, chosen_index, dev, torch::kLong),
                                           rows_on(covariates_, chosen_index, dev, torch::kFloat));
 
@@ -451,19 +461,21 @@ class PopulationObjective : public TrainingObjective {
   StepInput take(int64_t step) {
     if (!pending_.valid()) return {};
     StepInput in = pending_.get();  // rethrows what the background read threw
-    if (pending_step_ != step) return {};
+    if (pending_step_ != step || pending_draw_ != draw_) return {};
     if (stats_) stats_->blocks_read += static_cast<int64_t>(in.cells.size());
     return in;
   }
 
   void count_read() {
-    if (stats_) ++stats_->blocks_read;
+    if (!stats_) return;
+    ++stats_->blocks_read;
+    ++stats_->blocks_read_in_step;
   }
 
-  // Reads step `next`'s blocks and builds its missing graphs in the background.
-  void launch(int64_t next) {
+  // Reads the blocks of draw `draw` of step `next` and builds its missing graphs in the background.
+  void launch(int64_t next, int64_t draw) {
     if (!how_.prefetch || next > last_step_ || pending_.valid()) return;
-    std::mt19937_64 rng(step_seed(seed_, next));
+    std::mt19937_64 rng(draw_seed(seed_, next, draw));
     const std::vector<int64_t> chosen = choose(rng);
     std::vector<int64_t> read, build;
     const auto add = [](std::vector<int64_t>& v, int64_t b) {
@@ -482,6 +494,7 @@ class PopulationObjective : public TrainingObjective {
     }
     if (read.empty() && build.empty()) return;
     pending_step_ = next;
+    pending_draw_ = draw;
     pending_ = std::async(std::launch::async, [this, read, build] {
       StepInput in;
       for (int64_t b : read) in.cells[b] = data_.block_cells(b);
@@ -536,7 +549,8 @@ class PopulationObjective : public TrainingObjective {
   PopulationTrainingStats* stats_;
   GraphCache graphs_;
   uint64_t seed_ = 0;
-  int64_t last_step_ = 0, pending_step_ = -1;
+  int64_t last_step_ = 0, pending_step_ = -1, pending_draw_ = 0;
+  int64_t draw_ = 0, first_draw_ = 0, draws_ = 1;  // this draw, and the draws this process makes a step
   std::future<StepInput> pending_;
   torch::TensorOptions fopt_;
   torch::Tensor x_all_;                // in memory: all cells, on the model's device

@@ -105,8 +105,10 @@ struct PopulationTraining {
 };
 
 // What a fit did with its graphs (for benchmarks and tests).
+// blocks_read_in_step: the blocks a draw read itself, which the prefetcher
+// had not read ahead (with prefetching, only the first draw's).
 struct PopulationTrainingStats {
-  int64_t graphs_built = 0, graph_evictions = 0, graph_cache_peak_bytes = 0, blocks_read = 0;
+  int64_t graphs_built = 0, graph_evictions = 0, graph_cache_peak_bytes = 0, blocks_read = 0, blocks_read_in_step = 0;
 };
 
 // Algorithm 1: each step draws population.populations_per_step populations and

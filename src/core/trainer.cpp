@@ -21,20 +21,11 @@
 namespace popflow {
 namespace {
 
-// Every step's randomness is a function of (seed, step): both generators are
-// reseeded at the start of each step, so a run resumed after step s draws
-// exactly what the uninterrupted run draws from step s + 1 on.
-// Draw r > 0 of a step (accumulation, data-parallel processes) mixes r in
-// once more, so that draw 0 is the draw of a plain fit.
-uint64_t splitmix64(uint64_t z) {
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-  return z ^ (z >> 31);
-}
-
+// Every step's randomness is a function of (seed, step, draw) (step_seed.h):
+// both generators are reseeded at the start of each draw, so a run resumed
+// after step s draws exactly what the uninterrupted run draws from step s + 1 on.
 void seed_step(uint64_t seed, int64_t step, std::mt19937_64& rng, int64_t draw = 0) {
-  uint64_t z = step_seed(seed, step);
-  if (draw > 0) z = splitmix64(z + static_cast<uint64_t>(draw) * 0xD1B54A32D192ED03ULL);
+  const uint64_t z = draw_seed(seed, step, draw);
   rng.seed(z);
   torch::manual_seed(z);
 }
@@ -54,6 +45,7 @@ CombinedStep combined_step(TrainingObjective& objective, FlatAdam& opt, uint64_t
   const int64_t first = sync ? sync->rank() * draws : 0;
   for (int64_t r = 0; r < draws; ++r) {
     seed_step(seed, step, rng, first + r);
+    objective.next_draw(first + r, first, draws);
     const torch::Tensor loss = objective.loss_and_gradient(step, rng, opt);  // zeroes the gradient first
     total = r == 0 ? loss : total + loss;
     if (draws > 1) sum = r == 0 ? grad.clone() : sum.add_(grad);
@@ -249,6 +241,8 @@ torch::Tensor TrainingObjective::loss_and_gradient(int64_t step, std::mt19937_64
 
 void TrainingObjective::gradients_ready(int64_t, FlatAdam&) {}
 
+void TrainingObjective::next_draw(int64_t, int64_t, int64_t) {}
+
 std::string TrainingObjective::why_not_resumable() const { return ""; }
 
 AdamSettings adam_settings(const TrainConfig& config) {
@@ -318,6 +312,7 @@ TrainResult run_training(TrainingObjective& objective, const TrainConfig& config
       loss = c.loss;
     } else {
       seed_step(config.seed, step, rng);
+      objective.next_draw(0, 0, 1);
       loss = objective.loss_and_gradient(step, rng, opt);
     }
     double loss_value = 0;

@@ -123,6 +123,13 @@ class TrainingObjective {
   // objective, for a small network whose step autograd's overhead dominates).
   virtual torch::Tensor loss_and_gradient(int64_t step, std::mt19937_64& rng, FlatAdam& optimiser);
 
+  // Called before each loss: it is draw `draw` of its step, of the draws
+  // `first_draw` .. `first_draw + draws - 1` this process makes every step
+  // (each seeded by draw_seed(seed, step, draw)); a plain fit makes draw 0
+  // alone. An objective that reads ahead (the population model's prefetcher)
+  // learns the next draw from it. Default: nothing.
+  virtual void next_draw(int64_t draw, int64_t first_draw, int64_t draws);
+
   // Called after backward() fills the stepping optimiser's gradient and before
   // its norm is checked and clipped: where gradients would be combined across
   // processes (distributed training). Default: nothing.

@@ -62,6 +62,31 @@ test_that("two workers give the MFM model one process gives with the combined ba
   expect_equal(embedPopulations(two, src, pop), embedPopulations(one, src, pop), tolerance = 1e-5)
 })
 
+test_that("two workers train from a population store, each reading only the blocks of its own draws", {
+  skip_without_gloo()
+  set.seed(6)
+  means <- c(-2, -1, 0, 1, 2, 3)
+  src <- do.call(rbind, lapply(means, function(m) matrix(rnorm(60, m), ncol = 2)))
+  pop <- rep(paste0("p", seq_along(means)), each = 30)
+  store <- writePopulationStore(src, tempfile(fileext = ".pfstore"), target = src + rep(means, each = 30),
+                                population = c(pop, pop))
+  method <- MFMParam(k = 5, layers = 2, width = 8, populations_per_step = 2, cells_per_population = 16)
+  fit <- function(...) fitFlow(store, method = method, verbose = FALSE, ...)
+  two <- fit(training = par_training(6), parallel = ParallelParam(workers = 2, threads = 1))
+  one <- fit(training = par_training(6, accumulate = 2))
+  plain <- fit(training = par_training(6))
+  expect_equal(two$loss, one$loss, tolerance = 1e-6)
+  expect_equal(predict(two, src, population = pop), predict(one, src, population = pop), tolerance = 1e-5)
+  # Rank 0 makes draw 0 of each step, the plain fit's: it reads the blocks the plain fit reads, fewer than
+  # one process making both draws.
+  expect_equal(two$store_stats[["blocks_read"]], plain$store_stats[["blocks_read"]])
+  expect_lt(two$store_stats[["blocks_read"]], one$store_stats[["blocks_read"]])
+  # With two draws a step, the prefetcher reads each draw's blocks ahead: only the first draw reads its own
+  # (2 populations: at most 4 blocks).
+  expect_lte(one$store_stats[["blocks_read_in_step"]], 4)
+  expect_gt(one$store_stats[["blocks_read_in_step"]], 0)
+})
+
 # A second rank in a fresh R process (a one-worker PSOCK cluster), started
 # without waiting, so that this process can be rank 0 of a launched-style fit.
 start_rank1 <- function(job, port, ...) {
