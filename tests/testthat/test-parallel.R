@@ -127,6 +127,13 @@ test_that("a rank that dies becomes an R error on the others within seconds", {
   start <- Sys.time()
   expect_error(rank0_fit(port, 1e7), "rank 0 of 2 lost contact with the other processes")
   expect_lt(as.numeric(difftime(Sys.time(), start, units = "secs")), 15)
+  # The surviving process stays usable: it trains again as rank 0 with a new second rank.
+  port <- popflow:::free_port()
+  r2 <- start_rank1(rank1_fit, port, steps = 5)
+  on.exit(try(parallel::stopCluster(r2$cl), silent = TRUE), add = TRUE)
+  again <- rank0_fit(port, 5)
+  expect_equal(again$status, "completed")
+  expect_equal(again$steps_done, 5)
 })
 
 test_that("the ranks stop together when one reaches its time limit", {
