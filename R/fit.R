@@ -216,8 +216,8 @@ fit_method.popflow_flow_param <- function(method, x, target, time, group, popula
   if (is_unbalanced(method)) config$flow$masses <- unname(sizes / sizes[1])
   engine_validation <- if (!is.null(validation)) validation_config(validation, sets, training$seed)
   train_model(fields, training, verbose, resume, function(progress, every, metadata, parallel = NULL) {
-    pf_fit(data$x, data$time_index, data$group, NULL, config, progress, every, resume$bytes, metadata,
-           engine_validation, parallel)
+    pf_fit(data$x, data$time_index, data$group, NULL, rank_config(config, parallel), progress, every, resume$bytes,
+           metadata, engine_validation, parallel)
   }, parallel)
 }
 
@@ -284,9 +284,9 @@ fit_method.popflow_population_param <- function(method, x, target, time, group, 
                                          label_levels = labels$levels, covariates = ncol(labels$covariates) %||% 0L))
   engine_validation <- if (!is.null(validation)) validation_config(validation, sets, training$seed)
   train_model(fields, training, verbose, resume, function(progress, every, metadata, parallel = NULL) {
-    pf_population_fit(rbind(x, target), side, pops$code - 1L, labels$codes, labels$covariates, config, progress,
-                      every, resume$bytes, metadata, engine_validation, graph_cache_mb = graph_cache_mb(method),
-                      parallel = parallel)
+    pf_population_fit(rbind(x, target), side, pops$code - 1L, labels$codes, labels$covariates,
+                      rank_config(config, parallel), progress, every, resume$bytes, metadata, engine_validation,
+                      graph_cache_mb = graph_cache_mb(method), parallel = parallel)
   }, parallel)
 }
 

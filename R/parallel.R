@@ -100,10 +100,20 @@ check_parallel <- function(parallel, method, device) {
   parallel
 }
 
-# What the engine needs to join the process group as `rank` (src/r_glue.h join_from_r()).
+# What the engine needs to join the process group as `rank` (src/r_glue.h join_from_r()),
+# and this rank's local rank (R-side only: rank_config()).
 engine_parallel <- function(parallel, rank, port) {
   list(backend = parallel$backend, rank = rank, world_size = parallel$world_size, address = parallel$address,
-       port = port, timeout = parallel$timeout, version = popflow_version())
+       port = port, timeout = parallel$timeout, version = popflow_version(), local_rank = parallel$local_rank %||% rank)
+}
+
+# The engine configuration of one rank: NCCL takes one GPU per rank, so
+# device "cuda" becomes the GPU of the rank's local rank ("cuda:N" stays).
+rank_config <- function(config, parallel) {
+  if (!is.null(parallel) && identical(parallel$backend, "nccl") && identical(config$training$device, "cuda")) {
+    config$training$device <- sprintf("cuda:%d", parallel$local_rank)
+  }
+  config
 }
 
 # This popflow's version, which every rank must share (a function, so that a
@@ -154,6 +164,7 @@ parallel_fit <- function(parallel, engine_fit, every, metadata, verbose, steps) 
 # that the main process can tell the cause from its consequences.
 worker_fit <- function(rank, engine_fit, every, metadata, settings) {
   settings$rank <- rank
+  settings$local_rank <- rank  # the workers run on this machine
   tryCatch({
     res <- engine_fit(NULL, every, metadata, settings)
     if (rank != 0) res$bytes <- NULL  # the replicas are rank 0's

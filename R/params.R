@@ -1091,9 +1091,13 @@ expect_param <- function(x, arg, class) {
 #'
 #' Backends: `"gloo"` trains on CPUs (it needs popflow built with Debian's
 #' libgloo-dev, which `tools/install.sh` installs); `"nccl"` on one GPU per
-#' rank, with popflow built against a CUDA LibTorch that has NCCL
-#' (`device = "cuda:N"`, N the rank's GPU). [distributedBackends()] lists what
-#' this build has.
+#' rank, with popflow built against a CUDA LibTorch that has NCCL.
+#' [distributedBackends()] lists what this build has. NCCL refuses two ranks
+#' on one GPU, so with `device = "cuda"` each rank trains on the GPU of its
+#' local rank (its rank among the ranks of its node): `cuda:0` to `cuda:7` for
+#' `ParallelParam(workers = 8, backend = "nccl")` on an 8-GPU machine; a
+#' launched script's local rank is `LOCAL_RANK` (torchrun) or `SLURM_LOCALID`
+#' (srun), else its rank. An explicit `device = "cuda:N"` is kept as given.
 #'
 #' @param workers Workers to start on this machine, or `NULL` (default) for a
 #'   script started once per rank by a launcher.
@@ -1156,7 +1160,10 @@ ParallelParam <- function(workers = NULL, backend = c("gloo", "nccl"), address =
     address <- address %||% launcher_address(launcher)
     port <- port %||% env_count("MASTER_PORT") %||% 29500L
   }
+  # A launched rank's index among the ranks of its node (its GPU with NCCL); workers' is their rank.
+  local_rank <- if (is.null(workers)) env_count("LOCAL_RANK") %||% env_count("SLURM_LOCALID") %||% rank
   new_param("parallel", "ParallelParam", workers = workers, backend = backend, address = address, port = port,
             timeout = check_number(timeout, "timeout", min = 0, min_inclusive = FALSE),
-            threads = check_count(threads, "threads"), rank = rank, world_size = world_size, launcher = launcher)
+            threads = check_count(threads, "threads"), rank = rank, world_size = world_size, launcher = launcher,
+            local_rank = local_rank)
 }

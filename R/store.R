@@ -504,8 +504,8 @@ fit_population_store <- function(method, store, target, time, group, population,
   stats <- NULL
   # Data-parallel: each rank opens the store and reads only the blocks of its own draws.
   fit <- train_model(fields, training, verbose, resume, function(progress, every, metadata, parallel = NULL) {
-    pf_population_fit(empty, integer(0), integer(0), labels$codes, labels$covariates, config, progress, every,
-                      resume$bytes, metadata, engine_validation, store = store$path,
+    pf_population_fit(empty, integer(0), integer(0), labels$codes, labels$covariates, rank_config(config, parallel),
+                      progress, every, resume$bytes, metadata, engine_validation, store = store$path,
                       graph_cache_mb = graph_cache_mb(method), parallel = parallel)
   }, parallel, on_result = function(res) stats <<- attr(res, "graph_stats"))
   # What training did with the store and its graphs (for tuning graph_cache_mb): graphs built and

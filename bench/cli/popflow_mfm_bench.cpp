@@ -4,7 +4,7 @@
 //   popflow_mfm_bench [--device cuda] [--populations-per-step 10] [--cells 700]
 //                     [--populations 12] [--steps 50] [--threads 1] [--json]
 //                     [--encoder gcn|mean|kme] [--k 50] [--width 512] [--depth 2]
-//                     [--tf32 0|1] [--sync-every N] [--report-every 25]
+//                     [--tf32 0|1] [--sync-every N] [--report-every 25] [--op-counts]
 //
 // Data: synthetic 2-d populations of exactly --cells source and target cells
 // (rings of different radius and centre; the target is the source rotated and
@@ -19,7 +19,19 @@
 // report, after --report-every steps, to the last) does not. Reports come
 // every --report-every steps, as R's progress bar would ask: a report reads
 // the loss back, which drains a GPU's queue.
+// --op-counts: the ATen operator calls per steady step (nested calls
+// included, both threads), by name, from a RecordFunction observer: each is
+// at least one kernel launch on a GPU, and aten::_local_scalar_dense (item())
+// is a host synchronisation. Counted on any device, so a CPU build shows what
+// a GPU step launches.
+#include <ATen/record_function.h>
 #include <torch/torch.h>
+
+#include <algorithm>
+#include <atomic>
+#include <map>
+#include <mutex>
+#include <vector>
 
 #include <chrono>
 #include <cmath>
@@ -40,8 +52,37 @@ struct Options {
   int64_t k = 50, gcn_width = 64, gcn_layers = 3, width = 512, depth = 2;
   int64_t sync_every = 0, report_every = 25;
   int threads = 1;
-  bool tf32 = false, json = false;
+  bool tf32 = false, json = false, op_counts = false;
 };
+
+// Operator calls by name while `counting` (between the first and last progress reports).
+std::atomic<bool> counting{false};
+std::mutex op_mutex;
+std::map<std::string, int64_t> op_calls;
+
+std::unique_ptr<at::ObserverContext> count_op(const at::RecordFunction& fn) {
+  if (counting.load(std::memory_order_relaxed)) {
+    std::lock_guard<std::mutex> lock(op_mutex);
+    ++op_calls[fn.name()];
+  }
+  return nullptr;
+}
+
+void print_op_counts(int64_t steps) {
+  std::vector<std::pair<int64_t, std::string>> by_count;
+  int64_t total = 0;
+  for (const auto& [name, n] : op_calls) {
+    by_count.emplace_back(n, name);
+    total += n;
+  }
+  std::sort(by_count.rbegin(), by_count.rend());
+  const auto per_step = [steps](int64_t n) { return static_cast<double>(n) / static_cast<double>(steps); };
+  std::printf("operator calls per step (%lld steady steps): %.1f; host reads (aten::_local_scalar_dense): %.1f\n",
+              static_cast<long long>(steps), per_step(total),
+              op_calls.count("aten::_local_scalar_dense") ? per_step(op_calls["aten::_local_scalar_dense"]) : 0.0);
+  for (size_t i = 0; i < by_count.size() && i < 40; ++i)
+    std::printf("  %8.1f  %s\n", per_step(by_count[i].first), by_count[i].second.c_str());
+}
 
 Options parse(int argc, char** argv) {
   Options o;
@@ -66,6 +107,7 @@ Options parse(int argc, char** argv) {
     else if (a == "--sync-every") o.sync_every = std::stoll(next());
     else if (a == "--report-every") o.report_every = std::stoll(next());
     else if (a == "--json") o.json = true;
+    else if (a == "--op-counts") o.op_counts = true;
     else throw std::invalid_argument("unknown option " + a + " (see the comment at the top of the source)");
   }
   if (o.populations < o.per_step) o.populations = o.per_step;
@@ -100,7 +142,8 @@ popflow::PopulationSet synthetic(const Options& o) {
 // rate, without the one-off graph building (the PyTorch peer's warm-up builds its cache too).
 struct SteadyClock {
   std::chrono::steady_clock::time_point first, last;
-  int64_t first_step = 0, last_step = 0;
+  int64_t first_step = 0, last_step = 0, steps = 0;
+  bool op_counts = false;
 };
 
 popflow::TrainResult fit(const Options& o, const popflow::PopulationSet& data, int64_t steps, SteadyClock* clock) {
@@ -138,6 +181,7 @@ popflow::TrainResult fit(const Options& o, const popflow::PopulationSet& data, i
       if (clock->first_step == 0) clock->first = now, clock->first_step = step;
       clock->last = now;
       clock->last_step = step;
+      counting = clock->op_counts && step < clock->steps;  // from the first report to the last
     }
     return true;
   };
@@ -152,7 +196,13 @@ int main(int argc, char** argv) {
     const auto data = synthetic(o);
     if (o.warmup > 0) fit(o, data, o.warmup, nullptr);
     SteadyClock clock;
+    clock.steps = o.steps;
+    clock.op_counts = o.op_counts;
+    at::CallbackHandle observer = 0;
+    if (o.op_counts)
+      observer = at::addGlobalCallback(at::RecordFunctionCallback(count_op).scopes({at::RecordScope::FUNCTION}));
     const auto res = fit(o, data, o.steps, &clock);
+    if (o.op_counts) at::removeCallback(observer);
     const double sps = static_cast<double>(res.steps_done) / res.seconds;
     const double steady = static_cast<double>(clock.last_step - clock.first_step) /
                           std::chrono::duration<double>(clock.last - clock.first).count();
@@ -168,6 +218,7 @@ int main(int argc, char** argv) {
                   o.device.c_str(), static_cast<long long>(o.per_step), static_cast<long long>(o.cells),
                   static_cast<long long>(res.steps_done), res.seconds, sps, steady);
     }
+    if (o.op_counts) print_op_counts(clock.last_step - clock.first_step);
     return 0;
   } catch (const std::exception& e) {
     std::cerr << "popflow_mfm_bench: " << e.what() << "\n";

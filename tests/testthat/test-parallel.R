@@ -193,7 +193,7 @@ test_that("bad parallel settings are clear R errors", {
 
 test_that("ParallelParam() reads torchrun's and srun's variables", {
   old <- Sys.getenv(c("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "SLURM_PROCID", "SLURM_NTASKS",
-                      "SLURM_NNODES"), unset = NA)
+                      "SLURM_NNODES", "LOCAL_RANK", "SLURM_LOCALID"), unset = NA)
   on.exit(restore_env(old))
   Sys.unsetenv(names(old))
   Sys.setenv(RANK = "1", WORLD_SIZE = "4", MASTER_ADDR = "node7", MASTER_PORT = "29611")
@@ -209,4 +209,23 @@ test_that("ParallelParam() reads torchrun's and srun's variables", {
   Sys.setenv(SLURM_NNODES = "2")
   expect_null(ParallelParam()$address)
   expect_error(popflow:::check_parallel(ParallelParam(), ICFMParam(), "cpu"), "MASTER_ADDR is unset")
+  # The local rank (a rank's GPU with NCCL): the launcher's, else the rank.
+  expect_equal(ParallelParam()$local_rank, 2L)
+  Sys.setenv(SLURM_LOCALID = "0")
+  expect_equal(ParallelParam()$local_rank, 0L)
+  Sys.setenv(RANK = "5", WORLD_SIZE = "8", LOCAL_RANK = "1")
+  expect_equal(ParallelParam()$local_rank, 1L)
+})
+
+test_that("NCCL ranks train on the GPU of their local rank; other settings keep their device", {
+  config <- list(training = list(device = "cuda", steps = 5L))
+  nccl <- function(local_rank) list(backend = "nccl", local_rank = local_rank)
+  expect_equal(popflow:::rank_config(config, nccl(3L))$training$device, "cuda:3")
+  expect_equal(popflow:::rank_config(config, nccl(0L))$training, list(device = "cuda:0", steps = 5L))
+  expect_equal(popflow:::rank_config(list(training = list(device = "cuda:1")), nccl(3L))$training$device, "cuda:1")
+  expect_equal(popflow:::rank_config(config, list(backend = "gloo", local_rank = 3L)), config)
+  expect_equal(popflow:::rank_config(config, NULL), config)
+  # fitFlow's workers are ranks 0 .. workers - 1 on this machine.
+  settings <- popflow:::engine_parallel(ParallelParam(workers = 2, backend = "nccl"), 0L, 29500L)
+  expect_equal(settings$local_rank, 0L)
 })
