@@ -78,5 +78,16 @@ eight_gaussians <- function(n, seed) {
   cbind(4 * cos(angle), 4 * sin(angle)) + matrix(rnorm(2 * n, sd = 0.4), n, 2)
 }
 
+# The noise floor of exact W1 at a held-out time point: W1 between two random halves of its real
+# cells (halves drawn with set.seed(seed)). W1 between two samples of one population is not 0, and
+# no prediction can be expected to beat it; half-size samples make it a slight overestimate of the
+# floor at the full sample size.
+noise_floor_w1 <- function(real, seed) {
+  set.seed(seed)
+  half <- sort(sample.int(nrow(real), nrow(real) %/% 2))
+  popflow::wassersteinDistance(real[half, , drop = FALSE], real[-half, , drop = FALSE], p = 1,
+                               max_cells = 100000)
+}
+
 # Exact W2 of whole samples (no subsampling up to 100,000 cells).
 w2 <- function(a, b) popflow::wassersteinDistance(a, b, p = 2, max_cells = 100000)

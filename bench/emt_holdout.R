@@ -8,7 +8,9 @@
 # to the real cells of time k. Several seeds; mean ± sd.
 # Rows: popflow I-CFM, OT-CFM, SB-CFM (default network: MLP 64 x 3, SELU, sinusoidal time
 # embedding of size 16), popflow OT-CFM with raw t as input (time_dim = 0: the same input layer
-# as the peer's MLP), the "no change" baseline (the cells of time k-1 themselves), and the peer,
+# as the peer's MLP), the "no change" baseline (the cells of time k-1 themselves), the noise
+# floor (two random halves of the held-out cells, one against the other, one split per seed:
+# W1 between samples of one population is not 0; noise_floor_w1 in common.R), and the peer,
 # TorchCFM's ExactOptimalTransportConditionalFlowMatcher (and its ConditionalFlowMatcher) with an
 # MLP of the same size on [x, t] (bench/emt_holdout_torchcfm.py), same batch per interval,
 # steps, lr and sigma. Both W1s are exact (popflow: LEMON network simplex; peer: POT ot.emd2);
@@ -80,6 +82,11 @@ for (k in holdouts) {
   runs[[length(runs) + 1]] <- data.frame(impl = "baseline", row = "no change (cells of time k-1)",
                                          holdout = k, seed = 0, w1 = w1(src), train_seconds = NA,
                                          final_loss = NA)
+  for (s in seeds) {
+    runs[[length(runs) + 1]] <- data.frame(impl = "baseline", row = "noise floor (halves of the held-out cells)",
+                                           holdout = k, seed = s, w1 = noise_floor_w1(real, s),
+                                           train_seconds = NA, final_loss = NA)
+  }
   for (v in variants) {
     for (s in seeds) {
       fit <- fitFlow(emt$x[keep, ], time = emt$time[keep], method = v$method, network = v$network,
@@ -91,6 +98,8 @@ for (k in holdouts) {
       runs[[length(runs) + 1]] <- data.frame(impl = "popflow", row = v$label, holdout = k, seed = s, w1 = d,
                                              train_seconds = fit$seconds,
                                              final_loss = mean(utils::tail(fit$loss, 50)))
+      # Written after every fit: an interrupted run keeps what it finished.
+      utils::write.csv(do.call(rbind, runs), file.path(RESULTS, "emt_holdout_runs.csv"), row.names = FALSE)
     }
   }
 }

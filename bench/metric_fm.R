@@ -65,17 +65,13 @@ for (k in if (nzchar(from)) integer(0) else holdouts) {
   keep <- emt$time != k
   src <- emt$x[emt$time == k - 1, , drop = FALSE]
   real <- emt$x[emt$time == k, , drop = FALSE]
-  w1 <- function(pred, obs = real) wassersteinDistance(pred, obs, p = 1, max_cells = 100000)
+  w1 <- function(pred) wassersteinDistance(pred, real, p = 1, max_cells = 100000)
   add <- function(row, seed, d, fit = NULL) {
     runs[[length(runs) + 1]] <<- data.frame(row = row, holdout = k, seed = seed, w1 = d,
                                             train_seconds = if (is.null(fit)) NA else fit$seconds)
   }
   add("no change (cells of time k-1)", 0, w1(src))
-  for (s in seeds) {
-    set.seed(s)
-    half <- sort(sample.int(nrow(real), nrow(real) %/% 2))
-    add("noise floor (halves of the held-out cells)", s, w1(real[half, ], real[-half, ]))
-  }
+  for (s in seeds) add("noise floor (halves of the held-out cells)", s, noise_floor_w1(real, s))
   for (v in variants) {
     for (s in seeds) {
       fit <- fitFlow(emt$x[keep, ], time = emt$time[keep], method = v$method,
