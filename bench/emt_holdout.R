@@ -8,9 +8,11 @@
 # to the real cells of time k. Several seeds; mean ± sd.
 # Rows: popflow I-CFM, OT-CFM, SB-CFM (default network: MLP 64 x 3, SELU, sinusoidal time
 # embedding of size 16), popflow OT-CFM with raw t as input (time_dim = 0: the same input layer
-# as the peer's MLP), the "no change" baseline (the cells of time k-1 themselves), the noise
-# floor (two random halves of the held-out cells, one against the other, one split per seed:
-# W1 between samples of one population is not 0; noise_floor_w1 in common.R), and the peer,
+# as the peer's MLP), the "no change" baseline (the cells of time k-1 themselves), the "mean
+# shift" baseline (those cells moved by the change of the training mean, interpolated at k; the
+# two are evaluateFlow()'s fair baselines), the noise floor (two random halves of the held-out
+# cells, one against the other, one split per seed: W1 between samples of one population is not
+# 0; noise_floor_w1() in common.R), and the peer,
 # TorchCFM's ExactOptimalTransportConditionalFlowMatcher (and its ConditionalFlowMatcher) with an
 # MLP of the same size on [x, t] (bench/emt_holdout_torchcfm.py), same batch per interval,
 # steps, lr and sigma. Both W1s are exact (popflow: LEMON network simplex; peer: POT ot.emd2);
@@ -82,6 +84,12 @@ for (k in holdouts) {
   runs[[length(runs) + 1]] <- data.frame(impl = "baseline", row = "no change (cells of time k-1)",
                                          holdout = k, seed = 0, w1 = w1(src), train_seconds = NA,
                                          final_loss = NA)
+  # "mean shift" (evaluateFlow()'s fair baseline): the cells of time k-1 moved by the change of the
+  # training mean from k-1 to k, linearly interpolated between the training snapshots k-1 and k+1.
+  shift <- (colMeans(emt$x[emt$time == k + 1, , drop = FALSE]) - colMeans(src)) / 2
+  runs[[length(runs) + 1]] <- data.frame(impl = "baseline", row = "mean shift (training means, interpolated)",
+                                         holdout = k, seed = 0, w1 = w1(sweep(src, 2, shift, "+")),
+                                         train_seconds = NA, final_loss = NA)
   for (s in seeds) {
     runs[[length(runs) + 1]] <- data.frame(impl = "baseline", row = "noise floor (halves of the held-out cells)",
                                            holdout = k, seed = s, w1 = noise_floor_w1(real, s),
