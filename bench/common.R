@@ -79,14 +79,22 @@ eight_gaussians <- function(n, seed) {
 }
 
 # The noise floor of exact W1 at a held-out time point: W1 between two random halves of its real
-# cells (halves drawn with set.seed(seed)). W1 between two samples of one population is not 0, and
-# no prediction can be expected to beat it; half-size samples make it a slight overestimate of the
-# floor at the full sample size.
-noise_floor_w1 <- function(real, seed) {
+# cells (halves drawn with set.seed(seed)). W1 between two samples of one population is not 0;
+# it shrinks as the samples grow, so half-size samples overstate the floor at the full sample
+# size. `size` instead compares two disjoint random samples of `size` cells each (to see how
+# fast the floor falls with the sample size).
+noise_floor_w1 <- function(real, seed, size = NULL) {
   set.seed(seed)
-  half <- sort(sample.int(nrow(real), nrow(real) %/% 2))
-  popflow::wassersteinDistance(real[half, , drop = FALSE], real[-half, , drop = FALSE], p = 1,
-                               max_cells = 100000)
+  n <- nrow(real)
+  if (is.null(size)) {
+    a <- sort(sample.int(n, n %/% 2))
+    b <- setdiff(seq_len(n), a)
+  } else {
+    i <- sample.int(n, 2 * size)
+    a <- i[seq_len(size)]
+    b <- i[-seq_len(size)]
+  }
+  popflow::wassersteinDistance(real[a, , drop = FALSE], real[b, , drop = FALSE], p = 1, max_cells = 100000)
 }
 
 # Exact W2 of whole samples (no subsampling up to 100,000 cells).

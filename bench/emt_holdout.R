@@ -12,7 +12,7 @@
 # shift" baseline (those cells moved by the change of the training mean, interpolated at k; the
 # two are evaluateFlow()'s fair baselines), the noise floor (two random halves of the held-out
 # cells, one against the other, one split per seed: W1 between samples of one population is not
-# 0; noise_floor_w1() in common.R), and the peer,
+# 0; noise_floor_w1() in common.R; the log adds the floor at n/8 and n/4 cells), and the peer,
 # TorchCFM's ExactOptimalTransportConditionalFlowMatcher (and its ConditionalFlowMatcher) with an
 # MLP of the same size on [x, t] (bench/emt_holdout_torchcfm.py), same batch per interval,
 # steps, lr and sigma. Both W1s are exact (popflow: LEMON network simplex; peer: POT ot.emd2);
@@ -94,6 +94,11 @@ for (k in holdouts) {
     runs[[length(runs) + 1]] <- data.frame(impl = "baseline", row = "noise floor (halves of the held-out cells)",
                                            holdout = k, seed = s, w1 = noise_floor_w1(real, s),
                                            train_seconds = NA, final_loss = NA)
+  }
+  # How the floor falls with the sample size (log only): two samples of n/8, n/4 cells.
+  for (m in nrow(real) %/% c(8, 4)) {
+    v <- vapply(seeds, function(s) noise_floor_w1(real, s, size = m), 0)
+    cat(sprintf("noise floor at t=%d, two samples of %d cells: W1 %s\n", k, m, mean_sd(v)))
   }
   for (v in variants) {
     for (s in seeds) {
