@@ -78,6 +78,15 @@ eight_gaussians <- function(n, seed) {
   cbind(4 * cos(angle), 4 * sin(angle)) + matrix(rnorm(2 * n, sd = 0.4), n, 2)
 }
 
+# The "mean shift" baseline of a held-out EMT time k (evaluateFlow()'s, for a flow): the cells of
+# time k-1 moved by the change of the training mean from k-1 to k, linearly interpolated between
+# the training snapshots k-1 and k+1 (time k is not seen).
+emt_mean_shift <- function(emt, k) {
+  src <- emt$x[emt$time == k - 1, , drop = FALSE]
+  shift <- (colMeans(emt$x[emt$time == k + 1, , drop = FALSE]) - colMeans(src)) / 2
+  sweep(src, 2, shift, "+")
+}
+
 # The noise floor of exact W1 at a held-out time point: W1 between two random halves of its real
 # cells (halves drawn with set.seed(seed)). W1 between two samples of one population is not 0;
 # it shrinks as the samples grow, so half-size samples overstate the floor at the full sample

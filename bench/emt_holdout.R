@@ -84,11 +84,8 @@ for (k in holdouts) {
   runs[[length(runs) + 1]] <- data.frame(impl = "baseline", row = "no change (cells of time k-1)",
                                          holdout = k, seed = 0, w1 = w1(src), train_seconds = NA,
                                          final_loss = NA)
-  # "mean shift" (evaluateFlow()'s fair baseline): the cells of time k-1 moved by the change of the
-  # training mean from k-1 to k, linearly interpolated between the training snapshots k-1 and k+1.
-  shift <- (colMeans(emt$x[emt$time == k + 1, , drop = FALSE]) - colMeans(src)) / 2
   runs[[length(runs) + 1]] <- data.frame(impl = "baseline", row = "mean shift (training means, interpolated)",
-                                         holdout = k, seed = 0, w1 = w1(sweep(src, 2, shift, "+")),
+                                         holdout = k, seed = 0, w1 = w1(emt_mean_shift(emt, k)),
                                          train_seconds = NA, final_loss = NA)
   for (s in seeds) {
     runs[[length(runs) + 1]] <- data.frame(impl = "baseline", row = "noise floor (halves of the held-out cells)",

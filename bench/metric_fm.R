@@ -11,7 +11,8 @@
 # Rows: popflow OT-CFM (`steps` velocity steps); metric FM with the same
 # velocity steps after `interpolant_steps` steps of its interpolant (same
 # velocity budget); metric FM within the same total steps (interpolant steps
-# counted in); the "no change" baseline (cells of time k-1); and the noise
+# counted in); the "no change" and "mean shift" baselines (as in
+# bench/emt_holdout.R); and the noise
 # floor, two random halves of the held-out cells, one against the other
 # (a half-size sample: W1 between samples of one population is not 0).
 # Settings (environment): MFM_STEPS (2000), MFM_SEEDS (1,2,3), MFM_HOLDOUT (1,2),
@@ -71,6 +72,7 @@ for (k in if (nzchar(from)) integer(0) else holdouts) {
                                             train_seconds = if (is.null(fit)) NA else fit$seconds)
   }
   add("no change (cells of time k-1)", 0, w1(src))
+  add("mean shift (training means, interpolated)", 0, w1(emt_mean_shift(emt, k)))
   for (s in seeds) add("noise floor (halves of the held-out cells)", s, noise_floor_w1(real, s))
   for (v in variants) {
     for (s in seeds) {
