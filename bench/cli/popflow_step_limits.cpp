@@ -11,7 +11,7 @@
 //   - the machine's matrix-product throughput on a large square product
 //     (1024 x 1024 x 1024), its practical peak for one thread.
 // Also the SELU activations' forward and backward passes at the hidden
-// shapes, and the optimiser's whole-buffer work (the gradient's norm, the
+// shapes (in place, the backward from the output, as the step runs them), and the optimiser's whole-buffer work (the gradient's norm, the
 // copies that let a step be undone, Adam), so that the step splits into
 // products, activations, optimiser and the rest (per-operation overhead,
 // sampling, the loss, and the products and activations running slower inside
@@ -33,6 +33,7 @@
 
 #include "config.h"
 #include "model.h"
+#include "threads.h"
 #include "trainer.h"
 
 namespace {
@@ -88,7 +89,10 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
-  torch::set_num_threads(threads);
+  // Also OpenBLAS's own threads: the products timed alone below run outside
+  // the training loop's scope, and OpenBLAS's default pool would otherwise
+  // spin a second thread (counted in process CPU time) on a busy machine.
+  popflow::ThreadScope thread_scope(threads);
   torch::manual_seed(1);
 
   // The full step, through the training loop.
@@ -135,16 +139,32 @@ int main(int argc, char** argv) {
   const double products_s = median_time([&] {
     for (const auto& ab : operands) torch::mm(ab.first, ab.second);
   }, reps);
-  // The activations' forward and backward passes at the hidden layers' shapes (SELU, as the step).
-  std::vector<torch::Tensor> pre;
-  for (int64_t l = 0; l < depth; ++l) pre.push_back(torch::randn({batch, width}));
-  const auto grad = torch::randn({batch, width});
-  const double activations_s = median_time([&] {
-    for (const auto& z : pre) {
-      torch::selu(z);
-      at::elu_backward(grad, 1.6732632423543772, 1.0507009873554805, 1.0, false, z);
-    }
+  // The activations' forward and backward passes at the hidden layers' shapes,
+  // as the step runs them: SELU in place, its backward from its output, in
+  // place of the gradient (the copies that refill the buffers are timed apart
+  // and taken off).
+  std::vector<torch::Tensor> pre, act;
+  for (int64_t l = 0; l < depth; ++l) {
+    pre.push_back(torch::randn({batch, width}));
+    act.push_back(torch::empty({batch, width}));
+  }
+  const auto grad0 = torch::randn({batch, width});
+  auto grad = torch::empty({batch, width});
+  const auto refill = [&] {
+    for (size_t l = 0; l < pre.size(); ++l) act[l].copy_(pre[l]);
+  };
+  const double refill_s = median_time([&] {
+    refill();
+    for (size_t l = 0; l < pre.size(); ++l) grad.copy_(grad0);
   }, reps);
+  const double activations_s = median_time([&] {
+    refill();
+    for (auto& h : act) {
+      at::selu_(h);
+      grad.copy_(grad0);
+      at::elu_backward_out(grad, grad, 1.6732632423543772, 1.0507009873554805, 1.0, /*is_result=*/true, h);
+    }
+  }, reps) - refill_s;
   // Adam's update and the loop's bookkeeping over the flat parameter buffer.
   const int64_t n_params = model->net->parameters().size() > 0 ? [&] {
     int64_t c = 0;

@@ -52,13 +52,6 @@ torch::Tensor VectorFieldImpl::activate(const torch::Tensor& h) const {
   return config_.activation == Activation::SELU ? torch::selu(h) : torch::silu(h);
 }
 
-torch::Tensor VectorFieldImpl::activate_backward(const torch::Tensor& grad, const torch::Tensor& pre) const {
-  if (config_.activation == Activation::SiLU) return at::silu_backward(grad, pre);
-  // SELU is ELU with alpha 1.6733 scaled by 1.0507: torch's own SELU backward.
-  return at::elu_backward(grad, 1.6732632423543772848170429916717, 1.0507009873554804934193349852946, 1.0,
-                          /*is_result=*/false, pre);
-}
-
 torch::Tensor VectorFieldImpl::inputs(const torch::Tensor& x, const torch::Tensor& t,
                                       const torch::Tensor& cond) const {
   std::vector<torch::Tensor> parts{x, time_embedding(t.to(x.dtype()), config_.time_dim)};
@@ -98,30 +91,60 @@ torch::Tensor VectorFieldImpl::forward(const torch::Tensor& x, const torch::Tens
 
 namespace {
 
+constexpr double kSeluAlpha = 1.6732632423543772848170429916717;
+constexpr double kSeluScale = 1.0507009873554804934193349852946;
+
+// The [batch, width] buffers of mse_with_gradient on CPU, kept from one call
+// to the next (per thread): a training step then allocates none of them.
+// Fresh [1024, 256] blocks each step cost page faults and zeroing when the C
+// allocator hands them back to the system in between. A slot is replaced
+// when the shape or type asked for changes. Nothing returned to the caller
+// points into them. On a GPU, the caching allocator already reuses memory.
+class Scratch {
+ public:
+  torch::Tensor get(size_t slot, at::IntArrayRef sizes, const torch::TensorOptions& options) {
+    if (!options.device().is_cpu()) return torch::empty(sizes, options);
+    if (slot >= slots_.size()) slots_.resize(slot + 1);
+    auto& b = slots_[slot];
+    if (!b.defined() || b.sizes() != sizes || b.scalar_type() != options.dtype().toScalarType())
+      b = torch::empty(sizes, options);
+    return b;
+  }
+
+ private:
+  std::vector<torch::Tensor> slots_;
+};
+
+thread_local Scratch scratch;
+
 // One linear layer's forward product, kept for its backward pass.
 struct LinearStep {
   torch::nn::LinearImpl* layer;
-  torch::Tensor in;   // the layer's input
-  torch::Tensor pre;  // the activation's input after it (undefined when none follows directly)
+  torch::Tensor in;    // the layer's input
+  torch::Tensor pre;   // SiLU: its activation's input (the backward needs it)
+  torch::Tensor post;  // its activation's output (SELU's backward needs only this)
 };
 
-// Writes the layer's weight and bias gradients for output gradient `d` and
-// returns the gradient of its input (undefined when not needed).
-torch::Tensor linear_backward(const LinearStep& s, const torch::Tensor& d, bool need_input_grad) {
+// Writes the layer's weight and bias gradients for output gradient `d`.
+void weight_gradients(const LinearStep& s, const torch::Tensor& d) {
   auto& w = s.layer->weight;
   auto& b = s.layer->bias;
   if (!w.grad().defined()) w.mutable_grad() = torch::zeros_like(w);
   if (!b.grad().defined()) b.mutable_grad() = torch::zeros_like(b);
   at::mm_out(w.mutable_grad(), d.t(), s.in);
   at::sum_out(b.mutable_grad(), d, 0);
-  return need_input_grad ? d.mm(w) : torch::Tensor();
 }
 
-torch::Tensor linear_forward(torch::nn::LinearImpl* layer, const torch::Tensor& in) {
-  return torch::addmm(layer->bias, in, layer->weight.t());
+// The gradient of the layer's input for output gradient `d`, into scratch `slot`.
+torch::Tensor input_gradient(const LinearStep& s, const torch::Tensor& d, size_t slot) {
+  const auto& w = s.layer->weight;
+  auto din = scratch.get(slot, {d.size(0), w.size(1)}, d.options());
+  return at::mm_out(din, d, w);
 }
 
 }  // namespace
+
+void release_gradient_scratch() { scratch = Scratch(); }
 
 torch::Tensor VectorFieldImpl::mse_with_gradient(const torch::Tensor& x, const torch::Tensor& t,
                                                  const torch::Tensor& cond, const torch::Tensor& target,
@@ -129,52 +152,75 @@ torch::Tensor VectorFieldImpl::mse_with_gradient(const torch::Tensor& x, const t
   if (config_.growth)
     throw std::logic_error("network: mse_with_gradient() has no growth term; use autograd for unbalanced flows");
   torch::NoGradGuard no_grad;
-  // Forward, keeping each layer's input and each activation's input.
+  const bool selu = config_.activation == Activation::SELU;
+  // Scratch slots, in turn: each layer's output (SELU: activated in place;
+  // SiLU: its activation's output in the next slot), then two gradient buffers.
+  size_t slot = 0;
+  const auto forward_layer = [&](torch::nn::LinearImpl* layer, const torch::Tensor& in, const torch::Tensor& skip) {
+    auto z = scratch.get(slot++, {in.size(0), layer->weight.size(0)}, in.options());
+    at::addmm_out(z, layer->bias, in, layer->weight.t());
+    if (skip.defined()) z.add_(skip);
+    if (selu) return LinearStep{layer, in, torch::Tensor(), at::selu_(z)};
+    auto h = scratch.get(slot++, z.sizes(), z.options());
+    return LinearStep{layer, in, z, at::silu_out(h, z)};
+  };
+  // Forward, keeping each layer's input and its activation's output (and input, for SiLU).
   std::vector<LinearStep> steps;
-  auto in = inputs(x, t, cond);
-  auto pre = linear_forward(input_.get(), in);
-  steps.push_back({input_.get(), in, pre});
-  auto h = activate(pre);
-  std::vector<torch::Tensor> block_in;  // residual: each block's input h
+  steps.push_back(forward_layer(input_.get(), inputs(x, t, cond), torch::Tensor()));
   if (config_.residual) {
     for (size_t i = 0; i + 1 < hidden_->size(); i += 2) {
-      auto* l1 = hidden_[i]->as<torch::nn::Linear>();
-      auto* l2 = hidden_[i + 1]->as<torch::nn::Linear>();
-      block_in.push_back(h);
-      auto a = linear_forward(l1, h);
-      steps.push_back({l1, h, a});
-      auto r = activate(a);
-      auto u = h + linear_forward(l2, r);
-      steps.push_back({l2, r, u});
-      h = activate(u);
+      const torch::Tensor h = steps.back().post;  // the block's input, added back after its second layer
+      steps.push_back(forward_layer(hidden_[i]->as<torch::nn::Linear>(), h, torch::Tensor()));
+      steps.push_back(forward_layer(hidden_[i + 1]->as<torch::nn::Linear>(), steps.back().post, h));
     }
   } else {
-    for (auto& module : *hidden_) {
-      auto* layer = module->as<torch::nn::Linear>();
-      auto z = linear_forward(layer, h);
-      steps.push_back({layer, h, z});
-      h = activate(z);
-    }
+    for (auto& module : *hidden_)
+      steps.push_back(forward_layer(module->as<torch::nn::Linear>(), steps.back().post, torch::Tensor()));
   }
-  auto out = linear_forward(output_.get(), h);
+  const LinearStep last{output_.get(), steps.back().post, torch::Tensor(), torch::Tensor()};
+  auto out = torch::addmm(output_->bias, last.in, output_->weight.t());
   auto loss = torch::mse_loss(out, target);
-  // Backward: mean squared error, then the layers in reverse.
+  // grad * activation'(its input), in place. SELU's derivative comes from its
+  // output alone (scale where that is > 0, output + scale * alpha elsewhere):
+  // no exponential.
+  const auto activation_backward = [&](torch::Tensor& grad, const LinearStep& s) {
+    if (selu)
+      at::elu_backward_out(grad, grad, kSeluAlpha, kSeluScale, 1.0, /*is_result=*/true, s.post);
+    else
+      at::silu_backward_out(grad, grad, s.pre);
+  };
+  // Backward: the mean squared error, then the layers in reverse; the input
+  // gradients alternate between two scratch buffers.
+  size_t free_slot = slot;
+  const auto take = [&] {
+    const size_t s = free_slot;
+    free_slot = free_slot == slot ? slot + 1 : slot;
+    return s;
+  };
   auto d = (out - target).mul_(2.0 / static_cast<double>(out.numel()));
-  d = linear_backward({output_.get(), h, torch::Tensor()}, d, true);
+  weight_gradients(last, d);
+  d = input_gradient(last, d, take());
   if (config_.residual) {
-    for (size_t b = block_in.size(); b-- > 0;) {
+    for (size_t b = (steps.size() - 1) / 2; b-- > 0;) {
       const LinearStep& s1 = steps[1 + 2 * b];
       const LinearStep& s2 = steps[2 + 2 * b];
-      auto du = activate_backward(d, s2.pre);
-      auto dr = linear_backward(s2, du, true);
-      auto da = activate_backward(dr, s1.pre);
-      d = du + linear_backward(s1, da, true);  // the skip connection and the block's branch
+      activation_backward(d, s2);  // du
+      weight_gradients(s2, d);
+      auto dr = input_gradient(s2, d, take());
+      activation_backward(dr, s1);  // da
+      weight_gradients(s1, dr);
+      d.addmm_(dr, s1.layer->weight);  // the skip connection and the block's branch: du + da W1
+      take();  // d stays in its buffer; the next block's dr goes to dr's
     }
   } else {
-    for (size_t i = steps.size(); i-- > 1;) d = linear_backward(steps[i], activate_backward(d, steps[i].pre), true);
+    for (size_t i = steps.size(); i-- > 1;) {
+      activation_backward(d, steps[i]);
+      weight_gradients(steps[i], d);
+      d = input_gradient(steps[i], d, take());
+    }
   }
-  d = activate_backward(d, steps[0].pre);
-  linear_backward(steps[0], d, false);
+  activation_backward(d, steps[0]);
+  weight_gradients(steps[0], d);
   if (cond_grad) {
     // The conditioning is the last cond_dim columns of the input layer's input.
     const int64_t c = config_.cond_dim;

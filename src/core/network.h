@@ -38,8 +38,6 @@ class VectorFieldImpl : public torch::nn::Module {
 
  private:
   torch::Tensor activate(const torch::Tensor& h) const;
-  // grad * activation'(pre): the backward of activate() at its input `pre`.
-  torch::Tensor activate_backward(const torch::Tensor& grad, const torch::Tensor& pre) const;
   torch::Tensor inputs(const torch::Tensor& x, const torch::Tensor& t, const torch::Tensor& cond) const;
   NetworkConfig config_;
   torch::Tensor fourier_matrix_;  // buffer [dim, fourier_features / 2], fixed at construction
@@ -48,5 +46,9 @@ class VectorFieldImpl : public torch::nn::Module {
   torch::nn::Sequential growth_{nullptr};  // growth-rate MLP (config.growth only)
 };
 TORCH_MODULE(VectorField);
+
+// Frees the buffers that VectorField::mse_with_gradient keeps on CPU from one
+// call to the next (this thread's): training calls it when it ends.
+void release_gradient_scratch();
 
 }  // namespace popflow

@@ -258,6 +258,10 @@ TrainResult run_training(TrainingObjective& objective, const TrainConfig& config
   if (config.steps < 1) throw std::invalid_argument("steps must be >= 1");
   if (!(config.lr > 0)) throw std::invalid_argument("lr must be > 0");
   ThreadScope thread_scope(config.threads);
+  // The hand-written gradient's CPU buffers (network.h) live as long as the fit.
+  struct ReleaseScratch {
+    ~ReleaseScratch() { release_gradient_scratch(); }
+  } release_scratch;
   const auto start = std::chrono::steady_clock::now();
   objective.prepare(config);
   const std::vector<FlatAdam*> optimisers = objective.optimisers();
