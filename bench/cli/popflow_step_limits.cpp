@@ -33,6 +33,8 @@
 
 #include "config.h"
 #include "model.h"
+#include "optimizer.h"
+#include "scratch.h"
 #include "threads.h"
 #include "trainer.h"
 
@@ -165,21 +167,16 @@ int main(int argc, char** argv) {
       at::elu_backward_out(grad, grad, 1.6732632423543772, 1.0507009873554805, 1.0, /*is_result=*/true, h);
     }
   }, reps) - refill_s;
-  // Adam's update and the loop's bookkeeping over the flat parameter buffer.
-  const int64_t n_params = model->net->parameters().size() > 0 ? [&] {
-    int64_t c = 0;
-    for (const auto& p : model->net->parameters()) c += p.numel();
-    return c;
-  }() : 0;
-  auto flat = torch::randn({n_params}), m = torch::zeros({n_params}), v = torch::zeros({n_params}),
-       g = torch::randn({n_params});
+  // The optimiser's whole-buffer work, as the loop runs it: the gradient's
+  // norm (the finiteness check and clipping), the copies that let a step be
+  // undone, Adam's update.
+  popflow::FlatAdam opt(*model->net, popflow::adam_settings(tc));
+  opt.gradient().normal_();
+  const popflow::ScratchScope scratch;
   const double optimizer_s = median_time([&] {
-    torch::NoGradGuard no_grad;
-    (void)g.norm().item<double>();  // the finiteness check and clipping
-    auto saved = flat.clone(), saved_m = m.clone(), saved_v = v.clone();  // remember(): a step can be undone
-    m.mul_(0.9).add_(g, 0.1);
-    v.mul_(0.999).addcmul_(g, g, 0.001);
-    flat.addcdiv_(m, (v.sqrt() / 0.9).add_(1e-8), -1e-3);
+    (void)opt.clip_grad_norm(tc.clip_norm);
+    opt.remember();
+    opt.step();
   }, reps);
   auto a = torch::randn({1024, 1024}), b = torch::randn({1024, 1024});
   const double square_s = median_time([&] { torch::mm(a, b); }, 10);

@@ -3,6 +3,8 @@
 #include <cmath>
 #include <stdexcept>
 
+#include "scratch.h"
+
 namespace popflow {
 
 torch::Tensor time_embedding(const torch::Tensor& t, int64_t dim) {
@@ -94,29 +96,6 @@ namespace {
 constexpr double kSeluAlpha = 1.6732632423543772848170429916717;
 constexpr double kSeluScale = 1.0507009873554804934193349852946;
 
-// The [batch, width] buffers of mse_with_gradient on CPU, kept from one call
-// to the next (per thread): a training step then allocates none of them.
-// Fresh [1024, 256] blocks each step cost page faults and zeroing when the C
-// allocator hands them back to the system in between. A slot is replaced
-// when the shape or type asked for changes. Nothing returned to the caller
-// points into them. On a GPU, the caching allocator already reuses memory.
-class Scratch {
- public:
-  torch::Tensor get(size_t slot, at::IntArrayRef sizes, const torch::TensorOptions& options) {
-    if (!options.device().is_cpu()) return torch::empty(sizes, options);
-    if (slot >= slots_.size()) slots_.resize(slot + 1);
-    auto& b = slots_[slot];
-    if (!b.defined() || b.sizes() != sizes || b.scalar_type() != options.dtype().toScalarType())
-      b = torch::empty(sizes, options);
-    return b;
-  }
-
- private:
-  std::vector<torch::Tensor> slots_;
-};
-
-thread_local Scratch scratch;
-
 // One linear layer's forward product, kept for its backward pass.
 struct LinearStep {
   torch::nn::LinearImpl* layer;
@@ -138,13 +117,11 @@ void weight_gradients(const LinearStep& s, const torch::Tensor& d) {
 // The gradient of the layer's input for output gradient `d`, into scratch `slot`.
 torch::Tensor input_gradient(const LinearStep& s, const torch::Tensor& d, size_t slot) {
   const auto& w = s.layer->weight;
-  auto din = scratch.get(slot, {d.size(0), w.size(1)}, d.options());
+  auto din = scratch_buffer("network", slot, {d.size(0), w.size(1)}, d.options());
   return at::mm_out(din, d, w);
 }
 
 }  // namespace
-
-void release_gradient_scratch() { scratch = Scratch(); }
 
 torch::Tensor VectorFieldImpl::mse_with_gradient(const torch::Tensor& x, const torch::Tensor& t,
                                                  const torch::Tensor& cond, const torch::Tensor& target,
@@ -157,11 +134,11 @@ torch::Tensor VectorFieldImpl::mse_with_gradient(const torch::Tensor& x, const t
   // SiLU: its activation's output in the next slot), then two gradient buffers.
   size_t slot = 0;
   const auto forward_layer = [&](torch::nn::LinearImpl* layer, const torch::Tensor& in, const torch::Tensor& skip) {
-    auto z = scratch.get(slot++, {in.size(0), layer->weight.size(0)}, in.options());
+    auto z = scratch_buffer("network", slot++, {in.size(0), layer->weight.size(0)}, in.options());
     at::addmm_out(z, layer->bias, in, layer->weight.t());
     if (skip.defined()) z.add_(skip);
     if (selu) return LinearStep{layer, in, torch::Tensor(), at::selu_(z)};
-    auto h = scratch.get(slot++, z.sizes(), z.options());
+    auto h = scratch_buffer("network", slot++, z.sizes(), z.options());
     return LinearStep{layer, in, z, at::silu_out(h, z)};
   };
   // Forward, keeping each layer's input and its activation's output (and input, for SiLU).

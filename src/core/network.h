@@ -47,8 +47,4 @@ class VectorFieldImpl : public torch::nn::Module {
 };
 TORCH_MODULE(VectorField);
 
-// Frees the buffers that VectorField::mse_with_gradient keeps on CPU from one
-// call to the next (this thread's): training calls it when it ends.
-void release_gradient_scratch();
-
 }  // namespace popflow

@@ -3,6 +3,8 @@
 #include <cmath>
 #include <stdexcept>
 
+#include "scratch.h"
+
 namespace popflow {
 
 FlatAdam::FlatAdam(torch::nn::Module& module, const AdamSettings& settings) : s_(settings) {
@@ -63,7 +65,8 @@ void FlatAdam::step() {
   v_.mul_(s_.beta2).addcmul_(grad_, grad_, 1 - s_.beta2);
   const double bias1 = 1 - std::pow(s_.beta1, static_cast<double>(t_));
   const double bias2 = 1 - std::pow(s_.beta2, static_cast<double>(t_));
-  auto denom = (v_.sqrt() / std::sqrt(bias2)).add_(s_.eps);
+  auto denom = scratch_buffer("adam", 0, v_.sizes(), v_.options());
+  at::sqrt_out(denom, v_).div_(std::sqrt(bias2)).add_(s_.eps);
   data_.addcdiv_(m_, denom, -s_.lr / bias1);
   if (ema_.defined()) ema_.mul_(s_.ema_decay).add_(data_, 1 - s_.ema_decay);
 }

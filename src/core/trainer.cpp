@@ -15,6 +15,7 @@
 #include "metric_path.h"
 #include "optimizer.h"
 #include "paths.h"
+#include "scratch.h"
 #include "step_seed.h"
 #include "threads.h"
 
@@ -258,10 +259,7 @@ TrainResult run_training(TrainingObjective& objective, const TrainConfig& config
   if (config.steps < 1) throw std::invalid_argument("steps must be >= 1");
   if (!(config.lr > 0)) throw std::invalid_argument("lr must be > 0");
   ThreadScope thread_scope(config.threads);
-  // The hand-written gradient's CPU buffers (network.h) live as long as the fit.
-  struct ReleaseScratch {
-    ~ReleaseScratch() { release_gradient_scratch(); }
-  } release_scratch;
+  const ScratchScope scratch;  // the step's CPU buffers (scratch.h) live as long as the fit
   const auto start = std::chrono::steady_clock::now();
   objective.prepare(config);
   const std::vector<FlatAdam*> optimisers = objective.optimisers();
@@ -547,8 +545,11 @@ class FlowObjective : public TrainingObjective {
     draw_pairs(rng, [&](const Draw& draw) {
       auto ps = sample_path(model_.config.path, draw.x0, draw.x1, draw.s, !source_.gaussian());
       xts.push_back(ps.xt);
-      ts.push_back(draw.t0 + draw.s * (draw.t1 - draw.t0));
-      uts.push_back(ps.ut / (draw.t1 - draw.t0));  // unit-interval velocity to model-time velocity
+      // Unit-interval time and velocity to model time; on the interval [0, 1]
+      // that is the identity (exactly), and small networks feel each operation.
+      const double span = draw.t1 - draw.t0;
+      ts.push_back(draw.t0 == 0 && span == 1 ? draw.s : draw.t0 + draw.s * span);
+      uts.push_back(span == 1 ? ps.ut : ps.ut / span);
       if (cond_all_.defined()) conds.push_back(cond_all_[draw.group].unsqueeze(0).expand({draw.s.size(0), -1}));
       // The growth rate along the pair's path: its source cell's log growth
       // spread evenly over the interval (model time).

@@ -7,6 +7,7 @@
 #include "fixtures.h"
 #include "network.h"
 #include "optimizer.h"
+#include "scratch.h"
 
 using namespace popflow;
 using namespace fixtures;
@@ -123,4 +124,49 @@ TEST_CASE("network: mse_with_gradient equals autograd's loss and gradient") {
   PF_CHECK_THROWS_AS(grows->mse_with_gradient(torch::randn({4, 3}), torch::rand({4}), torch::randn({4, 2}),
                                               torch::randn({4, 3})),
                      std::logic_error);
+}
+
+TEST_CASE("network: mse_with_gradient's kept buffers follow batch size, network and activation") {
+  // The hand-written gradient reuses per-thread buffers from call to call:
+  // calls that change the batch, the network or its activation in turn must
+  // each still give autograd's gradient.
+  const ScratchScope scope;
+  NetworkConfig nc;
+  nc.dim = 2;
+  nc.width = 8;
+  nc.depth = 2;
+  nc.time_dim = 0;
+  torch::manual_seed(3);
+  VectorField selu(nc);
+  nc.activation = Activation::SiLU;
+  nc.residual = true;
+  VectorField silu(nc);
+  int call = 0;
+  for (VectorField* net : {&selu, &silu, &selu, &selu, &silu})
+    for (int64_t n : {12, 5}) {
+      auto x = torch::randn({n, 2}), t = torch::rand({n}), target = torch::randn({n, 2});
+      const double hand = (*net)->mse_with_gradient(x, t, torch::Tensor(), target).item<double>();
+      std::vector<torch::Tensor> by_hand;
+      for (auto& p : (*net)->parameters()) by_hand.push_back(p.grad().clone());
+      for (auto& p : (*net)->parameters()) p.mutable_grad() = torch::Tensor();
+      auto loss = torch::mse_loss((*net)->forward(x, t), target);
+      loss.backward();
+      PF_CHECK_NEAR(hand, loss.item<double>(), 1e-7);
+      auto params = (*net)->parameters();
+      for (size_t i = 0; i < params.size(); ++i)
+        PF_CHECK_NEAR(max_abs(by_hand[i] - params[i].grad()), 0.0, 1e-5 * (1 + max_abs(params[i].grad())));
+      ++call;
+    }
+  PF_CHECK(call == 10);
+  // The buffers themselves: the same tensor while the shape fits, a new one otherwise.
+  auto a = scratch_buffer("test", 0, {3, 4}, torch::kFloat);
+  PF_CHECK(scratch_buffer("test", 0, {3, 4}, torch::kFloat).is_same(a));
+  PF_CHECK(!scratch_buffer("test", 1, {3, 4}, torch::kFloat).is_same(a));
+  PF_CHECK(!scratch_buffer("other", 0, {3, 4}, torch::kFloat).is_same(a));
+  auto b = scratch_buffer("test", 0, {4, 3}, torch::kFloat);
+  PF_CHECK(!b.is_same(a) && b.size(0) == 4);
+  auto c = scratch_buffer("test", 0, {4, 3}, torch::kDouble);
+  PF_CHECK(c.scalar_type() == torch::kDouble && scratch_buffer("test", 0, {4, 3}, torch::kDouble).is_same(c));
+  release_scratch();
+  PF_CHECK(!scratch_buffer("test", 0, {4, 3}, torch::kDouble).is_same(c));
 }
