@@ -166,34 +166,32 @@ torch::Tensor VectorFieldImpl::mse_with_gradient(const torch::Tensor& x, const t
     else
       at::silu_backward_out(grad, grad, s.pre);
   };
-  // Backward: the mean squared error, then the layers in reverse; the input
-  // gradients alternate between two scratch buffers.
-  size_t free_slot = slot;
-  const auto take = [&] {
-    const size_t s = free_slot;
-    free_slot = free_slot == slot ? slot + 1 : slot;
-    return s;
-  };
+  // Backward: the mean squared error, then the layers in reverse. The input
+  // gradients live in the two scratch slots after the forward's: `d` starts in
+  // the first; a plain MLP alternates them, a residual block keeps `d` in its
+  // slot (adding its branch in place) and uses the other for the branch.
+  const size_t grad_slots[2] = {slot, slot + 1};
   auto d = (out - target).mul_(2.0 / static_cast<double>(out.numel()));
   weight_gradients(last, d);
-  d = input_gradient(last, d, take());
+  d = input_gradient(last, d, grad_slots[0]);
   if (config_.residual) {
     for (size_t b = (steps.size() - 1) / 2; b-- > 0;) {
       const LinearStep& s1 = steps[1 + 2 * b];
       const LinearStep& s2 = steps[2 + 2 * b];
       activation_backward(d, s2);  // du
       weight_gradients(s2, d);
-      auto dr = input_gradient(s2, d, take());
+      auto dr = input_gradient(s2, d, grad_slots[1]);
       activation_backward(dr, s1);  // da
       weight_gradients(s1, dr);
       d.addmm_(dr, s1.layer->weight);  // the skip connection and the block's branch: du + da W1
-      take();  // d stays in its buffer; the next block's dr goes to dr's
     }
   } else {
+    size_t in_slot = 0;  // which of grad_slots holds d
     for (size_t i = steps.size(); i-- > 1;) {
       activation_backward(d, steps[i]);
       weight_gradients(steps[i], d);
-      d = input_gradient(steps[i], d, take());
+      in_slot = 1 - in_slot;
+      d = input_gradient(steps[i], d, grad_slots[in_slot]);
     }
   }
   activation_backward(d, steps[0]);
