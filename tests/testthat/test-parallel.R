@@ -215,6 +215,8 @@ test_that("ParallelParam() reads torchrun's and srun's variables", {
   expect_equal(ParallelParam()$local_rank, 0L)
   Sys.setenv(RANK = "5", WORLD_SIZE = "8", LOCAL_RANK = "1")
   expect_equal(ParallelParam()$local_rank, 1L)
+  Sys.setenv(LOCAL_RANK = "gpu1")
+  expect_error(ParallelParam(), "found LOCAL_RANK=\"gpu1\" in the environment, which is not a whole number.*Fix: unset LOCAL_RANK")
 })
 
 test_that("NCCL ranks train on the GPU of their local rank; other settings keep their device", {
