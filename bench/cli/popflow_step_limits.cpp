@@ -11,9 +11,10 @@
 //   - the machine's matrix-product throughput on a large square product
 //     (1024 x 1024 x 1024), its practical peak for one thread.
 // Also the SELU activations' forward and backward passes at the hidden
-// shapes (in place, the backward from the output, as the step runs them), and the optimiser's whole-buffer work (the gradient's norm, the
-// copies that let a step be undone, Adam), so that the step splits into
-// products, activations, optimiser and the rest (per-operation overhead,
+// shapes (in place, with popflow's CPU kernels, the backward from the
+// output, as the step runs them), and the optimiser's whole-buffer work (the
+// gradient's norm, the copies that let a step be undone, Adam), so that the
+// step splits into products, activations, optimiser and the rest (per-operation overhead,
 // sampling, the loss, and the products and activations running slower inside
 // the step than alone, their operands no longer in cache).
 // All times are the process's CPU time (one thread), not wall time: other
@@ -35,6 +36,7 @@
 #include "model.h"
 #include "optimizer.h"
 #include "scratch.h"
+#include "selu_cpu.h"
 #include "threads.h"
 #include "trainer.h"
 
@@ -162,9 +164,9 @@ int main(int argc, char** argv) {
   const double activations_s = median_time([&] {
     refill();
     for (auto& h : act) {
-      at::selu_(h);
+      popflow::selu_in_place(h);
       grad.copy_(grad0);
-      at::elu_backward_out(grad, grad, 1.6732632423543772, 1.0507009873554805, 1.0, /*is_result=*/true, h);
+      popflow::selu_backward_in_place(grad, h);
     }
   }, reps) - refill_s;
   // The optimiser's whole-buffer work, as the loop runs it: the gradient's

@@ -4,6 +4,7 @@
 #include <stdexcept>
 
 #include "scratch.h"
+#include "selu_cpu.h"
 
 namespace popflow {
 
@@ -50,8 +51,10 @@ int64_t VectorFieldImpl::input_size() const {
   return config_.dim + t_features + config_.fourier_features + config_.cond_dim;
 }
 
-torch::Tensor VectorFieldImpl::activate(const torch::Tensor& h) const {
-  return config_.activation == Activation::SELU ? torch::selu(h) : torch::silu(h);
+torch::Tensor VectorFieldImpl::activate(torch::Tensor h) const {
+  if (config_.activation != Activation::SELU) return torch::silu(h);
+  // Without autograd (prediction, ODE solves) `h`, a fresh layer output, is activated in place.
+  return torch::GradMode::is_enabled() ? torch::selu(h) : selu_in_place(h);
 }
 
 torch::Tensor VectorFieldImpl::inputs(const torch::Tensor& x, const torch::Tensor& t,
@@ -92,9 +95,6 @@ torch::Tensor VectorFieldImpl::forward(const torch::Tensor& x, const torch::Tens
 }
 
 namespace {
-
-constexpr double kSeluAlpha = 1.6732632423543772848170429916717;
-constexpr double kSeluScale = 1.0507009873554804934193349852946;
 
 // One linear layer's forward product, kept for its backward pass.
 struct LinearStep {
@@ -137,7 +137,7 @@ torch::Tensor VectorFieldImpl::mse_with_gradient(const torch::Tensor& x, const t
     auto z = scratch_buffer("network", slot++, {in.size(0), layer->weight.size(0)}, in.options());
     at::addmm_out(z, layer->bias, in, layer->weight.t());
     if (skip.defined()) z.add_(skip);
-    if (selu) return LinearStep{layer, in, torch::Tensor(), at::selu_(z)};
+    if (selu) return LinearStep{layer, in, torch::Tensor(), selu_in_place(z)};
     auto h = scratch_buffer("network", slot++, z.sizes(), z.options());
     return LinearStep{layer, in, z, at::silu_out(h, z)};
   };
@@ -162,7 +162,7 @@ torch::Tensor VectorFieldImpl::mse_with_gradient(const torch::Tensor& x, const t
   // no exponential.
   const auto activation_backward = [&](torch::Tensor& grad, const LinearStep& s) {
     if (selu)
-      at::elu_backward_out(grad, grad, kSeluAlpha, kSeluScale, 1.0, /*is_result=*/true, s.post);
+      selu_backward_in_place(grad, s.post);
     else
       at::silu_backward_out(grad, grad, s.pre);
   };

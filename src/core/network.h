@@ -37,7 +37,7 @@ class VectorFieldImpl : public torch::nn::Module {
   int64_t input_size() const;
 
  private:
-  torch::Tensor activate(const torch::Tensor& h) const;
+  torch::Tensor activate(torch::Tensor h) const;  // without autograd, in place
   torch::Tensor inputs(const torch::Tensor& x, const torch::Tensor& t, const torch::Tensor& cond) const;
   NetworkConfig config_;
   torch::Tensor fourier_matrix_;  // buffer [dim, fourier_features / 2], fixed at construction

@@ -48,7 +48,11 @@ test_that("models of the previous version resume to the uninterrupted result", {
         mfm = fitFlow(old$x, old$y, population = c(old$pop, old$pop), label = c(old$lab, old$lab), training = tr8,
                       resume = resume, verbose = FALSE),
         cgfm = fitFlow(old$x, old$y, label = c(old$lab, old$lab), training = tr8, resume = resume, verbose = FALSE))
-      expect_identical(fit$loss, old$continued[[nm]])
+      # The 4 saved steps' losses come back exactly; the resumed steps to float
+      # rounding (the engine's arithmetic changed since: its own SELU kernel).
+      # Adam's moments or the step count restored wrongly would move them far more.
+      expect_identical(fit$loss[1:4], old$continued[[nm]][1:4])
+      expect_equal(fit$loss, old$continued[[nm]], tolerance = 1e-6)
     }
   }
 })

@@ -1,0 +1,126 @@
+#include "selu_cpu.h"
+
+#include <ATen/Parallel.h>
+
+#include <cmath>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define POPFLOW_SELU_AVX2 1
+#endif
+
+namespace popflow {
+
+namespace {
+
+constexpr double kAlpha = 1.6732632423543772848170429916717;
+constexpr double kScale = 1.0507009873554804934193349852946;
+constexpr float kAlphaF = static_cast<float>(kAlpha), kScaleF = static_cast<float>(kScale);
+
+void selu_scalar(float* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) x[i] = x[i] > 0.0f ? kScaleF * x[i] : kScaleF * kAlphaF * std::expm1(x[i]);
+}
+
+void selu_backward_scalar(float* grad, const float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) grad[i] *= y[i] > 0.0f ? kScaleF : y[i] + kScaleF * kAlphaF;
+}
+
+#ifdef POPFLOW_SELU_AVX2
+// expm1(x) for x <= 0 as 2^k expm1(r) + (2^k - 1), with k = round(x / ln 2)
+// and |r| <= ln(2) / 2, where a degree-7 Taylor polynomial of expm1 is exact
+// to float precision (its remainder is below 2e-8 of the value); the two terms
+// do not cancel, so small |x| keeps its relative accuracy. Inputs below -87
+// are clamped (2^k stays a normal float; expm1 is -1 in float well before).
+// NaN stays NaN: _mm256_max_ps returns its second operand when one is NaN.
+__attribute__((target("avx2,fma"))) void selu_avx2(float* x, int64_t n) {
+  const __m256 zero = _mm256_setzero_ps(), one = _mm256_set1_ps(1.0f);
+  const __m256 lowest = _mm256_set1_ps(-87.0f);
+  const __m256 log2e = _mm256_set1_ps(1.44269504088896341f);
+  const __m256 ln2_hi = _mm256_set1_ps(0.693359375f), ln2_lo = _mm256_set1_ps(-2.12194440e-4f);
+  const __m256 c2 = _mm256_set1_ps(1.0f / 2), c3 = _mm256_set1_ps(1.0f / 6), c4 = _mm256_set1_ps(1.0f / 24),
+               c5 = _mm256_set1_ps(1.0f / 120), c6 = _mm256_set1_ps(1.0f / 720), c7 = _mm256_set1_ps(1.0f / 5040);
+  const __m256 scale = _mm256_set1_ps(kScaleF), scale_alpha = _mm256_set1_ps(kScaleF * kAlphaF);
+  const __m256i bias = _mm256_set1_epi32(127);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 v = _mm256_loadu_ps(x + i);
+    const __m256 c = _mm256_max_ps(lowest, v);
+    const __m256 k = _mm256_round_ps(_mm256_mul_ps(c, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(k, ln2_hi, c);
+    r = _mm256_fnmadd_ps(k, ln2_lo, r);
+    __m256 p = _mm256_fmadd_ps(c7, r, c6);
+    p = _mm256_fmadd_ps(p, r, c5);
+    p = _mm256_fmadd_ps(p, r, c4);
+    p = _mm256_fmadd_ps(p, r, c3);
+    p = _mm256_fmadd_ps(p, r, c2);
+    p = _mm256_fmadd_ps(_mm256_mul_ps(p, r), r, r);  // expm1(r)
+    const __m256 two_k =
+        _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), bias), 23));
+    const __m256 em1 = _mm256_fmadd_ps(two_k, p, _mm256_sub_ps(two_k, one));
+    const __m256 positive = _mm256_cmp_ps(v, zero, _CMP_GT_OQ);
+    _mm256_storeu_ps(x + i, _mm256_blendv_ps(_mm256_mul_ps(em1, scale_alpha), _mm256_mul_ps(v, scale), positive));
+  }
+  selu_scalar(x + i, n - i);
+}
+
+// grad *= SELU'(input), from SELU's output y: scale where y > 0, y + scale * alpha elsewhere.
+__attribute__((target("avx2,fma"))) void selu_backward_avx2(float* grad, const float* y, int64_t n) {
+  const __m256 zero = _mm256_setzero_ps(), scale = _mm256_set1_ps(kScaleF),
+               scale_alpha = _mm256_set1_ps(kScaleF * kAlphaF);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 v = _mm256_loadu_ps(y + i);
+    const __m256 slope = _mm256_blendv_ps(_mm256_add_ps(v, scale_alpha), scale, _mm256_cmp_ps(v, zero, _CMP_GT_OQ));
+    _mm256_storeu_ps(grad + i, _mm256_mul_ps(_mm256_loadu_ps(grad + i), slope));
+  }
+  selu_backward_scalar(grad + i, y + i, n - i);
+}
+
+bool cpu_has_avx2_fma() {
+  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return has;
+}
+#endif
+
+// Float32, contiguous, on the CPU, outside autograd.
+bool fast_kernel_takes(const torch::Tensor& t) {
+  return t.device().is_cpu() && t.scalar_type() == torch::kFloat && t.is_contiguous() && !t.requires_grad();
+}
+
+}  // namespace
+
+bool fast_selu_available() {
+#ifdef POPFLOW_SELU_AVX2
+  return cpu_has_avx2_fma();
+#else
+  return false;
+#endif
+}
+
+torch::Tensor& selu_in_place(torch::Tensor& z) {
+  if (!fast_selu_available() || !fast_kernel_takes(z)) return at::selu_(z);
+#ifdef POPFLOW_SELU_AVX2
+  float* data = z.data_ptr<float>();
+  // Split across threads in chunks as LibTorch splits its own element-wise kernels.
+  at::parallel_for(0, z.numel(), at::internal::GRAIN_SIZE, [data](int64_t begin, int64_t end) {
+    selu_avx2(data + begin, end - begin);
+  });
+#endif
+  return z;
+}
+
+torch::Tensor& selu_backward_in_place(torch::Tensor& grad, const torch::Tensor& output) {
+  if (!fast_selu_available() || !fast_kernel_takes(grad) || !fast_kernel_takes(output) ||
+      !grad.sizes().equals(output.sizes()))
+    return at::elu_backward_out(grad, grad, kAlpha, kScale, 1.0, /*is_result=*/true, output);
+#ifdef POPFLOW_SELU_AVX2
+  float* g = grad.data_ptr<float>();
+  const float* y = output.data_ptr<float>();
+  at::parallel_for(0, grad.numel(), at::internal::GRAIN_SIZE, [g, y](int64_t begin, int64_t end) {
+    selu_backward_avx2(g + begin, y + begin, end - begin);
+  });
+#endif
+  return grad;
+}
+
+}  // namespace popflow
