@@ -43,7 +43,7 @@ torch::Tensor PopulationNetImpl::condition(const torch::Tensor& embedding, const
   }
   if (covariates.defined() && covariates.size(1) > 0) parts.push_back(covariates);
   if (parts.empty()) throw std::invalid_argument("population model: no conditioning (no encoder, labels or covariates)");
-  return torch::cat(parts, 1);
+  return parts.size() == 1 ? parts[0] : torch::cat(parts, 1);  // one part: no copy (an MFM step's case)
 }
 
 FlowModel PopulationModel::flow() const {
@@ -301,7 +301,6 @@ class PopulationObjective : public TrainingObjective {
     const int64_t n_cells = model_.population.cells_per_population;
     const std::vector<int64_t> chosen = choose(rng);
     const auto n_chosen = static_cast<int64_t>(chosen.size());
-    auto chosen_index = to_device_async(torch::tensor(chosen, torch::kLong), dev);
     StepInput in = take(step);
 
     // Source blocks: populations sharing one share its graph and embedding.
@@ -357,39 +356,60 @@ class PopulationObjective : public TrainingObjective {
     // After this draw's graphs are in the cache: the next draw builds only what is missing.
     if (draw_ + 1 < first_draw_ + draws_) launch(step, draw_ + 1);
     else launch(step + 1, first_draw_);
-    auto cond_pop = model_.net->condition(embedding, rows_on(labels_, chosen_index, dev, torch::kLong),
-                                          rows_on(covariates_, chosen_index, dev, torch::kFloat));
+    torch::Tensor labels, covariates;
+    if (labels_.defined() || covariates_.defined()) {
+      auto chosen_index = to_device_async(torch::tensor(chosen, torch::kLong), dev);
+      labels = rows_on(labels_, chosen_index, dev, torch::kLong);
+      covariates = rows_on(covariates_, chosen_index, dev, torch::kFloat);
+    }
+    auto cond_pop = model_.net->condition(embedding, labels, covariates);
 
-    // All populations' rows are drawn on the CPU and moved in one transfer;
-    // with independent coupling the whole batch then takes one path sample.
-    auto rows0 = torch::empty({n_chosen, n_cells}, torch::kLong), rows1 = torch::empty_like(rows0);
+    // All populations' rows are drawn on the CPU, written straight into one
+    // host buffer (no operator call per population) and moved in one
+    // transfer; with independent coupling the whole batch then takes one path sample.
+    const int64_t n_rows = n_chosen * n_cells;
+    auto rows = torch::empty({2, n_rows}, torch::kLong);
+    int64_t* const rows0 = rows.data_ptr<int64_t>();
+    int64_t* const rows1 = rows0 + n_rows;
+    const auto put = [n_cells](const torch::Tensor& drawn, int64_t* out) {
+      std::copy_n(drawn.data_ptr<int64_t>(), n_cells, out);
+    };
     std::vector<int64_t> scratch0, scratch1;
     for (int64_t i = 0; i < n_chosen; ++i) {
       const int64_t p = chosen[i];
       const auto& pool0 = pool(data_.source_block(p), scratch0);
       const auto& pool1 = pool(data_.target_block(p), scratch1);
       if (paired_) {
-        const PairedRows rows = draw_paired_rows(pool0, pool1, n_cells, rng);
-        rows0[i].copy_(rows.source);
-        rows1[i].copy_(rows.target);
+        const PairedRows drawn = draw_paired_rows(pool0, pool1, n_cells, rng);
+        put(drawn.source, rows0 + i * n_cells);
+        put(drawn.target, rows1 + i * n_cells);
       } else {
-        rows0[i].copy_(draw_rows(pool0, n_cells, rng));
-        rows1[i].copy_(draw_rows(pool1, n_cells, rng));
+        put(draw_rows(pool0, n_cells, rng), rows0 + i * n_cells);
+        put(draw_rows(pool1, n_cells, rng), rows1 + i * n_cells);
       }
     }
     torch::Tensor x0, x1;
     if (data_.on_disk()) {
-      // Rows are positions within their blocks, selected on the host and moved in one transfer.
-      std::vector<torch::Tensor> parts0, parts1;
-      for (int64_t i = 0; i < n_chosen; ++i) {
-        parts0.push_back(in.cells.at(data_.source_block(chosen[i])).index_select(0, rows0[i]));
-        parts1.push_back(in.cells.at(data_.target_block(chosen[i])).index_select(0, rows1[i]));
+      // Rows are positions within their blocks, copied on the host into one buffer and moved in one transfer.
+      const int64_t dim = data_.dim();
+      auto both = torch::empty({2, n_rows, dim}, torch::kFloat);
+      float* out = both.data_ptr<float>();
+      for (int side = 0; side < 2; ++side) {
+        const int64_t* drawn = side == 0 ? rows0 : rows1;
+        for (int64_t i = 0; i < n_chosen; ++i) {
+          const int64_t b = side == 0 ? data_.source_block(chosen[i]) : data_.target_block(chosen[i]);
+          const torch::Tensor cells = in.cells.at(b).contiguous();
+          if (cells.scalar_type() != torch::kFloat || cells.size(0) != data_.block_size(b) || cells.size(1) != dim)
+            throw std::runtime_error("population store: block " + std::to_string(b) + " was read with the wrong shape");
+          const float* from = cells.data_ptr<float>();
+          for (int64_t j = 0; j < n_cells; ++j, out += dim) std::copy_n(from + drawn[i * n_cells + j] * dim, dim, out);
+        }
       }
-      auto both = to_device_async(torch::stack({torch::cat(parts0), torch::cat(parts1)}), dev);
+      both = to_device_async(both, dev);
       x0 = both[0];
       x1 = both[1];
     } else {
-      auto rows = to_device_async(torch::stack({rows0.view(-1), rows1.view(-1)}), dev);
+      rows = to_device_async(rows, dev);
       x0 = x_all_.index_select(0, rows[0]);
       x1 = x_all_.index_select(0, rows[1]);
     }
