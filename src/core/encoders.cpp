@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <numeric>
 #include <random>
 #include <stdexcept>
@@ -106,6 +107,23 @@ torch::Tensor on_device(const torch::Tensor& t, const torch::Device& device) {
   return there ? t : t.to(device);
 }
 
+// torch::cat of same-typed tensors along rows. On the CPU by plain copies:
+// its cat takes a view of the output per input of an integer type.
+torch::Tensor join(const std::vector<torch::Tensor>& parts) {
+  if (!parts.front().is_cpu()) return torch::cat(parts);
+  auto sizes = parts.front().sizes().vec();
+  sizes[0] = 0;
+  for (const auto& p : parts) sizes[0] += p.size(0);
+  auto out = torch::empty(sizes, parts.front().options());
+  auto* to = static_cast<char*>(out.data_ptr());
+  for (const auto& p : parts) {
+    const auto c = p.contiguous();
+    std::memcpy(to, c.data_ptr(), c.nbytes());
+    to += c.nbytes();
+  }
+  return out;
+}
+
 }  // namespace
 
 GraphBatch batch_graphs(const std::vector<const PopulationGraph*>& graphs, const torch::Device& device) {
@@ -139,7 +157,7 @@ GraphBatch batch_graphs(const std::vector<const PopulationGraph*>& graphs, const
   for (size_t i = 0; i < b.sizes.size(); ++i) node = std::fill_n(node, b.sizes[i], static_cast<int64_t>(i));
   b.graph_of = to_device_async(graph_of, device);
   if (!identity) {
-    auto index = torch::cat(ends).view({2, edges});
+    auto index = join(ends).view({2, edges});
     if (n_graphs > 1) {
       // Each graph's edges shifted by its first node: one repeat on the device
       // (its output size given, so no read back) instead of an add per graph.
