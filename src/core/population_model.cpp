@@ -337,21 +337,19 @@ class PopulationObjective : public TrainingObjective {
       // Through the encoder, so that its step (or the joint step) trains it on the field's loss.
       auto fresh = model_.net->encoder->forward(batch_of(unique_src));
       if (alternate_)
-        for (size_t u = 0; u < unique_src.size(); ++u) cached_[unique_src[u]] = fresh[static_cast<int64_t>(u)].detach();
-      embedding = shared ? fresh.index_select(0, torch::tensor(slot, torch::kLong).to(dev)) : fresh;
+        remember_embeddings(unique_src, fresh.detach());
+      embedding = shared ? fresh.index_select(0, to_device_async(torch::tensor(slot, torch::kLong), dev)) : fresh;
     } else if (alternate_) {
       // Detached embeddings from the cache; blocks not embedded yet are embedded now.
       std::vector<int64_t> missing;
       for (int64_t b : unique_src)
-        if (!cached_[b].defined()) missing.push_back(b);
+        if (!cached_[b]) missing.push_back(b);
       if (!missing.empty()) {
         torch::NoGradGuard no_grad;
         auto fresh = model_.net->encoder->forward(batch_of(missing));
-        for (size_t i = 0; i < missing.size(); ++i) cached_[missing[i]] = fresh[static_cast<int64_t>(i)];
+        remember_embeddings(missing, fresh);
       }
-      std::vector<torch::Tensor> rows;
-      for (int64_t b : src) rows.push_back(cached_[b]);
-      embedding = torch::stack(rows);
+      embedding = embeddings_.index_select(0, to_device_async(torch::tensor(src, torch::kLong), dev));
     }
     // After this draw's graphs are in the cache: the next draw builds only what is missing.
     if (draw_ + 1 < first_draw_ + draws_) launch(step, draw_ + 1);
@@ -510,7 +508,7 @@ class PopulationObjective : public TrainingObjective {
         model_.population.use_encoder && (!alternate_ || encoder_step(next));
     for (int64_t p : chosen) {
       const int64_t b = data_.source_block(p);
-      if (model_.population.use_encoder && !graphs_.contains(b) && (needs_graphs || !cached_[b].defined())) add(build, b);
+      if (model_.population.use_encoder && !graphs_.contains(b) && (needs_graphs || !cached_[b])) add(build, b);
     }
     if (read.empty() && build.empty()) return;
     pending_step_ = next;
@@ -546,7 +544,7 @@ class PopulationObjective : public TrainingObjective {
     const PopulationConfig& population = model_.population;
     // A fixed encoder (kernel mean embedding) has nothing to alternate with.
     alternate_ = population.use_encoder && population.alternating && !model_.net->encoder->parameters().empty();
-    cached_.assign(static_cast<size_t>(data_.blocks()), torch::Tensor());
+    cached_.assign(static_cast<size_t>(data_.blocks()), false);
     if (!alternate_) {
       opt_ = std::make_unique<FlatAdam>(*model_.net, adam);
       return;
@@ -562,6 +560,13 @@ class PopulationObjective : public TrainingObjective {
   }
 
   bool encoder_step(int64_t step) const { return alternate_ && step % 2 == 0; }
+
+  // Alternating: keeps rows of `fresh` (detached) as the embeddings of `blocks`.
+  void remember_embeddings(const std::vector<int64_t>& blocks, const torch::Tensor& fresh) {
+    if (!embeddings_.defined()) embeddings_ = torch::zeros({data_.blocks(), fresh.size(1)}, fresh.options());
+    embeddings_.index_copy_(0, to_device_async(torch::tensor(blocks, torch::kLong), fresh.device()), fresh);
+    for (int64_t b : blocks) cached_[b] = true;
+  }
 
   PopulationModel& model_;
   PopulationData& data_;
@@ -580,7 +585,10 @@ class PopulationObjective : public TrainingObjective {
   bool alternate_ = false, paired_ = false;
   std::shared_ptr<torch::nn::Module> field_parts_;
   std::unique_ptr<FlatAdam> opt_, encoder_opt_;
-  std::vector<torch::Tensor> cached_;  // alternating: detached embedding per source block
+  // Alternating: the detached embedding of each source block (a row of one
+  // tensor, written and read with one call a step, whatever the populations).
+  torch::Tensor embeddings_;
+  std::vector<bool> cached_;
 };
 
 TrainResult train_blocks(PopulationModel& model, PopulationData& data, const TrainConfig& config,
