@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <numeric>
 #include <random>
 #include <stdexcept>
@@ -96,32 +97,76 @@ torch::Tensor dense_adjacency(const PopulationGraph& graph) {
   return a;
 }
 
+namespace {
+
+// t on `device`, without an operator call when it is there already (training's
+// cached graphs are): a step then makes no call per population here.
+torch::Tensor on_device(const torch::Tensor& t, const torch::Device& device) {
+  const auto& at = t.device();
+  const bool there = at.type() == device.type() && (!device.has_index() || at.index() == device.index());
+  return there ? t : t.to(device);
+}
+
+// torch::cat of same-typed tensors along rows. On the CPU by plain copies:
+// its cat takes a view of the output per input of an integer type.
+torch::Tensor join(const std::vector<torch::Tensor>& parts) {
+  if (!parts.front().is_cpu()) return torch::cat(parts);
+  auto sizes = parts.front().sizes().vec();
+  sizes[0] = 0;
+  for (const auto& p : parts) sizes[0] += p.size(0);
+  auto out = torch::empty(sizes, parts.front().options());
+  auto* to = static_cast<char*>(out.data_ptr());
+  for (const auto& p : parts) {
+    const auto c = p.contiguous();
+    std::memcpy(to, c.data_ptr(), c.nbytes());
+    to += c.nbytes();
+  }
+  return out;
+}
+
+}  // namespace
+
 GraphBatch batch_graphs(const std::vector<const PopulationGraph*>& graphs, const torch::Device& device) {
-  std::vector<torch::Tensor> xs, rows, cols, ws;
+  std::vector<torch::Tensor> xs, ends, ws;
   GraphBatch b;
-  int64_t offset = 0;
+  int64_t offset = 0, edges = 0;
   bool identity = true;
-  for (const PopulationGraph* g : graphs) {
-    xs.push_back(g->x.to(device));
-    // The matrix is symmetric, so (src, dst) serves as (row, column): the order build_graph() sorted.
-    rows.push_back(g->src.to(device) + offset);
-    cols.push_back(g->dst.to(device) + offset);
-    ws.push_back(g->weight.to(device));
+  const auto n_graphs = static_cast<int64_t>(graphs.size());
+  // Per graph on the host: its first node's index in the batch and its edge count.
+  auto shift = torch::empty({2, n_graphs}, torch::kLong);
+  int64_t* first_node = shift.data_ptr<int64_t>();
+  int64_t* edge_count = first_node + n_graphs;
+  for (int64_t i = 0; i < n_graphs; ++i) {
+    const PopulationGraph* g = graphs[static_cast<size_t>(i)];
+    xs.push_back(on_device(g->x, device));
+    ws.push_back(on_device(g->weight, device));
     identity = identity && g->src.size(0) == g->nodes();  // self-loops only (k = 0) have weight 1
+    first_node[i] = offset;
+    edge_count[i] = g->src.size(0);
     b.sizes.push_back(g->nodes());
     offset += g->nodes();
+    edges += g->src.size(0);
   }
-  b.x = torch::cat(xs);
+  // The matrix is symmetric, so (src, dst) serves as (row, column): the order build_graph() sorted.
+  for (const PopulationGraph* g : graphs) ends.push_back(on_device(g->src, device));
+  for (const PopulationGraph* g : graphs) ends.push_back(on_device(g->dst, device));
+  b.x = xs.size() == 1 ? xs[0] : torch::cat(xs);
   // Built on the host: repeat_interleave on a GPU reads its output size back, stalling the queue.
   auto graph_of = torch::empty({offset}, torch::kLong);
   int64_t* node = graph_of.data_ptr<int64_t>();
   for (size_t i = 0; i < b.sizes.size(); ++i) node = std::fill_n(node, b.sizes[i], static_cast<int64_t>(i));
   b.graph_of = to_device_async(graph_of, device);
   if (!identity) {
-    auto index = torch::stack({torch::cat(rows), torch::cat(cols)});
+    auto index = join(ends).view({2, edges});
+    if (n_graphs > 1) {
+      // Each graph's edges shifted by its first node: one repeat on the device
+      // (its output size given, so no read back) instead of an add per graph.
+      auto shift_on = to_device_async(shift, device);
+      index.add_(at::repeat_interleave(shift_on[0], shift_on[1], 0, edges));
+    }
     // Blocks of sorted, unique entries at increasing offsets: already coalesced,
     // which spares the sparse product a sort of every edge at every step.
-    b.adjacency = torch::sparse_coo_tensor(index, torch::cat(ws), {offset, offset});
+    b.adjacency = torch::sparse_coo_tensor(index, ws.size() == 1 ? ws[0] : torch::cat(ws), {offset, offset});
     b.adjacency._coalesced_(true);
   }
   return b;

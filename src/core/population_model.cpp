@@ -43,7 +43,7 @@ torch::Tensor PopulationNetImpl::condition(const torch::Tensor& embedding, const
   }
   if (covariates.defined() && covariates.size(1) > 0) parts.push_back(covariates);
   if (parts.empty()) throw std::invalid_argument("population model: no conditioning (no encoder, labels or covariates)");
-  return torch::cat(parts, 1);
+  return parts.size() == 1 ? parts[0] : torch::cat(parts, 1);  // one part: no copy (an MFM step's case)
 }
 
 FlowModel PopulationModel::flow() const {
@@ -301,7 +301,6 @@ class PopulationObjective : public TrainingObjective {
     const int64_t n_cells = model_.population.cells_per_population;
     const std::vector<int64_t> chosen = choose(rng);
     const auto n_chosen = static_cast<int64_t>(chosen.size());
-    auto chosen_index = to_device_async(torch::tensor(chosen, torch::kLong), dev);
     StepInput in = take(step);
 
     // Source blocks: populations sharing one share its graph and embedding.
@@ -338,58 +337,77 @@ class PopulationObjective : public TrainingObjective {
       // Through the encoder, so that its step (or the joint step) trains it on the field's loss.
       auto fresh = model_.net->encoder->forward(batch_of(unique_src));
       if (alternate_)
-        for (size_t u = 0; u < unique_src.size(); ++u) cached_[unique_src[u]] = fresh[static_cast<int64_t>(u)].detach();
-      embedding = shared ? fresh.index_select(0, torch::tensor(slot, torch::kLong).to(dev)) : fresh;
+        remember_embeddings(unique_src, fresh.detach());
+      embedding = shared ? fresh.index_select(0, to_device_async(torch::tensor(slot, torch::kLong), dev)) : fresh;
     } else if (alternate_) {
       // Detached embeddings from the cache; blocks not embedded yet are embedded now.
       std::vector<int64_t> missing;
       for (int64_t b : unique_src)
-        if (!cached_[b].defined()) missing.push_back(b);
+        if (!cached_[b]) missing.push_back(b);
       if (!missing.empty()) {
         torch::NoGradGuard no_grad;
         auto fresh = model_.net->encoder->forward(batch_of(missing));
-        for (size_t i = 0; i < missing.size(); ++i) cached_[missing[i]] = fresh[static_cast<int64_t>(i)];
+        remember_embeddings(missing, fresh);
       }
-      std::vector<torch::Tensor> rows;
-      for (int64_t b : src) rows.push_back(cached_[b]);
-      embedding = torch::stack(rows);
+      embedding = embeddings_.index_select(0, to_device_async(torch::tensor(src, torch::kLong), dev));
     }
     // After this draw's graphs are in the cache: the next draw builds only what is missing.
     if (draw_ + 1 < first_draw_ + draws_) launch(step, draw_ + 1);
     else launch(step + 1, first_draw_);
-    auto cond_pop = model_.net->condition(embedding, rows_on(labels_, chosen_index, dev, torch::kLong),
-                                          rows_on(covariates_, chosen_index, dev, torch::kFloat));
+    torch::Tensor labels, covariates;
+    if (labels_.defined() || covariates_.defined()) {
+      auto chosen_index = to_device_async(torch::tensor(chosen, torch::kLong), dev);
+      labels = rows_on(labels_, chosen_index, dev, torch::kLong);
+      covariates = rows_on(covariates_, chosen_index, dev, torch::kFloat);
+    }
+    auto cond_pop = model_.net->condition(embedding, labels, covariates);
 
-    // All populations' rows are drawn on the CPU and moved in one transfer;
-    // with independent coupling the whole batch then takes one path sample.
-    auto rows0 = torch::empty({n_chosen, n_cells}, torch::kLong), rows1 = torch::empty_like(rows0);
+    // All populations' rows are drawn on the CPU, written straight into one
+    // host buffer (no operator call per population) and moved in one
+    // transfer; with independent coupling the whole batch then takes one path sample.
+    const int64_t n_rows = n_chosen * n_cells;
+    auto rows = torch::empty({2, n_rows}, torch::kLong);
+    int64_t* const rows0 = rows.data_ptr<int64_t>();
+    int64_t* const rows1 = rows0 + n_rows;
+    const auto put = [n_cells](const torch::Tensor& drawn, int64_t* out) {
+      std::copy_n(drawn.data_ptr<int64_t>(), n_cells, out);
+    };
     std::vector<int64_t> scratch0, scratch1;
     for (int64_t i = 0; i < n_chosen; ++i) {
       const int64_t p = chosen[i];
       const auto& pool0 = pool(data_.source_block(p), scratch0);
       const auto& pool1 = pool(data_.target_block(p), scratch1);
       if (paired_) {
-        const PairedRows rows = draw_paired_rows(pool0, pool1, n_cells, rng);
-        rows0[i].copy_(rows.source);
-        rows1[i].copy_(rows.target);
+        const PairedRows drawn = draw_paired_rows(pool0, pool1, n_cells, rng);
+        put(drawn.source, rows0 + i * n_cells);
+        put(drawn.target, rows1 + i * n_cells);
       } else {
-        rows0[i].copy_(draw_rows(pool0, n_cells, rng));
-        rows1[i].copy_(draw_rows(pool1, n_cells, rng));
+        put(draw_rows(pool0, n_cells, rng), rows0 + i * n_cells);
+        put(draw_rows(pool1, n_cells, rng), rows1 + i * n_cells);
       }
     }
     torch::Tensor x0, x1;
     if (data_.on_disk()) {
-      // Rows are positions within their blocks, selected on the host and moved in one transfer.
-      std::vector<torch::Tensor> parts0, parts1;
-      for (int64_t i = 0; i < n_chosen; ++i) {
-        parts0.push_back(in.cells.at(data_.source_block(chosen[i])).index_select(0, rows0[i]));
-        parts1.push_back(in.cells.at(data_.target_block(chosen[i])).index_select(0, rows1[i]));
+      // Rows are positions within their blocks, copied on the host into one buffer and moved in one transfer.
+      const int64_t dim = data_.dim();
+      auto both = torch::empty({2, n_rows, dim}, torch::kFloat);
+      float* out = both.data_ptr<float>();
+      for (int side = 0; side < 2; ++side) {
+        const int64_t* drawn = side == 0 ? rows0 : rows1;
+        for (int64_t i = 0; i < n_chosen; ++i) {
+          const int64_t b = side == 0 ? data_.source_block(chosen[i]) : data_.target_block(chosen[i]);
+          const torch::Tensor cells = in.cells.at(b).contiguous();
+          if (cells.scalar_type() != torch::kFloat || cells.size(0) != data_.block_size(b) || cells.size(1) != dim)
+            throw std::runtime_error("population store: block " + std::to_string(b) + " was read with the wrong shape");
+          const float* from = cells.data_ptr<float>();
+          for (int64_t j = 0; j < n_cells; ++j, out += dim) std::copy_n(from + drawn[i * n_cells + j] * dim, dim, out);
+        }
       }
-      auto both = to_device_async(torch::stack({torch::cat(parts0), torch::cat(parts1)}), dev);
+      both = to_device_async(both, dev);
       x0 = both[0];
       x1 = both[1];
     } else {
-      auto rows = to_device_async(torch::stack({rows0.view(-1), rows1.view(-1)}), dev);
+      rows = to_device_async(rows, dev);
       x0 = x_all_.index_select(0, rows[0]);
       x1 = x_all_.index_select(0, rows[1]);
     }
@@ -490,7 +508,7 @@ class PopulationObjective : public TrainingObjective {
         model_.population.use_encoder && (!alternate_ || encoder_step(next));
     for (int64_t p : chosen) {
       const int64_t b = data_.source_block(p);
-      if (model_.population.use_encoder && !graphs_.contains(b) && (needs_graphs || !cached_[b].defined())) add(build, b);
+      if (model_.population.use_encoder && !graphs_.contains(b) && (needs_graphs || !cached_[b])) add(build, b);
     }
     if (read.empty() && build.empty()) return;
     pending_step_ = next;
@@ -526,7 +544,7 @@ class PopulationObjective : public TrainingObjective {
     const PopulationConfig& population = model_.population;
     // A fixed encoder (kernel mean embedding) has nothing to alternate with.
     alternate_ = population.use_encoder && population.alternating && !model_.net->encoder->parameters().empty();
-    cached_.assign(static_cast<size_t>(data_.blocks()), torch::Tensor());
+    cached_.assign(static_cast<size_t>(data_.blocks()), false);
     if (!alternate_) {
       opt_ = std::make_unique<FlatAdam>(*model_.net, adam);
       return;
@@ -542,6 +560,13 @@ class PopulationObjective : public TrainingObjective {
   }
 
   bool encoder_step(int64_t step) const { return alternate_ && step % 2 == 0; }
+
+  // Alternating: keeps rows of `fresh` (detached) as the embeddings of `blocks`.
+  void remember_embeddings(const std::vector<int64_t>& blocks, const torch::Tensor& fresh) {
+    if (!embeddings_.defined()) embeddings_ = torch::zeros({data_.blocks(), fresh.size(1)}, fresh.options());
+    embeddings_.index_copy_(0, to_device_async(torch::tensor(blocks, torch::kLong), fresh.device()), fresh);
+    for (int64_t b : blocks) cached_[b] = true;
+  }
 
   PopulationModel& model_;
   PopulationData& data_;
@@ -560,7 +585,10 @@ class PopulationObjective : public TrainingObjective {
   bool alternate_ = false, paired_ = false;
   std::shared_ptr<torch::nn::Module> field_parts_;
   std::unique_ptr<FlatAdam> opt_, encoder_opt_;
-  std::vector<torch::Tensor> cached_;  // alternating: detached embedding per source block
+  // Alternating: the detached embedding of each source block (a row of one
+  // tensor, written and read with one call a step, whatever the populations).
+  torch::Tensor embeddings_;
+  std::vector<bool> cached_;
 };
 
 TrainResult train_blocks(PopulationModel& model, PopulationData& data, const TrainConfig& config,

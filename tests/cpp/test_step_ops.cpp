@@ -1,0 +1,78 @@
+// Operator calls of a Meta Flow Matching training step (population_model.h):
+// on a GPU each is at least one kernel launch and some host work, so the
+// step's calls must not grow with the populations it draws.
+#include <ATen/record_function.h>
+#include <torch/torch.h>
+
+#include <atomic>
+#include <cmath>
+#include <vector>
+
+#include "check.h"
+#include "fixtures.h"
+#include "population_model.h"
+
+using namespace popflow;
+using namespace fixtures;
+
+namespace {
+
+std::atomic<bool> counting{false};
+std::atomic<int64_t> calls{0};
+
+std::unique_ptr<at::ObserverContext> count_call(const at::RecordFunction&) {
+  if (counting.load(std::memory_order_relaxed)) calls.fetch_add(1, std::memory_order_relaxed);
+  return nullptr;
+}
+
+// ATen operator calls (nested calls included) per steady step of a small MFM
+// fit drawing `populations` populations a step, with the GPU's deferred checks
+// (sync_every > 1): counted from the first read of the losses to the last.
+double calls_per_step(int64_t populations, bool alternating) {
+  torch::manual_seed(7);
+  std::vector<std::vector<float>> means;
+  for (int64_t p = 0; p < populations; ++p)
+    means.push_back({static_cast<float>(std::cos(p)), static_cast<float>(std::sin(p))});
+  const auto data = mean_shift_populations(means, 24);
+  PopulationConfig pc = small_population(EncoderKind::GCN, 2, 8, 16, populations);
+  pc.k = 4;
+  pc.alternating = alternating;
+  FlowConfig fc = population_flow();
+  fc.network.width = 16;
+  fc.network.depth = 2;
+  fc.network.residual = true;
+  auto model = make_population_model(fc, pc, "cpu");
+  TrainConfig tc;
+  tc.steps = 15;
+  tc.sync_every = 5;
+  int64_t first = 0, last = 0;
+  TrainCallbacks cb;
+  cb.progress = [&](int64_t step, double) {
+    counting = step < tc.steps;  // every population's graph is built in step 1, before the first read
+    if (first == 0) first = step;
+    last = step;
+    return true;
+  };
+  calls = 0;
+  const auto handle = at::addGlobalCallback(at::RecordFunctionCallback(count_call).scopes({at::RecordScope::FUNCTION}));
+  const auto res = train_population_model(*model, data, tc, cb);
+  at::removeCallback(handle);
+  counting = false;
+  PF_CHECK(res.status == "completed");
+  PF_CHECK(last - first == 10);
+  return static_cast<double>(calls.load()) / static_cast<double>(last - first);
+}
+
+}  // namespace
+
+TEST_CASE("MFM training step: operator calls do not grow with the populations drawn") {
+  for (bool alternating : {false, true}) {
+    const double two = calls_per_step(2, alternating), eight = calls_per_step(8, alternating);
+    PF_CHECK_MSG(two > 100, "the observer saw " << two << " calls a step: is RecordFunction off?");
+    // Left per population: the two draws' row tensors (draw_rows). Was about 18 (joint schedule).
+    const double per_population = (eight - two) / 6;
+    PF_CHECK_MSG(per_population <= 3, (alternating ? "alternating" : "joint") << " schedule, operator calls per step: "
+                                          << two << " at 2 populations, " << eight << " at 8 (" << per_population
+                                          << " more per population)");
+  }
+}
