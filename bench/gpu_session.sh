@@ -21,8 +21,9 @@
 # (mkdir -p .gpu/lemon_inc && cp -r /usr/include/lemon .gpu/lemon_inc/); carry the two
 # (.gpu/r_bundle.tar.xz, .gpu/lemon_inc). Run there: bash bench/gpu_session.sh $OUT
 # (R there writes the letters CSVs itself, bench/letters_csv.R.)
-# Files: gpu.txt, build.log (CMake and R CMD INSTALL), throughput.jsonl, r_end_to_end.txt,
-# letters_tf32.jsonl, exact_ot_gpu.jsonl (F), session.log (this script's progress and errors).
+# Files: gpu.txt, build.log (CMake and R CMD INSTALL), throughput.jsonl, op_counts_cuda.txt (B),
+# r_end_to_end.txt, letters_tf32.jsonl, exact_ot_gpu.jsonl (F), session.log (this script's
+# progress and errors).
 set -u
 OUTDIR=${1:?usage: bash bench/gpu_session.sh OUTDIR}
 DEADLINE=${DEADLINE:-500}   # seconds: later phases are skipped past it
@@ -80,6 +81,14 @@ for p in $(has B && echo 10 100); do
   done
   log "throughput at $p populations done"
 done
+
+# B'. The step's operator calls and host reads on the GPU at 10 populations (a few seconds): the
+#     CPU build's counts (bench/results/mfm_op_counts.txt) should hold here too, and host reads be 0.
+if has B && [ -x $bin ]; then
+  timeout 60 $bin --device cuda --op-counts --populations-per-step 10 --populations 10 --cells 700 --steps 30 \
+    --report-every 5 --sync-every 25 > "$OUTDIR/op_counts_cuda.txt" 2>> "$OUTDIR/session.log"
+  log "op counts: exit $?"
+fi
 
 # E. Where a 10 x 700 step's time goes: popflow with the mean encoder (no sparse products), with
 #    a width-64 decoder (launch-bound), with one population a step, and the default again.

@@ -27,6 +27,18 @@ PopulationNetImpl::PopulationNetImpl(const NetworkConfig& network, const Populat
   register_module("labels", label_embeddings);
 }
 
+namespace {
+
+// Whether a CPU vector of label codes holds -1 (unseen), without an operator call.
+bool any_unseen(const torch::Tensor& codes) {
+  const auto a = codes.accessor<int64_t, 1>();
+  for (int64_t i = 0; i < a.size(0); ++i)
+    if (a[i] < 0) return true;
+  return false;
+}
+
+}  // namespace
+
 torch::Tensor PopulationNetImpl::condition(const torch::Tensor& embedding, const torch::Tensor& labels,
                                      const torch::Tensor& covariates) {
   std::vector<torch::Tensor> parts;
@@ -34,11 +46,13 @@ torch::Tensor PopulationNetImpl::condition(const torch::Tensor& embedding, const
   for (size_t j = 0; j < label_embeddings->size(); ++j) {
     auto table = label_embeddings[j]->as<torch::nn::Embedding>();
     auto codes = labels.select(1, j);
-    auto unseen = codes.lt(0);
     auto rows = table->forward(codes.clamp_min(0));
-    // The mean embedding is what averaging one-hot conditions over the training values gives.
-    if (unseen.any().item<bool>())
-      rows = torch::where(unseen.unsqueeze(1), table->weight.mean(0).unsqueeze(0).expand_as(rows), rows);
+    // Code -1: a value unseen in training gets the mean embedding, what averaging
+    // one-hot conditions over the training values gives. On the host the codes
+    // are looked at directly; elsewhere the blend runs whatever they are, since
+    // asking would read back from the device and drain its queue every step.
+    if (!codes.is_cpu() || codes.scalar_type() != torch::kLong || any_unseen(codes))
+      rows = torch::where(codes.lt(0).unsqueeze(1), table->weight.mean(0).unsqueeze(0).expand_as(rows), rows);
     parts.push_back(rows);
   }
   if (covariates.defined() && covariates.size(1) > 0) parts.push_back(covariates);

@@ -6,6 +6,7 @@
 
 #include <atomic>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "check.h"
@@ -18,25 +19,38 @@ using namespace fixtures;
 namespace {
 
 std::atomic<bool> counting{false};
-std::atomic<int64_t> calls{0};
+std::atomic<int64_t> calls{0}, reads{0};
 
-std::unique_ptr<at::ObserverContext> count_call(const at::RecordFunction&) {
-  if (counting.load(std::memory_order_relaxed)) calls.fetch_add(1, std::memory_order_relaxed);
+// Every call, and the host reads among them (item(): on a GPU, a wait for its queue).
+std::unique_ptr<at::ObserverContext> count_call(const at::RecordFunction& fn) {
+  if (!counting.load(std::memory_order_relaxed)) return nullptr;
+  calls.fetch_add(1, std::memory_order_relaxed);
+  if (std::strcmp(fn.name(), "aten::_local_scalar_dense") == 0) reads.fetch_add(1, std::memory_order_relaxed);
   return nullptr;
 }
+
+struct StepCounts {
+  double calls, reads;  // per step
+};
 
 // ATen operator calls (nested calls included) per steady step of a small MFM
 // fit drawing `populations` populations a step, with the GPU's deferred checks
 // (sync_every > 1): counted from the first read of the losses to the last.
-double calls_per_step(int64_t populations, bool alternating) {
+// labelled: CGFM instead (no encoder; one categorical label, a value per population).
+StepCounts counts_per_step(int64_t populations, bool alternating, bool labelled = false) {
   torch::manual_seed(7);
   std::vector<std::vector<float>> means;
   for (int64_t p = 0; p < populations; ++p)
     means.push_back({static_cast<float>(std::cos(p)), static_cast<float>(std::sin(p))});
-  const auto data = mean_shift_populations(means, 24);
+  auto data = mean_shift_populations(means, 24);
   PopulationConfig pc = small_population(EncoderKind::GCN, 2, 8, 16, populations);
   pc.k = 4;
   pc.alternating = alternating;
+  if (labelled) {
+    pc.use_encoder = false;
+    pc.label_levels = {populations};
+    data.labels = torch::arange(populations, torch::kLong).view({populations, 1});
+  }
   FlowConfig fc = population_flow();
   fc.network.width = 16;
   fc.network.depth = 2;
@@ -54,20 +68,24 @@ double calls_per_step(int64_t populations, bool alternating) {
     return true;
   };
   calls = 0;
+  reads = 0;
   const auto handle = at::addGlobalCallback(at::RecordFunctionCallback(count_call).scopes({at::RecordScope::FUNCTION}));
   const auto res = train_population_model(*model, data, tc, cb);
   at::removeCallback(handle);
   counting = false;
   PF_CHECK(res.status == "completed");
   PF_CHECK(last - first == 10);
-  return static_cast<double>(calls.load()) / static_cast<double>(last - first);
+  const auto steps = static_cast<double>(last - first);
+  return {static_cast<double>(calls.load()) / steps, static_cast<double>(reads.load()) / steps};
 }
 
 }  // namespace
 
 TEST_CASE("MFM training step: operator calls do not grow with the populations drawn") {
   for (bool alternating : {false, true}) {
-    const double two = calls_per_step(2, alternating), eight = calls_per_step(8, alternating);
+    const StepCounts at_two = counts_per_step(2, alternating), at_eight = counts_per_step(8, alternating);
+    const double two = at_two.calls, eight = at_eight.calls;
+    PF_CHECK(at_two.reads == 0 && at_eight.reads == 0);
     PF_CHECK_MSG(two > 100, "the observer saw " << two << " calls a step: is RecordFunction off?");
     // Left per population: the two draws' row tensors (draw_rows). Was about 18 (joint schedule).
     const double per_population = (eight - two) / 6;
@@ -75,4 +93,12 @@ TEST_CASE("MFM training step: operator calls do not grow with the populations dr
                                           << two << " at 2 populations, " << eight << " at 8 (" << per_population
                                           << " more per population)");
   }
+}
+
+TEST_CASE("CGFM training step: labels are checked for unseen values without a host read") {
+  // Before, condition() asked unseen.any().item() for every label column at
+  // every step: on a GPU, a wait for the device's queue.
+  const StepCounts counts = counts_per_step(4, false, /*labelled=*/true);
+  PF_CHECK_MSG(counts.calls > 20, "the observer saw " << counts.calls << " calls a step: is RecordFunction off?");
+  PF_CHECK_MSG(counts.reads == 0, counts.reads << " host reads a step");
 }
