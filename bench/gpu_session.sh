@@ -16,6 +16,10 @@
 #      against the CPU solvers and POT's ot.emd, n = 1024 and 4096, d = 10 and 50, then OT-CFM
 #      steps at batch 1024 and 4096 with each solver (bench/exact_ot.py). PHASES=F alone needs
 #      only LEMON's headers carried (the R build then fails harmlessly).
+#   G. (only with PHASES containing G) Prediction on the GPU beside torchdiffeq on the same
+#      weights (bench/predict_peer.sh's pieces): carry .gpu/peer (a folder holding the
+#      torchdiffeq package) and .gpu/predict (model.popflow and cells.csv from that script's
+#      work folder, /tmp/popflow_predict_peer). Rows are appended to throughput.jsonl.
 #
 # Prepare here: sh tools/gpu_r_bundle.sh (writes .gpu/r_bundle.tar.xz) and LEMON's headers
 # (mkdir -p .gpu/lemon_inc && cp -r /usr/include/lemon .gpu/lemon_inc/); carry the two
@@ -27,7 +31,7 @@
 set -u
 OUTDIR=${1:?usage: bash bench/gpu_session.sh OUTDIR}
 DEADLINE=${DEADLINE:-500}   # seconds: later phases are skipped past it
-PHASES=${PHASES:-"B C D"}   # after the builds; E: where the step's time goes; F: exact OT (see below)
+PHASES=${PHASES:-"B C D"}   # after the builds; E: where the step's time goes; F: exact OT; G: prediction (see below)
 has() { case " $PHASES " in *" $1 "*) return 0 ;; esac; return 1; }
 cd "$(dirname "$0")/.." || exit 1
 mkdir -p "$OUTDIR"
@@ -46,7 +50,7 @@ export PATH=/usr/lib/R/bin:$PATH   # R as the archive unpacks it (Debian's layou
   cmake -S . -B build/cuda -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$prefix" \
     -DPOPFLOW_LEMON_INCLUDE="$PWD/.gpu/lemon_inc" -DPOPFLOW_BUILD_TESTS=OFF &&
     cmake --build build/cuda -j10 --target popflow_mfm_bench $(has D && echo popflow_letters) \
-      $(has F && echo popflow_ot_bench popflow_bench)
+      $(has F && echo popflow_ot_bench popflow_bench) $(has G && echo popflow_predict_bench)
 ) > /tmp/cmake.log 2>&1 &
 cmake_pid=$!
 (
@@ -108,6 +112,19 @@ if has F && [ -x build/cuda/popflow_ot_bench ]; then
     --shapes shifted,identical,kang --solvers exact,lemon,auction --steps --step-sizes 1024,4096 \
     > "$OUTDIR/exact_ot_gpu.jsonl" 2>> "$OUTDIR/session.log"
   log "exact OT: exit $?"
+fi
+
+# G. Prediction beside torchdiffeq, the same network and cells, dopri5 and rk4 (wall time).
+if has G && [ -x build/cuda/popflow_predict_bench ] && [ -s .gpu/predict/cells.csv ]; then
+  for solver in dopri5 rk4; do
+    mkdir -p /tmp/predict_$solver
+    timeout 120 build/cuda/popflow_predict_bench --device cuda --model .gpu/predict/model.popflow \
+      --cells .gpu/predict/cells.csv --from 0 --to 3 --solver $solver --steps 20 --reps 3 \
+      --export /tmp/predict_$solver >> "$tp" 2>> "$OUTDIR/session.log"
+    PYTHONPATH=.gpu/peer timeout 120 python3 bench/predict_peer_torchdiffeq.py --device cuda \
+      --dir /tmp/predict_$solver --cells .gpu/predict/cells.csv --reps 3 >> "$tp" 2>> "$OUTDIR/session.log"
+  done
+  log "prediction beside torchdiffeq done"
 fi
 
 # C. From R; meanwhile R writes the letters CSVs for D (CPU only).
