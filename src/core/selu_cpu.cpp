@@ -15,8 +15,11 @@ namespace {
 
 constexpr double kAlpha = 1.6732632423543772848170429916717;
 constexpr double kScale = 1.0507009873554804934193349852946;
+
+#ifdef POPFLOW_SELU_AVX2
 constexpr float kAlphaF = static_cast<float>(kAlpha), kScaleF = static_cast<float>(kScale);
 
+// The vector kernels' tails (fewer than 8 elements).
 void selu_scalar(float* x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) x[i] = x[i] > 0.0f ? kScaleF * x[i] : kScaleF * kAlphaF * std::expm1(x[i]);
 }
@@ -25,7 +28,6 @@ void selu_backward_scalar(float* grad, const float* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) grad[i] *= y[i] > 0.0f ? kScaleF : y[i] + kScaleF * kAlphaF;
 }
 
-#ifdef POPFLOW_SELU_AVX2
 // expm1(x) for x <= 0 as 2^k expm1(r) + (2^k - 1), with k = round(x / ln 2)
 // and |r| <= ln(2) / 2, where a degree-7 Taylor polynomial of expm1 is exact
 // to float precision (its remainder is below 2e-8 of the value); the two terms
