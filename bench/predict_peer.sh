@@ -16,11 +16,8 @@ work=${PP_WORK:-/tmp/popflow_predict_peer}
 reps=${PP_REPS:-3}
 python=${PEER_PYTHON:-/usr/bin/python3}   # Debian's, which has torch
 mkdir -p "$work"
-PT_REPS=0 PT_MODEL="$work/model.popflow" Rscript bench/predict_throughput.R
-Rscript -e 'suppressPackageStartupMessages(library(popflow)); emt <- emtTimecourse()
-  start <- emt$x[emt$time == 0, ]
-  cells <- start[rep(seq_len(nrow(start)), length.out = 40000), ]
-  utils::write.table(cells, commandArgs(TRUE)[1], sep = ",", row.names = FALSE, col.names = FALSE)' "$work/cells.csv"
+# The model and the cells of bench/predict_throughput.R (fitted once, then reused).
+PT_REPS=0 PT_MODEL="$work/model.popflow" PT_CELLS_CSV="$work/cells.csv" Rscript bench/predict_throughput.R
 export OMP_NUM_THREADS=1 OMP_WAIT_POLICY=passive
 for solver in dopri5 rk4; do
   mkdir -p "$work/$solver"

@@ -20,6 +20,9 @@ if (!file.exists(model)) {
 fit <- loadFlow(model)
 start <- emt$x[emt$time == 0, ]
 cells <- start[rep(seq_len(nrow(start)), length.out = 40000), ]
+# PT_CELLS_CSV: also write these cells there (bench/predict_peer.sh moves the same ones).
+cells_csv <- Sys.getenv("PT_CELLS_CSV", "")
+if (nzchar(cells_csv)) utils::write.table(cells, cells_csv, sep = ",", row.names = FALSE, col.names = FALSE)
 solvers <- list(dopri5 = SolverParam(), rk4 = SolverParam("rk4", steps = 20))
 for (rep in seq_len(reps)) {
   for (name in names(solvers)) {
