@@ -118,6 +118,12 @@ struct TrainConfig {
   // the device, and a non-finite step is undone as it would be at once);
   // 0 = automatic (1 on CPU, 25 on a GPU).
   int64_t sync_every = 0;
+  // Steps from buffers that keep their storage, on a GPU captured once as a
+  // CUDA graph and replayed (step_graph.h): for objectives that can stage
+  // their draws (population models with the joint schedule), with
+  // sync_every > 1, one process and no accumulation; elsewhere, or when
+  // capture fails, steps run as usual (TrainResult::step_graph says which).
+  bool step_graph = false;
   bool resume = false;           // continue from the model's saved training state
   // Minibatches drawn per step (per process, in data-parallel training) whose
   // gradients are averaged: a larger batch in the memory of one (trainer.h).

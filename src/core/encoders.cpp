@@ -208,26 +208,50 @@ PopulationEncoderImpl::PopulationEncoderImpl(const EncoderConfig& config) : conf
   register_module("layers", linears_);
 }
 
-torch::Tensor PopulationEncoderImpl::forward(const GraphBatch& b) {
-  torch::Tensor h;
+torch::Tensor PopulationEncoderImpl::cell_features(const torch::Tensor& x,
+                                                  const std::function<torch::Tensor(const torch::Tensor&)>& propagate) {
   if (config_.kind == EncoderKind::KME) {
-    auto proj = torch::matmul(b.x, frequencies_);
-    h = torch::cat({torch::cos(proj), torch::sin(proj)}, 1) * std::sqrt(2.0 / config_.width);
-  } else {
-    h = b.x;
-    for (size_t l = 0; l < linears_->size(); ++l) {
-      // Transform first, then propagate: messages have the (small) output width.
-      h = linears_[l]->as<torch::nn::Linear>()->forward(h);
-      if (b.adjacency.defined()) h = SymmetricPropagate::apply(b.adjacency, h);
-      h = h + biases_[l];
-      if (l + 1 < linears_->size()) h = torch::relu(h);
-    }
+    auto proj = torch::matmul(x, frequencies_);
+    return torch::cat({torch::cos(proj), torch::sin(proj)}, 1) * std::sqrt(2.0 / config_.width);
   }
-  // Mean over each graph's nodes (one segment sum for all graphs), then unit length.
-  const auto n_graphs = static_cast<int64_t>(b.sizes.size());
-  auto counts = to_device_async(torch::tensor(b.sizes, torch::kLong), h.device()).to(h.scalar_type()).unsqueeze(1);
-  auto mean = torch::zeros({n_graphs, h.size(1)}, h.options()).index_add(0, b.graph_of, h) / counts;
+  torch::Tensor h = x;
+  for (size_t l = 0; l < linears_->size(); ++l) {
+    // Transform first, then propagate: messages have the (small) output width.
+    h = linears_[l]->as<torch::nn::Linear>()->forward(h);
+    if (propagate) h = propagate(h);
+    h = h + biases_[l];
+    if (l + 1 < linears_->size()) h = torch::relu(h);
+  }
+  return h;
+}
+
+namespace {
+
+// Mean over each graph's nodes (one segment sum for all graphs), then unit length.
+torch::Tensor unit_means(const torch::Tensor& h, const torch::Tensor& graph_of, const torch::Tensor& counts) {
+  auto mean = torch::zeros({counts.size(0), h.size(1)}, h.options()).index_add(0, graph_of, h) / counts;
   return mean / mean.norm(2, 1, true).clamp_min(1e-12);
+}
+
+}  // namespace
+
+torch::Tensor PopulationEncoderImpl::forward(const GraphBatch& b) {
+  std::function<torch::Tensor(const torch::Tensor&)> propagate;
+  if (b.adjacency.defined())
+    propagate = [&](const torch::Tensor& h) { return SymmetricPropagate::apply(b.adjacency, h); };
+  const auto h = cell_features(b.x, propagate);
+  auto counts = to_device_async(torch::tensor(b.sizes, torch::kLong), h.device()).to(h.scalar_type()).unsqueeze(1);
+  return unit_means(h, b.graph_of, counts);
+}
+
+torch::Tensor PopulationEncoderImpl::forward(const PaddedGraphBatch& b) {
+  std::function<torch::Tensor(const torch::Tensor&)> propagate;
+  if (b.propagate)
+    propagate = [&](const torch::Tensor& h) {
+      return torch::zeros_like(h).index_add(0, b.dst, h.index_select(0, b.src) * b.weight.unsqueeze(1));
+    };
+  const auto h = cell_features(b.x, propagate);
+  return unit_means(h, b.graph_of, b.counts).narrow(0, 0, b.slots);
 }
 
 }  // namespace popflow

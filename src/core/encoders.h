@@ -4,6 +4,7 @@
 #include <torch/torch.h>
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -48,6 +49,23 @@ struct GraphBatch {
 };
 GraphBatch batch_graphs(const std::vector<const PopulationGraph*>& graphs, const torch::Device& device);
 
+// The same block-diagonal graph at fixed sizes whatever the graphs (a training
+// step captured as a CUDA graph reads the same buffers every step; step_graph.h):
+// `slots` graph rows, cells in the first rows of x, padding rows (zero cells)
+// belonging to the extra graph `slots` that the embedding drops; edges as
+// (src, dst, weight), padding edges of weight 0. Propagation is then a gather
+// and a scatter-add over the edges instead of a sparse product, whose sizes
+// change with the edge count.
+struct PaddedGraphBatch {
+  torch::Tensor x;         // [node capacity, d]
+  torch::Tensor src, dst;  // [edge capacity] long
+  torch::Tensor weight;    // [edge capacity] float
+  torch::Tensor graph_of;  // [node capacity] long, in 0 .. slots
+  torch::Tensor counts;    // [slots + 1, 1] float: nodes per graph (at least 1)
+  int64_t slots = 0;
+  bool propagate = false;  // false: every graph has self-loops only (the identity)
+};
+
 // GCN: h <- A_hat h W + b per layer, ReLU between layers, mean over each
 // graph's nodes, unit L2 norm. Mean (DeepSets): the same on self-loop-only
 // graphs. KME: random Fourier features of the cells averaged over each graph
@@ -57,9 +75,13 @@ class PopulationEncoderImpl : public torch::nn::Module {
   explicit PopulationEncoderImpl(const EncoderConfig& config);
   // Returns [graphs, output_size()].
   torch::Tensor forward(const GraphBatch& batch);
+  // Returns [batch.slots, output_size()]; a slot without cells gives a zero row.
+  torch::Tensor forward(const PaddedGraphBatch& batch);
   const EncoderConfig& config() const { return config_; }
 
  private:
+  // Each cell's features after the layers, with `propagate` (h -> A_hat h) between transform and bias.
+  torch::Tensor cell_features(const torch::Tensor& x, const std::function<torch::Tensor(const torch::Tensor&)>& propagate);
   EncoderConfig config_;
   torch::nn::ModuleList linears_;
   std::vector<torch::Tensor> biases_;

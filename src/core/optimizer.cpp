@@ -78,16 +78,33 @@ void FlatAdam::clip_grad_norm(const torch::Tensor& norm, double max_norm) {
 }
 
 void FlatAdam::step(const torch::Tensor& keep) {
-  torch::NoGradGuard no_grad;
   ++t_;
+  update(keep);
+}
+
+void FlatAdam::count_on_device() {
+  t_device_ = torch::full({}, static_cast<double>(t_), data_.options().dtype(torch::kDouble));
+}
+
+void FlatAdam::update(const torch::Tensor& keep) {
+  torch::NoGradGuard no_grad;
   // A non-finite gradient must not reach the moments even with weight 0 (0 * NaN is NaN).
   auto g = torch::nan_to_num(s_.weight_decay > 0 ? grad_ + data_ * s_.weight_decay : grad_, 0.0, 0.0, 0.0);
   m_.lerp_(g, keep * (1 - s_.beta1));
   v_.lerp_(g * g, keep * (1 - s_.beta2));
-  const double bias1 = 1 - std::pow(s_.beta1, static_cast<double>(t_));
-  const double bias2 = 1 - std::pow(s_.beta2, static_cast<double>(t_));
-  auto denom = (v_.sqrt() / std::sqrt(bias2)).add_(s_.eps);
-  data_.addcdiv_(m_ * (keep * (-s_.lr / bias1)), denom);
+  if (t_device_.defined()) {
+    // The same arithmetic, with the count read on the device (step(keep) has counted on the host already).
+    t_device_.add_(1);
+    const auto bias1 = 1 - torch::pow(s_.beta1, t_device_);
+    const auto bias2 = 1 - torch::pow(s_.beta2, t_device_);
+    auto denom = (v_.sqrt() / bias2.sqrt()).add_(s_.eps);
+    data_.addcdiv_(m_ * (keep * (-s_.lr / bias1)), denom);
+  } else {
+    const double bias1 = 1 - std::pow(s_.beta1, static_cast<double>(t_));
+    const double bias2 = 1 - std::pow(s_.beta2, static_cast<double>(t_));
+    auto denom = (v_.sqrt() / std::sqrt(bias2)).add_(s_.eps);
+    data_.addcdiv_(m_ * (keep * (-s_.lr / bias1)), denom);
+  }
   if (ema_.defined()) ema_.lerp_(data_, keep * (1 - s_.ema_decay));
 }
 
@@ -116,6 +133,7 @@ void FlatAdam::restore(const TrainState& state) {
   v_.copy_(state.v);
   if (ema_.defined()) ema_.copy_(state.ema.defined() ? state.ema.to(ema_.device()) : saved_weights);
   t_ = state.step;
+  if (t_device_.defined()) t_device_.fill_(static_cast<double>(t_));
 }
 
 void FlatAdam::with_weights_to_save(const std::function<void()>& save) {
@@ -162,8 +180,11 @@ void FlatAdam::remember(const torch::Tensor& keep) {
   saved_m_.lerp_(m_, keep);
   saved_v_.lerp_(v_, keep);
   if (ema_.defined()) saved_ema_.lerp_(ema_, keep);
-  auto t = torch::full({}, static_cast<double>(t_), keep.options().dtype(torch::kDouble));
-  saved_t_kept_ = saved_t_kept_.defined() ? torch::where(keep > 0, t, saved_t_kept_) : t;
+  auto t = t_device_.defined() ? t_device_
+                               : torch::full({}, static_cast<double>(t_), keep.options().dtype(torch::kDouble));
+  // In place: a captured step (step_graph.h) must read the last replay's count, not a tensor of its capture.
+  if (saved_t_kept_.defined()) saved_t_kept_.copy_(torch::where(keep > 0, t, saved_t_kept_));
+  else saved_t_kept_ = t.clone();
   saved_t_ = -2;
 }
 
@@ -177,6 +198,7 @@ void FlatAdam::rollback() {
   if (ema_.defined()) ema_.copy_(saved_ema_);
   t_ = saved_t_;
   saved_t_ = -1;
+  if (t_device_.defined()) t_device_.fill_(static_cast<double>(t_));
 }
 
 void FlatAdam::use_average() {

@@ -54,6 +54,14 @@ class FlatAdam {
   void clip_grad_norm(const torch::Tensor& norm, double max_norm);
   void step(const torch::Tensor& keep);
   void remember(const torch::Tensor& keep);
+  // For a step captured as a CUDA graph (step_graph.h), whose replays repeat
+  // kernels but no host code: count_on_device() keeps the step count in a
+  // device tensor too, which update(keep), step(keep)'s device work, then
+  // advances and reads (bias corrections, remember(keep)'s count); the host
+  // count follows with count_step() after each replay.
+  void count_on_device();
+  void update(const torch::Tensor& keep);
+  void count_step() { ++t_; }
   // Copies the moving average into the parameters (no-op without one).
   void use_average();
   // A flat CPU copy of the current (raw, not averaged) weights.
@@ -83,6 +91,7 @@ class FlatAdam {
   torch::Tensor saved_data_, saved_m_, saved_v_, saved_ema_;  // remember()'s copies
   AdamSettings s_;
   torch::Tensor saved_t_kept_;  // remember(keep)'s step count, on the device
+  torch::Tensor t_device_;      // count_on_device(): the step count (double, 0-dim)
   int64_t t_ = 0, saved_t_ = -1;  // saved_t_: -1 none, -2 in saved_t_kept_
 };
 

@@ -225,6 +225,8 @@ std::string validate_population_data(const PopulationModel& model, const Populat
 // read and their missing graphs built on a background thread while this draw
 // computes. A rank reads only the blocks of its own draws.
 class PopulationObjective : public TrainingObjective {
+  struct StepInput;  // below: blocks read and graphs built ahead
+
  public:
   PopulationObjective(PopulationModel& model, PopulationData& data, const PopulationTraining& how,
                       PopulationTrainingStats* stats)
@@ -286,14 +288,83 @@ class PopulationObjective : public TrainingObjective {
   // conditioning's gradient, summed over each population's rows, then goes
   // through autograd into the encoder and the label embeddings.
   torch::Tensor loss_and_gradient(int64_t step, std::mt19937_64& rng, FlatAdam& optimiser) override {
-    const Regression r = regression(step, rng);
-    optimiser.zero_grad();
-    torch::Tensor cond_grad;
-    const bool trained_cond = r.cond.requires_grad();
-    auto loss = model_.net->field->mse_with_gradient(r.xt, r.t, expand_rows(r.cond.detach(), r.n_cells), r.ut,
-                                                     trained_cond ? &cond_grad : nullptr);
-    if (trained_cond) r.cond.backward(cond_grad.view({r.cond.size(0), r.n_cells, -1}).sum(1));
-    return loss;
+    return gradient_of(regression(step, rng), optimiser);
+  }
+
+  std::string why_not_staged() const override {
+    if (alternate_) return "the alternating schedule steps two optimisers";
+    if (repairs(model_.config.coupling.kind)) return "the coupling is solved on the host for every population";
+    return "";
+  }
+
+  // The step's draws into fixed buffers: the rows (or, from a store, the
+  // cells) and the populations' graphs as one padded batch, laid out by
+  // source block (sorted), so that a step drawing the same blocks as the last
+  // one copies no graph at all. Capacity grows by a quarter when a batch does
+  // not fit, and the step is then captured again.
+  bool stage(int64_t step, std::mt19937_64& rng) override {
+    const auto dev = model_.device;
+    const int64_t n_cells = model_.population.cells_per_population;
+    staging_ = true;
+    const std::vector<int64_t> chosen = choose(rng);
+    const auto n_chosen = static_cast<int64_t>(chosen.size());
+    StepInput in = take(step);
+    read_blocks(chosen, in);
+    bool kept = true;
+    std::vector<int64_t> blocks;  // sorted unique source blocks: the graph slots in use
+    if (model_.population.use_encoder) {
+      for (int64_t p : chosen) blocks.push_back(data_.source_block(p));
+      std::sort(blocks.begin(), blocks.end());
+      blocks.erase(std::unique(blocks.begin(), blocks.end()), blocks.end());
+      kept = stage_graphs(blocks, n_chosen, in);
+    }
+    if (draw_ + 1 < first_draw_ + draws_) launch(step, draw_ + 1);
+    else launch(step + 1, first_draw_);
+
+    // One host buffer: the two sides' rows, each population's graph slot, the populations.
+    const int64_t n_rows = n_chosen * n_cells;
+    const auto long_host = torch::TensorOptions().dtype(torch::kLong).pinned_memory(dev.is_cuda());
+    auto draws = torch::empty({2 * n_rows + 2 * n_chosen}, long_host);
+    int64_t* const rows0 = draws.data_ptr<int64_t>();
+    int64_t* const rows1 = rows0 + n_rows;
+    draw_rows_into(chosen, rows0, rows1, rng);
+    for (int64_t i = 0; i < n_chosen; ++i) {
+      const int64_t b = data_.source_block(chosen[i]);
+      rows1[n_rows + i] = blocks.empty() ? 0 : std::lower_bound(blocks.begin(), blocks.end(), b) - blocks.begin();
+      rows1[n_rows + n_chosen + i] = chosen[i];
+    }
+    kept = fits(staged_.draws, draws.sizes(), fopt_.dtype(torch::kLong)) && kept;
+    staged_.draws.copy_(draws, /*non_blocking=*/dev.is_cuda());
+    if (data_.on_disk()) {
+      auto cells = torch::empty({2, n_rows, data_.dim()}, torch::TensorOptions().dtype(torch::kFloat).pinned_memory(dev.is_cuda()));
+      copy_cells(chosen, rows0, rows1, in, cells.data_ptr<float>());
+      kept = fits(staged_.cells, cells.sizes(), fopt_) && kept;
+      staged_.cells.copy_(cells, dev.is_cuda());
+    }
+    staged_.n_chosen = n_chosen;
+    if (stats_) {
+      stats_->graph_evictions = graphs_.evictions();
+      stats_->graph_cache_peak_bytes = graphs_.peak_bytes();
+    }
+    return kept;
+  }
+
+  torch::Tensor staged_loss_and_gradient(FlatAdam& optimiser) override {
+    const int64_t n_chosen = staged_.n_chosen, n_cells = model_.population.cells_per_population;
+    const int64_t n_rows = n_chosen * n_cells;
+    torch::Tensor embedding;
+    if (model_.population.use_encoder)
+      embedding = model_.net->encoder->forward(staged_.graphs).index_select(0, staged_.draws.narrow(0, 2 * n_rows, n_chosen));
+    torch::Tensor x0, x1;
+    if (data_.on_disk()) {
+      x0 = staged_.cells[0];
+      x1 = staged_.cells[1];
+    } else {
+      x0 = x_all_.index_select(0, staged_.draws.narrow(0, 0, n_rows));
+      x1 = x_all_.index_select(0, staged_.draws.narrow(0, n_rows, n_rows));
+    }
+    return gradient_of(finish(embedding, staged_.draws.narrow(0, 2 * n_rows + n_chosen, n_chosen), x0, x1, n_cells),
+                       optimiser);
   }
 
  private:
@@ -304,6 +375,34 @@ class PopulationObjective : public TrainingObjective {
     torch::Tensor xt, t, ut, cond;
     int64_t n_cells;
   };
+
+  // The regression's field gradient by hand and, through autograd, the conditioning's.
+  torch::Tensor gradient_of(const Regression& r, FlatAdam& optimiser) {
+    optimiser.zero_grad();
+    torch::Tensor cond_grad;
+    const bool trained_cond = r.cond.requires_grad();
+    auto loss = model_.net->field->mse_with_gradient(r.xt, r.t, expand_rows(r.cond.detach(), r.n_cells), r.ut,
+                                                     trained_cond ? &cond_grad : nullptr);
+    if (trained_cond) r.cond.backward(cond_grad.view({r.cond.size(0), r.n_cells, -1}).sum(1));
+    return loss;
+  }
+
+  // The regression from the chosen populations' embeddings (undefined without
+  // an encoder), their indices on the device (needed with labels or
+  // covariates) and their coupled cells: conditioning, times and the path.
+  Regression finish(const torch::Tensor& embedding, const torch::Tensor& chosen_index, const torch::Tensor& x0,
+                    const torch::Tensor& x1, int64_t n_cells) {
+    const auto dev = model_.device;
+    torch::Tensor labels, covariates;
+    if (labels_.defined() || covariates_.defined()) {
+      labels = rows_on(labels_, chosen_index, dev, torch::kLong);
+      covariates = rows_on(covariates_, chosen_index, dev, torch::kFloat);
+    }
+    auto cond_pop = model_.net->condition(embedding, labels, covariates);
+    auto t = torch::rand({x0.size(0)}, fopt_);
+    auto ps = sample_path(model_.config.path, x0, x1, t);
+    return {ps.xt, t, ps.ut, cond_pop, n_cells};
+  }
 
   // Each population's condition for its n_cells rows (expand: no sync, unlike repeat_interleave on a GPU).
   static torch::Tensor expand_rows(const torch::Tensor& cond, int64_t n_cells) {
@@ -326,14 +425,7 @@ class PopulationObjective : public TrainingObjective {
       if (at == unique_src.end()) unique_src.push_back(src[i]);
     }
     const bool shared = unique_src.size() != src.size();
-    // On disk: this step's blocks (read ahead, or now).
-    if (data_.on_disk())
-      for (int64_t p : chosen)
-        for (int64_t b : {data_.source_block(p), data_.target_block(p)})
-          if (!in.cells.count(b)) {
-            in.cells[b] = data_.block_cells(b);
-            count_read();
-          }
+    read_blocks(chosen, in);
 
     torch::Tensor embedding;
     std::vector<GraphCache::Graph> held;  // this step's graphs, whatever the cache evicts
@@ -368,14 +460,6 @@ class PopulationObjective : public TrainingObjective {
     // After this draw's graphs are in the cache: the next draw builds only what is missing.
     if (draw_ + 1 < first_draw_ + draws_) launch(step, draw_ + 1);
     else launch(step + 1, first_draw_);
-    torch::Tensor labels, covariates;
-    if (labels_.defined() || covariates_.defined()) {
-      auto chosen_index = to_device_async(torch::tensor(chosen, torch::kLong), dev);
-      labels = rows_on(labels_, chosen_index, dev, torch::kLong);
-      covariates = rows_on(covariates_, chosen_index, dev, torch::kFloat);
-    }
-    auto cond_pop = model_.net->condition(embedding, labels, covariates);
-
     // All populations' rows are drawn on the CPU, written straight into one
     // host buffer (no operator call per population) and moved in one
     // transfer; with independent coupling the whole batch then takes one path sample.
@@ -383,40 +467,12 @@ class PopulationObjective : public TrainingObjective {
     auto rows = torch::empty({2, n_rows}, torch::kLong);
     int64_t* const rows0 = rows.data_ptr<int64_t>();
     int64_t* const rows1 = rows0 + n_rows;
-    const auto put = [n_cells](const torch::Tensor& drawn, int64_t* out) {
-      std::copy_n(drawn.data_ptr<int64_t>(), n_cells, out);
-    };
-    std::vector<int64_t> scratch0, scratch1;
-    for (int64_t i = 0; i < n_chosen; ++i) {
-      const int64_t p = chosen[i];
-      const auto& pool0 = pool(data_.source_block(p), scratch0);
-      const auto& pool1 = pool(data_.target_block(p), scratch1);
-      if (paired_) {
-        const PairedRows drawn = draw_paired_rows(pool0, pool1, n_cells, rng);
-        put(drawn.source, rows0 + i * n_cells);
-        put(drawn.target, rows1 + i * n_cells);
-      } else {
-        put(draw_rows(pool0, n_cells, rng), rows0 + i * n_cells);
-        put(draw_rows(pool1, n_cells, rng), rows1 + i * n_cells);
-      }
-    }
+    draw_rows_into(chosen, rows0, rows1, rng);
     torch::Tensor x0, x1;
     if (data_.on_disk()) {
       // Rows are positions within their blocks, copied on the host into one buffer and moved in one transfer.
-      const int64_t dim = data_.dim();
-      auto both = torch::empty({2, n_rows, dim}, torch::kFloat);
-      float* out = both.data_ptr<float>();
-      for (int side = 0; side < 2; ++side) {
-        const int64_t* drawn = side == 0 ? rows0 : rows1;
-        for (int64_t i = 0; i < n_chosen; ++i) {
-          const int64_t b = side == 0 ? data_.source_block(chosen[i]) : data_.target_block(chosen[i]);
-          const torch::Tensor cells = in.cells.at(b).contiguous();
-          if (cells.scalar_type() != torch::kFloat || cells.size(0) != data_.block_size(b) || cells.size(1) != dim)
-            throw std::runtime_error("population store: block " + std::to_string(b) + " was read with the wrong shape");
-          const float* from = cells.data_ptr<float>();
-          for (int64_t j = 0; j < n_cells; ++j, out += dim) std::copy_n(from + drawn[i * n_cells + j] * dim, dim, out);
-        }
-      }
+      auto both = torch::empty({2, n_rows, data_.dim()}, torch::kFloat);
+      copy_cells(chosen, rows0, rows1, in, both.data_ptr<float>());
       both = to_device_async(both, dev);
       x0 = both[0];
       x1 = both[1];
@@ -436,14 +492,167 @@ class PopulationObjective : public TrainingObjective {
       x0 = torch::cat(paired0);
       x1 = torch::cat(paired1);
     }
-    auto t = torch::rand({n_chosen * n_cells}, fopt_);
-    auto ps = sample_path(model_.config.path, x0, x1, t);
     if (stats_) {
       stats_->graph_evictions = graphs_.evictions();
       stats_->graph_cache_peak_bytes = graphs_.peak_bytes();
     }
-    return {ps.xt, t, ps.ut, cond_pop, n_cells};
+    torch::Tensor chosen_index;
+    if (labels_.defined() || covariates_.defined())
+      chosen_index = to_device_async(torch::tensor(chosen, torch::kLong), dev);
+    return finish(embedding, chosen_index, x0, x1, n_cells);
   }
+
+  // On disk: the chosen populations' blocks (read ahead, or now).
+  void read_blocks(const std::vector<int64_t>& chosen, StepInput& in) {
+    if (!data_.on_disk()) return;
+    for (int64_t p : chosen)
+      for (int64_t b : {data_.source_block(p), data_.target_block(p)})
+        if (!in.cells.count(b)) {
+          in.cells[b] = data_.block_cells(b);
+          count_read();
+        }
+  }
+
+  // Each chosen population's n_cells source and target rows, drawn on the
+  // host straight into rows0 and rows1 (no operator call per population):
+  // in memory rows of all cells, on disk positions within the blocks.
+  void draw_rows_into(const std::vector<int64_t>& chosen, int64_t* rows0, int64_t* rows1, std::mt19937_64& rng) const {
+    const int64_t n_cells = model_.population.cells_per_population;
+    const auto put = [n_cells](const torch::Tensor& drawn, int64_t* out) {
+      std::copy_n(drawn.data_ptr<int64_t>(), n_cells, out);
+    };
+    std::vector<int64_t> scratch0, scratch1;
+    for (size_t i = 0; i < chosen.size(); ++i) {
+      const int64_t p = chosen[i];
+      const auto& pool0 = pool(data_.source_block(p), scratch0);
+      const auto& pool1 = pool(data_.target_block(p), scratch1);
+      const int64_t at = static_cast<int64_t>(i) * n_cells;
+      if (paired_) {
+        const PairedRows drawn = draw_paired_rows(pool0, pool1, n_cells, rng);
+        put(drawn.source, rows0 + at);
+        put(drawn.target, rows1 + at);
+      } else {
+        put(draw_rows(pool0, n_cells, rng), rows0 + at);
+        put(draw_rows(pool1, n_cells, rng), rows1 + at);
+      }
+    }
+  }
+
+  // On disk: the drawn cells of both sides into `out` ([2, rows, dim]), from the blocks in `in`.
+  void copy_cells(const std::vector<int64_t>& chosen, const int64_t* rows0, const int64_t* rows1, const StepInput& in,
+                  float* out) const {
+    const int64_t dim = data_.dim(), n_cells = model_.population.cells_per_population;
+    for (int side = 0; side < 2; ++side) {
+      const int64_t* drawn = side == 0 ? rows0 : rows1;
+      for (size_t i = 0; i < chosen.size(); ++i) {
+        const int64_t b = side == 0 ? data_.source_block(chosen[i]) : data_.target_block(chosen[i]);
+        const torch::Tensor cells = in.cells.at(b).contiguous();
+        if (cells.scalar_type() != torch::kFloat || cells.size(0) != data_.block_size(b) || cells.size(1) != dim)
+          throw std::runtime_error("population store: block " + std::to_string(b) + " was read with the wrong shape");
+        const float* from = cells.data_ptr<float>();
+        for (int64_t j = 0; j < n_cells; ++j, out += dim)
+          std::copy_n(from + drawn[static_cast<int64_t>(i) * n_cells + j] * dim, dim, out);
+      }
+    }
+  }
+
+  // Whether `t` has these sizes already; else it is allocated anew (and a captured step must be captured again).
+  static bool fits(torch::Tensor& t, at::IntArrayRef sizes, const torch::TensorOptions& options) {
+    if (t.defined() && t.sizes() == sizes) return true;
+    t = torch::empty(sizes, options);
+    return false;
+  }
+
+  // Staged steps: the graphs of `blocks` (sorted) in the first of `slots`
+  // graph slots of the padded batch, built on the host and moved in two
+  // transfers; nothing when the last step staged the same blocks.
+  bool stage_graphs(const std::vector<int64_t>& blocks, int64_t slots, StepInput& in) {
+    if (blocks == staged_.blocks && slots == staged_.graphs.slots) return true;
+    std::vector<const PopulationGraph*> batch;
+    int64_t nodes = 0, edges = 0;
+    bool propagate = false;
+    for (int64_t b : blocks) {
+      batch.push_back(&host_graph(b, in));
+      nodes += batch.back()->nodes();
+      edges += batch.back()->src.size(0);
+      propagate = propagate || batch.back()->src.size(0) != batch.back()->nodes();  // not self-loops only
+    }
+    const auto dev = model_.device;
+    const int64_t dim = model_.config.network.dim;
+    PaddedGraphBatch& g = staged_.graphs;
+    const bool kept = staged_.graph_floats.defined() && nodes <= staged_.node_capacity &&
+                      edges <= staged_.edge_capacity && slots == g.slots && propagate == g.propagate;
+    if (!kept) {
+      staged_.node_capacity = std::max(staged_.node_capacity, nodes + nodes / 4 + 1);
+      staged_.edge_capacity = std::max(staged_.edge_capacity, edges + edges / 4 + 1);
+    }
+    const int64_t nc = staged_.node_capacity, ec = staged_.edge_capacity;
+    const int64_t n_floats = nc * dim + ec + slots + 1, n_longs = 2 * ec + nc;
+    if (!kept) {
+      staged_.graph_floats = torch::empty({n_floats}, fopt_);
+      staged_.graph_longs = torch::empty({n_longs}, fopt_.dtype(torch::kLong));
+      g.x = staged_.graph_floats.narrow(0, 0, nc * dim).view({nc, dim});
+      g.weight = staged_.graph_floats.narrow(0, nc * dim, ec);
+      g.counts = staged_.graph_floats.narrow(0, nc * dim + ec, slots + 1).unsqueeze(1);
+      g.src = staged_.graph_longs.narrow(0, 0, ec);
+      g.dst = staged_.graph_longs.narrow(0, ec, ec);
+      g.graph_of = staged_.graph_longs.narrow(0, 2 * ec, nc);
+      g.slots = slots;
+      g.propagate = propagate;
+    }
+    const bool pinned = dev.is_cuda();
+    auto floats = torch::zeros({n_floats}, torch::TensorOptions().dtype(torch::kFloat).pinned_memory(pinned));
+    auto longs = torch::zeros({n_longs}, torch::TensorOptions().dtype(torch::kLong).pinned_memory(pinned));
+    float* x = floats.data_ptr<float>();
+    float* weight = x + nc * dim;
+    float* counts = weight + ec;
+    int64_t* src = longs.data_ptr<int64_t>();
+    int64_t* dst = src + ec;
+    int64_t* graph_of = dst + ec;
+    int64_t node = 0, edge = 0;
+    for (size_t i = 0; i < batch.size(); ++i) {
+      const PopulationGraph& one = *batch[i];
+      const int64_t m = one.nodes(), e = one.src.size(0);
+      std::copy_n(one.x.data_ptr<float>(), m * dim, x + node * dim);
+      std::copy_n(one.weight.data_ptr<float>(), e, weight + edge);
+      const int64_t* from_src = one.src.data_ptr<int64_t>();
+      const int64_t* from_dst = one.dst.data_ptr<int64_t>();
+      for (int64_t j = 0; j < e; ++j) {
+        src[edge + j] = from_src[j] + node;
+        dst[edge + j] = from_dst[j] + node;
+      }
+      std::fill_n(graph_of + node, m, static_cast<int64_t>(i));
+      counts[i] = static_cast<float>(m);
+      node += m;
+      edge += e;
+    }
+    // Empty slots and the padding: counts of at least 1 (zero means, not 0 / 0); padding edges stay 0 -> 0, weight 0.
+    for (int64_t i = static_cast<int64_t>(batch.size()); i < slots; ++i) counts[i] = 1;
+    counts[slots] = static_cast<float>(std::max<int64_t>(nc - node, 1));
+    std::fill(graph_of + node, graph_of + nc, slots);
+    staged_.graph_floats.copy_(floats, /*non_blocking=*/pinned);
+    staged_.graph_longs.copy_(longs, pinned);
+    staged_.blocks = blocks;
+    return kept;
+  }
+
+  // Staged steps: source block b's graph on the host (built ahead, or now), kept for the fit.
+  const PopulationGraph& host_graph(int64_t b, StepInput& in) {
+    auto& g = host_graphs_[b];
+    if (!g) {
+      auto ahead = in.graphs.find(b);
+      if (ahead != in.graphs.end()) {
+        g = ahead->second;
+        in.graphs.erase(ahead);
+      } else {
+        g = std::make_shared<const PopulationGraph>(make_graph(b, in.cells.count(b) ? in.cells.at(b) : data_.block_cells(b)));
+      }
+      if (stats_) ++stats_->graphs_built;
+    }
+    return *g;
+  }
+
+  bool has_graph(int64_t b) const { return staging_ ? host_graphs_.count(b) > 0 : graphs_.contains(b); }
 
   // What a step needs besides its draws: blocks read and graphs built ahead.
   struct StepInput {
@@ -522,7 +731,7 @@ class PopulationObjective : public TrainingObjective {
         model_.population.use_encoder && (!alternate_ || encoder_step(next));
     for (int64_t p : chosen) {
       const int64_t b = data_.source_block(p);
-      if (model_.population.use_encoder && !graphs_.contains(b) && (needs_graphs || !cached_[b])) add(build, b);
+      if (model_.population.use_encoder && !has_graph(b) && (needs_graphs || !cached_[b])) add(build, b);
     }
     if (read.empty() && build.empty()) return;
     pending_step_ = next;
@@ -603,6 +812,19 @@ class PopulationObjective : public TrainingObjective {
   // tensor, written and read with one call a step, whatever the populations).
   torch::Tensor embeddings_;
   std::vector<bool> cached_;
+  // Staged steps (TrainConfig::step_graph): the buffers every step reads, and
+  // every drawn source block's graph on the host (no byte cap: staged fits
+  // have populations in the hundreds, not the tens of thousands).
+  struct Staged {
+    torch::Tensor draws;  // [2 rows + 2 P] long: source rows, target rows, each population's graph slot, the populations
+    torch::Tensor cells;  // from a store: [2, rows, dim], the drawn cells
+    torch::Tensor graph_floats, graph_longs;  // the padded batch's storage (views in `graphs`)
+    PaddedGraphBatch graphs;
+    int64_t n_chosen = 0, node_capacity = 0, edge_capacity = 0;
+    std::vector<int64_t> blocks;  // the source blocks in the graph slots, sorted
+  } staged_;
+  bool staging_ = false;
+  std::unordered_map<int64_t, std::shared_ptr<const PopulationGraph>> host_graphs_;
 };
 
 TrainResult train_blocks(PopulationModel& model, PopulationData& data, const TrainConfig& config,

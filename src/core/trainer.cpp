@@ -16,6 +16,7 @@
 #include "optimizer.h"
 #include "paths.h"
 #include "scratch.h"
+#include "step_graph.h"
 #include "step_seed.h"
 #include "threads.h"
 
@@ -202,6 +203,20 @@ class DeferredChecks {
   }
   int64_t size() const { return static_cast<int64_t>(losses_.size()); }
 
+  // The same for a captured step (step_graph.h): update() computes the flag
+  // in place, as a replay reads and writes the same tensors; record() then
+  // keeps copies of the step's loss and flag, after each replay.
+  torch::Tensor update(const torch::Tensor& loss, const torch::Tensor& norm) {
+    const auto ok = torch::isfinite(loss) & torch::isfinite(norm);
+    if (kept_.defined()) kept_.logical_and_(ok);
+    else kept_ = ok.clone();
+    return kept_.to(loss.scalar_type());
+  }
+  void record(const torch::Tensor& loss) {
+    losses_.push_back(loss.clone());
+    kept_after_.push_back(kept_.clone());
+  }
+
   // Reads the pending steps (the last is `step`) into `result` up to the
   // first non-finite one, whose number it returns (0: none).
   int64_t read(int64_t step, TrainResult& result) {
@@ -246,6 +261,16 @@ void TrainingObjective::next_draw(int64_t, int64_t, int64_t) {}
 
 std::string TrainingObjective::why_not_resumable() const { return ""; }
 
+std::string TrainingObjective::why_not_staged() const { return "this model's steps cannot be staged"; }
+
+bool TrainingObjective::stage(int64_t, std::mt19937_64&) {
+  throw std::logic_error("TrainingObjective::stage: " + why_not_staged());
+}
+
+torch::Tensor TrainingObjective::staged_loss_and_gradient(FlatAdam&) {
+  throw std::logic_error("TrainingObjective::staged_loss_and_gradient: " + why_not_staged());
+}
+
 AdamSettings adam_settings(const TrainConfig& config) {
   AdamSettings adam;
   adam.lr = config.lr;
@@ -281,6 +306,17 @@ TrainResult run_training(TrainingObjective& objective, const TrainConfig& config
   // Processes decide together, at each step's exchange, so the host reads every step.
   const int64_t sync_every = sync ? 1 : config.sync_every > 0 ? config.sync_every : on_gpu(primary) ? 25 : 1;
   DeferredChecks deferred;  // with sync_every > 1: the steps whose loss the host has not read yet
+  // Fixed-buffer steps, captured on a GPU (config.step_graph).
+  std::string why_not_staged = !config.step_graph ? "not asked" : objective.why_not_staged();
+  if (why_not_staged.empty())
+    why_not_staged = combined ? "data-parallel or accumulated steps"
+                     : sync_every == 1 ? "the host reads every step (sync_every = 1)"
+                     : optimisers.size() != 1 ? "more than one optimiser" : "";
+  const bool staged = why_not_staged.empty();
+  if (config.step_graph) result.step_graph = staged ? "staged" : "eager: " + why_not_staged;
+  StepGraph step_graph;
+  torch::Tensor staged_loss;  // the staged step's loss: a captured tensor, overwritten by each replay
+  if (staged) primary.count_on_device();
   std::mt19937_64 rng;
   FlatAdam* last_opt = nullptr;  // the optimiser of the last step, which a non-finite loss undoes
   // The weights of the step before `step` gave a non-finite loss or gradient:
@@ -303,7 +339,21 @@ TrainResult run_training(TrainingObjective& objective, const TrainConfig& config
   for (int64_t step = first_step; step <= config.steps; ++step) {
     torch::Tensor loss;
     FlatAdam& opt = objective.optimiser(step);
-    if (combined) {
+    if (staged) {
+      seed_step(config.seed, step, rng);
+      objective.next_draw(0, 0, 1);
+      if (!objective.stage(step, rng)) step_graph.reset();
+      step_graph.run(opt.device(), [&] {
+        staged_loss = objective.staged_loss_and_gradient(opt);
+        const torch::Tensor norm = opt.grad_norm();
+        const torch::Tensor keep = deferred.update(staged_loss, norm);
+        opt.clip_grad_norm(norm, config.clip_norm);
+        opt.remember(keep);
+        opt.update(keep);
+      });
+      opt.count_step();
+      deferred.record(staged_loss);
+    } else if (combined) {
       const CombinedStep c =
           combined_step(objective, opt, config.seed, step, draws, sync, rng, sync && own_time_out(), stop_asked);
       if (c.stop) {
@@ -339,12 +389,14 @@ TrainResult run_training(TrainingObjective& objective, const TrainConfig& config
       // The same checks on the device: a non-finite step, and every step
       // after it, leaves the weights as they were; the host finds out at the
       // next sync and undoes the step before it, as above.
-      objective.gradients_ready(step, opt);
-      const torch::Tensor norm = opt.grad_norm();
-      const torch::Tensor keep = deferred.keep(loss, norm);
-      opt.clip_grad_norm(norm, config.clip_norm);
-      opt.remember(keep);
-      opt.step(keep);
+      if (!staged) {
+        objective.gradients_ready(step, opt);
+        const torch::Tensor norm = opt.grad_norm();
+        const torch::Tensor keep = deferred.keep(loss, norm);
+        opt.clip_grad_norm(norm, config.clip_norm);
+        opt.remember(keep);
+        opt.step(keep);
+      }
       const bool due = deferred.size() >= sync_every || step == config.steps || checkpoint_due(step) ||
                        validation.due(step) || over_time();
       if (!due) continue;
@@ -388,6 +440,10 @@ TrainResult run_training(TrainingObjective& objective, const TrainConfig& config
   if (keep_earlier && keep_state && !state.raw.defined()) state.raw = state.ema = primary.weights();
   for (FlatAdam* opt : optimisers) opt->use_average();
   if (keep_earlier) validation.restore_best();
+  if (step_graph.captures() > 0)
+    result.step_graph = step_graph.captures() == 1 ? "captured" : "captured " + std::to_string(step_graph.captures()) + " times";
+  else if (staged && !step_graph.failure().empty())
+    result.step_graph = "staged, not captured: " + step_graph.failure();
   network.eval();
   result.seconds = seconds_since(start);
   return result;

@@ -84,6 +84,10 @@ struct TrainResult {
   std::vector<double> validation_scores;
   int64_t best_step = 0;
   double best_score = std::numeric_limits<double>::quiet_NaN();
+  // With config.step_graph: "captured" (steps replayed a CUDA graph; "captured
+  // N times" when the staged buffers grew), "staged" (the fixed-buffer steps,
+  // run eagerly: on CPU) or "eager: <why not>".
+  std::string step_graph;
 };
 
 // What one kind of model (or loss) contributes to run_training. New training
@@ -134,6 +138,18 @@ class TrainingObjective {
   // its norm is checked and clipped: where gradients would be combined across
   // processes (distributed training). Default: nothing.
   virtual void gradients_ready(int64_t step, FlatAdam& optimiser);
+
+  // Steps from fixed buffers (TrainConfig::step_graph). why_not_staged():
+  // "" when this objective can take them (default: why it cannot). stage():
+  // draws step `step` from the generators loss() would use, in the same
+  // order, into buffers that keep their storage; false when they had to be
+  // reallocated (a captured step must then be captured again).
+  // staged_loss_and_gradient(): the staged step's loss with `optimiser`'s
+  // gradient, by device work on those buffers alone (no host reads, no
+  // host-side draws): a replayed capture repeats exactly this.
+  virtual std::string why_not_staged() const;
+  virtual bool stage(int64_t step, std::mt19937_64& rng);
+  virtual torch::Tensor staged_loss_and_gradient(FlatAdam& optimiser);
 
   // Why this fit cannot be resumed from a saved state, or "" when it can
   // (default). Such a fit refuses config.resume, and its checkpoints and

@@ -1,0 +1,288 @@
+// Staged training steps (TrainConfig::step_graph, step_graph.h): the fixed
+// buffers a CUDA graph replays. On the CPU they run eagerly, which checks
+// everything but the capture itself: the padded graph batch embeds as the
+// sparse one does, staged fits train the model eager fits train, the device
+// step count and the in-place checks behave as the host's.
+#include <torch/torch.h>
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "check.h"
+#include "encoders.h"
+#include "fixtures.h"
+#include "optimizer.h"
+#include "population_model.h"
+#include "population_store.h"
+#include "step_graph.h"
+
+using namespace popflow;
+using namespace fixtures;
+
+namespace {
+
+// Graphs of `sizes` random 2-d cells (k = 3), and their padded batch with
+// `slots` graph slots and room to spare, graph i in slot i.
+struct Graphs {
+  std::vector<PopulationGraph> graphs;
+  PaddedGraphBatch padded;
+};
+
+Graphs some_graphs(const std::vector<int64_t>& sizes, int64_t slots, int64_t k) {
+  Graphs out;
+  int64_t nodes = 0, edges = 0;
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    out.graphs.push_back(build_graph(torch::randn({sizes[i], 2}), k, 0, 11 + i));
+    nodes += sizes[i];
+    edges += out.graphs.back().src.size(0);
+  }
+  const int64_t nc = nodes + 7, ec = edges + 13;
+  PaddedGraphBatch& p = out.padded;
+  p.x = torch::zeros({nc, 2});
+  p.src = torch::zeros({ec}, torch::kLong);
+  p.dst = torch::zeros({ec}, torch::kLong);
+  p.weight = torch::zeros({ec});
+  p.graph_of = torch::full({nc}, slots, torch::kLong);
+  p.counts = torch::ones({slots + 1, 1});
+  p.slots = slots;
+  p.propagate = k > 0;
+  int64_t node = 0, edge = 0;
+  for (size_t i = 0; i < out.graphs.size(); ++i) {
+    const auto& g = out.graphs[i];
+    const int64_t m = g.nodes(), e = g.src.size(0);
+    p.x.narrow(0, node, m).copy_(g.x);
+    p.src.narrow(0, edge, e).copy_(g.src + node);
+    p.dst.narrow(0, edge, e).copy_(g.dst + node);
+    p.weight.narrow(0, edge, e).copy_(g.weight);
+    p.graph_of.narrow(0, node, m).fill_(static_cast<int64_t>(i));
+    p.counts[i][0] = static_cast<float>(m);
+    node += m;
+    edge += e;
+  }
+  p.counts[slots][0] = static_cast<float>(nc - node);
+  return out;
+}
+
+// A store whose populations share source blocks: block b holds `per_block`
+// cells around centre b, and population p goes from source block
+// sources[p] to its own target block (its source's cells moved by p's shift).
+std::string shared_source_store(const std::vector<int64_t>& sources, int64_t n_source_blocks, int64_t per_block) {
+  const std::string path =
+      (std::filesystem::temp_directory_path() / "popflow_test_step_graph_store").string();
+  StoreLayout layout;
+  layout.dim = 2;
+  std::vector<torch::Tensor> cells;
+  for (int64_t b = 0; b < n_source_blocks; ++b) {
+    cells.push_back(torch::randn({per_block, 2}) + static_cast<float>(b));
+    layout.blocks.push_back({"control" + std::to_string(b), 0, per_block, {}});
+  }
+  for (size_t p = 0; p < sources.size(); ++p) {
+    const auto shift = torch::tensor({std::cos(1.0f * p), std::sin(1.0f * p)});
+    cells.push_back(cells[sources[p]] + 2 * shift);
+    layout.blocks.push_back({"treated" + std::to_string(p), 0, per_block, {}});
+    layout.populations.push_back({"p" + std::to_string(p), sources[p], n_source_blocks + static_cast<int64_t>(p)});
+  }
+  StoreWriter writer(path, layout);
+  int64_t row = 0;
+  for (size_t b = 0; b < cells.size(); ++b) {
+    auto x = cells[b].contiguous();
+    std::vector<int64_t> dest(per_block), block(per_block, static_cast<int64_t>(b));
+    for (int64_t i = 0; i < per_block; ++i) dest[i] = row++;
+    writer.write(x.data_ptr<float>(), per_block, dest.data(), block.data());
+  }
+  writer.finish();
+  return path;
+}
+
+void check_same_fit(const TrainResult& staged, const TrainResult& eager, torch::nn::Module& a, torch::nn::Module& b,
+                    double tol) {
+  PF_CHECK_MSG(staged.status == eager.status, staged.status << " vs " << eager.status);
+  PF_CHECK(staged.loss.size() == eager.loss.size());
+  for (size_t i = 0; i < staged.loss.size() && i < eager.loss.size(); ++i)
+    PF_CHECK_MSG(std::abs(staged.loss[i] - eager.loss[i]) <= tol * std::abs(eager.loss[i]),
+                 "step " << i + 1 << ": " << staged.loss[i] << " staged, " << eager.loss[i] << " eager");
+  const auto pa = a.parameters(), pb = b.parameters();
+  PF_CHECK(pa.size() == pb.size());
+  for (size_t i = 0; i < pa.size() && i < pb.size(); ++i)
+    PF_CHECK_MSG(torch::allclose(pa[i], pb[i], 1e-3, 1e-4), "parameter " << i << " differs");
+}
+
+}  // namespace
+
+TEST_CASE("encoder: a padded graph batch embeds as the sparse batch does, gradients included") {
+  for (EncoderKind kind : {EncoderKind::GCN, EncoderKind::KME}) {
+    for (int64_t k : {3, 0}) {
+      torch::manual_seed(3);
+      EncoderConfig ec;
+      ec.kind = kind;
+      ec.dim = 2;
+      ec.width = 8;
+      ec.layers = 2;
+      PopulationEncoder encoder(ec);
+      const Graphs g = some_graphs({9, 5, 12}, 5, k);  // two empty slots, padding nodes and edges
+      std::vector<const PopulationGraph*> batch;
+      for (const auto& one : g.graphs) batch.push_back(&one);
+      const auto sparse = encoder->forward(batch_graphs(batch, torch::kCPU));
+      const auto padded = encoder->forward(g.padded);
+      PF_CHECK(padded.size(0) == 5 && padded.size(1) == sparse.size(1));
+      PF_CHECK(torch::allclose(padded.narrow(0, 0, 3), sparse, 1e-5, 1e-6));
+      PF_CHECK(padded.narrow(0, 3, 2).abs().max().item<float>() == 0);  // empty slots: zero rows
+      const auto params = encoder->parameters();
+      if (params.empty()) continue;  // KME: nothing trains
+      const auto weights = torch::randn({3, sparse.size(1)});
+      std::vector<torch::Tensor> g_sparse, g_padded;
+      for (auto& p : params) p.mutable_grad() = torch::Tensor();
+      (sparse * weights).sum().backward();
+      for (auto& p : params) g_sparse.push_back(p.grad().clone());
+      for (auto& p : params) p.mutable_grad() = torch::Tensor();
+      (padded.narrow(0, 0, 3) * weights).sum().backward();
+      for (size_t i = 0; i < params.size(); ++i) {
+        PF_CHECK(torch::isfinite(params[i].grad()).all().item<bool>());
+        PF_CHECK(torch::allclose(params[i].grad(), g_sparse[i], 1e-4, 1e-6));
+      }
+    }
+  }
+}
+
+TEST_CASE("FlatAdam: counting steps on the device updates as counting on the host, and rolls back alike") {
+  torch::manual_seed(2);
+  auto make = [] {
+    torch::manual_seed(4);
+    return torch::nn::Linear(5, 3);
+  };
+  auto host_net = make(), device_net = make();
+  AdamSettings s;
+  s.lr = 0.05;
+  s.ema_decay = 0.9;
+  FlatAdam host(*host_net, s), device(*device_net, s);
+  device.count_on_device();
+  for (int step = 1; step <= 6; ++step) {
+    const auto g = torch::randn({host.parameter_count()});
+    const auto keep = torch::tensor(step == 5 ? 0.0f : 1.0f);  // step 5 is refused
+    host.gradient().copy_(g);
+    device.gradient().copy_(g);
+    host.remember(keep);
+    host.step(keep);
+    device.remember(keep);
+    device.update(keep);
+    device.count_step();
+    PF_CHECK(torch::allclose(host.weights(), device.weights(), 1e-6, 1e-7));
+  }
+  PF_CHECK(host.state().m.equal(device.state().m));
+  host.rollback();
+  device.rollback();
+  PF_CHECK(torch::allclose(host.weights(), device.weights(), 1e-6, 1e-7));
+  // After the rollback both count the same steps: the next update agrees too.
+  const auto g = torch::randn({host.parameter_count()});
+  host.gradient().copy_(g);
+  device.gradient().copy_(g);
+  host.step(torch::tensor(1.0f));
+  device.update(torch::tensor(1.0f));
+  device.count_step();
+  PF_CHECK(torch::allclose(host.weights(), device.weights(), 1e-6, 1e-7));
+}
+
+TEST_CASE("step_graph: a staged MFM or CGFM fit trains the model the eager fit trains") {
+  struct Case {
+    bool labels;
+    bool encoder;
+    bool alternating;
+  };
+  for (const Case c : {Case{false, true, false}, Case{true, false, false}, Case{true, true, false},
+                       Case{false, true, true}}) {
+    torch::manual_seed(8);
+    auto data = mean_shift_populations({{0, 0}, {1.5, 0}, {0, 1.5}, {-1.5, 0}, {0, -1.5}}, 30);
+    PopulationConfig pc = small_population(EncoderKind::GCN, 2, 8, 12, 3);
+    pc.k = 4;
+    pc.use_encoder = c.encoder;
+    pc.alternating = c.alternating;
+    if (c.labels) {
+      pc.label_levels = {5};
+      data.labels = torch::arange(5, torch::kLong).view({5, 1});
+    }
+    TrainConfig tc;
+    tc.steps = 16;
+    tc.seed = 3;
+    tc.sync_every = 5;
+    tc.clip_norm = 1.0;
+    torch::manual_seed(1);
+    auto eager = make_population_model(population_flow(), pc, "cpu");
+    const TrainResult res_eager = train_population_model(*eager, data, tc);
+    tc.step_graph = true;
+    torch::manual_seed(1);
+    auto staged = make_population_model(population_flow(), pc, "cpu");
+    const TrainResult res_staged = train_population_model(*staged, data, tc);
+    PF_CHECK(res_eager.step_graph.empty());
+    if (c.alternating) {
+      PF_CHECK_MSG(res_staged.step_graph.rfind("eager: the alternating schedule", 0) == 0, res_staged.step_graph);
+    } else {
+      PF_CHECK_MSG(res_staged.step_graph == "staged", res_staged.step_graph);
+    }
+    check_same_fit(res_staged, res_eager, *staged->net, *eager->net, 1e-4);
+  }
+}
+
+TEST_CASE("step_graph: staged steps from a store whose populations share source blocks") {
+  torch::manual_seed(6);
+  // Six populations on three control blocks: a step of four draws 2 or 3 distinct sources.
+  const std::string path = shared_source_store({0, 0, 1, 1, 2, 2}, 3, 20);
+  auto store = std::make_shared<const PopulationStore>(path);
+  PopulationConfig pc = small_population(EncoderKind::GCN, 2, 8, 10, 4);
+  pc.k = 3;
+  TrainConfig tc;
+  tc.steps = 14;
+  tc.seed = 2;
+  tc.sync_every = 4;
+  std::vector<TrainResult> results;
+  std::vector<std::shared_ptr<PopulationModel>> models;
+  for (bool staged : {false, true}) {
+    tc.step_graph = staged;
+    torch::manual_seed(1);
+    models.push_back(make_population_model(population_flow(), pc, "cpu"));
+    auto blocks = store_population_data(store, torch::Tensor(), torch::Tensor());
+    PopulationTrainingStats stats;
+    results.push_back(train_population_model(*models.back(), *blocks, tc, {}, {}, &stats));
+    PF_CHECK(stats.graphs_built == 3);  // one graph per control block, whichever way
+  }
+  PF_CHECK_MSG(results[1].step_graph == "staged", results[1].step_graph);
+  check_same_fit(results[1], results[0], *models[1]->net, *models[0]->net, 1e-4);
+  std::remove(path.c_str());
+}
+
+TEST_CASE("step_graph: a staged fit that diverges stops where the eager fit stops, with the same weights") {
+  torch::manual_seed(8);
+  auto data = mean_shift_populations({{0, 0}, {1.5, 0}, {0, 1.5}}, 30);
+  PopulationConfig pc = small_population(EncoderKind::GCN, 2, 8, 12, 2);
+  pc.k = 4;
+  TrainConfig tc;
+  tc.steps = 40;
+  tc.seed = 3;
+  tc.sync_every = 6;
+  tc.lr = 1e30;  // the first step's weights give non-finite losses
+  std::vector<TrainResult> results;
+  std::vector<std::shared_ptr<PopulationModel>> models;
+  for (bool staged : {false, true}) {
+    tc.step_graph = staged;
+    torch::manual_seed(1);
+    models.push_back(make_population_model(population_flow(), pc, "cpu"));
+    results.push_back(train_population_model(*models.back(), data, tc));
+  }
+  PF_CHECK_MSG(results[0].status == "nonfinite", results[0].status);
+  PF_CHECK(results[1].status == results[0].status && results[1].steps_done == results[0].steps_done);
+  PF_CHECK(same_parameters(*models[1]->net, *models[0]->net));
+}
+
+TEST_CASE("StepGraph: runs the work eagerly on the CPU and says why it cannot capture elsewhere") {
+  StepGraph graph(1);
+  int runs = 0;
+  for (int i = 0; i < 3; ++i) graph.run(torch::kCPU, [&] { ++runs; });
+  PF_CHECK(runs == 3 && !graph.captured() && graph.failure().empty());
+  if (!step_graphs_available()) {
+    graph.run(torch::Device(torch::kCUDA, 0), [&] { ++runs; });
+    PF_CHECK(runs == 4);
+    PF_CHECK_MSG(graph.failure().find("without CUDA graphs") != std::string::npos, graph.failure());
+  }
+}
