@@ -97,6 +97,22 @@ std::string shared_source_store(const std::vector<int64_t>& sources, int64_t n_s
   return path;
 }
 
+struct Fit {
+  TrainResult result;
+  std::shared_ptr<PopulationModel> model;
+};
+
+// A fit of the small model from the same initial weights, staged or not.
+template <class Data>
+Fit fit(const PopulationConfig& pc, Data& data, TrainConfig tc, bool staged, PopulationTrainingStats* stats = nullptr) {
+  tc.step_graph = staged;
+  torch::manual_seed(1);
+  Fit f;
+  f.model = make_population_model(population_flow(), pc, "cpu");
+  f.result = train_population_model(*f.model, data, tc, {}, {}, stats);
+  return f;
+}
+
 void check_same_fit(const TrainResult& staged, const TrainResult& eager, torch::nn::Module& a, torch::nn::Module& b,
                     double tol) {
   PF_CHECK_MSG(staged.status == eager.status, staged.status << " vs " << eager.status);
@@ -208,20 +224,11 @@ TEST_CASE("step_graph: a staged MFM or CGFM fit trains the model the eager fit t
     tc.seed = 3;
     tc.sync_every = 5;
     tc.clip_norm = 1.0;
-    torch::manual_seed(1);
-    auto eager = make_population_model(population_flow(), pc, "cpu");
-    const TrainResult res_eager = train_population_model(*eager, data, tc);
-    tc.step_graph = true;
-    torch::manual_seed(1);
-    auto staged = make_population_model(population_flow(), pc, "cpu");
-    const TrainResult res_staged = train_population_model(*staged, data, tc);
-    PF_CHECK(res_eager.step_graph.empty());
-    if (c.alternating) {
-      PF_CHECK_MSG(res_staged.step_graph.rfind("eager: the alternating schedule", 0) == 0, res_staged.step_graph);
-    } else {
-      PF_CHECK_MSG(res_staged.step_graph == "staged", res_staged.step_graph);
-    }
-    check_same_fit(res_staged, res_eager, *staged->net, *eager->net, 1e-4);
+    const Fit eager = fit(pc, data, tc, false), staged = fit(pc, data, tc, true);
+    PF_CHECK(eager.result.step_graph.empty());
+    const std::string& said = staged.result.step_graph;
+    PF_CHECK_MSG(c.alternating ? said.rfind("eager: the alternating schedule", 0) == 0 : said == "staged", said);
+    check_same_fit(staged.result, eager.result, *staged.model->net, *eager.model->net, 1e-4);
   }
 }
 
@@ -236,19 +243,15 @@ TEST_CASE("step_graph: staged steps from a store whose populations share source 
   tc.steps = 14;
   tc.seed = 2;
   tc.sync_every = 4;
-  std::vector<TrainResult> results;
-  std::vector<std::shared_ptr<PopulationModel>> models;
+  std::vector<Fit> fits;
   for (bool staged : {false, true}) {
-    tc.step_graph = staged;
-    torch::manual_seed(1);
-    models.push_back(make_population_model(population_flow(), pc, "cpu"));
     auto blocks = store_population_data(store, torch::Tensor(), torch::Tensor());
     PopulationTrainingStats stats;
-    results.push_back(train_population_model(*models.back(), *blocks, tc, {}, {}, &stats));
+    fits.push_back(fit(pc, *blocks, tc, staged, &stats));
     PF_CHECK(stats.graphs_built == 3);  // one graph per control block, whichever way
   }
-  PF_CHECK_MSG(results[1].step_graph == "staged", results[1].step_graph);
-  check_same_fit(results[1], results[0], *models[1]->net, *models[0]->net, 1e-4);
+  PF_CHECK_MSG(fits[1].result.step_graph == "staged", fits[1].result.step_graph);
+  check_same_fit(fits[1].result, fits[0].result, *fits[1].model->net, *fits[0].model->net, 1e-4);
   std::remove(path.c_str());
 }
 
@@ -262,17 +265,10 @@ TEST_CASE("step_graph: a staged fit that diverges stops where the eager fit stop
   tc.seed = 3;
   tc.sync_every = 6;
   tc.lr = 1e30;  // the first step's weights give non-finite losses
-  std::vector<TrainResult> results;
-  std::vector<std::shared_ptr<PopulationModel>> models;
-  for (bool staged : {false, true}) {
-    tc.step_graph = staged;
-    torch::manual_seed(1);
-    models.push_back(make_population_model(population_flow(), pc, "cpu"));
-    results.push_back(train_population_model(*models.back(), data, tc));
-  }
-  PF_CHECK_MSG(results[0].status == "nonfinite", results[0].status);
-  PF_CHECK(results[1].status == results[0].status && results[1].steps_done == results[0].steps_done);
-  PF_CHECK(same_parameters(*models[1]->net, *models[0]->net));
+  const Fit eager = fit(pc, data, tc, false), staged = fit(pc, data, tc, true);
+  PF_CHECK_MSG(eager.result.status == "nonfinite", eager.result.status);
+  PF_CHECK(staged.result.status == eager.result.status && staged.result.steps_done == eager.result.steps_done);
+  PF_CHECK(same_parameters(*staged.model->net, *eager.model->net));
 }
 
 TEST_CASE("StepGraph: runs the work eagerly on the CPU and says why it cannot capture elsewhere") {
