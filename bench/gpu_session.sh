@@ -9,6 +9,8 @@
 #      step, alone on the GPU: popflow (host checks every step, as before; every 25 steps; the
 #      same with TF32; the step captured as one CUDA graph, TF32 off and on) against bench/mfm_peer_torch.py (eager fp32 reading the loss every step,
 #      the reference's habit; eager TF32 with fused Adam; a CUDA graph of the whole step, TF32).
+#      First (B0) the staged-step tests, whose GPU case checks that the captured step trains the
+#      model the eager GPU step trains (popflow_step_graph_tests, output in session.log).
 #   C. GPU training from R: bench/gpu_r_end_to_end.R (with the NCCL backend run as one rank, issue 13).
 #   D. Letters at the paper's size, MFM GCN k = 10, 3 seeds, LETTERS_STEPS (2000) steps, TF32 off
 #      and on (6 fits sharing the GPU), scored on the unseen Y: whether TF32 moves the metrics.
@@ -48,9 +50,10 @@ mkdir -p /tmp/lemon/include && ln -sfn "$PWD/.gpu/lemon_inc/lemon" /tmp/lemon/in
 export PATH=/usr/lib/R/bin:$PATH   # R as the archive unpacks it (Debian's layout)
 (
   cmake -S . -B build/cuda -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$prefix" \
-    -DPOPFLOW_LEMON_INCLUDE="$PWD/.gpu/lemon_inc" -DPOPFLOW_BUILD_TESTS=OFF &&
+    -DPOPFLOW_LEMON_INCLUDE="$PWD/.gpu/lemon_inc" -DPOPFLOW_BUILD_TESTS=OFF -DPOPFLOW_BUILD_GPU_CHECK=ON &&
     cmake --build build/cuda -j10 --target popflow_mfm_bench $(has D && echo popflow_letters) \
-      $(has F && echo popflow_ot_bench popflow_bench) $(has G && echo popflow_predict_bench)
+      $(has F && echo popflow_ot_bench popflow_bench) $(has G && echo popflow_predict_bench) &&
+    { cmake --build build/cuda -j10 --target popflow_step_graph_tests || echo "step graph tests: build FAILED"; }
 ) > /tmp/cmake.log 2>&1 &
 cmake_pid=$!
 (
@@ -65,6 +68,12 @@ r_pid=$!
 wait $cmake_pid && log "CMake build done" || log "CMake build FAILED"
 wait $r_pid && log "R and popflow installed" || log "R CMD INSTALL FAILED"
 { echo "== CMake"; tail -25 /tmp/cmake.log; echo "== R CMD INSTALL"; tail -40 /tmp/r_install.log; } > "$OUTDIR/build.log"
+
+# B0. The captured step against the eager one on the GPU (tests/cpp/test_step_graph.cpp), into session.log.
+if has B && [ -x build/cuda/popflow_step_graph_tests ]; then
+  timeout 120 build/cuda/popflow_step_graph_tests -v >> "$OUTDIR/session.log" 2>&1
+  log "step graph tests: exit $?"
+fi
 
 # B. Throughput, one program at a time.
 bin=build/cuda/popflow_mfm_bench
