@@ -221,8 +221,8 @@ int main(int argc, char** argv) {
                           std::chrono::duration<double>(clock.last - clock.first).count();
     if (o.json) {
       std::printf("{\"impl\": \"popflow\", \"device\": \"%s\", \"tf32\": %d, \"sync_every\": %lld, \"populations_per_step\": %lld, \"cells\": %lld, "
-                  "\"steps\": %lld, \"seconds\": %.4f, \"steps_per_s\": %.3f, \"steady_steps_per_s\": %.3f, \"final_loss\": %.5f, "
-                  "\"step_graph\": \"%s\"}\n",
+                  "\"steps\": %lld, \"seconds\": %.4f, \"steps_per_s\": %.3f, \"steady_steps_per_s\": %.3f, "
+                  "\"final_loss\": %.5f, \"step_graph\": \"%s\"}\n",
                   o.device.c_str(), o.tf32 ? 1 : 0, static_cast<long long>(o.sync_every), static_cast<long long>(o.per_step),
                   static_cast<long long>(o.cells), static_cast<long long>(res.steps_done), res.seconds, sps, steady,
                   res.loss.empty() ? NAN : res.loss.back(), quoted(res.step_graph).c_str());

@@ -81,7 +81,8 @@ class PopulationEncoderImpl : public torch::nn::Module {
 
  private:
   // Each cell's features after the layers, with `propagate` (h -> A_hat h) between transform and bias.
-  torch::Tensor cell_features(const torch::Tensor& x, const std::function<torch::Tensor(const torch::Tensor&)>& propagate);
+  torch::Tensor cell_features(const torch::Tensor& x,
+                              const std::function<torch::Tensor(const torch::Tensor&)>& propagate);
   EncoderConfig config_;
   torch::nn::ModuleList linears_;
   std::vector<torch::Tensor> biases_;

@@ -336,7 +336,8 @@ class PopulationObjective : public TrainingObjective {
     kept = fits(staged_.draws, draws.sizes(), fopt_.dtype(torch::kLong)) && kept;
     staged_.draws.copy_(draws, /*non_blocking=*/dev.is_cuda());
     if (data_.on_disk()) {
-      auto cells = torch::empty({2, n_rows, data_.dim()}, torch::TensorOptions().dtype(torch::kFloat).pinned_memory(dev.is_cuda()));
+      auto cells = torch::empty({2, n_rows, data_.dim()},
+                                torch::TensorOptions().dtype(torch::kFloat).pinned_memory(dev.is_cuda()));
       copy_cells(chosen, rows0, rows1, in, cells.data_ptr<float>());
       kept = fits(staged_.cells, cells.sizes(), fopt_) && kept;
       staged_.cells.copy_(cells, dev.is_cuda());
@@ -354,7 +355,8 @@ class PopulationObjective : public TrainingObjective {
     const int64_t n_rows = n_chosen * n_cells;
     torch::Tensor embedding;
     if (model_.population.use_encoder)
-      embedding = model_.net->encoder->forward(staged_.graphs).index_select(0, staged_.draws.narrow(0, 2 * n_rows, n_chosen));
+      embedding =
+          model_.net->encoder->forward(staged_.graphs).index_select(0, staged_.draws.narrow(0, 2 * n_rows, n_chosen));
     torch::Tensor x0, x1;
     if (data_.on_disk()) {
       x0 = staged_.cells[0];
@@ -645,7 +647,8 @@ class PopulationObjective : public TrainingObjective {
         g = ahead->second;
         in.graphs.erase(ahead);
       } else {
-        g = std::make_shared<const PopulationGraph>(make_graph(b, in.cells.count(b) ? in.cells.at(b) : data_.block_cells(b)));
+        g = std::make_shared<const PopulationGraph>(
+            make_graph(b, in.cells.count(b) ? in.cells.at(b) : data_.block_cells(b)));
       }
       if (stats_) ++stats_->graphs_built;
     }
@@ -816,7 +819,8 @@ class PopulationObjective : public TrainingObjective {
   // every drawn source block's graph on the host (no byte cap: staged fits
   // have populations in the hundreds, not the tens of thousands).
   struct Staged {
-    torch::Tensor draws;  // [2 rows + 2 P] long: source rows, target rows, each population's graph slot, the populations
+    // [2 rows + 2 P] long: source rows, target rows, each population's graph slot, the populations
+    torch::Tensor draws;
     torch::Tensor cells;  // from a store: [2, rows, dim], the drawn cells
     torch::Tensor graph_floats, graph_longs;  // the padded batch's storage (views in `graphs`)
     PaddedGraphBatch graphs;

@@ -441,7 +441,8 @@ TrainResult run_training(TrainingObjective& objective, const TrainConfig& config
   for (FlatAdam* opt : optimisers) opt->use_average();
   if (keep_earlier) validation.restore_best();
   if (step_graph.captures() > 0)
-    result.step_graph = step_graph.captures() == 1 ? "captured" : "captured " + std::to_string(step_graph.captures()) + " times";
+    result.step_graph =
+        step_graph.captures() == 1 ? "captured" : "captured " + std::to_string(step_graph.captures()) + " times";
   else if (staged && !step_graph.failure().empty())
     result.step_graph = "staged, not captured: " + step_graph.failure();
   network.eval();
