@@ -789,6 +789,14 @@ model_class.ICNNParam <- function(method) c("popflow_icnn", "popflow_flow")
 #'   W1 by at most 0.0005 (3 seeds) with it on, and ran no faster, its step
 #'   being bound by per-step overhead rather than arithmetic
 #'   (`bench/results/gpu_session.md`). Try it for wide networks and large batches.
+#' @param step_graph On a GPU, MFM and CGFM fits (schedule `"joint"`, a
+#'   coupling drawn per cell: independent or paired) take each step as one
+#'   replayed CUDA graph instead of hundreds of operator launches, the draws
+#'   staged into fixed buffers first. Off by default: it is tested on the CPU
+#'   (staged fits train the model the usual steps train, to float rounding)
+#'   but has not yet been measured on a GPU, and on the CPU, where the host
+#'   reads every step, it runs the usual steps. `fit$step_graph` says what
+#'   happened: `"captured"`, or why not.
 #' @param accumulate Minibatches drawn per step (per worker, in data-parallel
 #'   training) whose gradients are averaged: a larger batch in the memory of
 #'   one. Draw `r` of a step is seeded by (seed, step, r), draw 0 being the
@@ -839,7 +847,7 @@ engine_config.NetworkParam <- function(x) {
 #' @export
 TrainingParam <- function(steps = 2000, batch_size = 256, lr = 1e-3, weight_decay = 0, clip_norm = 0,
                           ema_decay = 0, seed = 1, groups_per_step = 1, time_limit = 0, tf32 = FALSE,
-                          checkpoint_every = 0, checkpoint_file = NULL, accumulate = 1) {
+                          checkpoint_every = 0, checkpoint_file = NULL, accumulate = 1, step_graph = FALSE) {
   checkpoint_every <- check_count(checkpoint_every, "checkpoint_every", min = 0)
   checkpoint_file <- check_checkpoint_file(checkpoint_file, checkpoint_every)
   new_param("training", "TrainingParam",
@@ -853,7 +861,7 @@ TrainingParam <- function(steps = 2000, batch_size = 256, lr = 1e-3, weight_deca
             time_limit = check_number(time_limit, "time_limit", min = 0),
             tf32 = check_flag(tf32, "tf32"),
             checkpoint_every = checkpoint_every, checkpoint_file = checkpoint_file,
-            accumulate = check_count(accumulate, "accumulate"))
+            accumulate = check_count(accumulate, "accumulate"), step_graph = check_flag(step_graph, "step_graph"))
 }
 
 # `checkpoint` is read by the glue, not the engine: where and how often to write the model during training.
@@ -863,8 +871,9 @@ engine_config.TrainingParam <- function(x) {
                                  "ema_decay", "seed", "time_limit")],
                     # tf32: absent from TrainingParam objects of models saved before it existed.
                     # sync_every 0: the engine reads losses back every step on CPU, every 25 on a GPU.
-                    # accumulate: absent from objects saved before it existed.
-                    list(tf32 = as.integer(isTRUE(x$tf32)), sync_every = 0L, accumulate = x$accumulate %||% 1L)),
+                    # accumulate, step_graph: absent from objects saved before they existed.
+                    list(tf32 = as.integer(isTRUE(x$tf32)), sync_every = 0L, accumulate = x$accumulate %||% 1L,
+                         step_graph = as.integer(isTRUE(x$step_graph)))),
        checkpoint = list(every = x$checkpoint_every, file = x$checkpoint_file %||% ""))
 }
 

@@ -87,5 +87,7 @@ fitted_fields <- function(fields, res, resume) {
   fields$status <- res$status
   fields$seconds <- res$seconds + if (is.null(resume)) 0 else sum(resume$seconds, na.rm = TRUE)
   fields$validation <- validation_record(fields$validation, res)
+  # Only when asked for (TrainingParam(step_graph = TRUE)): "captured", or why not.
+  if (nzchar(res$step_graph %||% "")) fields$step_graph <- res$step_graph
   fields
 }

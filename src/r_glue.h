@@ -400,7 +400,7 @@ Rcpp::List train_for_r(Model& model, const Rcpp::List& config, int64_t steps,
                             Rcpp::Named("validation_steps") = Rcpp::wrap(validation_steps),
                             Rcpp::Named("validation_scores") = Rcpp::wrap(res.validation_scores),
                             Rcpp::Named("best_step") = static_cast<double>(res.best_step),
-                            Rcpp::Named("best_score") = res.best_score);
+                            Rcpp::Named("best_score") = res.best_score, Rcpp::Named("step_graph") = res.step_graph);
 }
 
 }  // namespace popflow_r

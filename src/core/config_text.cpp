@@ -372,6 +372,7 @@ std::string train_config_to_text(const TrainConfig& c) {
       .put("tf32", c.tf32 ? 1 : 0)
       .put("sync_every", c.sync_every)
       .put("accumulate", c.accumulate)
+      .put("step_graph", c.step_graph ? 1 : 0)
       .str();
 }
 
@@ -393,6 +394,7 @@ TrainConfig train_config_from_text(const std::string& text) {
   c.tf32 = cfg.flag("tf32");
   c.sync_every = cfg.count("sync_every", 0, 1e12);
   c.accumulate = cfg.count("accumulate", 1, 1e6);
+  c.step_graph = cfg.flag("step_graph");
   cfg.reject_unknown_keys();
   return c;
 }

@@ -50,6 +50,7 @@ TrainConfig unusual_training() {
   c.tf32 = true;
   c.sync_every = 7;
   c.accumulate = 3;
+  c.step_graph = true;
   return c;
 }
 
@@ -70,13 +71,15 @@ TEST_CASE("config_text: training settings round-trip under their documented keys
   const std::string text = train_config_to_text(c);
   PF_CHECK((keys_of(text) == std::vector<std::string>{"steps", "batch_size", "groups_per_step", "lr", "weight_decay",
                                                        "clip_norm", "ema_decay", "seed", "threads", "device",
-                                                       "time_limit", "tf32", "sync_every", "accumulate"}));
+                                                       "time_limit", "tf32", "sync_every", "accumulate",
+                                                       "step_graph"}));
   const TrainConfig back = train_config_from_text(text);
   PF_CHECK(back.steps == c.steps && back.batch_size == c.batch_size && back.groups_per_step == c.groups_per_step);
   PF_CHECK(back.lr == c.lr && back.weight_decay == c.weight_decay && back.clip_norm == c.clip_norm);
   PF_CHECK(back.ema_decay == c.ema_decay && back.seed == c.seed && back.threads == c.threads);
   PF_CHECK(back.device == c.device && back.time_limit_s == c.time_limit_s && !back.resume);
   PF_CHECK(back.tf32 == c.tf32 && back.sync_every == c.sync_every && back.accumulate == c.accumulate);
+  PF_CHECK(back.step_graph == c.step_graph);
   PF_CHECK(train_config_to_text(back) == text);
   // A seed as R formats a large double reads too.
   PF_CHECK(train_config_from_text(without_key(text, "seed") + "seed=1e+06\n").seed == 1000000u);

@@ -76,6 +76,7 @@ bad_input_cases <- list(
   list("infinite batch size", quote(TrainingParam(batch_size = Inf)), "batch_size"),
   list("negative seed", quote(TrainingParam(seed = -1)), "seed"),
   list("NA for TF32", quote(TrainingParam(tf32 = NA)), "tf32"),
+  list("a word for the step graph", quote(TrainingParam(step_graph = "yes")), "step_graph"),
   list("EMA decay of 1", quote(TrainingParam(ema_decay = 1)), "ema_decay"),
   list("threads < 1 in fitFlow", quote(fitFlow(d$source, d$target, threads = 0, verbose = FALSE)), "threads"),
   list("device \"cuda\" without CUDA", quote(fitFlow(d$source, d$target, device = "cuda", verbose = FALSE)), "device"),

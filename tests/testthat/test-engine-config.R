@@ -20,7 +20,7 @@ test_that("engine_config() gives the engine's keys of every parameter object", {
                                                        "fourier_features", "fourier_scale")))
   expect_equal(sections(TrainingParam()), list(
     training = c("steps", "batch_size", "groups_per_step", "lr", "weight_decay", "clip_norm", "ema_decay", "seed",
-                 "time_limit", "tf32", "sync_every", "accumulate"),
+                 "time_limit", "tf32", "sync_every", "accumulate", "step_graph"),
     checkpoint = c("every", "file")))
   expect_equal(sections(SolverParam()), list(solver = c("solver", "steps", "atol", "rtol", "max_steps", "chunk_size")))
   expect_equal(sections(DensityParam()), list(density = c("divergence", "probes", "seed")))
