@@ -12,8 +12,8 @@
 # 2b. The NCCL backend with one rank (issue 13), against the plain GPU fit.
 # 3. Letters at the paper's size from R (24 letters x 10 rotations, every pixel; width-512
 #    residual decoder, MFM GCN k = 10, 10 populations x 700 cells a step, paired, lr 1e-4):
-#    STEPS steps on the GPU with TF32 off and on, W1 on the unseen letter Y; a few CPU steps for
-#    the speed ratio.
+#    STEPS steps on the GPU with TF32 off and on, and with the step as one CUDA graph
+#    (TrainingParam(step_graph = TRUE)), W1 on the unseen letter Y; a few CPU steps for the speed ratio.
 # Settings (environment): STEPS (2000), EMT_STEPS (2000), CPU_LETTER_STEPS (10).
 source(file.path(dirname(sub("^--file=", "", grep("^--file=", commandArgs(FALSE), value = TRUE)[1])), "common.R"))
 load_popflow()
@@ -92,18 +92,20 @@ pop <- rep(letters_train$cells$population, 2)
 mfm <- MFMParam(k = 10, populations_per_step = 10, cells_per_population = 700, coupling = "paired", sigma = 0)
 network <- NetworkParam(width = 512, depth = 2, residual = TRUE, time_dim = 128, fourier_features = 256,
                         fourier_scale = 0.01)
-letters_fit <- function(device, n_steps, tf32) {
+letters_fit <- function(device, n_steps, tf32, step_graph = FALSE) {
   run <- timed(fitFlow(letters_train$source, letters_train$target, population = pop, method = mfm,
-                       network = network, training = TrainingParam(steps = n_steps, lr = 1e-4, seed = 1, tf32 = tf32),
-                       device = device, verbose = FALSE))
+                       network = network, device = device, verbose = FALSE,
+                       training = TrainingParam(steps = n_steps, lr = 1e-4, seed = 1, tf32 = tf32,
+                                                step_graph = step_graph)))
   ev <- if (n_steps >= 100) {
     evaluateFlow(run$value, letters_test$source, letters_test$target, population = letters_test$cells$population,
                  solver = SolverParam("dopri5", atol = 1e-4, rtol = 1e-4), baselines = device == "cuda" && !tf32)
   }
   model <- if (is.null(ev)) NA else mean(ev$W1[!ev$prediction %in% c("no change", "mean shift", "oracle shift",
                                                                       "noise floor")])
-  row("letters_mfm device=%s tf32=%s steps=%d seconds=%.2f steps_per_s=%.1f Y_W1=%.4f", device, tf32,
-      run$value$steps_done, run$seconds, run$value$steps_done / run$seconds, model)
+  row("letters_mfm device=%s tf32=%s step_graph=%s steps=%d seconds=%.2f steps_per_s=%.1f Y_W1=%.4f", device, tf32,
+      if (is.null(run$value$step_graph)) "no" else run$value$step_graph, run$value$steps_done, run$seconds,
+      run$value$steps_done / run$seconds, model)
   if (!is.null(ev) && device == "cuda" && !tf32) {
     for (b in c("no change", "noise floor")) row("letters_baseline %s Y_W1=%.4f", b, mean(ev$W1[ev$prediction == b]))
   }
@@ -112,4 +114,5 @@ letters_fit("cpu", cpu_letter_steps, FALSE)
 if (gpu) {
   letters_fit("cuda", steps, FALSE)
   letters_fit("cuda", steps, TRUE)
+  letters_fit("cuda", steps, FALSE, step_graph = TRUE)  # the step as one CUDA graph, beside the first row
 }
