@@ -7,7 +7,8 @@
 #      installed into it against the same LibTorch (R CMD INSTALL).
 #   B. MFM training throughput, the letters configuration at 10 and 100 populations x 700 cells a
 #      step, alone on the GPU: popflow (host checks every step, as before; every 25 steps; the
-#      same with TF32; the step captured as one CUDA graph, TF32 off and on) against bench/mfm_peer_torch.py (eager fp32 reading the loss every step,
+#      same with TF32; the step captured as one CUDA graph, TF32 off and on, and with the graph
+#      batch propagated by gather and scatter-add instead of the sparse product) against bench/mfm_peer_torch.py (eager fp32 reading the loss every step,
 #      the reference's habit; eager TF32 with fused Adam; a CUDA graph of the whole step, TF32).
 #      First (B0) the staged-step tests, whose GPU case checks that the captured step trains the
 #      model the eager GPU step trains (popflow_step_graph_tests, output in session.log).
@@ -81,11 +82,12 @@ tp="$OUTDIR/throughput.jsonl"
 for p in $(has B && echo 10 100); do
   steps=$([ $p = 10 ] && echo 300 || echo 60)
   if [ -x $bin ]; then
-    # sync-every (1: a read every step; 0: every 25), TF32, the step as one CUDA graph (--step-graph).
-    for v in "1 0 0" "0 0 0" "0 1 0" "0 0 1" "0 1 1"; do
+    # sync-every (1: a read every step; 0: every 25), TF32, the step as one CUDA graph (--step-graph),
+    # its graph batch propagated by the sparse product or by gather and scatter-add.
+    for v in "1 0 0 sparse" "0 0 0 sparse" "0 1 0 sparse" "0 0 1 sparse" "0 1 1 sparse" "0 0 1 scatter"; do
       set -- $v
       timeout 120 $bin --device cuda --populations-per-step $p --populations $p --steps $steps --sync-every $1 \
-        --tf32 $2 --step-graph $3 --json >> "$tp" 2>> "$OUTDIR/session.log"
+        --tf32 $2 --step-graph $3 --propagation $4 --json >> "$tp" 2>> "$OUTDIR/session.log"
     done
   fi
   for v in "0 1 0 0" "1 0 1 0" "1 0 0 1"; do

@@ -5,7 +5,7 @@
 //                     [--populations 12] [--steps 50] [--threads 1] [--json]
 //                     [--encoder gcn|mean|kme] [--k 50] [--width 512] [--depth 2]
 //                     [--tf32 0|1] [--sync-every N] [--report-every 25] [--op-counts]
-//                     [--step-graph 0|1]
+//                     [--step-graph 0|1] [--propagation sparse|scatter]
 //
 // Data: synthetic 2-d populations of exactly --cells source and target cells
 // (rings of different radius and centre; the target is the source rotated and
@@ -28,6 +28,8 @@
 // --step-graph 1: steps from fixed buffers, on a GPU one CUDA graph replayed
 // per step (TrainConfig::step_graph; needs --sync-every > 1, the default on a
 // GPU); the JSON's "step_graph" says whether it was captured, or why not.
+// --propagation scatter: its padded graph batch propagates by a gather and a
+// scatter-add instead of the sparse product (PopulationTraining).
 #include <ATen/record_function.h>
 #include <torch/torch.h>
 
@@ -56,7 +58,7 @@ struct Options {
   int64_t k = 50, gcn_width = 64, gcn_layers = 3, width = 512, depth = 2;
   int64_t sync_every = 0, report_every = 25;
   int threads = 1;
-  bool tf32 = false, json = false, op_counts = false, step_graph = false;
+  bool tf32 = false, json = false, op_counts = false, step_graph = false, scatter = false;
 };
 
 // Operator calls by name while `counting` (between the first and last progress reports).
@@ -113,6 +115,7 @@ Options parse(int argc, char** argv) {
     else if (a == "--json") o.json = true;
     else if (a == "--op-counts") o.op_counts = true;
     else if (a == "--step-graph") o.step_graph = std::stoi(next()) != 0;
+    else if (a == "--propagation") o.scatter = next() == "scatter";
     else throw std::invalid_argument("unknown option " + a + " (see the comment at the top of the source)");
   }
   if (o.populations < o.per_step) o.populations = o.per_step;
@@ -198,7 +201,9 @@ popflow::TrainResult fit(const Options& o, const popflow::PopulationSet& data, i
     }
     return true;
   };
-  return popflow::train_population_model(*model, data, train, callbacks);
+  popflow::PopulationTraining how;
+  how.scatter_propagation = o.scatter;
+  return popflow::train_population_model(*model, data, train, callbacks, how);
 }
 
 }  // namespace
@@ -222,10 +227,11 @@ int main(int argc, char** argv) {
     if (o.json) {
       std::printf("{\"impl\": \"popflow\", \"device\": \"%s\", \"tf32\": %d, \"sync_every\": %lld, \"populations_per_step\": %lld, \"cells\": %lld, "
                   "\"steps\": %lld, \"seconds\": %.4f, \"steps_per_s\": %.3f, \"steady_steps_per_s\": %.3f, "
-                  "\"final_loss\": %.5f, \"step_graph\": \"%s\"}\n",
+                  "\"final_loss\": %.5f, \"step_graph\": \"%s\", \"propagation\": \"%s\"}\n",
                   o.device.c_str(), o.tf32 ? 1 : 0, static_cast<long long>(o.sync_every), static_cast<long long>(o.per_step),
                   static_cast<long long>(o.cells), static_cast<long long>(res.steps_done), res.seconds, sps, steady,
-                  res.loss.empty() ? NAN : res.loss.back(), quoted(res.step_graph).c_str());
+                  res.loss.empty() ? NAN : res.loss.back(), quoted(res.step_graph).c_str(),
+                  o.scatter ? "scatter" : "sparse");
     } else {
       std::printf("popflow MFM on %s: %lld populations x %lld cells a step, %lld steps in %.2f s = %.2f steps/s "
                   "(%.2f steps/s after step 1)\n",

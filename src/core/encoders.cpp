@@ -246,10 +246,12 @@ torch::Tensor PopulationEncoderImpl::forward(const GraphBatch& b) {
 
 torch::Tensor PopulationEncoderImpl::forward(const PaddedGraphBatch& b) {
   std::function<torch::Tensor(const torch::Tensor&)> propagate;
-  if (b.propagate)
+  if (b.adjacency.defined() && b.scatter)
     propagate = [&](const torch::Tensor& h) {
       return torch::zeros_like(h).index_add(0, b.dst, h.index_select(0, b.src) * b.weight.unsqueeze(1));
     };
+  else if (b.adjacency.defined())
+    propagate = [&](const torch::Tensor& h) { return SymmetricPropagate::apply(b.adjacency, h); };
   const auto h = cell_features(b.x, propagate);
   return unit_means(h, b.graph_of, b.counts).narrow(0, 0, b.slots);
 }

@@ -53,17 +53,20 @@ GraphBatch batch_graphs(const std::vector<const PopulationGraph*>& graphs, const
 // step captured as a CUDA graph reads the same buffers every step; step_graph.h):
 // `slots` graph rows, cells in the first rows of x, padding rows (zero cells)
 // belonging to the extra graph `slots` that the embedding drops; edges as
-// (src, dst, weight), padding edges of weight 0. Propagation is then a gather
-// and a scatter-add over the edges instead of a sparse product, whose sizes
-// change with the edge count.
+// (src, dst, weight) in row-major order, padding edges of weight 0 at distinct
+// positions among padding rows, so that `adjacency`, a sparse matrix over the
+// same storage, stays coalesced and the sparse product keeps its size.
+// `scatter`: propagate by a gather and a scatter-add over the edges instead
+// (no sparse library; it materialises a row per edge).
 struct PaddedGraphBatch {
-  torch::Tensor x;         // [node capacity, d]
-  torch::Tensor src, dst;  // [edge capacity] long
-  torch::Tensor weight;    // [edge capacity] float
-  torch::Tensor graph_of;  // [node capacity] long, in 0 .. slots
-  torch::Tensor counts;    // [slots + 1, 1] float: nodes per graph (at least 1)
+  torch::Tensor x;          // [node capacity, d]
+  torch::Tensor src, dst;   // [edge capacity] long
+  torch::Tensor weight;     // [edge capacity] float
+  torch::Tensor adjacency;  // sparse [node capacity]^2 over (src, dst) and weight; undefined: self-loops only
+  torch::Tensor graph_of;   // [node capacity] long, in 0 .. slots
+  torch::Tensor counts;     // [slots + 1, 1] float: nodes per graph (at least 1)
   int64_t slots = 0;
-  bool propagate = false;  // false: every graph has self-loops only (the identity)
+  bool scatter = false;
 };
 
 // GCN: h <- A_hat h W + b per layer, ReLU between layers, mean over each

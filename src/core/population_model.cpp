@@ -567,7 +567,9 @@ class PopulationObjective : public TrainingObjective {
 
   // Staged steps: the graphs of `blocks` (sorted) in the first of `slots`
   // graph slots of the padded batch, built on the host and moved in two
-  // transfers; nothing when the last step staged the same blocks.
+  // transfers; nothing when the last step staged the same blocks. The
+  // padding edges sit in a block of r x r positions among r padding rows of
+  // their own (r^2 >= the edge capacity), so that they never repeat a position.
   bool stage_graphs(const std::vector<int64_t>& blocks, int64_t slots, StepInput& in) {
     if (blocks == staged_.blocks && slots == staged_.graphs.slots) return true;
     std::vector<const PopulationGraph*> batch;
@@ -583,12 +585,15 @@ class PopulationObjective : public TrainingObjective {
     const int64_t dim = model_.config.network.dim;
     PaddedGraphBatch& g = staged_.graphs;
     const bool kept = staged_.graph_floats.defined() && nodes <= staged_.node_capacity &&
-                      edges <= staged_.edge_capacity && slots == g.slots && propagate == g.propagate;
+                      edges <= staged_.edge_capacity && slots == g.slots && propagate == g.adjacency.defined();
     if (!kept) {
       staged_.node_capacity = std::max(staged_.node_capacity, nodes + nodes / 4 + 1);
       staged_.edge_capacity = std::max(staged_.edge_capacity, edges + edges / 4 + 1);
     }
-    const int64_t nc = staged_.node_capacity, ec = staged_.edge_capacity;
+    const int64_t ec = staged_.edge_capacity;
+    auto r = static_cast<int64_t>(std::sqrt(static_cast<double>(ec)));
+    while (r * r < ec) ++r;
+    const int64_t nr = staged_.node_capacity, nc = nr + r;  // rows for cells, then the padding block's
     const int64_t n_floats = nc * dim + ec + slots + 1, n_longs = 2 * ec + nc;
     if (!kept) {
       staged_.graph_floats = torch::empty({n_floats}, fopt_);
@@ -600,11 +605,19 @@ class PopulationObjective : public TrainingObjective {
       g.dst = staged_.graph_longs.narrow(0, ec, ec);
       g.graph_of = staged_.graph_longs.narrow(0, 2 * ec, nc);
       g.slots = slots;
-      g.propagate = propagate;
+      g.scatter = how_.scatter_propagation;
+      g.adjacency = torch::Tensor();
+      if (propagate) {
+        // Over the same storage, which each step's copies below update (and which holds nothing yet:
+        // unchecked, and a check would read the indices back on a GPU).
+        g.adjacency = at::_sparse_coo_tensor_unsafe(staged_.graph_longs.narrow(0, 0, 2 * ec).view({2, ec}), g.weight,
+                                                    {nc, nc});
+        g.adjacency._coalesced_(true);  // row-major, every position once
+      }
     }
     const bool pinned = dev.is_cuda();
     auto floats = torch::zeros({n_floats}, torch::TensorOptions().dtype(torch::kFloat).pinned_memory(pinned));
-    auto longs = torch::zeros({n_longs}, torch::TensorOptions().dtype(torch::kLong).pinned_memory(pinned));
+    auto longs = torch::empty({n_longs}, torch::TensorOptions().dtype(torch::kLong).pinned_memory(pinned));
     float* x = floats.data_ptr<float>();
     float* weight = x + nc * dim;
     float* counts = weight + ec;
@@ -628,9 +641,14 @@ class PopulationObjective : public TrainingObjective {
       node += m;
       edge += e;
     }
-    // Empty slots and the padding: counts of at least 1 (zero means, not 0 / 0); padding edges stay 0 -> 0, weight 0.
+    // Padding edges (weight 0) in the padding block, row-major.
+    for (int64_t k = 0; edge + k < ec; ++k) {
+      src[edge + k] = nr + k / r;
+      dst[edge + k] = nr + k % r;
+    }
+    // Empty slots and the padding rows: counts of at least 1 (zero means, not 0 / 0).
     for (int64_t i = static_cast<int64_t>(batch.size()); i < slots; ++i) counts[i] = 1;
-    counts[slots] = static_cast<float>(std::max<int64_t>(nc - node, 1));
+    counts[slots] = static_cast<float>(nc - node);
     std::fill(graph_of + node, graph_of + nc, slots);
     staged_.graph_floats.copy_(floats, /*non_blocking=*/pinned);
     staged_.graph_longs.copy_(longs, pinned);

@@ -102,6 +102,9 @@ struct PopulationTraining {
   int64_t graph_cache_bytes = int64_t{1} << 30;
   // Read the next step's blocks and build its missing graphs on a background thread.
   bool prefetch = true;
+  // Staged steps (TrainConfig::step_graph) propagate over the padded graph
+  // batch by a gather and a scatter-add instead of the sparse product.
+  bool scatter_propagation = false;
 };
 
 // What a fit did with its graphs (for benchmarks and tests).

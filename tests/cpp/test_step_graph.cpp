@@ -24,14 +24,15 @@ using namespace fixtures;
 
 namespace {
 
-// Graphs of `sizes` random 2-d cells (k = 3), and their padded batch with
-// `slots` graph slots and room to spare, graph i in slot i.
+// Graphs of `sizes` random 2-d cells (k neighbours), and their padded batch
+// with `slots` graph slots, room to spare and the padding edges in a block of
+// their own, graph i in slot i.
 struct Graphs {
   std::vector<PopulationGraph> graphs;
   PaddedGraphBatch padded;
 };
 
-Graphs some_graphs(const std::vector<int64_t>& sizes, int64_t slots, int64_t k) {
+Graphs some_graphs(const std::vector<int64_t>& sizes, int64_t slots, int64_t k, bool scatter) {
   Graphs out;
   int64_t nodes = 0, edges = 0;
   for (size_t i = 0; i < sizes.size(); ++i) {
@@ -39,16 +40,17 @@ Graphs some_graphs(const std::vector<int64_t>& sizes, int64_t slots, int64_t k) 
     nodes += sizes[i];
     edges += out.graphs.back().src.size(0);
   }
-  const int64_t nc = nodes + 7, ec = edges + 13;
+  const int64_t ec = edges + 13, r = static_cast<int64_t>(std::ceil(std::sqrt(ec))), nr = nodes + 7, nc = nr + r;
   PaddedGraphBatch& p = out.padded;
   p.x = torch::zeros({nc, 2});
-  p.src = torch::zeros({ec}, torch::kLong);
-  p.dst = torch::zeros({ec}, torch::kLong);
+  auto index = torch::zeros({2, ec}, torch::kLong);
+  p.src = index[0];
+  p.dst = index[1];
   p.weight = torch::zeros({ec});
   p.graph_of = torch::full({nc}, slots, torch::kLong);
   p.counts = torch::ones({slots + 1, 1});
   p.slots = slots;
-  p.propagate = k > 0;
+  p.scatter = scatter;
   int64_t node = 0, edge = 0;
   for (size_t i = 0; i < out.graphs.size(); ++i) {
     const auto& g = out.graphs[i];
@@ -62,7 +64,16 @@ Graphs some_graphs(const std::vector<int64_t>& sizes, int64_t slots, int64_t k) 
     node += m;
     edge += e;
   }
+  for (int64_t j = 0; edge + j < ec; ++j) {
+    p.src[edge + j] = nr + j / r;
+    p.dst[edge + j] = nr + j % r;
+  }
   p.counts[slots][0] = static_cast<float>(nc - node);
+  if (k > 0) {
+    p.adjacency = torch::sparse_coo_tensor(index, p.weight, {nc, nc});
+    p.adjacency._coalesced_(true);
+    PF_CHECK(p.adjacency.coalesce()._nnz() == ec);  // every position once: the flag tells the truth
+  }
   return out;
 }
 
@@ -104,12 +115,13 @@ struct Fit {
 
 // A fit of the small model from the same initial weights, staged or not.
 template <class Data>
-Fit fit(const PopulationConfig& pc, Data& data, TrainConfig tc, bool staged, PopulationTrainingStats* stats = nullptr) {
+Fit fit(const PopulationConfig& pc, Data& data, TrainConfig tc, bool staged, PopulationTrainingStats* stats = nullptr,
+        const PopulationTraining& how = {}) {
   tc.step_graph = staged;
   torch::manual_seed(1);
   Fit f;
   f.model = make_population_model(population_flow(), pc, "cpu");
-  f.result = train_population_model(*f.model, data, tc, {}, {}, stats);
+  f.result = train_population_model(*f.model, data, tc, {}, how, stats);
   return f;
 }
 
@@ -130,7 +142,7 @@ void check_same_fit(const TrainResult& staged, const TrainResult& eager, torch::
 
 TEST_CASE("encoder: a padded graph batch embeds as the sparse batch does, gradients included") {
   for (EncoderKind kind : {EncoderKind::GCN, EncoderKind::KME}) {
-    for (int64_t k : {3, 0}) {
+    for (const auto& [k, scatter] : {std::pair<int64_t, bool>{3, false}, {3, true}, {0, false}}) {
       torch::manual_seed(3);
       EncoderConfig ec;
       ec.kind = kind;
@@ -138,7 +150,7 @@ TEST_CASE("encoder: a padded graph batch embeds as the sparse batch does, gradie
       ec.width = 8;
       ec.layers = 2;
       PopulationEncoder encoder(ec);
-      const Graphs g = some_graphs({9, 5, 12}, 5, k);  // two empty slots, padding nodes and edges
+      const Graphs g = some_graphs({9, 5, 12}, 5, k, scatter);  // two empty slots, padding nodes and edges
       std::vector<const PopulationGraph*> batch;
       for (const auto& one : g.graphs) batch.push_back(&one);
       const auto sparse = encoder->forward(batch_graphs(batch, torch::kCPU));
@@ -224,11 +236,16 @@ TEST_CASE("step_graph: a staged MFM or CGFM fit trains the model the eager fit t
     tc.seed = 3;
     tc.sync_every = 5;
     tc.clip_norm = 1.0;
-    const Fit eager = fit(pc, data, tc, false), staged = fit(pc, data, tc, true);
+    const Fit eager = fit(pc, data, tc, false);
     PF_CHECK(eager.result.step_graph.empty());
-    const std::string& said = staged.result.step_graph;
-    PF_CHECK_MSG(c.alternating ? said.rfind("eager: the alternating schedule", 0) == 0 : said == "staged", said);
-    check_same_fit(staged.result, eager.result, *staged.model->net, *eager.model->net, 1e-4);
+    for (bool scatter : {false, true}) {
+      PopulationTraining how;
+      how.scatter_propagation = scatter;
+      const Fit staged = fit(pc, data, tc, true, nullptr, how);
+      const std::string& said = staged.result.step_graph;
+      PF_CHECK_MSG(c.alternating ? said.rfind("eager: the alternating schedule", 0) == 0 : said == "staged", said);
+      check_same_fit(staged.result, eager.result, *staged.model->net, *eager.model->net, 1e-4);
+    }
   }
 }
 
@@ -303,22 +320,28 @@ TEST_CASE("step_graph on a GPU: the captured step trains the model the eager GPU
     tc.sync_every = 10;
     tc.clip_norm = 1.0;
     tc.device = "cuda";
-    std::vector<Fit> fits;
-    for (bool staged : {false, true}) {
+    const auto on_gpu = [&](bool staged, bool scatter) {
       tc.step_graph = staged;
+      PopulationTraining how;
+      how.scatter_propagation = scatter;
       torch::manual_seed(1);
       Fit f;
       f.model = make_population_model(population_flow(), pc, "cuda");
-      f.result = train_population_model(*f.model, data, tc);
-      fits.push_back(f);
+      f.result = train_population_model(*f.model, data, tc, {}, how);
+      return f;
+    };
+    const Fit eager = on_gpu(false, false);
+    for (bool scatter : {false, true}) {
+      const Fit captured = on_gpu(true, scatter);
+      const std::string& said = captured.result.step_graph;
+      std::printf("  %s, %s: %s; last loss %.6f captured, %.6f eager\n", labels ? "CGFM + GCN" : "MFM",
+                  scatter ? "scatter-add" : "sparse product", said.c_str(), captured.result.loss.back(),
+                  eager.result.loss.back());
+      PF_CHECK_MSG(said == (step_graphs_available() ? "captured" : "staged, not captured: this popflow was built "
+                                                                   "without CUDA graphs (a CPU LibTorch)"),
+                   said);
+      // Sums in another order (atomics, padding): agreement to float rounding, compounded over 40 steps.
+      check_same_fit(captured.result, eager.result, *captured.model->net, *eager.model->net, 1e-3);
     }
-    const std::string& said = fits[1].result.step_graph;
-    std::printf("  %s: %s; last loss %.6f captured, %.6f eager\n", labels ? "CGFM + GCN" : "MFM", said.c_str(),
-                fits[1].result.loss.back(), fits[0].result.loss.back());
-    PF_CHECK_MSG(said == (step_graphs_available() ? "captured" : "staged, not captured: this popflow was built "
-                                                                 "without CUDA graphs (a CPU LibTorch)"),
-                 said);
-    // The scatter-add's atomics sum in any order on a GPU: agreement to float rounding, compounded over 40 steps.
-    check_same_fit(fits[1].result, fits[0].result, *fits[1].model->net, *fits[0].model->net, 1e-3);
   }
 }
