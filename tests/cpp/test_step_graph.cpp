@@ -108,6 +108,24 @@ std::string shared_source_store(const std::vector<int64_t>& sources, int64_t n_s
   return path;
 }
 
+// Five populations around the origin, with one label value each when asked.
+PopulationSet five_populations(int64_t cells, bool labels) {
+  torch::manual_seed(8);
+  auto data = mean_shift_populations({{0, 0}, {1.5, 0}, {0, 1.5}, {-1.5, 0}, {0, -1.5}}, cells);
+  if (labels) data.labels = torch::arange(5, torch::kLong).view({5, 1});
+  return data;
+}
+
+// Training with the device-side checks that staged steps need (sync_every > 1), and clipping.
+TrainConfig deferred_checks(int64_t steps, int64_t sync_every) {
+  TrainConfig tc;
+  tc.steps = steps;
+  tc.seed = 3;
+  tc.sync_every = sync_every;
+  tc.clip_norm = 1.0;
+  return tc;
+}
+
 struct Fit {
   TrainResult result;
   std::shared_ptr<PopulationModel> model;
@@ -221,21 +239,13 @@ TEST_CASE("step_graph: a staged MFM or CGFM fit trains the model the eager fit t
   };
   for (const Case c : {Case{false, true, false}, Case{true, false, false}, Case{true, true, false},
                        Case{false, true, true}}) {
-    torch::manual_seed(8);
-    auto data = mean_shift_populations({{0, 0}, {1.5, 0}, {0, 1.5}, {-1.5, 0}, {0, -1.5}}, 30);
+    const auto data = five_populations(30, c.labels);
     PopulationConfig pc = small_population(EncoderKind::GCN, 2, 8, 12, 3);
     pc.k = 4;
     pc.use_encoder = c.encoder;
     pc.alternating = c.alternating;
-    if (c.labels) {
-      pc.label_levels = {5};
-      data.labels = torch::arange(5, torch::kLong).view({5, 1});
-    }
-    TrainConfig tc;
-    tc.steps = 16;
-    tc.seed = 3;
-    tc.sync_every = 5;
-    tc.clip_norm = 1.0;
+    if (c.labels) pc.label_levels = {5};
+    const TrainConfig tc = deferred_checks(16, 5);
     const Fit eager = fit(pc, data, tc, false);
     PF_CHECK(eager.result.step_graph.empty());
     for (bool scatter : {false, true}) {
@@ -306,19 +316,11 @@ TEST_CASE("step_graph on a GPU: the captured step trains the model the eager GPU
     return;
   }
   for (bool labels : {false, true}) {
-    torch::manual_seed(8);
-    auto data = mean_shift_populations({{0, 0}, {1.5, 0}, {0, 1.5}, {-1.5, 0}, {0, -1.5}}, 60);
+    const auto data = five_populations(60, labels);
     PopulationConfig pc = small_population(EncoderKind::GCN, 2, 16, 24, 3);
     pc.k = 6;
-    if (labels) {
-      pc.label_levels = {5};
-      data.labels = torch::arange(5, torch::kLong).view({5, 1});
-    }
-    TrainConfig tc;
-    tc.steps = 40;
-    tc.seed = 3;
-    tc.sync_every = 10;
-    tc.clip_norm = 1.0;
+    if (labels) pc.label_levels = {5};
+    TrainConfig tc = deferred_checks(40, 10);
     tc.device = "cuda";
     const auto on_gpu = [&](bool staged, bool scatter) {
       tc.step_graph = staged;
