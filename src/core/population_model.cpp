@@ -300,8 +300,9 @@ class PopulationObjective : public TrainingObjective {
   // The step's draws into fixed buffers: the rows (or, from a store, the
   // cells) and the populations' graphs as one padded batch, laid out by
   // source block (sorted), so that a step drawing the same blocks as the last
-  // one copies no graph at all. Capacity grows by a quarter when a batch does
-  // not fit, and the step is then captured again.
+  // one copies no graph at all. Capacity is a quarter over the batch's (none
+  // when every step draws every population) and grows when a batch does not
+  // fit, the step then being captured again.
   bool stage(int64_t step, std::mt19937_64& rng) override {
     const auto dev = model_.device;
     const int64_t n_cells = model_.population.cells_per_population;
@@ -587,8 +588,10 @@ class PopulationObjective : public TrainingObjective {
     const bool kept = staged_.graph_floats.defined() && nodes <= staged_.node_capacity &&
                       edges <= staged_.edge_capacity && slots == g.slots && propagate == g.adjacency.defined();
     if (!kept) {
-      staged_.node_capacity = std::max(staged_.node_capacity, nodes + nodes / 4 + 1);
-      staged_.edge_capacity = std::max(staged_.edge_capacity, edges + edges / 4 + 1);
+      // Room to spare, unless every step draws every population (the same batch each time).
+      const bool same_every_step = slots == static_cast<int64_t>(usable_.size());
+      staged_.node_capacity = std::max(staged_.node_capacity, nodes + (same_every_step ? 0 : nodes / 4 + 1));
+      staged_.edge_capacity = std::max(staged_.edge_capacity, edges + (same_every_step ? 0 : edges / 4 + 1));
     }
     const int64_t ec = staged_.edge_capacity;
     auto r = static_cast<int64_t>(std::sqrt(static_cast<double>(ec)));
