@@ -319,8 +319,7 @@ class PopulationObjective : public TrainingObjective {
       blocks.erase(std::unique(blocks.begin(), blocks.end()), blocks.end());
       kept = stage_graphs(blocks, n_chosen, in);
     }
-    if (draw_ + 1 < first_draw_ + draws_) launch(step, draw_ + 1);
-    else launch(step + 1, first_draw_);
+    launch_next(step);
 
     // One host buffer: the two sides' rows, each population's graph slot, the populations.
     const int64_t n_rows = n_chosen * n_cells;
@@ -344,10 +343,6 @@ class PopulationObjective : public TrainingObjective {
       staged_.cells.copy_(cells, dev.is_cuda());
     }
     staged_.n_chosen = n_chosen;
-    if (stats_) {
-      stats_->graph_evictions = graphs_.evictions();
-      stats_->graph_cache_peak_bytes = graphs_.peak_bytes();
-    }
     return kept;
   }
 
@@ -461,8 +456,7 @@ class PopulationObjective : public TrainingObjective {
       embedding = embeddings_.index_select(0, to_device_async(torch::tensor(src, torch::kLong), dev));
     }
     // After this draw's graphs are in the cache: the next draw builds only what is missing.
-    if (draw_ + 1 < first_draw_ + draws_) launch(step, draw_ + 1);
-    else launch(step + 1, first_draw_);
+    launch_next(step);
     // All populations' rows are drawn on the CPU, written straight into one
     // host buffer (no operator call per population) and moved in one
     // transfer; with independent coupling the whole batch then takes one path sample.
@@ -662,17 +656,7 @@ class PopulationObjective : public TrainingObjective {
   // Staged steps: source block b's graph on the host (built ahead, or now), kept for the fit.
   const PopulationGraph& host_graph(int64_t b, StepInput& in) {
     auto& g = host_graphs_[b];
-    if (!g) {
-      auto ahead = in.graphs.find(b);
-      if (ahead != in.graphs.end()) {
-        g = ahead->second;
-        in.graphs.erase(ahead);
-      } else {
-        g = std::make_shared<const PopulationGraph>(
-            make_graph(b, in.cells.count(b) ? in.cells.at(b) : data_.block_cells(b)));
-      }
-      if (stats_) ++stats_->graphs_built;
-    }
+    if (!g) g = built_graph(b, in);
     return *g;
   }
 
@@ -708,17 +692,21 @@ class PopulationObjective : public TrainingObjective {
   // The graph of source block b: from the cache, built ahead, or built now.
   GraphCache::Graph graph(int64_t b, StepInput& in) {
     if (auto g = graphs_.find(b)) return g;
+    auto g = std::make_shared<const PopulationGraph>(graph_on(*built_graph(b, in), model_.device));
+    graphs_.insert(b, g);
+    return g;
+  }
+
+  // Source block b's graph on the host: the one built ahead, or one built now (counted either way).
+  std::shared_ptr<PopulationGraph> built_graph(int64_t b, StepInput& in) {
+    std::shared_ptr<PopulationGraph> g;
     auto ahead = in.graphs.find(b);
-    PopulationGraph built;
     if (ahead != in.graphs.end()) {
-      built = std::move(*ahead->second);
+      g = ahead->second;
       in.graphs.erase(ahead);
     } else {
-      auto cells = in.cells.count(b) ? in.cells.at(b) : data_.block_cells(b);
-      built = make_graph(b, cells);
+      g = std::make_shared<PopulationGraph>(make_graph(b, in.cells.count(b) ? in.cells.at(b) : data_.block_cells(b)));
     }
-    auto g = std::make_shared<const PopulationGraph>(graph_on(built, model_.device));
-    graphs_.insert(b, g);
     if (stats_) ++stats_->graphs_built;
     return g;
   }
@@ -735,6 +723,12 @@ class PopulationObjective : public TrainingObjective {
     if (!stats_) return;
     ++stats_->blocks_read;
     ++stats_->blocks_read_in_step;
+  }
+
+  // Reads ahead for this process's next draw: the next of this step's draws, or the next step's first.
+  void launch_next(int64_t step) {
+    if (draw_ + 1 < first_draw_ + draws_) launch(step, draw_ + 1);
+    else launch(step + 1, first_draw_);
   }
 
   // Reads the blocks of draw `draw` of step `next` and builds its missing graphs in the background.

@@ -193,19 +193,18 @@ bool on_gpu(const FlatAdam& opt) { return opt.device().is_cuda(); }
 class DeferredChecks {
  public:
   // This step's keep flag (0-dim, the loss's type): 1 while this and every
-  // earlier step had a finite loss and gradient norm.
+  // earlier step had a finite loss and gradient norm; the step is recorded.
   torch::Tensor keep(const torch::Tensor& loss, const torch::Tensor& norm) {
-    const auto ok = torch::isfinite(loss) & torch::isfinite(norm);
-    kept_ = kept_.defined() ? kept_ & ok : ok;
+    const torch::Tensor flag = update(loss, norm);
     losses_.push_back(loss);
-    kept_after_.push_back(kept_);
-    return kept_.to(loss.scalar_type());
+    kept_after_.push_back(kept_.clone());
+    return flag;
   }
   int64_t size() const { return static_cast<int64_t>(losses_.size()); }
 
-  // The same for a captured step (step_graph.h): update() computes the flag
-  // in place, as a replay reads and writes the same tensors; record() then
-  // keeps copies of the step's loss and flag, after each replay.
+  // keep() in two halves for a captured step (step_graph.h): update() computes
+  // the flag in place, as a replay reads and writes the same tensors; record()
+  // then keeps copies of the step's loss and flag, after each replay.
   torch::Tensor update(const torch::Tensor& loss, const torch::Tensor& norm) {
     const auto ok = torch::isfinite(loss) & torch::isfinite(norm);
     if (kept_.defined()) kept_.logical_and_(ok);

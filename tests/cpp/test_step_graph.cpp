@@ -267,10 +267,7 @@ TEST_CASE("step_graph: staged steps from a store whose populations share source 
   auto store = std::make_shared<const PopulationStore>(path);
   PopulationConfig pc = small_population(EncoderKind::GCN, 2, 8, 10, 4);
   pc.k = 3;
-  TrainConfig tc;
-  tc.steps = 14;
-  tc.seed = 2;
-  tc.sync_every = 4;
+  const TrainConfig tc = deferred_checks(14, 4);
   std::vector<Fit> fits;
   for (bool staged : {false, true}) {
     auto blocks = store_population_data(store, torch::Tensor(), torch::Tensor());
@@ -288,10 +285,7 @@ TEST_CASE("step_graph: a staged fit that diverges stops where the eager fit stop
   auto data = mean_shift_populations({{0, 0}, {1.5, 0}, {0, 1.5}}, 30);
   PopulationConfig pc = small_population(EncoderKind::GCN, 2, 8, 12, 2);
   pc.k = 4;
-  TrainConfig tc;
-  tc.steps = 40;
-  tc.seed = 3;
-  tc.sync_every = 6;
+  TrainConfig tc = deferred_checks(40, 6);
   tc.lr = 1e30;  // the first step's weights give non-finite losses
   const Fit eager = fit(pc, data, tc, false), staged = fit(pc, data, tc, true);
   PF_CHECK_MSG(eager.result.status == "nonfinite", eager.result.status);
