@@ -693,5 +693,9 @@ report_training_status <- function(fit, steps) {
                              "TrainingParam() or set clip_norm = 1."), done, done), call. = FALSE)
     }
   )
+  # TrainingParam(step_graph = TRUE) that took the usual steps says why (fit$step_graph keeps it).
+  if (!is.null(fit$step_graph) && fit$step_graph != "captured") {
+    message(sprintf("TrainingParam(step_graph = TRUE): no CUDA graph was captured (%s)", fit$step_graph))
+  }
   invisible(fit)
 }

@@ -796,7 +796,7 @@ model_class.ICNNParam <- function(method) c("popflow_icnn", "popflow_flow")
 #'   (staged fits train the model the usual steps train, to float rounding)
 #'   but has not yet been measured on a GPU, and on the CPU, where the host
 #'   reads every step, it runs the usual steps. `fit$step_graph` says what
-#'   happened: `"captured"`, or why not.
+#'   happened: `"captured"`, or why not (a message says so too).
 #' @param accumulate Minibatches drawn per step (per worker, in data-parallel
 #'   training) whose gradients are averaged: a larger batch in the memory of
 #'   one. Draw `r` of a step is seeded by (seed, step, r), draw 0 being the

@@ -151,7 +151,7 @@ test_that("bad population inputs give R errors that name the argument", {
   expect_error(predict(fit, cbind(d$source, 1), population = d$population), "`newdata` has 3 features")
 })
 
-test_that("TrainingParam(step_graph = TRUE) reaches the engine, which says why a CPU fit takes the usual steps", {
+test_that("TrainingParam(step_graph = TRUE) reaches the engine, and a CPU fit says why it takes the usual steps", {
   # The staged steps themselves are tested in C++ (tests/cpp/test_step_graph.cpp); on the CPU the
   # host reads every step, so the engine keeps the usual steps and the model is the same.
   d <- mean_shift_populations(grid_means[1:4, ], n = 40)
@@ -159,8 +159,8 @@ test_that("TrainingParam(step_graph = TRUE) reaches the engine, which says why a
     fitFlow(d$source, d$target, population = c(d$population, d$population), method = small_mfm(),
             training = TrainingParam(steps = 6, seed = 2, step_graph = graph), verbose = FALSE)
   }
-  plain <- fit(FALSE)
-  asked <- fit(TRUE)
+  expect_silent(plain <- fit(FALSE))
+  expect_message(asked <- fit(TRUE), "step_graph = TRUE.*host reads every step")
   expect_null(plain$step_graph)
   expect_equal(asked$step_graph, "eager: the host reads every step (sync_every = 1)")
   expect_identical(asked$loss, plain$loss)
