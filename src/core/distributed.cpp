@@ -73,6 +73,27 @@ std::string first_line(const std::exception& e) {
   return end == std::string::npos ? what : what.substr(0, end);
 }
 
+// LibTorch 2.4+ serves the store with libuv by default, and a LibTorch built
+// without libuv (Debian's 2.6) refuses that: such builds take the older server.
+template <typename Options>
+auto without_libuv(Options& o, int) -> decltype(o.useLibUV = false, bool()) {
+  o.useLibUV = false;
+  return true;
+}
+template <typename Options>
+bool without_libuv(Options&, long) {
+  return false;  // a LibTorch before the option: nothing to change
+}
+
+c10::intrusive_ptr<c10d::Store> tcp_store(const std::string& address, c10d::TCPStoreOptions opts) {
+  try {
+    return c10::make_intrusive<c10d::TCPStore>(address, opts);
+  } catch (const std::exception& e) {
+    if (std::string(e.what()).find("libuv") == std::string::npos || !without_libuv(opts, 0)) throw;
+    return c10::make_intrusive<c10d::TCPStore>(address, opts);
+  }
+}
+
 class ProcessGroup : public GradientSync {
  public:
   explicit ProcessGroup(const DistributedConfig& config) : config_(config) {
@@ -84,7 +105,7 @@ class ProcessGroup : public GradientSync {
     opts.waitWorkers = false;  // waited for below, with a message that says who is missing
     opts.timeout = timeout;
     try {
-      store_ = c10::make_intrusive<c10d::TCPStore>(config.address, opts);
+      store_ = tcp_store(config.address, opts);
     } catch (const std::exception& e) {
       if (config.rank == 0)
         throw std::runtime_error("data-parallel training: rank 0 could not serve the rendezvous at " + where(config) +
