@@ -49,26 +49,34 @@ prefix=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')
 torch_root=$(python3 -c 'import torch, os; print(os.path.dirname(torch.__file__))')
 mkdir -p /tmp/lemon/include && ln -sfn "$PWD/.gpu/lemon_inc/lemon" /tmp/lemon/include/lemon
 export PATH=/usr/lib/R/bin:$PATH   # R as the archive unpacks it (Debian's layout)
-(
+# Each build is tried once more without CUDA graphs (and, for R, without the distributed layer) if it
+# fails: code never compiled against this LibTorch must not cost the session its measurements.
+cmake_build() {  # extra CMake options
   cmake -S . -B build/cuda -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$prefix" \
-    -DPOPFLOW_LEMON_INCLUDE="$PWD/.gpu/lemon_inc" -DPOPFLOW_BUILD_TESTS=OFF -DPOPFLOW_BUILD_GPU_CHECK=ON &&
+    -DPOPFLOW_LEMON_INCLUDE="$PWD/.gpu/lemon_inc" -DPOPFLOW_BUILD_TESTS=OFF -DPOPFLOW_BUILD_GPU_CHECK=ON "$@" &&
     cmake --build build/cuda -j10 --target popflow_mfm_bench $(has D && echo popflow_letters) \
       $(has F && echo popflow_ot_bench popflow_bench) $(has G && echo popflow_predict_bench) &&
     { cmake --build build/cuda -j10 --target popflow_step_graph_tests || echo "step graph tests: build FAILED"; }
+}
+(
+  cmake_build || { echo "== FAILED; again without CUDA graphs"; cmake_build -DPOPFLOW_CUDA_GRAPHS=OFF; }
 ) > /tmp/cmake.log 2>&1 &
 cmake_pid=$!
 (
   tar -xJf .gpu/r_bundle.tar.xz -C / &&
     export LD_LIBRARY_PATH=/opt/popflow-rlibs:${LD_LIBRARY_PATH:-} &&
     mkdir -p /tmp/rlib /root/.R && echo "CXX17FLAGS = -O2 -fPIC" > /root/.R/Makevars &&
-    R --version | head -1 &&
-    POPFLOW_LIBTORCH="$torch_root" POPFLOW_LEMON=/tmp/lemon MAKEFLAGS=-j8 \
-      R CMD INSTALL --no-docs --no-test-load -l /tmp/rlib .
+    R --version | head -1 && export POPFLOW_LIBTORCH="$torch_root" POPFLOW_LEMON=/tmp/lemon MAKEFLAGS=-j8 &&
+    { R CMD INSTALL --no-docs --no-test-load -l /tmp/rlib . ||
+      { echo "== FAILED; again without CUDA graphs and the distributed layer"
+        POPFLOW_CUDA_GRAPHS=no POPFLOW_DISTRIBUTED=no R CMD INSTALL --no-docs --no-test-load -l /tmp/rlib .; }; }
 ) > /tmp/r_install.log 2>&1 &
 r_pid=$!
 wait $cmake_pid && log "CMake build done" || log "CMake build FAILED"
 wait $r_pid && log "R and popflow installed" || log "R CMD INSTALL FAILED"
-{ echo "== CMake"; tail -25 /tmp/cmake.log; echo "== R CMD INSTALL"; tail -40 /tmp/r_install.log; } > "$OUTDIR/build.log"
+{ echo "== CMake"; grep -m 30 -B2 -A8 -E "error:|FAILED" /tmp/cmake.log; tail -25 /tmp/cmake.log
+  echo "== R CMD INSTALL"; grep -m 30 -B2 -A8 -E "error:|FAILED" /tmp/r_install.log; tail -40 /tmp/r_install.log
+} > "$OUTDIR/build.log"
 
 # B0. The captured step against the eager one on the GPU (tests/cpp/test_step_graph.cpp), into session.log.
 if has B && [ -x build/cuda/popflow_step_graph_tests ]; then
