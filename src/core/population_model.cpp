@@ -230,7 +230,12 @@ class PopulationObjective : public TrainingObjective {
  public:
   PopulationObjective(PopulationModel& model, PopulationData& data, const PopulationTraining& how,
                       PopulationTrainingStats* stats)
-      : model_(model), data_(data), how_(how), stats_(stats), graphs_(how.graph_cache_bytes) {}
+      : model_(model),
+        data_(data),
+        how_(how),
+        stats_(stats),
+        graphs_(how.graph_cache_bytes),
+        host_graphs_(how.graph_cache_bytes) {}
 
   ~PopulationObjective() override {
     if (pending_.valid()) pending_.wait();
@@ -318,6 +323,7 @@ class PopulationObjective : public TrainingObjective {
       std::sort(blocks.begin(), blocks.end());
       blocks.erase(std::unique(blocks.begin(), blocks.end()), blocks.end());
       kept = stage_graphs(blocks, n_chosen, in);
+      report_graph_cache();
     }
     launch_next(step);
 
@@ -489,10 +495,7 @@ class PopulationObjective : public TrainingObjective {
       x0 = torch::cat(paired0);
       x1 = torch::cat(paired1);
     }
-    if (stats_) {
-      stats_->graph_evictions = graphs_.evictions();
-      stats_->graph_cache_peak_bytes = graphs_.peak_bytes();
-    }
+    report_graph_cache();
     torch::Tensor chosen_index;
     if (labels_.defined() || covariates_.defined())
       chosen_index = to_device_async(torch::tensor(chosen, torch::kLong), dev);
@@ -567,11 +570,11 @@ class PopulationObjective : public TrainingObjective {
   // their own (r^2 >= the edge capacity), so that they never repeat a position.
   bool stage_graphs(const std::vector<int64_t>& blocks, int64_t slots, StepInput& in) {
     if (blocks == staged_.blocks && slots == staged_.graphs.slots) return true;
-    std::vector<const PopulationGraph*> batch;
+    std::vector<GraphCache::Graph> batch;  // this step's graphs, whatever the cache evicts
     int64_t nodes = 0, edges = 0;
     bool propagate = false;
     for (int64_t b : blocks) {
-      batch.push_back(&host_graph(b, in));
+      batch.push_back(host_graph(b, in));
       nodes += batch.back()->nodes();
       edges += batch.back()->src.size(0);
       propagate = propagate || batch.back()->src.size(0) != batch.back()->nodes();  // not self-loops only
@@ -653,14 +656,24 @@ class PopulationObjective : public TrainingObjective {
     return kept;
   }
 
-  // Staged steps: source block b's graph on the host (built ahead, or now), kept for the fit.
-  const PopulationGraph& host_graph(int64_t b, StepInput& in) {
-    auto& g = host_graphs_[b];
-    if (!g) g = built_graph(b, in);
-    return *g;
+  // Staged steps: source block b's graph on the host, from its cache (under the same byte cap), built ahead or now.
+  GraphCache::Graph host_graph(int64_t b, StepInput& in) {
+    if (auto g = host_graphs_.find(b)) return g;
+    GraphCache::Graph g = built_graph(b, in);
+    host_graphs_.insert(b, g);
+    return g;
   }
 
-  bool has_graph(int64_t b) const { return staging_ ? host_graphs_.count(b) > 0 : graphs_.contains(b); }
+  // The cache the step's graphs come from: on the host for staged steps, else on the device.
+  const GraphCache& graph_cache() const { return staging_ ? host_graphs_ : graphs_; }
+
+  bool has_graph(int64_t b) const { return graph_cache().contains(b); }
+
+  void report_graph_cache() {
+    if (!stats_) return;
+    stats_->graph_evictions = graph_cache().evictions();
+    stats_->graph_cache_peak_bytes = graph_cache().peak_bytes();
+  }
 
   // What a step needs besides its draws: blocks read and graphs built ahead.
   struct StepInput {
@@ -843,7 +856,7 @@ class PopulationObjective : public TrainingObjective {
     std::vector<int64_t> blocks;  // the source blocks in the graph slots, sorted
   } staged_;
   bool staging_ = false;
-  std::unordered_map<int64_t, std::shared_ptr<const PopulationGraph>> host_graphs_;
+  GraphCache host_graphs_;  // staged steps' graphs, on the host
 };
 
 TrainResult train_blocks(PopulationModel& model, PopulationData& data, const TrainConfig& config,

@@ -260,7 +260,7 @@ TEST_CASE("step_graph: a staged MFM or CGFM fit trains the model the eager fit t
   }
 }
 
-TEST_CASE("step_graph: staged steps from a store whose populations share source blocks") {
+TEST_CASE("step_graph: staged steps from a store whose populations share source blocks, under a graph cache cap") {
   torch::manual_seed(6);
   // Six populations on three control blocks: a step of four draws 2 or 3 distinct sources.
   const std::string path = shared_source_store({0, 0, 1, 1, 2, 2}, 3, 20);
@@ -268,15 +268,22 @@ TEST_CASE("step_graph: staged steps from a store whose populations share source 
   PopulationConfig pc = small_population(EncoderKind::GCN, 2, 8, 10, 4);
   pc.k = 3;
   const TrainConfig tc = deferred_checks(14, 4);
-  std::vector<Fit> fits;
-  for (bool staged : {false, true}) {
-    auto blocks = store_population_data(store, torch::Tensor(), torch::Tensor());
-    PopulationTrainingStats stats;
-    fits.push_back(fit(pc, *blocks, tc, staged, &stats));
-    PF_CHECK(stats.graphs_built == 3);  // one graph per control block, whichever way
+  for (int64_t cap : {0, 1}) {  // no cap; a cap of 1 byte (nothing kept: graphs rebuilt when needed again)
+    PopulationTraining how;
+    how.graph_cache_bytes = cap;
+    std::vector<Fit> fits;
+    for (bool staged : {false, true}) {
+      auto blocks = store_population_data(store, torch::Tensor(), torch::Tensor());
+      PopulationTrainingStats stats;
+      fits.push_back(fit(pc, *blocks, tc, staged, &stats, how));
+      if (cap == 0)
+        PF_CHECK(stats.graphs_built == 3 && stats.graph_cache_peak_bytes > 0);  // one per control block, either way
+      else
+        PF_CHECK_MSG(stats.graphs_built > 3 && stats.graph_cache_peak_bytes == 0, stats.graphs_built);
+    }
+    PF_CHECK_MSG(fits[1].result.step_graph == "staged", fits[1].result.step_graph);
+    check_same_fit(fits[1].result, fits[0].result, *fits[1].model->net, *fits[0].model->net, 1e-4);
   }
-  PF_CHECK_MSG(fits[1].result.step_graph == "staged", fits[1].result.step_graph);
-  check_same_fit(fits[1].result, fits[0].result, *fits[1].model->net, *fits[0].model->net, 1e-4);
   std::remove(path.c_str());
 }
 
