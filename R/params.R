@@ -789,10 +789,11 @@ model_class.ICNNParam <- function(method) c("popflow_icnn", "popflow_flow")
 #'   W1 by at most 0.0005 (3 seeds) with it on, and ran no faster, its step
 #'   being bound by per-step overhead rather than arithmetic
 #'   (`bench/results/gpu_session.md`). Try it for wide networks and large batches.
-#' @param step_graph On a GPU, MFM and CGFM fits (schedule `"joint"`, a
-#'   coupling drawn per cell: independent or paired) take each step as one
-#'   replayed CUDA graph instead of hundreds of operator launches, the draws
-#'   staged into fixed buffers first. Off by default: it is tested on the CPU
+#' @param step_graph On a GPU, MFM and CGFM fits (schedule `"joint"`) and
+#'   flows (I-CFM, SB-CFM, target FM and the VP paths), each with a coupling
+#'   drawn per cell (independent or paired; OT couplings are solved on the
+#'   host), take each step as one replayed CUDA graph instead of hundreds of
+#'   operator launches, the draws staged into fixed buffers first. Off by default: it is tested on the CPU
 #'   (staged fits train the model the usual steps train, to float rounding)
 #'   but has not yet been measured on a GPU, and on the CPU, where the host
 #'   reads every step, it runs the usual steps. `fit$step_graph` says what

@@ -10,7 +10,8 @@
 #      same with TF32; the step captured as one CUDA graph, TF32 off and on, and with the graph
 #      batch propagated by gather and scatter-add instead of the sparse product) against bench/mfm_peer_torch.py (eager fp32 reading the loss every step,
 #      the reference's habit; eager TF32 with fused Adam; a CUDA graph of the whole step, TF32).
-#      First (B0) the staged-step tests, whose GPU case checks that the captured step trains the
+#      Then I-CFM (width 64, batch 256; width 256, batch 1024): popflow eager and captured against
+#      TorchCFM's I-CFM on the GPU. First (B0) the staged-step tests, whose GPU case checks that the captured step trains the
 #      model the eager GPU step trains (popflow_step_graph_tests, output in session.log).
 #   C. GPU training from R: bench/gpu_r_end_to_end.R (with the NCCL backend run as one rank, issue 13).
 #   D. Letters at the paper's size, MFM GCN k = 10, 3 seeds, LETTERS_STEPS (2000) steps, TF32 off
@@ -26,7 +27,9 @@
 #
 # Prepare here: sh tools/gpu_r_bundle.sh (writes .gpu/r_bundle.tar.xz) and LEMON's headers
 # (mkdir -p .gpu/lemon_inc && cp -r /usr/include/lemon .gpu/lemon_inc/); carry the two
-# (.gpu/r_bundle.tar.xz, .gpu/lemon_inc). Run there: bash bench/gpu_session.sh $OUT
+# (.gpu/r_bundle.tar.xz, .gpu/lemon_inc), and for the I-CFM peer TorchCFM's package
+# (mkdir -p .gpu/torchcfm_src && cp -r /tmp/torchcfm_peer/torchcfm .gpu/torchcfm_src/ after any
+# bench/*_torchcfm.py run here has extracted it; never committed). Run there: bash bench/gpu_session.sh $OUT
 # (R there writes the letters CSVs itself, bench/letters_csv.R.)
 # Files: gpu.txt, build.log (CMake and R CMD INSTALL), throughput.jsonl, op_counts_cuda.txt (B),
 # r_end_to_end.txt, letters_tf32.jsonl, exact_ot_gpu.jsonl (F), session.log (this script's
@@ -54,8 +57,8 @@ export PATH=/usr/lib/R/bin:$PATH   # R as the archive unpacks it (Debian's layou
 cmake_build() {  # extra CMake options
   cmake -S . -B build/cuda -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$prefix" \
     -DPOPFLOW_LEMON_INCLUDE="$PWD/.gpu/lemon_inc" -DPOPFLOW_BUILD_TESTS=OFF -DPOPFLOW_BUILD_GPU_CHECK=ON "$@" &&
-    cmake --build build/cuda -j10 --target popflow_mfm_bench $(has D && echo popflow_letters) \
-      $(has F && echo popflow_ot_bench popflow_bench) $(has G && echo popflow_predict_bench) &&
+    cmake --build build/cuda -j10 --target popflow_mfm_bench popflow_bench $(has D && echo popflow_letters) \
+      $(has F && echo popflow_ot_bench) $(has G && echo popflow_predict_bench) &&
     { cmake --build build/cuda -j10 --target popflow_step_graph_tests || echo "step graph tests: build FAILED"; }
 }
 (
@@ -105,6 +108,33 @@ for p in $(has B && echo 10 100); do
   done
   log "throughput at $p populations done"
 done
+
+# B''. I-CFM steps (flows staged and captured too): popflow eager and captured against TorchCFM's I-CFM
+#      on the GPU (bench/throughput_torchcfm.py --device cuda; TorchCFM's torchcfm/ carried in
+#      .gpu/torchcfm_src), 10-d cells (source N(0, I), target a two-Gaussian mixture; stdlib only).
+if has B && [ -x build/cuda/popflow_bench ]; then
+  python3 - > /tmp/flow10.csv <<'PYEOF'
+import random
+random.seed(0)
+print("side," + ",".join(f"x{i + 1}" for i in range(10)))
+for side in (0, 1):
+    for _ in range(4096):
+        s = random.choice((-1.0, 1.0))
+        v = [random.gauss(0, 1) if side == 0 else 0.5 * random.gauss(0, 1) + s * c for c in [3.0, 1.0] + [0.0] * 8]
+        print(f"{side}," + ",".join(f"{x:.7g}" for x in v))
+PYEOF
+  for wb in "64 256" "256 1024"; do
+    set -- $wb
+    for sg in 0 1; do
+      timeout 60 build/cuda/popflow_bench /tmp/flow10.csv --time-column side --device cuda --width $1 --depth 3 \
+        --batch $2 --steps 3000 --step-graph $sg --json >> "$tp" 2>> "$OUTDIR/session.log"
+    done
+    TORCHCFM_SRC=$PWD/.gpu/torchcfm_src timeout 90 python3 bench/throughput_torchcfm.py --data /tmp/flow10.csv \
+      --method icfm --device cuda --width $1 --depth 3 --batch $2 --steps 3000 2>> "$OUTDIR/session.log" |
+      sed -n 's/^RESULT //p' >> "$tp"
+  done
+  log "I-CFM steps done"
+fi
 
 # B'. The step's operator calls and host reads on the GPU at 10 populations (a few seconds): the
 #     CPU build's counts (bench/results/mfm_op_counts.txt) should hold here too, and host reads be 0.

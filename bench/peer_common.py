@@ -55,13 +55,24 @@ def peer_source():
     return None, "set TORCHCFM_SRC to a folder holding TorchCFM's torchcfm/ package"
 
 
-def import_peer():
-    """Import TorchCFM's flow matchers, or exit with SKIP_STATUS and a clear message."""
+def import_peer(needs_ot=True):
+    """Import TorchCFM's flow matchers, or exit with SKIP_STATUS and a clear message.
+
+    needs_ot=False (I-CFM): where POT is not installed (a GPU machine with PyTorch alone), TorchCFM's
+    module-level `import ot` gets an empty stand-in module; its OT samplers are then unusable.
+    """
     src, why = peer_source()
     if src is None:
         print(f"SKIP: TorchCFM peer not available ({why})", file=sys.stderr)
         sys.exit(SKIP_STATUS)
     sys.path.insert(0, src)
+    if not needs_ot:
+        try:
+            import ot  # noqa: F401
+        except ImportError:
+            import types
+            sys.modules["ot"] = types.ModuleType("ot")
+            print("note: POT not installed; TorchCFM imported with an empty `ot` (I-CFM only)", file=sys.stderr)
     try:
         from torchcfm.conditional_flow_matching import (  # noqa: F401
             ConditionalFlowMatcher,

@@ -5,11 +5,13 @@
                                                      bench/throughput.R writes its own)
     throughput_torchcfm.py --idle                    import only (start-up RSS)
     throughput_torchcfm.py --data PATH --method otcfm --width 64 --depth 3 --batch 256 --steps 500
+    throughput_torchcfm.py --data PATH --method icfm --device cuda ...   (bench/gpu_session.sh)
 
 The training loop is the TorchCFM tutorial's: draw `batch` source and `batch` target cells,
 (s, x_s, u_s) from TorchCFM's flow matcher (exact OT-CFM: POT's network simplex plan, pairs
 drawn from it), MLP on [x, t] (SELU), MSE, Adam. `warmup` steps run first and are not timed;
-steps/s is measured around the remaining loop. Prints one line `RESULT {json}`.
+steps/s is measured around the remaining loop. Prints one line `RESULT {json}`. On a GPU the cells
+live on the device, the drawn indices are sent each step, and the clock stops after a synchronize.
 Run it under `/usr/bin/time -v` for the peak RSS of the process (the driver does).
 """
 
@@ -56,15 +58,18 @@ def main():
     ap.add_argument("--sigma", type=float, default=0.1)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     if args.make_data:
         make_data(args.make_data)
         return
 
-    peer = pc.import_peer()
+    peer = pc.import_peer(needs_ot=args.method != "icfm")
     import numpy as np
     import torch
     import ot  # noqa: F401  (TorchCFM's OT-CFM imports it too)
+
+    dev = torch.device(args.device)
 
     if args.idle:
         print("RESULT " + json.dumps({"impl": "TorchCFM", "method": "idle"}), flush=True)
@@ -72,18 +77,18 @@ def main():
 
     torch.set_num_threads(args.threads)
     a = np.loadtxt(args.data, delimiter=",", skiprows=1)
-    X0 = torch.from_numpy(a[a[:, 0] == 0, 1:]).float()
-    X1 = torch.from_numpy(a[a[:, 0] == 1, 1:]).float()
+    X0 = torch.from_numpy(a[a[:, 0] == 0, 1:]).float().to(dev)
+    X1 = torch.from_numpy(a[a[:, 0] == 1, 1:]).float().to(dev)
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     FM = peer[args.method](sigma=args.sigma)
-    model = pc.make_mlp(torch, X0.shape[1], args.width, args.depth)
+    model = pc.make_mlp(torch, X0.shape[1], args.width, args.depth).to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
 
     def step():
         opt.zero_grad()
-        x0 = X0[np.random.randint(X0.shape[0], size=args.batch)]
-        x1 = X1[np.random.randint(X1.shape[0], size=args.batch)]
+        x0 = X0[torch.from_numpy(np.random.randint(X0.shape[0], size=args.batch)).to(dev)]
+        x1 = X1[torch.from_numpy(np.random.randint(X1.shape[0], size=args.batch)).to(dev)]
         t, xt, ut = FM.sample_location_and_conditional_flow(x0, x1)
         vt = model(torch.cat([xt, t[:, None]], dim=-1))
         loss = torch.mean((vt - ut) ** 2)
@@ -91,18 +96,24 @@ def main():
         opt.step()
         return loss
 
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
     for _ in range(args.warmup):
         step()
+    sync()
     t0, cpu0 = pc.now(), time.process_time()
     for _ in range(args.steps):
         loss = step()
+    sync()
     secs = pc.now() - t0
     cpu = time.process_time() - cpu0  # user + system CPU time: comparable on a busy machine
     print("RESULT " + json.dumps({
         "impl": "TorchCFM", "method": args.method, "width": args.width, "depth": args.depth,
         "batch": args.batch, "steps": args.steps, "seconds": secs, "cpu_seconds": cpu,
         "steps_per_s": args.steps / secs, "final_loss": float(loss.item()),
-        "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "threads": torch.get_num_threads(), "torch": torch.__version__, "device": args.device,
         "torchcfm": peer["version"],
     }), flush=True)
 

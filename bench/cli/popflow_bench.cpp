@@ -52,8 +52,9 @@ struct Options {
   std::string path = "icfm", coupling = "independent", ot_mode = "resample", ot_solver = "exact", device = "cpu";
   double sigma = 0.1, lr = 1e-3, time_limit = 0;
   int64_t width = 64, depth = 3, batch = 256, steps = 1000, max_eval_cells = 1000;
-  bool residual = false, json = false, have_holdout = false;
+  bool residual = false, json = false, have_holdout = false, step_graph = false;
   int threads = 1;
+  int64_t sync_every = 0;
   uint64_t seed = 1;
   double holdout = 0;
   double atol = 1e-5, rtol = 1e-5;
@@ -75,6 +76,8 @@ const char* kUsage =
     "  --steps N --lr LR      (default 1000, 1e-3)\n"
     "  --time-limit S         stop training after S seconds (default none)\n"
     "  --device cpu|cuda[:k]  (default cpu)\n"
+    "  --step-graph 0|1       staged steps, captured as one CUDA graph on a GPU (default 0)\n"
+    "  --sync-every N         read the loss back every N steps (default 0: 25 on a GPU, else 1)\n"
     "  --threads T            torch CPU threads (default 1)\n"
     "  --seed S               (default 1)\n"
     "  --holdout T            leave time T out; report W1/W2 of the prediction from the previous time\n"
@@ -152,6 +155,8 @@ Options parse_args(int argc, char** argv) {
     else if (a == "--lr") o.lr = to_double(a, value());
     else if (a == "--time-limit") o.time_limit = to_double(a, value());
     else if (a == "--device") o.device = value();
+    else if (a == "--step-graph") o.step_graph = to_int(a, value()) != 0;
+    else if (a == "--sync-every") o.sync_every = to_int(a, value());
     else if (a == "--threads") o.threads = static_cast<int>(to_int(a, value()));
     else if (a == "--seed") o.seed = static_cast<uint64_t>(to_int(a, value()));
     else if (a == "--holdout") { o.holdout = to_double(a, value()); o.have_holdout = true; }
@@ -397,6 +402,8 @@ int main(int argc, char** argv) {
     tc.threads = o.threads;
     tc.device = o.device;
     tc.time_limit_s = o.time_limit;
+    tc.step_graph = o.step_graph;
+    tc.sync_every = o.sync_every;
 
     torch::manual_seed(o.seed);
     torch::set_num_threads(o.threads);
@@ -457,6 +464,7 @@ int main(int argc, char** argv) {
          << ",\"depth\":" << o.depth << ",\"residual\":" << (o.residual ? "true" : "false") << ",\"batch\":" << o.batch
          << ",\"lr\":" << json_num(o.lr) << ",\"device\":" << json_str(o.device) << ",\"threads\":" << o.threads
          << ",\"seed\":" << o.seed << ",\"torch\":" << json_str(TORCH_VERSION) << ",\"status\":" << json_str(res.status)
+         << ",\"step_graph\":" << json_str(res.step_graph)
          << ",\"steps\":" << res.steps_done << ",\"seconds\":" << json_num(res.seconds)
          << ",\"steps_per_s\":" << json_num(steps_per_s) << ",\"cells_per_s\":" << json_num(cells_per_s)
          << ",\"final_loss\":" << json_num(final_loss) << ",\"tail_loss\":" << json_num(tail_loss)

@@ -11,6 +11,15 @@ namespace popflow {
 // kernel, and a training step has several such copies.
 torch::Tensor to_device_async(const torch::Tensor& host, const torch::Device& device);
 
+// Staged steps (TrainConfig::step_graph) fill a host tensor and copy it into
+// a device buffer that keeps its storage, which a captured step reads.
+// staging_tensor(): the host tensor, page-locked when `device` is a GPU.
+// stage_into(): `host` copied into `buffer` (asynchronously to a GPU); true when
+// `buffer` already had host's sizes, false when it was allocated anew (with
+// `options`), so that a captured step must be captured again.
+torch::Tensor staging_tensor(at::IntArrayRef sizes, torch::ScalarType dtype, const torch::Device& device);
+bool stage_into(torch::Tensor& buffer, const torch::Tensor& host, const torch::TensorOptions& options);
+
 // TF32 matrix products (fp32 storage and accumulation, 10-bit mantissa
 // inputs) on Ampere and later GPUs for the scope's duration; no effect on CPU.
 // Restores the process's previous setting.

@@ -329,8 +329,7 @@ class PopulationObjective : public TrainingObjective {
 
     // One host buffer: the two sides' rows, each population's graph slot, the populations.
     const int64_t n_rows = n_chosen * n_cells;
-    const auto long_host = torch::TensorOptions().dtype(torch::kLong).pinned_memory(dev.is_cuda());
-    auto draws = torch::empty({2 * n_rows + 2 * n_chosen}, long_host);
+    auto draws = staging_tensor({2 * n_rows + 2 * n_chosen}, torch::kLong, dev);
     int64_t* const rows0 = draws.data_ptr<int64_t>();
     int64_t* const rows1 = rows0 + n_rows;
     draw_rows_into(chosen, rows0, rows1, rng);
@@ -339,14 +338,11 @@ class PopulationObjective : public TrainingObjective {
       rows1[n_rows + i] = blocks.empty() ? 0 : std::lower_bound(blocks.begin(), blocks.end(), b) - blocks.begin();
       rows1[n_rows + n_chosen + i] = chosen[i];
     }
-    kept = fits(staged_.draws, draws.sizes(), fopt_.dtype(torch::kLong)) && kept;
-    staged_.draws.copy_(draws, /*non_blocking=*/dev.is_cuda());
+    kept = stage_into(staged_.draws, draws, fopt_.dtype(torch::kLong)) && kept;
     if (data_.on_disk()) {
-      auto cells = torch::empty({2, n_rows, data_.dim()},
-                                torch::TensorOptions().dtype(torch::kFloat).pinned_memory(dev.is_cuda()));
+      auto cells = staging_tensor({2, n_rows, data_.dim()}, torch::kFloat, dev);
       copy_cells(chosen, rows0, rows1, in, cells.data_ptr<float>());
-      kept = fits(staged_.cells, cells.sizes(), fopt_) && kept;
-      staged_.cells.copy_(cells, dev.is_cuda());
+      kept = stage_into(staged_.cells, cells, fopt_) && kept;
     }
     staged_.n_chosen = n_chosen;
     return kept;
@@ -556,13 +552,6 @@ class PopulationObjective : public TrainingObjective {
     }
   }
 
-  // Whether `t` has these sizes already; else it is allocated anew (and a captured step must be captured again).
-  static bool fits(torch::Tensor& t, at::IntArrayRef sizes, const torch::TensorOptions& options) {
-    if (t.defined() && t.sizes() == sizes) return true;
-    t = torch::empty(sizes, options);
-    return false;
-  }
-
   // Staged steps: the graphs of `blocks` (sorted) in the first of `slots`
   // graph slots of the padded batch, built on the host and moved in two
   // transfers; nothing when the last step staged the same blocks. The
@@ -616,8 +605,8 @@ class PopulationObjective : public TrainingObjective {
       }
     }
     const bool pinned = dev.is_cuda();
-    auto floats = torch::zeros({n_floats}, torch::TensorOptions().dtype(torch::kFloat).pinned_memory(pinned));
-    auto longs = torch::empty({n_longs}, torch::TensorOptions().dtype(torch::kLong).pinned_memory(pinned));
+    auto floats = staging_tensor({n_floats}, torch::kFloat, dev).zero_();
+    auto longs = staging_tensor({n_longs}, torch::kLong, dev);
     float* x = floats.data_ptr<float>();
     float* weight = x + nc * dim;
     float* counts = weight + ec;

@@ -589,36 +589,69 @@ class FlowObjective : public TrainingObjective {
     return model_.net->mse_with_gradient(r.xt, r.t, r.cond, r.ut);
   }
 
+  // Staged steps: draws that need no host work between them (independent or
+  // paired cells; the growth term of unbalanced flows trains through autograd).
+  std::string why_not_staged() const override {
+    if (unbalanced_) return "the unbalanced coupling is solved on the host for every minibatch";
+    if (repairs(model_.config.coupling.kind)) return "the coupling is solved on the host for every minibatch";
+    return "";
+  }
+
+  // The rows the eager step draws, in its order (so both train the same
+  // model), in one buffer: every draw's target rows, then every draw's source
+  // rows (zeros from a noise source), then each draw's group.
+  bool stage(int64_t, std::mt19937_64& rng) override {
+    const int64_t n = batch_size_;
+    std::vector<std::pair<torch::Tensor, torch::Tensor>> rows;  // (source, target) per draw
+    staged_blocks_.clear();
+    each_block(rng, [&](size_t k, int64_t g) {
+      rows.push_back(draw_block_rows(k, g, rng));
+      staged_blocks_.emplace_back(k, g);
+    });
+    const auto d = static_cast<int64_t>(rows.size());
+    auto host = staging_tensor({2 * d * n + d}, torch::kLong, model_.device);
+    int64_t* const target = host.data_ptr<int64_t>();
+    int64_t* const source = target + d * n;
+    for (int64_t i = 0; i < d; ++i) {
+      std::copy_n(rows[i].second.data_ptr<int64_t>(), n, target + i * n);
+      if (rows[i].first.defined()) std::copy_n(rows[i].first.data_ptr<int64_t>(), n, source + i * n);
+      else std::fill_n(source + i * n, n, 0);
+      source[d * n + i] = staged_blocks_[i].second;
+    }
+    return stage_into(staged_rows_, host, fopt_.dtype(torch::kLong));
+  }
+
+  // The eager step's device work on the staged rows: each draw's source
+  // draws, times and path noise in the eager order, one row gather per side.
+  torch::Tensor staged_loss_and_gradient(FlatAdam&) override {
+    const int64_t n = batch_size_, d = static_cast<int64_t>(staged_blocks_.size());
+    const auto x1_all = x_all_.index_select(0, staged_rows_.narrow(0, 0, d * n));
+    const auto x0_all = target_fm_ ? torch::Tensor() : x_all_.index_select(0, staged_rows_.narrow(0, d * n, d * n));
+    RegressionParts parts;
+    for (int64_t i = 0; i < d; ++i) {
+      const size_t k = staged_blocks_[i].first;
+      const auto x1 = x1_all.narrow(0, i * n, n);
+      const auto x0 = target_fm_ ? source_.draw(n) : x0_all.narrow(0, i * n, n);
+      add_draw({x0, x1, torch::rand({n}, fopt_), model_.model_time(model_.config.times[k]),
+                model_.model_time(model_.config.times[k + 1]), -1, k, torch::Tensor()},
+               parts);
+    }
+    torch::Tensor cond;
+    if (cond_all_.defined())
+      cond = cond_all_.index_select(0, staged_rows_.narrow(0, 2 * d * n, d))
+                 .unsqueeze(1)
+                 .expand({d, n, cond_all_.size(1)})
+                 .reshape({d * n, cond_all_.size(1)});
+    const Regression r = parts.joined();
+    return model_.net->mse_with_gradient(r.xt, r.t, cond, r.ut);
+  }
+
  protected:
   // One step's regression problem: points x_t at times t (conditioning rows),
   // the path's velocity there, and for unbalanced flows the growth rate.
   struct Regression {
     torch::Tensor xt, t, cond, ut, rate;
   };
-
-  Regression regression(std::mt19937_64& rng) {
-    std::vector<torch::Tensor> xts, ts, uts, conds, rates;
-    draw_pairs(rng, [&](const Draw& draw) {
-      auto ps = sample_path(model_.config.path, draw.x0, draw.x1, draw.s, !source_.gaussian());
-      xts.push_back(ps.xt);
-      // Unit-interval time and velocity to model time; on the interval [0, 1]
-      // that is the identity (exactly), and small networks feel each operation.
-      const double span = draw.t1 - draw.t0;
-      ts.push_back(draw.t0 == 0 && span == 1 ? draw.s : draw.t0 + draw.s * span);
-      uts.push_back(span == 1 ? ps.ut : ps.ut / span);
-      if (cond_all_.defined()) conds.push_back(cond_all_[draw.group].unsqueeze(0).expand({draw.s.size(0), -1}));
-      // The growth rate along the pair's path: its source cell's log growth
-      // spread evenly over the interval (model time).
-      if (unbalanced_) rates.push_back(draw.log_growth / (draw.t1 - draw.t0));
-    });
-    return {join(xts), join(ts), conds.empty() ? torch::Tensor() : join(conds), join(uts),
-            rates.empty() ? torch::Tensor() : join(rates)};
-  }
-
-  // torch::cat, without its copy for the usual single block.
-  static torch::Tensor join(const std::vector<torch::Tensor>& parts) {
-    return parts.size() == 1 ? parts.front() : torch::cat(parts);
-  }
 
   // One coupled minibatch of an interval and group: end points, the times s
   // in [0, 1] drawn for them, and the interval's model times.
@@ -630,6 +663,67 @@ class FlowObjective : public TrainingObjective {
     torch::Tensor log_growth;  // [n] unbalanced flows: each pair's source cell's log growth over the interval
   };
 
+  // A step's regression, draw by draw.
+  struct RegressionParts {
+    std::vector<torch::Tensor> xts, ts, uts, conds, rates;
+    Regression joined() const {
+      return {join(xts), join(ts), conds.empty() ? torch::Tensor() : join(conds), join(uts),
+              rates.empty() ? torch::Tensor() : join(rates)};
+    }
+  };
+
+  // One draw's part of the regression (its conditioning rows too when its group is given, >= 0).
+  void add_draw(const Draw& draw, RegressionParts& parts) const {
+    auto ps = sample_path(model_.config.path, draw.x0, draw.x1, draw.s, !source_.gaussian());
+    parts.xts.push_back(ps.xt);
+    // Unit-interval time and velocity to model time; on the interval [0, 1]
+    // that is the identity (exactly), and small networks feel each operation.
+    const double span = draw.t1 - draw.t0;
+    parts.ts.push_back(draw.t0 == 0 && span == 1 ? draw.s : draw.t0 + draw.s * span);
+    parts.uts.push_back(span == 1 ? ps.ut : ps.ut / span);
+    if (cond_all_.defined() && draw.group >= 0)
+      parts.conds.push_back(cond_all_[draw.group].unsqueeze(0).expand({draw.s.size(0), -1}));
+    // The growth rate along the pair's path: its source cell's log growth
+    // spread evenly over the interval (model time).
+    if (unbalanced_) parts.rates.push_back(draw.log_growth / (draw.t1 - draw.t0));
+  }
+
+  Regression regression(std::mt19937_64& rng) {
+    RegressionParts parts;
+    draw_pairs(rng, [&](const Draw& draw) { add_draw(draw, parts); });
+    return parts.joined();
+  }
+
+  // torch::cat, without its copy for the usual single block.
+  static torch::Tensor join(const std::vector<torch::Tensor>& parts) {
+    return parts.size() == 1 ? parts.front() : torch::cat(parts);
+  }
+
+
+  // Per interval, a few groups with cells on both sides, in the order drawn.
+  template <typename F>
+  void each_block(std::mt19937_64& rng, F&& each) {
+    for (size_t k = 0; k + 1 < model_.config.times.size(); ++k) {
+      if (usable_[k].empty()) continue;
+      std::vector<int64_t> groups = usable_[k];
+      std::shuffle(groups.begin(), groups.end(), rng);
+      groups.resize(std::min<size_t>(groups.size(), groups_per_step_));
+      for (int64_t g : groups) each(k, g);
+    }
+  }
+
+  // A draw's rows of interval k and group g: (source, target), the target's
+  // drawn first; no source rows from a noise source; paired rows in pairs.
+  std::pair<torch::Tensor, torch::Tensor> draw_block_rows(size_t k, int64_t g, std::mt19937_64& rng) const {
+    const int64_t n = batch_size_;
+    if (paired_) {
+      PairedRows rows = draw_paired_rows(blocks_[k][g], blocks_[k + 1][g], n, rng);
+      return {rows.source, rows.target};
+    }
+    auto target = draw_rows(blocks_[k + 1][g], n, rng);
+    return {target_fm_ ? torch::Tensor() : draw_rows(blocks_[k][g], n, rng), target};
+  }
+
   // Per interval, a few groups with cells on both sides, a coupled minibatch
   // from each, handed to `each` in the order drawn (so that what `each` draws
   // from torch's generator follows the same sequence on every run).
@@ -637,33 +731,21 @@ class FlowObjective : public TrainingObjective {
     const auto& times = model_.config.times;
     const auto dev = model_.device;
     const int64_t n = batch_size_;
-    for (size_t k = 0; k + 1 < times.size(); ++k) {
-      if (usable_[k].empty()) continue;
+    each_block(rng, [&](size_t k, int64_t g) {
       const double t0 = model_.model_time(times[k]), t1 = model_.model_time(times[k + 1]);
-      std::vector<int64_t> groups = usable_[k];
-      std::shuffle(groups.begin(), groups.end(), rng);
-      groups.resize(std::min<size_t>(groups.size(), groups_per_step_));
-      for (int64_t g : groups) {
-        torch::Tensor x0, x1;
-        if (paired_) {
-          const PairedRows rows = draw_paired_rows(blocks_[k][g], blocks_[k + 1][g], n, rng);
-          x0 = x_all_.index_select(0, to_device_async(rows.source, dev));
-          x1 = x_all_.index_select(0, to_device_async(rows.target, dev));
-        } else {
-          // Through page-locked memory: an ordinary copy to a GPU waits for its queue.
-          x1 = x_all_.index_select(0, to_device_async(draw_rows(blocks_[k + 1][g], n, rng), dev));
-          x0 = target_fm_ ? source_.draw(n)
-                          : x_all_.index_select(0, to_device_async(draw_rows(blocks_[k][g], n, rng), dev));
-        }
-        if (unbalanced_) {
-          auto up = couple_unbalanced(model_.config.coupling, x0, x1, block_mass_[k + 1][g] / block_mass_[k][g], rng);
-          each({up.x0, up.x1, torch::rand({n}, fopt_), t0, t1, g, k, up.log_growth});
-          continue;
-        }
-        auto pair = couple(model_.config.coupling, x0, x1, reg_default_, rng);
-        each({pair.x0, pair.x1, torch::rand({n}, fopt_), t0, t1, g, k, torch::Tensor()});
+      // Through page-locked memory: an ordinary copy to a GPU waits for its queue.
+      const auto rows = draw_block_rows(k, g, rng);
+      const auto x1 = x_all_.index_select(0, to_device_async(rows.second, dev));
+      const auto x0 =
+          rows.first.defined() ? x_all_.index_select(0, to_device_async(rows.first, dev)) : source_.draw(n);
+      if (unbalanced_) {
+        auto up = couple_unbalanced(model_.config.coupling, x0, x1, block_mass_[k + 1][g] / block_mass_[k][g], rng);
+        each({up.x0, up.x1, torch::rand({n}, fopt_), t0, t1, g, k, up.log_growth});
+        return;
       }
-    }
+      auto pair = couple(model_.config.coupling, x0, x1, reg_default_, rng);
+      each({pair.x0, pair.x1, torch::rand({n}, fopt_), t0, t1, g, k, torch::Tensor()});
+    });
   }
 
  private:
@@ -714,6 +796,9 @@ class FlowObjective : public TrainingObjective {
   SourceSampler source_;
   double reg_default_ = 0;
   std::unique_ptr<FlatAdam> opt_;
+  // Staged steps: each draw's (interval, group), and the rows on the device (see stage()).
+  std::vector<std::pair<size_t, int64_t>> staged_blocks_;
+  torch::Tensor staged_rows_;
 };
 
 // Metric flow matching: the same draws as the flow objective, in two stages
@@ -779,6 +864,10 @@ class MetricFlowObjective : public FlowObjective {
     if (trains_phi(step)) return TrainingObjective::loss_and_gradient(step, rng, optimiser);
     const Regression r = velocity_regression(rng);
     return model_.net->mse_with_gradient(r.xt, r.t, r.cond, r.ut);
+  }
+
+  std::string why_not_staged() const override {
+    return "metric flow matching trains its interpolant, then regresses on its autograd derivative";
   }
 
   std::string why_not_resumable() const override {

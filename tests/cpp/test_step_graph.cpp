@@ -18,6 +18,7 @@
 #include "population_model.h"
 #include "population_store.h"
 #include "step_graph.h"
+#include "trainer.h"
 
 using namespace popflow;
 using namespace fixtures;
@@ -298,6 +299,65 @@ TEST_CASE("step_graph: a staged fit that diverges stops where the eager fit stop
   PF_CHECK_MSG(eager.result.status == "nonfinite", eager.result.status);
   PF_CHECK(staged.result.status == eager.result.status && staged.result.steps_done == eager.result.steps_done);
   PF_CHECK(same_parameters(*staged.model->net, *eager.model->net));
+}
+
+TEST_CASE("step_graph: staged flow fits (I-CFM, SB, target FM and VP paths, a count source, paired cells) "
+          "train the model eager fits train; host couplings stay eager") {
+  struct Case {
+    PathKind path;
+    CouplingKind coupling;
+    bool zinb;         // a ZINB count source (target FM)
+    bool three_times;  // two intervals, else one
+  };
+  const int64_t n = 40;
+  for (const Case c : {Case{PathKind::ICFM, CouplingKind::Independent, false, true},
+                       Case{PathKind::SBCFM, CouplingKind::Independent, false, true},
+                       Case{PathKind::TargetFM, CouplingKind::Independent, false, true},
+                       Case{PathKind::VPCosine, CouplingKind::Independent, false, false},
+                       Case{PathKind::TargetFM, CouplingKind::Independent, true, false},
+                       Case{PathKind::ICFM, CouplingKind::Paired, false, false},
+                       Case{PathKind::ICFM, CouplingKind::ExactOT, false, false}}) {
+    // Three groups (one-hot conditions) per snapshot, two drawn a step.
+    torch::manual_seed(12);
+    const int64_t times = c.three_times ? 3 : 2;
+    TrainingData data;
+    data.x = torch::rand({3 * times * n, 2}) * 3;
+    for (int64_t k = 0; k < times; ++k)
+      for (int64_t g = 0; g < 3; ++g) {
+        data.time_index.insert(data.time_index.end(), n, k);
+        data.group.insert(data.group.end(), n, g);
+      }
+    data.group_cond = torch::eye(3);
+    FlowConfig fc = small_flow(2, c.three_times ? std::vector<double>{0, 1, 3} : std::vector<double>{0, 1});
+    fc.network.cond_dim = 3;
+    fc.network.width = 16;
+    fc.path.kind = c.path;
+    fc.coupling.kind = c.coupling;
+    if (c.zinb) {
+      fc.source.kind = SourceKind::ZINB;
+      fc.source.rows = 3;
+      fc.source.values = {2.0, 1.0, 5.0, 5.0, 0.2, 0.4};  // mu, theta, pi per feature
+      fc.source.log_base = std::exp(1.0);
+    }
+    TrainConfig tc = deferred_checks(12, 4);
+    tc.batch_size = 16;
+    tc.groups_per_step = 2;
+    std::vector<TrainResult> results;
+    std::vector<std::shared_ptr<FlowModel>> models;
+    for (bool staged : {false, true}) {
+      tc.step_graph = staged;
+      torch::manual_seed(1);
+      models.push_back(make_model(fc, "cpu"));
+      results.push_back(train(*models.back(), data, tc));
+    }
+    const std::string& said = results[1].step_graph;
+    if (c.coupling == CouplingKind::ExactOT) {
+      PF_CHECK_MSG(said == "eager: the coupling is solved on the host for every minibatch", said);
+    } else {
+      PF_CHECK_MSG(said == "staged", said);
+    }
+    check_same_fit(results[1], results[0], *models[1]->net, *models[0]->net, 1e-4);
+  }
 }
 
 TEST_CASE("StepGraph: runs the work eagerly on the CPU and says why it cannot capture elsewhere") {

@@ -1,6 +1,7 @@
 // Operator calls of a Meta Flow Matching training step (population_model.h):
 // on a GPU each is at least one kernel launch and some host work, so the
-// step's calls must not grow with the populations it draws.
+// step's calls must not grow with the populations it draws. Host reads of
+// MFM, CGFM and flow steps (none: a CUDA graph's capture forbids them).
 #include <ATen/record_function.h>
 #include <torch/torch.h>
 
@@ -11,7 +12,9 @@
 
 #include "check.h"
 #include "fixtures.h"
+#include "model.h"
 #include "population_model.h"
+#include "trainer.h"
 
 using namespace popflow;
 using namespace fixtures;
@@ -32,6 +35,35 @@ std::unique_ptr<at::ObserverContext> count_call(const at::RecordFunction& fn) {
 struct StepCounts {
   double calls, reads;  // per step
 };
+
+// Calls and host reads per steady step of `fit` (15 steps, the GPU's deferred
+// checks: sync_every 5), counted from the first read of the losses to the last.
+// staged: the fixed-buffer steps a CUDA graph captures (TrainConfig::step_graph).
+template <class Fit>
+StepCounts count_steps(bool staged, Fit&& fit) {
+  TrainConfig tc;
+  tc.steps = 15;
+  tc.sync_every = 5;
+  tc.step_graph = staged;
+  int64_t first = 0, last = 0;
+  TrainCallbacks cb;
+  cb.progress = [&](int64_t step, double) {
+    counting = step < tc.steps;  // every population's graph is built in step 1, before the first read
+    if (first == 0) first = step;
+    last = step;
+    return true;
+  };
+  calls = 0;
+  reads = 0;
+  const auto handle = at::addGlobalCallback(at::RecordFunctionCallback(count_call).scopes({at::RecordScope::FUNCTION}));
+  const TrainResult res = fit(tc, cb);
+  at::removeCallback(handle);
+  counting = false;
+  PF_CHECK(res.status == "completed");
+  PF_CHECK(last - first == 10);
+  const auto steps = static_cast<double>(last - first);
+  return {static_cast<double>(calls.load()) / steps, static_cast<double>(reads.load()) / steps};
+}
 
 // ATen operator calls (nested calls included) per steady step of a small MFM
 // fit drawing `populations` populations a step, with the GPU's deferred checks
@@ -57,28 +89,9 @@ StepCounts counts_per_step(int64_t populations, bool alternating, bool labelled 
   fc.network.depth = 2;
   fc.network.residual = true;
   auto model = make_population_model(fc, pc, "cpu");
-  TrainConfig tc;
-  tc.steps = 15;
-  tc.sync_every = 5;
-  tc.step_graph = staged;
-  int64_t first = 0, last = 0;
-  TrainCallbacks cb;
-  cb.progress = [&](int64_t step, double) {
-    counting = step < tc.steps;  // every population's graph is built in step 1, before the first read
-    if (first == 0) first = step;
-    last = step;
-    return true;
-  };
-  calls = 0;
-  reads = 0;
-  const auto handle = at::addGlobalCallback(at::RecordFunctionCallback(count_call).scopes({at::RecordScope::FUNCTION}));
-  const auto res = train_population_model(*model, data, tc, cb);
-  at::removeCallback(handle);
-  counting = false;
-  PF_CHECK(res.status == "completed");
-  PF_CHECK(last - first == 10);
-  const auto steps = static_cast<double>(last - first);
-  return {static_cast<double>(calls.load()) / steps, static_cast<double>(reads.load()) / steps};
+  return count_steps(staged, [&](const TrainConfig& tc, const TrainCallbacks& cb) {
+    return train_population_model(*model, data, tc, cb);
+  });
 }
 
 }  // namespace
@@ -111,5 +124,30 @@ TEST_CASE("staged MFM and CGFM steps: no host read, as a CUDA graph's capture re
     const StepCounts counts = counts_per_step(4, false, labelled, /*staged=*/true);
     PF_CHECK_MSG(counts.calls > 20, "the observer saw " << counts.calls << " calls a step: is RecordFunction off?");
     PF_CHECK_MSG(counts.reads == 0, counts.reads << " host reads a step" << (labelled ? " (labelled)" : ""));
+  }
+}
+
+TEST_CASE("staged flow steps (I-CFM, groups with a condition, three snapshots): no host read") {
+  torch::manual_seed(9);
+  const int64_t n = 40;
+  TrainingData data;
+  data.x = torch::randn({6 * n, 2});
+  for (int64_t k = 0; k < 3; ++k)
+    for (int64_t g = 0; g < 2; ++g) {
+      data.time_index.insert(data.time_index.end(), n, k);
+      data.group.insert(data.group.end(), n, g);
+    }
+  data.group_cond = torch::eye(2);
+  FlowConfig fc = small_flow(2, {0.0, 1.0, 2.0});
+  fc.network.cond_dim = 2;
+  fc.network.width = 16;
+  for (bool staged : {false, true}) {
+    auto model = make_model(fc, "cpu");
+    const StepCounts counts = count_steps(staged, [&](TrainConfig tc, const TrainCallbacks& cb) {
+      tc.batch_size = 16;
+      return train(*model, data, tc, cb);
+    });
+    PF_CHECK_MSG(counts.calls > 20, "the observer saw " << counts.calls << " calls a step: is RecordFunction off?");
+    PF_CHECK_MSG(counts.reads == 0, counts.reads << " host reads a step" << (staged ? " (staged)" : " (eager)"));
   }
 }
