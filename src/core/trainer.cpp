@@ -699,7 +699,6 @@ class FlowObjective : public TrainingObjective {
     return parts.size() == 1 ? parts.front() : torch::cat(parts);
   }
 
-
   // Per interval, a few groups with cells on both sides, in the order drawn.
   template <typename F>
   void each_block(std::mt19937_64& rng, F&& each) {
@@ -733,8 +732,8 @@ class FlowObjective : public TrainingObjective {
     const int64_t n = batch_size_;
     each_block(rng, [&](size_t k, int64_t g) {
       const double t0 = model_.model_time(times[k]), t1 = model_.model_time(times[k + 1]);
-      // Through page-locked memory: an ordinary copy to a GPU waits for its queue.
       const auto rows = draw_block_rows(k, g, rng);
+      // Through page-locked memory: an ordinary copy to a GPU waits for its queue.
       const auto x1 = x_all_.index_select(0, to_device_async(rows.second, dev));
       const auto x0 =
           rows.first.defined() ? x_all_.index_select(0, to_device_async(rows.first, dev)) : source_.draw(n);
