@@ -157,6 +157,48 @@ void check_same_fit(const TrainResult& staged, const TrainResult& eager, torch::
     PF_CHECK_MSG(torch::allclose(pa[i], pb[i], 1e-3, 1e-4), "parameter " << i << " differs");
 }
 
+// Three groups (one-hot conditions) per snapshot, 40 cells each, at `times` snapshots.
+TrainingData grouped_snapshots(int64_t times) {
+  torch::manual_seed(12);
+  const int64_t n = 40;
+  TrainingData data;
+  data.x = torch::rand({3 * times * n, 2}) * 3;
+  for (int64_t k = 0; k < times; ++k)
+    for (int64_t g = 0; g < 3; ++g) {
+      data.time_index.insert(data.time_index.end(), n, k);
+      data.group.insert(data.group.end(), n, g);
+    }
+  data.group_cond = torch::eye(3);
+  return data;
+}
+
+FlowConfig grouped_flow(PathKind path, CouplingKind coupling, bool three_times) {
+  FlowConfig fc = small_flow(2, three_times ? std::vector<double>{0, 1, 3} : std::vector<double>{0, 1});
+  fc.network.cond_dim = 3;
+  fc.network.width = 16;
+  fc.path.kind = path;
+  fc.coupling.kind = coupling;
+  return fc;
+}
+
+// Two of the three groups drawn a step, 16 cells each.
+TrainConfig grouped_training(int64_t steps, int64_t sync_every) {
+  TrainConfig tc = deferred_checks(steps, sync_every);
+  tc.batch_size = 16;
+  tc.groups_per_step = 2;
+  return tc;
+}
+
+// A flow fit from the same initial weights, staged or not; the model in `model`.
+TrainResult fit_flow(const FlowConfig& fc, const TrainingData& data, TrainConfig tc, bool staged,
+                     const std::string& device, std::shared_ptr<FlowModel>& model) {
+  tc.step_graph = staged;
+  tc.device = device;
+  torch::manual_seed(1);
+  model = make_model(fc, device);
+  return train(*model, data, tc);
+}
+
 }  // namespace
 
 TEST_CASE("encoder: a padded graph batch embeds as the sparse batch does, gradients included") {
@@ -309,7 +351,6 @@ TEST_CASE("step_graph: staged flow fits (I-CFM, SB, target FM and VP paths, a co
     bool zinb;         // a ZINB count source (target FM)
     bool three_times;  // two intervals, else one
   };
-  const int64_t n = 40;
   for (const Case c : {Case{PathKind::ICFM, CouplingKind::Independent, false, true},
                        Case{PathKind::SBCFM, CouplingKind::Independent, false, true},
                        Case{PathKind::TargetFM, CouplingKind::Independent, false, true},
@@ -317,38 +358,20 @@ TEST_CASE("step_graph: staged flow fits (I-CFM, SB, target FM and VP paths, a co
                        Case{PathKind::TargetFM, CouplingKind::Independent, true, false},
                        Case{PathKind::ICFM, CouplingKind::Paired, false, false},
                        Case{PathKind::ICFM, CouplingKind::ExactOT, false, false}}) {
-    // Three groups (one-hot conditions) per snapshot, two drawn a step.
-    torch::manual_seed(12);
-    const int64_t times = c.three_times ? 3 : 2;
-    TrainingData data;
-    data.x = torch::rand({3 * times * n, 2}) * 3;
-    for (int64_t k = 0; k < times; ++k)
-      for (int64_t g = 0; g < 3; ++g) {
-        data.time_index.insert(data.time_index.end(), n, k);
-        data.group.insert(data.group.end(), n, g);
-      }
-    data.group_cond = torch::eye(3);
-    FlowConfig fc = small_flow(2, c.three_times ? std::vector<double>{0, 1, 3} : std::vector<double>{0, 1});
-    fc.network.cond_dim = 3;
-    fc.network.width = 16;
-    fc.path.kind = c.path;
-    fc.coupling.kind = c.coupling;
+    const TrainingData data = grouped_snapshots(c.three_times ? 3 : 2);
+    FlowConfig fc = grouped_flow(c.path, c.coupling, c.three_times);
     if (c.zinb) {
       fc.source.kind = SourceKind::ZINB;
       fc.source.rows = 3;
       fc.source.values = {2.0, 1.0, 5.0, 5.0, 0.2, 0.4};  // mu, theta, pi per feature
       fc.source.log_base = std::exp(1.0);
     }
-    TrainConfig tc = deferred_checks(12, 4);
-    tc.batch_size = 16;
-    tc.groups_per_step = 2;
+    const TrainConfig tc = grouped_training(12, 4);
     std::vector<TrainResult> results;
     std::vector<std::shared_ptr<FlowModel>> models;
     for (bool staged : {false, true}) {
-      tc.step_graph = staged;
-      torch::manual_seed(1);
-      models.push_back(make_model(fc, "cpu"));
-      results.push_back(train(*models.back(), data, tc));
+      models.push_back(nullptr);
+      results.push_back(fit_flow(fc, data, tc, staged, "cpu", models.back()));
     }
     const std::string& said = results[1].step_graph;
     if (c.coupling == CouplingKind::ExactOT) {
@@ -407,5 +430,21 @@ TEST_CASE("step_graph on a GPU: the captured step trains the model the eager GPU
       // Sums in another order (atomics, padding): agreement to float rounding, compounded over 40 steps.
       check_same_fit(captured.result, eager.result, *captured.model->net, *eager.model->net, 1e-3);
     }
+  }
+  // Flows: I-CFM over two intervals with groups and conditions, and target FM (noise drawn on the device).
+  for (PathKind path : {PathKind::ICFM, PathKind::TargetFM}) {
+    const TrainingData data = grouped_snapshots(3);
+    const FlowConfig fc = grouped_flow(path, CouplingKind::Independent, true);
+    const TrainConfig tc = grouped_training(40, 10);
+    std::shared_ptr<FlowModel> eager_model, captured_model;
+    const TrainResult eager = fit_flow(fc, data, tc, false, "cuda", eager_model);
+    const TrainResult captured = fit_flow(fc, data, tc, true, "cuda", captured_model);
+    std::printf("  flow (%s): %s; last loss %.6f captured, %.6f eager\n", path == PathKind::ICFM ? "I-CFM" : "target FM",
+                captured.step_graph.c_str(), captured.loss.back(), eager.loss.back());
+    PF_CHECK_MSG(captured.step_graph == (step_graphs_available() ? "captured"
+                                                                 : "staged, not captured: this popflow was built "
+                                                                   "without CUDA graphs (a CPU LibTorch)"),
+                 captured.step_graph);
+    check_same_fit(captured, eager, *captured_model->net, *eager_model->net, 1e-3);
   }
 }
