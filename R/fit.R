@@ -159,12 +159,13 @@ fitFlow.default <- function(x, target = NULL, time = NULL, group = NULL, method 
 }
 
 # fitFlow() for a method family: a flow (I-CFM, OT-CFM, SB-CFM, target FM) or a population model (MFM, CGFM).
+# Methods end in `...` as the generic does (R CMD check on R 4.5 asks); fitFlow() passes what each takes.
 fit_method <- function(method, x, ...) UseMethod("fit_method")
 
 #' @export
 fit_method.popflow_flow_param <- function(method, x, target, time, group, population, label, network, training,
                                           device, threads, verbose, resume, validation = NULL, sizes = NULL,
-                                          parallel = NULL) {
+                                          parallel = NULL, ...) {
   if (is_population_store(x)) {
     pf_abort("x", sprintf("is a population store, which only population models read, not method \"%s\"", attr(method, "kind")),
              "use method = \"mfm\" or \"cgfm\" with a store, or give the cells as matrices")
@@ -224,7 +225,7 @@ fit_method.popflow_flow_param <- function(method, x, target, time, group, popula
 #' @export
 fit_method.popflow_population_param <- function(method, x, target, time, group, population, label, network,
                                                 training, device, threads, verbose, resume, validation = NULL,
-                                                parallel = NULL) {
+                                                parallel = NULL, ...) {
   if (is_population_store(x)) {
     return(fit_population_store(method, x, target, time, group, population, label, network, training, device,
                                 threads, verbose, resume, validation, parallel))

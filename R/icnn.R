@@ -6,7 +6,7 @@
 
 #' @export
 fit_method.ICNNParam <- function(method, x, target, time, group, population, label, network, training, device,
-                                 threads, verbose, resume, validation = NULL) {
+                                 threads, verbose, resume, validation = NULL, ...) {
   if (!is.null(resume)) icnn_not_resumable()
   if (!is.null(validation)) {
     pf_abort("held_out", "is not used by the ICNN", "compare fitted models with evaluateFlow() on held-out cells")

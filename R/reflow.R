@@ -87,7 +87,7 @@ print.ReflowParam <- function(x, ...) {
 
 #' @export
 fit_method.ReflowParam <- function(method, x, target, time, group, population, label, network, training, device,
-                                   threads, verbose, resume, validation = NULL) {
+                                   threads, verbose, resume, validation = NULL, ...) {
   if (!is.null(validation)) {
     pf_abort("held_out", "is not used by reflow, whose targets are its model's own predictions",
              "validate the model being reflowed, or compare the reflowed model with evaluateFlow() afterwards")

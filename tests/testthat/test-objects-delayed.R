@@ -38,9 +38,12 @@ h5_reads <- function(expr) {
   list(value = value, reads = log$reads)
 }
 
-# What the reads of one dataset (of dimensions `dims`) touched.
+# What the reads of one dataset (of dimensions `dims`) touched. A call that
+# asks for no element is no read: newer DelayedArrays check their validity by
+# extracting an empty array (every index integer(0)).
 touched <- function(reads, dataset, dims) {
-  reads <- Filter(function(r) identical(sub("^/", "", r$name), dataset), reads)
+  empty <- function(r) any(vapply(r$starts, function(s) !is.null(s) && length(s) == 0L, logical(1)))
+  reads <- Filter(function(r) identical(sub("^/", "", r$name), dataset) && !empty(r), reads)
   index <- function(r, k) if (is.null(r$starts) || is.null(r$starts[[k]])) seq_len(dims[k]) else r$starts[[k]]
   list(calls = length(reads),
        rows = sort(unique(unlist(lapply(reads, index, 1)))), cols = sort(unique(unlist(lapply(reads, index, 2)))),
