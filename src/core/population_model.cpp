@@ -433,7 +433,7 @@ class PopulationObjective : public TrainingObjective {
       held.clear();
       std::vector<const PopulationGraph*> batch;
       for (int64_t b : blocks) {
-        held.push_back(graph(b, in));
+        held.push_back(cached_graph(graphs_, b, in, dev));
         batch.push_back(held.back().get());
       }
       return batch_graphs(batch, dev);
@@ -563,7 +563,7 @@ class PopulationObjective : public TrainingObjective {
     int64_t nodes = 0, edges = 0;
     bool propagate = false;
     for (int64_t b : blocks) {
-      batch.push_back(host_graph(b, in));
+      batch.push_back(cached_graph(host_graphs_, b, in, torch::kCPU));
       nodes += batch.back()->nodes();
       edges += batch.back()->src.size(0);
       propagate = propagate || batch.back()->src.size(0) != batch.back()->nodes();  // not self-loops only
@@ -645,14 +645,6 @@ class PopulationObjective : public TrainingObjective {
     return kept;
   }
 
-  // Staged steps: source block b's graph on the host, from its cache (under the same byte cap), built ahead or now.
-  GraphCache::Graph host_graph(int64_t b, StepInput& in) {
-    if (auto g = host_graphs_.find(b)) return g;
-    GraphCache::Graph g = built_graph(b, in);
-    host_graphs_.insert(b, g);
-    return g;
-  }
-
   // The cache the step's graphs come from: on the host for staged steps, else on the device.
   const GraphCache& graph_cache() const { return staging_ ? host_graphs_ : graphs_; }
 
@@ -691,11 +683,13 @@ class PopulationObjective : public TrainingObjective {
     return build_graph(cells, model_.population.graph_k(), model_.population.max_cells, seed);
   }
 
-  // The graph of source block b: from the cache, built ahead, or built now.
-  GraphCache::Graph graph(int64_t b, StepInput& in) {
-    if (auto g = graphs_.find(b)) return g;
-    auto g = std::make_shared<const PopulationGraph>(graph_on(*built_graph(b, in), model_.device));
-    graphs_.insert(b, g);
+  // The graph of source block b on `device`: from `cache` (the device's for
+  // eager steps, the host's for staged ones), else built ahead or now, and kept there.
+  GraphCache::Graph cached_graph(GraphCache& cache, int64_t b, StepInput& in, const torch::Device& device) {
+    if (auto g = cache.find(b)) return g;
+    GraphCache::Graph g = built_graph(b, in);
+    if (g->x.device() != device) g = std::make_shared<const PopulationGraph>(graph_on(*g, device));
+    cache.insert(b, g);
     return g;
   }
 
