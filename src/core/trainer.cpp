@@ -589,12 +589,10 @@ class FlowObjective : public TrainingObjective {
     return model_.net->mse_with_gradient(r.xt, r.t, r.cond, r.ut);
   }
 
-  // Staged steps: draws that need no host work between them (independent or
-  // paired cells; the growth term of unbalanced flows trains through autograd).
+  // Staged steps: draws that need no host work between them, i.e. independent
+  // or paired cells (OT, Sinkhorn and unbalanced couplings are solved on the host).
   std::string why_not_staged() const override {
-    if (unbalanced_) return "the unbalanced coupling is solved on the host for every minibatch";
-    if (repairs(model_.config.coupling.kind)) return "the coupling is solved on the host for every minibatch";
-    return "";
+    return repairs(model_.config.coupling.kind) ? "the coupling is solved on the host for every minibatch" : "";
   }
 
   // The rows the eager step draws, in its order (so both train the same
