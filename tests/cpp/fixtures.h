@@ -98,6 +98,31 @@ inline popflow::TrainingData shifted_pair(int64_t n, double shift) {
   return d;
 }
 
+// Three groups (one-hot conditions) per snapshot, 40 cells each, at `times` snapshots.
+inline popflow::TrainingData grouped_snapshots(int64_t times) {
+  torch::manual_seed(12);
+  const int64_t n = 40;
+  popflow::TrainingData data;
+  data.x = torch::rand({3 * times * n, 2}) * 3;
+  for (int64_t k = 0; k < times; ++k)
+    for (int64_t g = 0; g < 3; ++g) {
+      data.time_index.insert(data.time_index.end(), n, k);
+      data.group.insert(data.group.end(), n, g);
+    }
+  data.group_cond = torch::eye(3);
+  return data;
+}
+
+// A small 2-d flow for grouped_snapshots(): times 0, 1, 3 (two intervals of different lengths) or 0, 1.
+inline popflow::FlowConfig grouped_flow(popflow::PathKind path, popflow::CouplingKind coupling, bool three_times) {
+  popflow::FlowConfig fc = small_flow(2, three_times ? std::vector<double>{0, 1, 3} : std::vector<double>{0, 1});
+  fc.network.cond_dim = 3;
+  fc.network.width = 16;
+  fc.path.kind = path;
+  fc.coupling.kind = coupling;
+  return fc;
+}
+
 inline popflow::TrainConfig quick_train(int64_t steps) {
   popflow::TrainConfig t;
   t.steps = steps;

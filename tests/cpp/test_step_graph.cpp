@@ -157,30 +157,6 @@ void check_same_fit(const TrainResult& staged, const TrainResult& eager, torch::
     PF_CHECK_MSG(torch::allclose(pa[i], pb[i], 1e-3, 1e-4), "parameter " << i << " differs");
 }
 
-// Three groups (one-hot conditions) per snapshot, 40 cells each, at `times` snapshots.
-TrainingData grouped_snapshots(int64_t times) {
-  torch::manual_seed(12);
-  const int64_t n = 40;
-  TrainingData data;
-  data.x = torch::rand({3 * times * n, 2}) * 3;
-  for (int64_t k = 0; k < times; ++k)
-    for (int64_t g = 0; g < 3; ++g) {
-      data.time_index.insert(data.time_index.end(), n, k);
-      data.group.insert(data.group.end(), n, g);
-    }
-  data.group_cond = torch::eye(3);
-  return data;
-}
-
-FlowConfig grouped_flow(PathKind path, CouplingKind coupling, bool three_times) {
-  FlowConfig fc = small_flow(2, three_times ? std::vector<double>{0, 1, 3} : std::vector<double>{0, 1});
-  fc.network.cond_dim = 3;
-  fc.network.width = 16;
-  fc.path.kind = path;
-  fc.coupling.kind = coupling;
-  return fc;
-}
-
 // Two of the three groups drawn a step, 16 cells each.
 TrainConfig grouped_training(int64_t steps, int64_t sync_every) {
   TrainConfig tc = deferred_checks(steps, sync_every);

@@ -128,19 +128,8 @@ TEST_CASE("staged MFM and CGFM steps: no host read, as a CUDA graph's capture re
 }
 
 TEST_CASE("staged flow steps (I-CFM, groups with a condition, three snapshots): no host read") {
-  torch::manual_seed(9);
-  const int64_t n = 40;
-  TrainingData data;
-  data.x = torch::randn({6 * n, 2});
-  for (int64_t k = 0; k < 3; ++k)
-    for (int64_t g = 0; g < 2; ++g) {
-      data.time_index.insert(data.time_index.end(), n, k);
-      data.group.insert(data.group.end(), n, g);
-    }
-  data.group_cond = torch::eye(2);
-  FlowConfig fc = small_flow(2, {0.0, 1.0, 2.0});
-  fc.network.cond_dim = 2;
-  fc.network.width = 16;
+  const TrainingData data = grouped_snapshots(3);
+  const FlowConfig fc = grouped_flow(PathKind::ICFM, CouplingKind::Independent, true);
   for (bool staged : {false, true}) {
     auto model = make_model(fc, "cpu");
     const StepCounts counts = count_steps(staged, [&](TrainConfig tc, const TrainCallbacks& cb) {
