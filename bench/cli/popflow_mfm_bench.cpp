@@ -115,7 +115,11 @@ Options parse(int argc, char** argv) {
     else if (a == "--json") o.json = true;
     else if (a == "--op-counts") o.op_counts = true;
     else if (a == "--step-graph") o.step_graph = std::stoi(next()) != 0;
-    else if (a == "--propagation") o.scatter = next() == "scatter";
+    else if (a == "--propagation") {
+      const std::string how = next();
+      if (how != "sparse" && how != "scatter") throw std::invalid_argument("--propagation: sparse or scatter, not " + how);
+      o.scatter = how == "scatter";
+    }
     else throw std::invalid_argument("unknown option " + a + " (see the comment at the top of the source)");
   }
   if (o.populations < o.per_step) o.populations = o.per_step;
