@@ -177,8 +177,7 @@ int main(int argc, char** argv) {
   const popflow::ScratchScope scratch;
   const double optimizer_s = median_time([&] {
     (void)opt.clip_grad_norm(tc.clip_norm);
-    opt.remember();
-    opt.step();
+    opt.remember_and_step();
   }, reps);
   auto a = torch::randn({1024, 1024}), b = torch::randn({1024, 1024});
   const double square_s = median_time([&] { torch::mm(a, b); }, 10);

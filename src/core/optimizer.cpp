@@ -3,6 +3,7 @@
 #include <cmath>
 #include <stdexcept>
 
+#include "adam_cpu.h"
 #include "scratch.h"
 
 namespace popflow {
@@ -156,15 +157,18 @@ void FlatAdam::with_weights_to_save(const std::function<void()>& save) {
   if (raw.defined()) data_.copy_(raw);
 }
 
+// Preallocated once: a copy per step costs a few whole-buffer copies, no allocation.
+void FlatAdam::allocate_saved() {
+  if (saved_data_.defined()) return;
+  saved_data_ = torch::empty_like(data_);
+  saved_m_ = torch::empty_like(m_);
+  saved_v_ = torch::empty_like(v_);
+  if (ema_.defined()) saved_ema_ = torch::empty_like(ema_);
+}
+
 void FlatAdam::remember() {
   torch::NoGradGuard no_grad;
-  // Preallocated once: a copy per step costs a few whole-buffer copies, no allocation.
-  if (!saved_data_.defined()) {
-    saved_data_ = torch::empty_like(data_);
-    saved_m_ = torch::empty_like(m_);
-    saved_v_ = torch::empty_like(v_);
-    if (ema_.defined()) saved_ema_ = torch::empty_like(ema_);
-  }
+  allocate_saved();
   saved_data_.copy_(data_);
   saved_m_.copy_(m_);
   saved_v_.copy_(v_);
@@ -186,6 +190,33 @@ void FlatAdam::remember(const torch::Tensor& keep) {
   if (saved_t_kept_.defined()) saved_t_kept_.copy_(torch::where(keep > 0, t, saved_t_kept_));
   else saved_t_kept_ = t.clone();
   saved_t_ = -2;
+}
+
+void FlatAdam::remember_and_step() {
+  if (!data_.device().is_cpu() || data_.scalar_type() != torch::kFloat) {
+    remember();
+    step();
+    return;
+  }
+  allocate_saved();
+  saved_t_ = t_++;
+  const double bias1 = 1 - std::pow(s_.beta1, static_cast<double>(t_));
+  const double bias2 = 1 - std::pow(s_.beta2, static_cast<double>(t_));
+  const bool average = ema_.defined();
+  const AdamBuffers b{data_.data_ptr<float>(),
+                      grad_.data_ptr<float>(),
+                      m_.data_ptr<float>(),
+                      v_.data_ptr<float>(),
+                      average ? ema_.data_ptr<float>() : nullptr,
+                      saved_data_.data_ptr<float>(),
+                      saved_m_.data_ptr<float>(),
+                      saved_v_.data_ptr<float>(),
+                      average ? saved_ema_.data_ptr<float>() : nullptr,
+                      data_.numel()};
+  const auto f = [](double x) { return static_cast<float>(x); };
+  const AdamCoefficients c{f(s_.beta1), f(1 - s_.beta1), f(s_.beta2),        f(1 - s_.beta2),     f(s_.eps),
+                           f(s_.weight_decay), f(s_.ema_decay), f(1 - s_.ema_decay), f(-s_.lr / bias1), f(std::sqrt(bias2))};
+  adam_step_cpu(b, c);
 }
 
 void FlatAdam::rollback() {

@@ -72,6 +72,9 @@ class FlatAdam {
   // rollback() returns to them, undoing a step whose weights proved unusable.
   void remember();
   void rollback();
+  // remember() then step(): on float32 CPU buffers in one pass (adam_cpu.h),
+  // elsewhere as the two calls. The eager loop's step.
+  void remember_and_step();
 
   // Adam's moments, step count and average (copies); `step` and `loss` are left to the caller.
   TrainState state() const;
@@ -86,6 +89,7 @@ class FlatAdam {
  private:
   void bind_views();
   void release();
+  void allocate_saved();
   std::vector<torch::Tensor> params_;
   torch::Tensor data_, grad_, m_, v_, ema_;
   torch::Tensor saved_data_, saved_m_, saved_v_, saved_ema_;  // remember()'s copies

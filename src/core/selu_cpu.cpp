@@ -4,9 +4,10 @@
 
 #include <cmath>
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include "cpu_features.h"
+
+#ifdef POPFLOW_X86_AVX2
 #include <immintrin.h>
-#define POPFLOW_SELU_AVX2 1
 #endif
 
 namespace popflow {
@@ -16,7 +17,7 @@ namespace {
 constexpr double kAlpha = 1.6732632423543772848170429916717;
 constexpr double kScale = 1.0507009873554804934193349852946;
 
-#ifdef POPFLOW_SELU_AVX2
+#ifdef POPFLOW_X86_AVX2
 constexpr float kAlphaF = static_cast<float>(kAlpha), kScaleF = static_cast<float>(kScale);
 
 // The vector kernels' tails (fewer than 8 elements).
@@ -77,11 +78,6 @@ __attribute__((target("avx2,fma"))) void selu_backward_avx2(float* grad, const f
   }
   selu_backward_scalar(grad + i, y + i, n - i);
 }
-
-bool cpu_has_avx2_fma() {
-  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return has;
-}
 #endif
 
 // Float32, contiguous, on the CPU, outside autograd.
@@ -91,17 +87,11 @@ bool fast_kernel_takes(const torch::Tensor& t) {
 
 }  // namespace
 
-bool fast_selu_available() {
-#ifdef POPFLOW_SELU_AVX2
-  return cpu_has_avx2_fma();
-#else
-  return false;
-#endif
-}
+bool fast_selu_available() { return cpu_has_avx2_fma(); }
 
 torch::Tensor& selu_in_place(torch::Tensor& z) {
   if (!fast_selu_available() || !fast_kernel_takes(z)) return at::selu_(z);
-#ifdef POPFLOW_SELU_AVX2
+#ifdef POPFLOW_X86_AVX2
   float* data = z.data_ptr<float>();
   // Split across threads in chunks as LibTorch splits its own element-wise kernels.
   at::parallel_for(0, z.numel(), at::internal::GRAIN_SIZE, [data](int64_t begin, int64_t end) {
@@ -115,7 +105,7 @@ torch::Tensor& selu_backward_in_place(torch::Tensor& grad, const torch::Tensor& 
   if (!fast_selu_available() || !fast_kernel_takes(grad) || !fast_kernel_takes(output) ||
       !grad.sizes().equals(output.sizes()))
     return at::elu_backward_out(grad, grad, kAlpha, kScale, 1.0, /*is_result=*/true, output);
-#ifdef POPFLOW_SELU_AVX2
+#ifdef POPFLOW_X86_AVX2
   float* g = grad.data_ptr<float>();
   const float* y = output.data_ptr<float>();
   at::parallel_for(0, grad.numel(), at::internal::GRAIN_SIZE, [g, y](int64_t begin, int64_t end) {

@@ -379,8 +379,7 @@ TrainResult run_training(TrainingObjective& objective, const TrainConfig& config
         diverged(step, last_opt);
         break;
       }
-      opt.remember();
-      opt.step();
+      opt.remember_and_step();
       last_opt = &opt;
       result.loss.push_back(loss_value);
       result.steps_done = step;

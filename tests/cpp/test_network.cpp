@@ -139,6 +139,50 @@ TEST_CASE("FlatAdam: same trajectory as torch::optim::Adam, with EMA and clippin
   PF_CHECK(torch::allclose(averaged, 0.9 * before + 0.1 * stepped, 1e-6, 1e-7));
 }
 
+TEST_CASE("FlatAdam: remember_and_step's one pass saves and updates as remember() then step()") {
+  // 8 x 9 + 9 = 81 parameters: whole 8-wide vectors and a tail, both kernels' paths.
+  auto make = [] {
+    torch::manual_seed(5);
+    return torch::nn::Linear(8, 9);
+  };
+  for (double weight_decay : {0.0, 1e-2})
+    for (double ema : {0.0, 0.95}) {
+      popflow::AdamSettings s;
+      s.lr = 5e-2;
+      s.weight_decay = weight_decay;
+      s.ema_decay = ema;
+      auto a = make(), b = make();
+      popflow::FlatAdam two_calls(*a, s), fused(*b, s);
+      torch::manual_seed(6);
+      for (int step = 1; step <= 12; ++step) {
+        const auto g = torch::randn({fused.parameter_count()}) * (step % 3 == 0 ? 100.0 : 0.1);
+        two_calls.gradient().copy_(g);
+        fused.gradient().copy_(g);
+        two_calls.remember();
+        two_calls.step();
+        fused.remember_and_step();
+        PF_CHECK_MSG(torch::allclose(two_calls.weights(), fused.weights(), 1e-5, 1e-7), "step " << step);
+        PF_CHECK(fused.gradient().equal(g));  // left as it was, as the loop's zero_grad() expects nothing else
+      }
+      const auto sa = two_calls.state(), sb = fused.state();
+      PF_CHECK(torch::allclose(sa.m, sb.m, 1e-5, 1e-8) && torch::allclose(sa.v, sb.v, 1e-5, 1e-10));
+      if (ema > 0) PF_CHECK(torch::allclose(sa.ema, sb.ema, 1e-5, 1e-7));
+      // The step can be undone: back to the weights and moments before the last step.
+      two_calls.rollback();
+      fused.rollback();
+      PF_CHECK(torch::allclose(two_calls.weights(), fused.weights(), 1e-5, 1e-7));
+      PF_CHECK(torch::allclose(two_calls.state().v, fused.state().v, 1e-5, 1e-10));
+      // And both count the same steps afterwards: the next update's bias corrections agree.
+      const auto g = torch::randn({fused.parameter_count()});
+      two_calls.gradient().copy_(g);
+      fused.gradient().copy_(g);
+      two_calls.remember();
+      two_calls.step();
+      fused.remember_and_step();
+      PF_CHECK(torch::allclose(two_calls.weights(), fused.weights(), 1e-5, 1e-7));
+    }
+}
+
 TEST_CASE("network: mse_with_gradient equals autograd's loss and gradient") {
   NetworkConfig nc;
   nc.dim = 3;
