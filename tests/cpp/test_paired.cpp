@@ -1,9 +1,11 @@
 // Paired coupling (CouplingKind::Paired): source row i and target row i are the same cell.
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cmath>
 #include <numeric>
 #include <random>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -66,6 +68,37 @@ TEST_CASE("draw_paired_rows: the same positions on both sides, drawn as draw_row
   }
   std::mt19937_64 rng(1);
   PF_CHECK_THROWS_AS(draw_paired_rows(sources, {1, 2}, 3, rng), std::invalid_argument);
+}
+
+TEST_CASE("draw_rows: Floyd's sampling without replacement, distinct rows, the positions a plain set gives") {
+  // The reference: Floyd's algorithm with a std::set for "was r picked?", then the same shuffle.
+  const auto reference = [](int64_t m, int64_t n, std::mt19937_64& rng) {
+    std::vector<int64_t> out;
+    std::set<int64_t> chosen;
+    for (int64_t j = m - n; j < m; ++j) {
+      const int64_t r = std::uniform_int_distribution<int64_t>(0, j)(rng);
+      const int64_t pick = chosen.count(r) ? j : r;
+      chosen.insert(pick);
+      out.push_back(pick);
+    }
+    std::shuffle(out.begin(), out.end(), rng);
+    return out;
+  };
+  std::mt19937_64 rng(7), same(7);
+  // Successive draws from one generator (the picks of one draw must not linger into the next),
+  // pools growing and shrinking, all of a pool, one row.
+  for (int64_t m : {50, 3, 1000, 200, 64, 65, 1}) {
+    std::vector<int64_t> pool(static_cast<size_t>(m));
+    std::iota(pool.begin(), pool.end(), 1000);
+    for (int64_t n : {m, (m + 1) / 2, int64_t{1}}) {
+      const torch::Tensor rows = draw_rows(pool, n, rng);
+      const std::vector<int64_t> expected = reference(m, n, same);
+      PF_CHECK(rows.size(0) == n);
+      for (int64_t k = 0; k < n; ++k) PF_CHECK_MSG(rows[k].item<int64_t>() == 1000 + expected[k], m << " " << n);
+      PF_CHECK(std::get<0>(torch::_unique(rows)).size(0) == n);
+    }
+  }
+  PF_CHECK(rng() == same());
 }
 
 TEST_CASE("train: paired coupling learns each cell's own target, which unpaired couplings cannot") {
