@@ -11,6 +11,7 @@
 #include <unordered_set>
 
 #include "coupling.h"
+#include "cpu_block_cache.h"
 #include "device.h"
 #include "metric_path.h"
 #include "optimizer.h"
@@ -284,6 +285,7 @@ TrainResult run_training(TrainingObjective& objective, const TrainConfig& config
   if (!(config.lr > 0)) throw std::invalid_argument("lr must be > 0");
   ThreadScope thread_scope(config.threads);
   const ScratchScope scratch;  // the step's CPU buffers (scratch.h) live as long as the fit
+  const CpuBlockCacheScope block_cache;  // and the blocks of its large CPU tensors (cpu_block_cache.h)
   const auto start = std::chrono::steady_clock::now();
   objective.prepare(config);
   const std::vector<FlatAdam*> optimisers = objective.optimisers();

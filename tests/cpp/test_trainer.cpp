@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "check.h"
+#include "cpu_block_cache.h"
 #include "fixtures.h"
 #include "model.h"
 #include "trainer.h"
@@ -82,6 +83,48 @@ TEST_CASE("train: same seed gives bit-identical results") {
     PF_CHECK(a.first != c.first);
     PF_CHECK(!same_parameters(*a.second->net, *c.second->net));
   }
+}
+
+TEST_CASE("cpu_block_cache: large CPU blocks are reused within a scope, capped, and freed when it ends") {
+  const auto stats = [] { return cpu_block_cache_stats(); };
+  const int64_t mb = 1 << 20;
+  const auto before = stats();
+  {
+    const CpuBlockCacheScope scope(3 * mb / 2);  // room for one 1 MiB block
+    void* first = nullptr;
+    {
+      auto a = torch::empty({mb / 4}, torch::kFloat);  // 1 MiB
+      first = a.data_ptr();
+      auto small = torch::empty({16}, torch::kFloat);  // LibTorch's own allocator
+    }
+    PF_CHECK(stats().cached_bytes == mb);
+    auto b = torch::empty({mb / 4 - 100}, torch::kFloat);  // the same size class
+    PF_CHECK(b.data_ptr() == first && stats().hits == before.hits + 1 && stats().cached_bytes == 0);
+    b.fill_(2.0f);
+    PF_CHECK(b.sum().item<double>() == 2.0 * static_cast<double>(b.numel()));
+    {
+      auto c = torch::empty({mb / 4}, torch::kFloat), d = torch::empty({mb / 4}, torch::kFloat);
+    }
+    PF_CHECK(stats().cached_bytes == mb);  // one of the two: the cap
+    auto kept = torch::empty({mb / 4}, torch::kFloat);
+    const CpuBlockCacheScope nested;  // nested scopes share the cache
+    kept = torch::Tensor();
+    PF_CHECK(stats().cached_bytes == mb);  // full: the freed block went back to the system
+  }
+  PF_CHECK(stats().cached_bytes == 0);  // the last scope frees what it kept
+  // Outside any scope, blocks go to LibTorch's allocator: nothing is counted or kept.
+  const auto outside = stats();
+  { auto e = torch::empty({mb / 4}, torch::kFloat); }
+  PF_CHECK(stats().hits == outside.hits && stats().misses == outside.misses && stats().cached_bytes == 0);
+  // A fit reuses its step's large blocks (1024 rows a step: inputs and activations of 64 KiB or more).
+  torch::manual_seed(8);
+  const auto data = shifted_pair(1500, 1.0);
+  auto model = make_model(small_flow(2), "cpu");
+  TrainConfig tc = quick_train(20);
+  tc.batch_size = 1024;
+  const auto at_start = stats();
+  train(*model, data, tc);
+  PF_CHECK(stats().hits > at_start.hits + 10 && stats().cached_bytes == 0);
 }
 
 TEST_CASE("train: progress callback stops training") {
