@@ -2,12 +2,11 @@
 
 #include <c10/core/Allocator.h>
 #include <c10/core/CPUAllocator.h>
+#include <c10/util/Exception.h>
 
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
-#include <stdexcept>
-#include <string>
 #include <unordered_map>
 #include <vector>
 
@@ -17,11 +16,13 @@ namespace {
 
 constexpr size_t kMinBytes = size_t{64} << 10;
 
-// 64-byte aligned, as LibTorch's own CPU blocks.
+// 64-byte aligned, as LibTorch's own CPU blocks. A failure is LibTorch's
+// error with LibTorch's words, which the R glue turns into popflow's message.
 void* alloc_block(size_t bytes) {
   void* p = nullptr;
-  if (posix_memalign(&p, 64, bytes) != 0 || !p)
-    throw std::runtime_error("out of memory: could not allocate " + std::to_string(bytes) + " bytes on the CPU");
+  const bool ok = posix_memalign(&p, 64, bytes) == 0 && p;
+  TORCH_CHECK(ok, "DefaultCPUAllocator: can't allocate memory: you tried to allocate ", bytes,
+              " bytes (popflow's CPU block cache).");
   return p;
 }
 
@@ -61,6 +62,10 @@ void delete_block(void* p) {
   BlockCache& c = cache();
   std::lock_guard<std::mutex> lock(c.mutex);
   const auto it = c.live.find(p);
+  if (it == c.live.end()) {  // not one of ours (cannot happen: only allocate_block() attaches this deleter)
+    std::free(p);
+    return;
+  }
   const size_t bytes = it->second;
   c.live.erase(it);
   if (c.scopes > 0 && c.cached_bytes + bytes <= c.cap_bytes) {

@@ -110,6 +110,14 @@ TEST_CASE("cpu_block_cache: large CPU blocks are reused within a scope, capped, 
     const CpuBlockCacheScope nested;  // nested scopes share the cache
     kept = torch::Tensor();
     PF_CHECK(stats().cached_bytes == mb);  // full: the freed block went back to the system
+    // A block the system cannot give is LibTorch's allocation error, in its words (the R glue reads them).
+    bool refused = false;
+    try {
+      torch::empty({int64_t{1} << 48}, torch::kFloat);  // 1 PiB
+    } catch (const c10::Error& e) {
+      refused = std::string(e.what()).find("can't allocate memory") != std::string::npos;
+    }
+    PF_CHECK(refused);
   }
   PF_CHECK(stats().cached_bytes == 0);  // the last scope frees what it kept
   // Outside any scope, blocks go to LibTorch's allocator: nothing is counted or kept.
