@@ -4,6 +4,7 @@
 #include <c10/core/CPUAllocator.h>
 #include <c10/util/Exception.h>
 
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
@@ -39,7 +40,7 @@ struct BlockCache {
   std::unordered_map<size_t, std::vector<void*>> free_blocks;  // by size class
   std::unordered_map<void*, size_t> live;                      // our blocks in use, with their class
   size_t cached_bytes = 0, cap_bytes = 0;
-  int scopes = 0;
+  std::atomic<int> scopes{0};  // changed under the mutex; read without it on the fast path
   int64_t hits = 0, misses = 0;
   c10::Allocator* fallback = nullptr;  // LibTorch's CPU allocator, for small blocks
 
@@ -78,29 +79,27 @@ void delete_block(void* p) {
 
 c10::DataPtr allocate_block(size_t n) {
   BlockCache& c = cache();
-  {
-    std::unique_lock<std::mutex> lock(c.mutex);
-    if (c.scopes == 0 || n < kMinBytes) {
-      lock.unlock();
-      return c.fallback->allocate(n);
-    }
-    const size_t bytes = size_class(n);
-    void* p = nullptr;
-    auto it = c.free_blocks.find(bytes);
-    if (it != c.free_blocks.end() && !it->second.empty()) {
-      p = it->second.back();
-      it->second.pop_back();
-      c.cached_bytes -= bytes;
-      ++c.hits;
-    } else {
-      ++c.misses;
-      lock.unlock();
-      p = alloc_block(bytes);
-      lock.lock();
-    }
-    c.live.emplace(p, bytes);
-    return {p, p, &delete_block, c10::Device(c10::DeviceType::CPU)};
+  // Small blocks, and every block outside a fit, go straight to LibTorch's
+  // allocator without taking the lock: this runs for every CPU tensor. A
+  // scope that ends meanwhile only means the block is freed, not kept, later.
+  if (n < kMinBytes || c.scopes.load() == 0) return c.fallback->allocate(n);
+  const size_t bytes = size_class(n);
+  std::unique_lock<std::mutex> lock(c.mutex);
+  void* p = nullptr;
+  auto it = c.free_blocks.find(bytes);
+  if (it != c.free_blocks.end() && !it->second.empty()) {
+    p = it->second.back();
+    it->second.pop_back();
+    c.cached_bytes -= bytes;
+    ++c.hits;
+  } else {
+    ++c.misses;
+    lock.unlock();
+    p = alloc_block(bytes);
+    lock.lock();
   }
+  c.live.emplace(p, bytes);
+  return {p, p, &delete_block, c10::Device(c10::DeviceType::CPU)};
 }
 
 // LibTorch 1.x declares allocate() const, 2.x non-const and adds copy_data():
@@ -108,7 +107,6 @@ c10::DataPtr allocate_block(size_t n) {
 struct BlockCacheAllocator final : c10::Allocator {
   c10::DataPtr allocate(size_t n) const { return allocate_block(n); }
   c10::DataPtr allocate(size_t n) { return allocate_block(n); }
-  c10::DeleterFnPtr raw_deleter() const override { return nullptr; }  // small blocks carry LibTorch's deleter
   void copy_data(void* dest, const void* src, std::size_t count) const { std::memcpy(dest, src, count); }
 };
 

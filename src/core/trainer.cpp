@@ -460,35 +460,32 @@ std::vector<int64_t> draw_positions(int64_t m, int64_t n, std::mt19937_64& rng) 
     for (int64_t k = 0; k < n; ++k) out[k] = u(rng);
     return out;
   }
-  // Floyd's algorithm asks only "was r picked?". Pools up to 2^26 cells answer
-  // from a bitmap kept per thread (one load, where a hash set allocated a node
-  // per pick: about a tenth of a width-64 step); its bits are cleared after
-  // use. Both give the same positions.
+  // Floyd's algorithm asks only "was r picked?" (and marks it). Pools up to
+  // 2^26 cells answer from a bitmap kept per thread (one load, where a hash
+  // set allocated a node per pick: about a tenth of a width-64 step); its bits
+  // are cleared after use. Both give the same positions.
   constexpr int64_t kBitmapCells = int64_t{1} << 26;  // 8 MB of bits at most
-  int64_t k = 0;
+  const auto floyd = [&](auto&& test_and_set) {
+    int64_t k = 0;
+    for (int64_t j = m - n; j < m; ++j) {
+      const int64_t r = std::uniform_int_distribution<int64_t>(0, j)(rng);
+      out[k++] = test_and_set(r) ? (test_and_set(j), j) : r;
+    }
+  };
   if (m <= kBitmapCells) {
     thread_local std::vector<uint64_t> picked;
     if (static_cast<int64_t>(picked.size()) * 64 < m) picked.resize(static_cast<size_t>((m + 63) / 64), 0);
-    const auto test_and_set = [&](int64_t i) {
+    floyd([&](int64_t i) {
       uint64_t& word = picked[static_cast<size_t>(i >> 6)];
       const uint64_t bit = uint64_t{1} << (i & 63);
       const bool was = word & bit;
       word |= bit;
       return was;
-    };
-    for (int64_t j = m - n; j < m; ++j) {
-      const int64_t r = std::uniform_int_distribution<int64_t>(0, j)(rng);
-      out[k++] = test_and_set(r) ? (test_and_set(j), j) : r;
-    }
+    });
     for (int64_t pick : out) picked[static_cast<size_t>(pick >> 6)] &= ~(uint64_t{1} << (pick & 63));
   } else {
     std::unordered_set<int64_t> chosen;
-    for (int64_t j = m - n; j < m; ++j) {
-      const int64_t r = std::uniform_int_distribution<int64_t>(0, j)(rng);
-      const int64_t pick = chosen.count(r) ? j : r;
-      chosen.insert(pick);
-      out[k++] = pick;
-    }
+    floyd([&](int64_t i) { return !chosen.insert(i).second; });
   }
   std::shuffle(out.begin(), out.end(), rng);
   return out;
