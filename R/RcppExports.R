@@ -97,6 +97,10 @@ pf_torch_version <- function() {
     .Call(`_popflow_pf_torch_version`)
 }
 
+pf_blas_kernels <- function() {
+    .Call(`_popflow_pf_blas_kernels`)
+}
+
 pf_population_fit <- function(x, side, population, labels, covariates, config, progress, progress_every, resume, metadata, validation = NULL, store = NULL, graph_cache_mb = 1024, prefetch = TRUE, parallel = NULL) {
     .Call(`_popflow_pf_population_fit`, x, side, population, labels, covariates, config, progress, progress_every, resume, metadata, validation, store, graph_cache_mb, prefetch, parallel)
 }

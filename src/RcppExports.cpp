@@ -327,6 +327,16 @@ BEGIN_RCPP
     return rcpp_result_gen;
 END_RCPP
 }
+// pf_blas_kernels
+Rcpp::List pf_blas_kernels();
+RcppExport SEXP _popflow_pf_blas_kernels() {
+BEGIN_RCPP
+    Rcpp::RObject rcpp_result_gen;
+    Rcpp::RNGScope rcpp_rngScope_gen;
+    rcpp_result_gen = Rcpp::wrap(pf_blas_kernels());
+    return rcpp_result_gen;
+END_RCPP
+}
 // pf_population_fit
 Rcpp::List pf_population_fit(Rcpp::NumericMatrix x, Rcpp::IntegerVector side, Rcpp::IntegerVector population, Rcpp::Nullable<Rcpp::IntegerMatrix> labels, Rcpp::Nullable<Rcpp::NumericMatrix> covariates, Rcpp::List config, Rcpp::Nullable<Rcpp::Function> progress, int progress_every, Rcpp::Nullable<Rcpp::RawVector> resume, Rcpp::RawVector metadata, Rcpp::Nullable<Rcpp::List> validation, Rcpp::Nullable<Rcpp::CharacterVector> store, double graph_cache_mb, bool prefetch, SEXP parallel);
 RcppExport SEXP _popflow_pf_population_fit(SEXP xSEXP, SEXP sideSEXP, SEXP populationSEXP, SEXP labelsSEXP, SEXP covariatesSEXP, SEXP configSEXP, SEXP progressSEXP, SEXP progress_everySEXP, SEXP resumeSEXP, SEXP metadataSEXP, SEXP validationSEXP, SEXP storeSEXP, SEXP graph_cache_mbSEXP, SEXP prefetchSEXP, SEXP parallelSEXP) {
@@ -487,6 +497,7 @@ static const R_CallMethodDef CallEntries[] = {
     {"_popflow_pf_training_state", (DL_FUNC) &_popflow_pf_training_state, 1},
     {"_popflow_pf_cuda_available", (DL_FUNC) &_popflow_pf_cuda_available, 0},
     {"_popflow_pf_torch_version", (DL_FUNC) &_popflow_pf_torch_version, 0},
+    {"_popflow_pf_blas_kernels", (DL_FUNC) &_popflow_pf_blas_kernels, 0},
     {"_popflow_pf_population_fit", (DL_FUNC) &_popflow_pf_population_fit, 15},
     {"_popflow_pf_population_embed", (DL_FUNC) &_popflow_pf_population_embed, 5},
     {"_popflow_pf_population_transport", (DL_FUNC) &_popflow_pf_population_transport, 10},

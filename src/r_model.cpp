@@ -2,6 +2,8 @@
 // is read from the file header) and what the build offers.
 #include "r_glue.h"
 
+#include "core/blas_kernels.h"
+
 using namespace popflow;
 using popflow_r::from_raw;
 using popflow_r::HandlePtr;
@@ -71,3 +73,12 @@ bool pf_cuda_available() { return cuda_available(); }
 
 // [[Rcpp::export]]
 std::string pf_torch_version() { return TORCH_VERSION; }
+
+// [[Rcpp::export]]
+Rcpp::List pf_blas_kernels() {
+  const BlasKernels k = blas_kernels();
+  return Rcpp::List::create(Rcpp::Named("library") = k.library, Rcpp::Named("config") = k.config,
+                            Rcpp::Named("core") = k.core, Rcpp::Named("dynamic_arch") = k.dynamic_arch,
+                            Rcpp::Named("cpu_isa") = k.cpu_isa,
+                            Rcpp::Named("suggested_coretype") = k.suggested_coretype);
+}

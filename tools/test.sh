@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The README's second command (.ci/run calls it): the whole test suite.
 #   1. tools/install.sh --system-only: the apt packages (a fresh machine has none);
+#      then tools/blas_env.sh sets OPENBLAS_CORETYPE where OpenBLAS does not know the CPU;
 #   2. tools/cpp_tests.sh: the C++ engine tests (CMake build of the core in build/cpp);
 #   3. tools/check_package.sh: R CMD build with the vignettes knitted and R CMD
 #      check of the tarball (examples, the testthat suite), compiling the package
@@ -14,6 +15,7 @@ cd "$(dirname "$0")/.."
 export OMP_WAIT_POLICY=passive  # libtorch spin-waits otherwise
 start=$(date +%s)
 bash tools/install.sh --system-only || { echo "0 passed, 1 failed, 0 skipped"; exit 1; }
+source tools/blas_env.sh  # the CPU's own BLAS kernels where OpenBLAS does not know it
 
 t=$(date +%s)
 cpp_pass=0; cpp_fail=0

@@ -6,6 +6,8 @@
 #include <cmath>
 #include <stdexcept>
 
+#include "cpu_block_cache.h"
+
 namespace popflow {
 namespace {
 
@@ -107,6 +109,8 @@ std::vector<torch::Tensor> integrate(const std::function<VelocityFn(int64_t, int
     throw std::invalid_argument("integrate: steps must be >= 1");
   if (config.chunk_size < 1) throw std::invalid_argument("integrate: chunk_size must be >= 1");
   torch::NoGradGuard no_grad;
+  // Every velocity evaluation frees and reallocates the same large temporaries.
+  const CpuBlockCacheScope block_cache;
   OdeStats st;
   const int64_t n = x0.size(0);
   std::vector<std::vector<torch::Tensor>> pieces(times.size());
