@@ -30,7 +30,7 @@ cudaAvailable <- function() pf_cuda_available()
 #' (Debian's and Ubuntu's) picks its kernels from the CPU's model number when it
 #' loads; a release older than the CPU does not know the model and falls back to
 #' generic SSE kernels ("Prescott"). On a 5th-generation Xeon with Debian 12's
-#' OpenBLAS 0.3.21, popflow's training steps ran 2.6-4x slower that way, and
+#' OpenBLAS 0.3.21, popflow's training steps ran 2.3-4x slower that way, and
 #' prediction 2.4x, than with the CPU's AVX-512 kernels (`OPENBLAS_CORETYPE=SkylakeX`);
 #' R's own products too. popflow says so when it is attached.
 #'

@@ -78,7 +78,6 @@ std::string pf_torch_version() { return TORCH_VERSION; }
 Rcpp::List pf_blas_kernels() {
   const BlasKernels k = blas_kernels();
   return Rcpp::List::create(Rcpp::Named("library") = k.library, Rcpp::Named("config") = k.config,
-                            Rcpp::Named("core") = k.core, Rcpp::Named("dynamic_arch") = k.dynamic_arch,
-                            Rcpp::Named("cpu_isa") = k.cpu_isa,
+                            Rcpp::Named("core") = k.core, Rcpp::Named("cpu_isa") = k.cpu_isa,
                             Rcpp::Named("suggested_coretype") = k.suggested_coretype);
 }

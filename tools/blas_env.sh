@@ -1,7 +1,7 @@
 # Sourced by tools/setup.sh and tools/test.sh: where the system's OpenBLAS does
 # not recognise this CPU and would run its generic SSE kernels, export
 # OPENBLAS_CORETYPE naming the CPU's AVX-512 or AVX2 kernels for the processes
-# these scripts start (2.6-4x faster training steps on a 5th-generation Xeon with
+# these scripts start (2.3-4x faster training steps on a 5th-generation Xeon with
 # Debian 12's OpenBLAS 0.3.21). OpenBLAS reads the variable once, when it loads,
 # so it must be in the environment before R or a test binary starts. The rule is
 # src/core/blas_kernels.cpp's, which blasInfo() and popflow's startup message use;

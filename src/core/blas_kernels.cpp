@@ -1,7 +1,6 @@
 #include "blas_kernels.h"
 
-#include <algorithm>
-#include <cctype>
+#include <strings.h>
 
 #if defined(__unix__) || defined(__APPLE__)
 #include <dlfcn.h>
@@ -12,11 +11,6 @@
 
 namespace popflow {
 namespace {
-
-std::string lower(std::string s) {
-  std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return std::tolower(c); });
-  return s;
-}
 
 // OpenBLAS's own answer, looked up by name: LibTorch links whichever BLAS
 // its build chose, so popflow does not link OpenBLAS itself.
@@ -50,9 +44,8 @@ std::string suggested_coretype(const std::string& core, const std::string& cpu_i
   // OpenBLAS's x86-64 kernel sets with AVX2 or wider (Zen's are Haswell's).
   static const char* const with_avx2[] = {"haswell", "zen", "excavator", "skylakex", "cooperlake",
                                           "sapphirerapids"};
-  const std::string c = lower(core);
   for (const char* name : with_avx2)
-    if (c == name) return "";
+    if (strcasecmp(core.c_str(), name) == 0) return "";
   if (cpu_isa == "avx512") return "SkylakeX";
   if (cpu_isa == "avx2") return "Haswell";
   return "";

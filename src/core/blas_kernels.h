@@ -2,7 +2,7 @@
 // built with DYNAMIC_ARCH (Debian's) picks its kernels from the CPU's model
 // number when it loads; a release older than the CPU does not know the model
 // and falls back to generic SSE kernels ("Prescott"). On a 5th-generation
-// Xeon with Debian 12's OpenBLAS 0.3.21, popflow's training steps ran 2.6-4x
+// Xeon with Debian 12's OpenBLAS 0.3.21, popflow's training steps ran 2.3-4x
 // slower that way than with the CPU's AVX-512 kernels. The environment
 // variable OPENBLAS_CORETYPE, set before the process starts, picks the
 // kernels; OpenBLAS reads it once, when it loads.

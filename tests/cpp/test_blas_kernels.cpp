@@ -1,10 +1,10 @@
 // Which BLAS kernels run (blas_kernels.h): the advice's rule, what this
 // process's OpenBLAS reports, and that OPENBLAS_CORETYPE set before a process
 // starts does pick the kernels (checked in a child process of this binary).
+#include <strings.h>
 #include <unistd.h>
 
 #include <array>
-#include <cctype>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
@@ -13,17 +13,6 @@
 #include "check.h"
 
 using namespace popflow;
-
-namespace {
-
-bool same_name(std::string a, std::string b) {
-  if (a.size() != b.size()) return false;
-  for (size_t i = 0; i < a.size(); ++i)
-    if (std::tolower(static_cast<unsigned char>(a[i])) != std::tolower(static_cast<unsigned char>(b[i]))) return false;
-  return true;
-}
-
-}  // namespace
 
 TEST_CASE("blas: the coretype suggested for generic kernels on a CPU with AVX2 or AVX-512") {
   PF_CHECK(suggested_coretype("Prescott", "avx512") == "SkylakeX");
@@ -55,7 +44,7 @@ TEST_CASE("blas: what this process's BLAS reports") {
   // OpenBLAS does not know the CPU), those kernels run and nothing is left to suggest.
   const char* forced = std::getenv("OPENBLAS_CORETYPE");
   if (forced != nullptr && k.dynamic_arch && !k.cpu_isa.empty()) {
-    PF_CHECK_MSG(same_name(k.core, forced), k.core << " vs OPENBLAS_CORETYPE=" << forced);
+    PF_CHECK_MSG(strcasecmp(k.core.c_str(), forced) == 0, k.core << " vs OPENBLAS_CORETYPE=" << forced);
     PF_CHECK(k.suggested_coretype.empty());
   }
 }
