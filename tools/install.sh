@@ -22,6 +22,7 @@ PKGS=(r-base-dev r-cran-rcpp r-cran-testthat r-cran-roxygen2 r-cran-pkgbuild
       r-bioc-hdf5array r-cran-callr  # HDF5-backed objects; callr: the Seurat v5 tests' own R process
       r-cran-knitr r-cran-rmarkdown pandoc r-cran-ggplot2 r-cran-cli cmake g++ make
       r-cran-png fonts-dejavu-core   # png + fonts: only tools/make_letters.R (letters data)
+      python3                        # tools/blas_env.sh asks OpenBLAS which kernels it runs (ctypes)
       python3-pot)                   # POT: only the benchmarks' peer (bench/exact_ot.py, bench/*_torchcfm.py)
 missing=()
 for p in "${PKGS[@]}"; do
