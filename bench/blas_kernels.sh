@@ -3,7 +3,10 @@
 # step and its matrix products, the four rows of the README's table) and popflow_predict_bench
 # (40,000 EMT cells moved 0 -> 3, dopri5 and rk4 with 20 steps), each run with the kernels
 # OpenBLAS picks itself (OPENBLAS_CORETYPE unset) and with each named kernel set, alternating,
-# RUNS times, one thread. Prints one JSON line per run; blasInfo() in R says which kernels run.
+# RUNS times, one thread. Where Rscript is present, also R's own 2000 x 2000 double product
+# (3 repeats, seconds), once more with the first named kernel set only in an Renviron file, which
+# R reads after OpenBLAS has loaded. Prints one JSON line per run; blasInfo() in R says which
+# kernels run.
 #   sh bench/blas_kernels.sh [BUILD_DIR (build/cpp)] [RUNS (3)] > runs.jsonl
 # Environment: BK_CORETYPES ("SkylakeX Haswell": OPENBLAS_CORETYPE values to compare with the
 # default), BK_PREDICT_DIR (a folder holding bench/predict_peer.sh's model.popflow and cells.csv;
@@ -36,6 +39,20 @@ while [ "$r" -le "$runs" ]; do
         echo "{\"bench\": \"predict\", \"coretype\": \"$ct\", \"run\": $r, \"result\": $out}"
       done
     done
+  fi
+  if command -v Rscript >/dev/null 2>&1; then
+    product='set.seed(1); a <- matrix(rnorm(4e6), 2000); cat(system.time(for (i in 1:3) a %*% a)[["elapsed"]])'
+    first=${coretypes%% *}
+    renviron=$(mktemp)
+    echo "OPENBLAS_CORETYPE=$first" > "$renviron"
+    for ct in default $coretypes "renviron:$first"; do
+      case "$ct" in
+        renviron:*) s=$(env -u OPENBLAS_CORETYPE R_ENVIRON_USER="$renviron" Rscript -e "$product") ;;
+        *) s=$(with_kernels "$ct" Rscript -e "$product") ;;
+      esac
+      echo "{\"bench\": \"r_product\", \"coretype\": \"$ct\", \"run\": $r, \"seconds\": $s}"
+    done
+    rm -f "$renviron"
   fi
   r=$((r + 1))
 done
