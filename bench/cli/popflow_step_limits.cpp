@@ -7,7 +7,12 @@
 //     I-CFM, an MLP of `depth` hidden layers of `width`, SELU, input [x, t]);
 //   - the step's matrix products alone: the forward product of each layer and
 //     the two backward products (weight gradient, input gradient; none for
-//     the first layer's input), at the step's exact shapes, on fresh tensors;
+//     the first layer's input), at the step's exact shapes, twice: as plain
+//     products of contiguous operands into fresh tensors (the machine's
+//     throughput at those shapes), and as the step calls them (the forward
+//     adds the bias and multiplies by the transposed weight, the weight
+//     gradient by the transposed output gradient, into kept buffers): on
+//     OpenBLAS the transposed layouts and the bias cost a few percent more;
 //   - the machine's matrix-product throughput on a large square product
 //     (1024 x 1024 x 1024), its practical peak for one thread.
 // Also the SELU activations' forward and backward passes at the hidden
@@ -20,7 +25,8 @@
 // All times are the process's CPU time (one thread), not wall time: other
 // processes on the machine then matter little. Prints one JSON line: step ms,
 // products ms, their ratio ("step / products" near 1: the products bound the
-// step), the split, and GFLOP/s of the products at the step's shapes and at
+// step; "step / own products" against the products as the step calls them),
+// the split (against the plain products), and GFLOP/s of the products at the step's shapes and at
 // the large square.
 #include <torch/torch.h>
 
@@ -143,6 +149,24 @@ int main(int argc, char** argv) {
   const double products_s = median_time([&] {
     for (const auto& ab : operands) torch::mm(ab.first, ab.second);
   }, reps);
+  // The same products as the step calls them (network.cpp, mse_with_gradient).
+  struct Layer {
+    torch::Tensor weight, bias, in, out, grad_out, weight_grad, in_grad;
+  };
+  std::vector<Layer> layers;
+  for (size_t l = 0; l + 1 < sizes.size(); ++l) {
+    const int64_t in = sizes[l], out = sizes[l + 1];
+    layers.push_back({torch::randn({out, in}), torch::randn({out}), torch::randn({batch, in}),
+                      torch::empty({batch, out}), torch::randn({batch, out}), torch::empty({out, in}),
+                      l > 0 ? torch::empty({batch, in}) : torch::Tensor()});
+  }
+  const double own_products_s = median_time([&] {
+    for (auto& L : layers) {
+      at::addmm_out(L.out, L.bias, L.in, L.weight.t());
+      at::mm_out(L.weight_grad, L.grad_out.t(), L.in);
+      if (L.in_grad.defined()) at::mm_out(L.in_grad, L.grad_out, L.weight);
+    }
+  }, reps);
   // The activations' forward and backward passes at the hidden layers' shapes,
   // as the step runs them: SELU in place, its backward from its output, in
   // place of the gradient (the copies that refill the buffers are timed apart
@@ -185,11 +209,13 @@ int main(int argc, char** argv) {
   std::printf(
       "{\"width\": %lld, \"batch\": %lld, \"depth\": %lld, \"dim\": %lld, \"threads\": %d, \"steps\": %lld, "
       "\"step_ms\": %.4f, \"steps_per_s\": %.1f, \"products_ms\": %.4f, \"step_over_products\": %.3f, "
+      "\"own_products_ms\": %.4f, \"step_over_own_products\": %.3f, "
       "\"activations_ms\": %.4f, \"optimizer_ms\": %.4f, \"other_ms\": %.4f, "
       "\"products_gflops\": %.2f, \"step_gflops\": %.2f, \"square_gflops\": %.2f}\n",
       static_cast<long long>(width), static_cast<long long>(batch), static_cast<long long>(depth),
       static_cast<long long>(dim), threads, static_cast<long long>(res.steps_done), 1e3 * step_s, 1.0 / step_s,
-      1e3 * products_s, step_s / products_s, 1e3 * activations_s, 1e3 * optimizer_s,
+      1e3 * products_s, step_s / products_s, 1e3 * own_products_s, step_s / own_products_s,
+      1e3 * activations_s, 1e3 * optimizer_s,
       1e3 * (step_s - products_s - activations_s - optimizer_s), flop / products_s / 1e9, flop / step_s / 1e9,
       2.0 * 1024 * 1024 * 1024 / square_s / 1e9);
   return 0;

@@ -79,6 +79,21 @@ TEST_CASE("selu_in_place: SELU and its backward to float precision; NaN, infinit
   auto gd = torch::randn({7, 5}, torch::kDouble), gd_ref = gd.clone(), yd = torch::selu(d);
   at::elu_backward_out(gd_ref, gd_ref, alpha, scale, 1.0, /*is_result=*/true, yd);
   PF_CHECK(torch::equal(selu_backward_in_place(gd, yd), gd_ref));
+  // Every vector kernel this CPU runs gives the same bits (the AVX-512 one repeats the
+  // AVX2 one's operations), forward and backward, tails included.
+  for (SeluKernel kernel : {SeluKernel::Avx2, SeluKernel::Avx512}) {
+    if (kernel > fastest_selu_kernel()) {
+      auto z = x.clone();
+      PF_CHECK_THROWS_AS(selu_in_place(z, kernel), std::invalid_argument);
+      continue;
+    }
+    auto yk = x.clone(), gk = grad_ref.clone(), gf = grad_ref.clone();
+    PF_CHECK(torch::equal(selu_in_place(yk, kernel), y));
+    selu_backward_in_place(gf, y);
+    PF_CHECK(torch::equal(selu_backward_in_place(gk, y, kernel), gf));
+  }
+  auto lt = x.clone();
+  PF_CHECK(torch::equal(selu_in_place(lt, SeluKernel::LibTorch), torch::selu(x)));
   // The network's forward pass without autograd activates in place: the same outputs.
   NetworkConfig nc;
   nc.dim = 3;
