@@ -17,7 +17,8 @@
 //     (1024 x 1024 x 1024), its practical peak for one thread.
 // Also the SELU activations' forward and backward passes at the hidden
 // shapes (in place, with popflow's CPU kernels, the backward from the
-// output, as the step runs them), and the optimiser's whole-buffer work (the
+// output, as the step runs them; also with each slower kernel this CPU runs,
+// LibTorch's included, side by side), and the optimiser's whole-buffer work (the
 // gradient's norm, the copies that let a step be undone, Adam), so that the
 // step splits into products, activations, optimiser and the rest (per-operation overhead,
 // sampling, the loss, and the products and activations running slower inside
@@ -36,6 +37,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "config.h"
@@ -185,14 +187,28 @@ int main(int argc, char** argv) {
     refill();
     for (size_t l = 0; l < pre.size(); ++l) grad.copy_(grad0);
   }, reps);
-  const double activations_s = median_time([&] {
-    refill();
-    for (auto& h : act) {
-      popflow::selu_in_place(h);
-      grad.copy_(grad0);
-      popflow::selu_backward_in_place(grad, h);
-    }
-  }, reps) - refill_s;
+  const auto activations_with = [&](popflow::SeluKernel kernel) {
+    return median_time([&] {
+      refill();
+      for (auto& h : act) {
+        popflow::selu_in_place(h, kernel);
+        grad.copy_(grad0);
+        popflow::selu_backward_in_place(grad, h, kernel);
+      }
+    }, reps) - refill_s;
+  };
+  const double activations_s = activations_with(popflow::fastest_selu_kernel());
+  // Each kernel this CPU runs, side by side ("avx2" on an AVX-512 CPU: the kernel it replaces).
+  std::string by_kernel;
+  for (const auto& [name, kernel] : {std::pair{"libtorch", popflow::SeluKernel::LibTorch},
+                                     std::pair{"avx2", popflow::SeluKernel::Avx2},
+                                     std::pair{"avx512", popflow::SeluKernel::Avx512}}) {
+    if (kernel > popflow::fastest_selu_kernel()) continue;
+    char entry[64];
+    std::snprintf(entry, sizeof entry, "%s\"%s\": %.4f", by_kernel.empty() ? "" : ", ", name,
+                  1e3 * activations_with(kernel));
+    by_kernel += entry;
+  }
   // The optimiser's whole-buffer work, as the loop runs it: the gradient's
   // norm (the finiteness check and clipping), the copies that let a step be
   // undone, Adam's update.
@@ -210,12 +226,12 @@ int main(int argc, char** argv) {
       "{\"width\": %lld, \"batch\": %lld, \"depth\": %lld, \"dim\": %lld, \"threads\": %d, \"steps\": %lld, "
       "\"step_ms\": %.4f, \"steps_per_s\": %.1f, \"products_ms\": %.4f, \"step_over_products\": %.3f, "
       "\"own_products_ms\": %.4f, \"step_over_own_products\": %.3f, "
-      "\"activations_ms\": %.4f, \"optimizer_ms\": %.4f, \"other_ms\": %.4f, "
+      "\"activations_ms\": %.4f, \"activations_ms_by_kernel\": {%s}, \"optimizer_ms\": %.4f, \"other_ms\": %.4f, "
       "\"products_gflops\": %.2f, \"step_gflops\": %.2f, \"square_gflops\": %.2f}\n",
       static_cast<long long>(width), static_cast<long long>(batch), static_cast<long long>(depth),
       static_cast<long long>(dim), threads, static_cast<long long>(res.steps_done), 1e3 * step_s, 1.0 / step_s,
       1e3 * products_s, step_s / products_s, 1e3 * own_products_s, step_s / own_products_s,
-      1e3 * activations_s, 1e3 * optimizer_s,
+      1e3 * activations_s, by_kernel.c_str(), 1e3 * optimizer_s,
       1e3 * (step_s - products_s - activations_s - optimizer_s), flop / products_s / 1e9, flop / step_s / 1e9,
       2.0 * 1024 * 1024 * 1024 / square_s / 1e9);
   return 0;
