@@ -8,6 +8,7 @@
 #include <stdexcept>
 
 #include "device.h"
+#include "spmm_cpu.h"
 
 namespace popflow {
 
@@ -177,15 +178,18 @@ namespace {
 // y = A h for a symmetric sparse A, with the gradient A g: autograd would
 // otherwise transpose (and re-sort) A in every backward pass.
 struct SymmetricPropagate : public torch::autograd::Function<SymmetricPropagate> {
+  // row_starts: sparse_row_starts(adjacency), found once for all layers (undefined off the CPU).
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& adjacency,
-                               const torch::Tensor& h) {
+                               const torch::Tensor& row_starts, const torch::Tensor& h) {
     ctx->saved_data["adjacency"] = adjacency;
-    return torch::mm(adjacency, h);
+    ctx->saved_data["row_starts"] = row_starts;
+    return sparse_times_dense(adjacency, h, row_starts);
   }
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grad) {
     auto adjacency = ctx->saved_data["adjacency"].toTensor();
-    return {torch::Tensor(), torch::mm(adjacency, grad[0])};
+    auto row_starts = ctx->saved_data["row_starts"].toTensor();
+    return {torch::Tensor(), torch::Tensor(), sparse_times_dense(adjacency, grad[0], row_starts)};
   }
 };
 
@@ -237,8 +241,9 @@ torch::Tensor unit_means(const torch::Tensor& h, const torch::Tensor& graph_of, 
 
 torch::Tensor PopulationEncoderImpl::forward(const GraphBatch& b) {
   std::function<torch::Tensor(const torch::Tensor&)> propagate;
+  const auto row_starts = sparse_row_starts(b.adjacency);
   if (b.adjacency.defined())
-    propagate = [&](const torch::Tensor& h) { return SymmetricPropagate::apply(b.adjacency, h); };
+    propagate = [&](const torch::Tensor& h) { return SymmetricPropagate::apply(b.adjacency, row_starts, h); };
   const auto h = cell_features(b.x, propagate);
   auto counts = to_device_async(torch::tensor(b.sizes, torch::kLong), h.device()).to(h.scalar_type()).unsqueeze(1);
   return unit_means(h, b.graph_of, counts);
@@ -250,8 +255,9 @@ torch::Tensor PopulationEncoderImpl::forward(const PaddedGraphBatch& b) {
     propagate = [&](const torch::Tensor& h) {
       return torch::zeros_like(h).index_add(0, b.dst, h.index_select(0, b.src) * b.weight.unsqueeze(1));
     };
-  else if (b.adjacency.defined())
-    propagate = [&](const torch::Tensor& h) { return SymmetricPropagate::apply(b.adjacency, h); };
+  const auto row_starts = b.scatter ? torch::Tensor() : sparse_row_starts(b.adjacency);
+  if (b.adjacency.defined() && !b.scatter)
+    propagate = [&](const torch::Tensor& h) { return SymmetricPropagate::apply(b.adjacency, row_starts, h); };
   const auto h = cell_features(b.x, propagate);
   return unit_means(h, b.graph_of, b.counts).narrow(0, 0, b.slots);
 }

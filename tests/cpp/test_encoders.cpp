@@ -8,6 +8,7 @@
 #include "check.h"
 #include "encoders.h"
 #include "fixtures.h"
+#include "spmm_cpu.h"
 
 using namespace popflow;
 using namespace fixtures;
@@ -74,6 +75,52 @@ TEST_CASE("build_graph: GCN normalisation D^-1/2 (A + I) D^-1/2 of the symmetris
   PF_CHECK(torch::equal(dense_adjacency(build_graph(x.slice(0, 0, 4), 3, 0, 1)), dense_adjacency(small)));
   auto single = build_graph(x.slice(0, 0, 1), 10, 0, 1);
   PF_CHECK_NEAR(max_abs(dense_adjacency(single) - torch::eye(1)), 0.0, 0.0);
+}
+
+TEST_CASE("sparse_times_dense: the dense product's values, rows in any split, LibTorch's product elsewhere") {
+  torch::manual_seed(53);
+  // A block-diagonal batch of two kNN graphs (rows with many entries) and a
+  // matrix with empty rows; widths with a partial last vector, and none.
+  auto ga = build_graph(torch::randn({70, 3}), 6, 0, 1), gb = build_graph(torch::randn({45, 3}), 4, 0, 2);
+  const auto batch = batch_graphs({&ga, &gb}, torch::kCPU).adjacency;
+  auto sparse_rows = torch::zeros({9, 7});
+  sparse_rows.index_put_({1, 2}, 0.5f);
+  sparse_rows.index_put_({1, 6}, -2.0f);
+  sparse_rows.index_put_({8, 0}, 3.0f);
+  for (const auto& a : {batch, sparse_rows.to_sparse()}) {
+    PF_CHECK(a.is_coalesced());
+    const auto dense = a.to_dense();
+    for (int64_t w : {1, 5, 16, 21, 64}) {
+      auto h = torch::randn({a.size(1), w});
+      const auto y = sparse_times_dense(a, h);
+      PF_CHECK(y.sizes() == torch::IntArrayRef({a.size(0), w}));
+      PF_CHECK_NEAR(max_abs(y - torch::mm(dense, h)), 0.0, 1e-5);
+      PF_CHECK_NEAR(max_abs(y - torch::mm(a, h)), 0.0, 1e-5);
+      // Split across two threads, each row is summed as on one: the same bits.
+      const int threads = at::get_num_threads();
+      at::set_num_threads(2);
+      const auto y2 = sparse_times_dense(a, h);
+      at::set_num_threads(threads);
+      PF_CHECK(torch::equal(y, y2));
+      // Row starts found once and passed in: the same product.
+      const auto starts = sparse_row_starts(a);
+      PF_CHECK(starts.size(0) == a.size(0) + 1 && starts[-1].item<int64_t>() == a._nnz());
+      PF_CHECK(torch::equal(sparse_times_dense(a, h, starts), y));
+      // A transposed (non-contiguous) right-hand side: the same values.
+      auto ht = h.t().contiguous().t();
+      PF_CHECK(torch::equal(sparse_times_dense(a, ht), y));
+    }
+  }
+  // What the kernel does not take goes to torch::mm: doubles, an uncoalesced matrix.
+  auto hd = torch::randn({7, 3}, torch::kDouble);
+  auto ad = sparse_rows.to(torch::kDouble).to_sparse();
+  PF_CHECK(torch::equal(sparse_times_dense(ad, hd), torch::mm(ad, hd)));
+  PF_CHECK(!sparse_row_starts(ad).defined() && !sparse_row_starts(torch::Tensor()).defined());
+  auto loose =
+      torch::sparse_coo_tensor(torch::tensor({{1, 1}, {2, 2}}, torch::kLong), torch::tensor({1.f, 2.f}), {9, 7});
+  PF_CHECK(!loose.is_coalesced());
+  auto h = torch::randn({7, 4});
+  PF_CHECK_NEAR(max_abs(sparse_times_dense(loose, h) - torch::mm(loose.to_dense(), h)), 0.0, 1e-6);
 }
 
 TEST_CASE("PopulationEncoder: unit norm, batching equals one graph at a time, kme fixed") {
