@@ -19,14 +19,4 @@ while [ "$r" -lt "$runs" ]; do
   echo "new $("$new" "$@" --threads 1 --json 2>/dev/null | tail -1)"
   echo "base $("$base" "$@" --threads 1 --json 2>/dev/null | tail -1)"
   r=$((r + 1))
-done | tee /dev/stderr | /usr/bin/python3 -c '
-import json, statistics, sys
-rows = {}
-for line in sys.stdin:
-    who, js = line.split(" ", 1)
-    d = json.loads(js)
-    rows.setdefault(who, []).append(d)
-for who, ds in rows.items():
-    print("median %s: %.2f steady steps/s, final loss %s"
-          % (who, statistics.median(d["steady_steps_per_s"] for d in ds), ds[0]["final_loss"]))
-'
+done | tee /dev/stderr | /usr/bin/python3 "$(dirname "$0")/steps_medians.py"
