@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <iterator>
 #include <numeric>
 #include <random>
 #include <stdexcept>
@@ -25,8 +26,7 @@ torch::Tensor knn_indices(const torch::Tensor& x, int64_t k, int64_t chunk_rows)
     const int64_t end = std::min(n, begin + chunk_rows);
     auto d = torch::cdist(xf.slice(0, begin, end), xf);
     // A cell is not its own neighbour, even when duplicates tie with it.
-    auto rows = torch::arange(end - begin, torch::kLong);
-    d.index_put_({rows, rows + begin}, std::numeric_limits<float>::infinity());
+    d.narrow(1, begin, end - begin).diagonal().fill_(std::numeric_limits<float>::infinity());
     parts.push_back(std::get<1>(torch::topk(d, k, 1, /*largest=*/false, /*sorted=*/true)));
   }
   return torch::cat(parts);
@@ -56,25 +56,31 @@ PopulationGraph build_graph(const torch::Tensor& x, int64_t k, int64_t max_cells
   k = std::min(k, m - 1);
   if (k > 0) {
     auto nn = knn_indices(g.x, k);
-    // Symmetrise (an edge if either cell lists the other), then drop duplicates.
-    auto nn_acc = nn.accessor<int64_t, 2>();
-    // Self-loops join the sort, so the edges come out unique and in row-major
-    // order: batch_graphs() can then hand the sparse product a coalesced matrix.
-    std::vector<int64_t> keys;
-    keys.reserve(static_cast<size_t>(2 * m * k + m));
+    // Symmetrise: row i holds itself, its k nearest and every cell that lists
+    // it, each once, in increasing order (row-major and unique, as
+    // batch_graphs() needs to hand the sparse product a coalesced matrix).
+    // The cells that list i come in increasing order from one counting pass;
+    // each row then merges three sorted lists (no sort over all edges).
+    const int64_t* nn_p = nn.data_ptr<int64_t>();
+    std::vector<int64_t> in_start(static_cast<size_t>(m + 1), 0), in_list(static_cast<size_t>(m * k));
+    for (int64_t e = 0; e < m * k; ++e) ++in_start[static_cast<size_t>(nn_p[e] + 1)];
+    std::partial_sum(in_start.begin(), in_start.end(), in_start.begin());
+    std::vector<int64_t> fill(in_start.begin(), in_start.end() - 1);
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = 0; j < k; ++j) in_list[static_cast<size_t>(fill[static_cast<size_t>(nn_p[i * k + j])]++)] = i;
+    std::vector<int64_t> from, to, out(static_cast<size_t>(k + 1)), row;
+    from.reserve(static_cast<size_t>(2 * m * k + m));
+    to.reserve(from.capacity());
     for (int64_t i = 0; i < m; ++i) {
-      keys.push_back(i * m + i);
-      for (int64_t j = 0; j < k; ++j) {
-        keys.push_back(i * m + nn_acc[i][j]);
-        keys.push_back(nn_acc[i][j] * m + i);
-      }
-    }
-    std::sort(keys.begin(), keys.end());
-    keys.erase(std::unique(keys.begin(), keys.end()), keys.end());
-    std::vector<int64_t> from(keys.size()), to(keys.size());
-    for (size_t e = 0; e < keys.size(); ++e) {
-      from[e] = keys[e] / m;
-      to[e] = keys[e] % m;
+      std::copy(nn_p + i * k, nn_p + (i + 1) * k, out.begin());
+      out[static_cast<size_t>(k)] = i;
+      std::sort(out.begin(), out.end());
+      row.clear();
+      std::set_union(out.begin(), out.end(), in_list.begin() + in_start[static_cast<size_t>(i)],
+                     in_list.begin() + in_start[static_cast<size_t>(i + 1)], std::back_inserter(row));
+      row.erase(std::unique(row.begin(), row.end()), row.end());
+      from.insert(from.end(), row.size(), i);
+      to.insert(to.end(), row.begin(), row.end());
     }
     src = torch::tensor(from, torch::kLong);
     dst = torch::tensor(to, torch::kLong);
@@ -251,12 +257,12 @@ torch::Tensor PopulationEncoderImpl::forward(const GraphBatch& b) {
 
 torch::Tensor PopulationEncoderImpl::forward(const PaddedGraphBatch& b) {
   std::function<torch::Tensor(const torch::Tensor&)> propagate;
+  const auto row_starts = b.scatter ? torch::Tensor() : sparse_row_starts(b.adjacency);
   if (b.adjacency.defined() && b.scatter)
     propagate = [&](const torch::Tensor& h) {
       return torch::zeros_like(h).index_add(0, b.dst, h.index_select(0, b.src) * b.weight.unsqueeze(1));
     };
-  const auto row_starts = b.scatter ? torch::Tensor() : sparse_row_starts(b.adjacency);
-  if (b.adjacency.defined() && !b.scatter)
+  else if (b.adjacency.defined())
     propagate = [&](const torch::Tensor& h) { return SymmetricPropagate::apply(b.adjacency, row_starts, h); };
   const auto h = cell_features(b.x, propagate);
   return unit_means(h, b.graph_of, b.counts).narrow(0, 0, b.slots);

@@ -60,6 +60,12 @@ TEST_CASE("build_graph: GCN normalisation D^-1/2 (A + I) D^-1/2 of the symmetris
   auto got = dense_adjacency(g).to(torch::kDouble);
   PF_CHECK_NEAR(max_abs(got - expected), 0.0, 1e-6);
   PF_CHECK_NEAR(max_abs(got - got.t()), 0.0, 1e-7);
+  // Edges unique and in row-major order (batch_graphs() marks the batch coalesced).
+  for (const auto& graph : {g, build_graph(torch::randn({300, 5}), 12, 0, 1)}) {
+    auto key = graph.src * graph.nodes() + graph.dst;
+    PF_CHECK((key.slice(0, 1) > key.slice(0, 0, -1)).all().item<bool>());
+    PF_CHECK_NEAR(max_abs(dense_adjacency(graph) - dense_adjacency(graph).t()), 0.0, 1e-7);
+  }
   // Each node has between k + 1 (itself and its own neighbours) and more edges.
   auto degree = (got > 0).sum(1);
   PF_CHECK(degree.min().item<int64_t>() >= k + 1);
