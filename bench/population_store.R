@@ -101,6 +101,7 @@ run_fit <- function(source, path, cells, pops) {
   res <- grep("^RESULT", out, value = TRUE)
   if (!length(res)) stop(paste(out, collapse = "\n"))
   v <- strsplit(res, " ")[[1]]
+  v[v == "NA"] <- NA  # the in-memory fit has no store statistics
   data.frame(source = source, cells = cells, populations = pops, steps = steps, steps_per_s = as.numeric(v[3]),
              peak_rss_mb = as.numeric(v[4]), read_ms_per_step = as.numeric(v[5]), graphs_built = as.numeric(v[6]),
              evictions = as.numeric(v[7]), graph_cache_peak_mb = as.numeric(v[8]), read_mb_per_step = as.numeric(v[9]))
