@@ -10,14 +10,13 @@
 // warm-up. Prints one JSON line.
 #include <torch/torch.h>
 
-#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
-#include <vector>
 
 #include "encoders.h"
+#include "median_time.h"
 
 namespace {
 
@@ -25,17 +24,10 @@ double now() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
+// Median of `reps` wall-clock timings of `f`, in ms.
 template <class F>
 double median_ms(F&& f, int reps) {
-  f();
-  std::vector<double> t;
-  for (int r = 0; r < reps; ++r) {
-    const double s = now();
-    f();
-    t.push_back(now() - s);
-  }
-  std::sort(t.begin(), t.end());
-  return 1e3 * t[t.size() / 2];
+  return 1e3 * bench::median_time(now, f, reps);
 }
 
 }  // namespace

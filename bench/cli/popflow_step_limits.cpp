@@ -41,6 +41,7 @@
 #include <vector>
 
 #include "config.h"
+#include "median_time.h"
 #include "model.h"
 #include "optimizer.h"
 #include "scratch.h"
@@ -62,18 +63,10 @@ struct Product {
   int64_t m, k, n;  // [m, k] x [k, n]
 };
 
-// Median of `reps` timings of `f` (seconds), after one warm-up call.
+// Median of `reps` CPU-time timings of `f` (seconds), after one warm-up call.
 template <class F>
 double median_time(F&& f, int reps) {
-  f();
-  std::vector<double> t;
-  for (int r = 0; r < reps; ++r) {
-    const double s = now();
-    f();
-    t.push_back(now() - s);
-  }
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
+  return bench::median_time(now, f, reps);
 }
 
 }  // namespace
