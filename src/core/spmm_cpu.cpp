@@ -75,16 +75,8 @@ bool matrix_takes(const torch::Tensor& a) {
 
 torch::Tensor sparse_row_starts(const torch::Tensor& a) {
   if (!matrix_takes(a)) return torch::Tensor();
-  const auto indices = a._indices().contiguous();
-  const int64_t n = a.size(0), nnz = indices.size(1);
-  auto starts = torch::empty({n + 1}, torch::kLong);
-  int64_t* s = starts.data_ptr<int64_t>();
-  const int64_t* row = indices.data_ptr<int64_t>();  // sorted: coalesced is row-major order
-  for (int64_t r = 0, e = 0; r <= n; ++r) {
-    while (e < nnz && row[e] < r) ++e;
-    s[r] = e;
-  }
-  return starts;
+  // Coalesced is row-major order, so the sorted row indices compress as CSR's do.
+  return at::_convert_indices_from_coo_to_csr(a._indices()[0], a.size(0));
 }
 
 torch::Tensor sparse_times_dense(const torch::Tensor& a, const torch::Tensor& h, const torch::Tensor& row_starts) {

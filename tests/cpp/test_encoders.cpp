@@ -117,6 +117,10 @@ TEST_CASE("sparse_times_dense: the dense product's values, rows in any split, Li
       PF_CHECK(torch::equal(sparse_times_dense(a, ht), y));
     }
   }
+  // No entries at all: every row starts at 0, the product is zero.
+  const auto none = torch::zeros({4, 3}).to_sparse();
+  PF_CHECK(torch::equal(sparse_row_starts(none), torch::zeros({5}, torch::kLong)));
+  PF_CHECK(torch::equal(sparse_times_dense(none, torch::randn({3, 2})), torch::zeros({4, 2})));
   // What the kernel does not take goes to torch::mm: doubles, an uncoalesced matrix.
   auto hd = torch::randn({7, 3}, torch::kDouble);
   auto ad = sparse_rows.to(torch::kDouble).to_sparse();
