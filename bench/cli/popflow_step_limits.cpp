@@ -3,9 +3,12 @@
 //   popflow_step_limits --width 256 --batch 1024 [--depth 3 --dim 10 --steps 300 --threads 1]
 //
 // Times, in one process and one thread:
-//   - the full training step (popflow::train on two synthetic 10-d snapshots,
-//     I-CFM, an MLP of `depth` hidden layers of `width`, SELU, input [x, t]);
-//   - the step's matrix products alone: the forward product of each layer and
+//   - each training step (popflow::train on two synthetic 10-d snapshots,
+//     I-CFM, an MLP of `depth` hidden layers of `width`, SELU, input [x, t]):
+//     their median, and the mean over the whole fit;
+//   - between steps (every 20, 3 times each), the step's matrix products alone,
+//     so that both are sampled over the same minutes of a shared machine: the
+//     forward product of each layer and
 //     the two backward products (weight gradient, input gradient; none for
 //     the first layer's input), at the step's exact shapes, twice: as plain
 //     products of contiguous operands into fresh tensors (the machine's
@@ -24,11 +27,13 @@
 // sampling, the loss, and the products and activations running slower inside
 // the step than alone, their operands no longer in cache).
 // All times are the process's CPU time (one thread), not wall time: other
-// processes on the machine then matter little. Prints one JSON line: step ms,
-// products ms, their ratio ("step / products" near 1: the products bound the
-// step; "step / own products" against the products as the step calls them),
-// the split (against the plain products), and GFLOP/s of the products at the step's shapes and at
-// the large square.
+// processes on the machine then matter little. Prints one JSON line: step ms
+// (median; step_mean_ms the mean), products ms (median), their ratio ("step /
+// products" near 1: the products bound the step; "step / own products" against
+// the products as the step calls them), the split (against the plain products;
+// its parts are timed alone with their operands in cache, so "other" can come
+// out below 0 where the products and activations run faster alone than in the step),
+// and GFLOP/s of the products at the step's shapes and at the large square.
 #include <torch/torch.h>
 
 #include <algorithm>
@@ -100,27 +105,12 @@ int main(int argc, char** argv) {
   popflow::ThreadScope thread_scope(threads);
   torch::manual_seed(1);
 
-  // The full step, through the training loop.
+  // The network: an MLP of `depth` hidden layers of `width`, input [x, t].
   popflow::FlowConfig cfg;
   cfg.network.dim = dim;
   cfg.network.width = width;
   cfg.network.depth = depth;
   cfg.times = {0.0, 1.0};
-  popflow::TrainConfig tc;
-  tc.steps = steps;
-  tc.batch_size = batch;
-  tc.threads = threads;
-  const int64_t n = 4 * batch;
-  popflow::TrainingData data;
-  data.x = torch::cat({torch::randn({n, dim}), torch::randn({n, dim}) * 0.5 + 3});
-  data.time_index.assign(n, 0);
-  data.time_index.insert(data.time_index.end(), n, 1);
-  auto model = popflow::make_model(cfg, "cpu");
-  popflow::train(*model, data, [&] { auto w = tc; w.steps = 10; return w; }());  // warm-up
-  model = popflow::make_model(cfg, "cpu");
-  const double train_start = now();
-  const auto res = popflow::train(*model, data, tc);
-  const double step_s = (now() - train_start) / static_cast<double>(res.steps_done);
 
   // The step's products at its shapes: layer sizes in -> out.
   const int64_t t_features = cfg.network.time_dim > 0 ? cfg.network.time_dim : 1;
@@ -140,10 +130,9 @@ int main(int argc, char** argv) {
     operands.emplace_back(torch::randn({p.m, p.k}), torch::randn({p.k, p.n}));
     flop += 2.0 * p.m * p.k * p.n;
   }
-  const int reps = 50;
-  const double products_s = median_time([&] {
+  const auto plain_products = [&] {
     for (const auto& ab : operands) torch::mm(ab.first, ab.second);
-  }, reps);
+  };
   // The same products as the step calls them (network.cpp, mse_with_gradient).
   struct Layer {
     torch::Tensor weight, bias, in, out, grad_out, weight_grad, in_grad;
@@ -155,13 +144,76 @@ int main(int argc, char** argv) {
                       torch::empty({batch, out}), torch::randn({batch, out}), torch::empty({out, in}),
                       l > 0 ? torch::empty({batch, in}) : torch::Tensor()});
   }
-  const double own_products_s = median_time([&] {
+  const auto own_products = [&] {
     for (auto& L : layers) {
       at::addmm_out(L.out, L.bias, L.in, L.weight.t());
       at::mm_out(L.weight_grad, L.grad_out.t(), L.in);
       if (L.in_grad.defined()) at::mm_out(L.in_grad, L.grad_out, L.weight);
     }
-  }, reps);
+  };
+  // The full step, through the training loop.
+  popflow::TrainConfig tc;
+  tc.steps = steps;
+  tc.batch_size = batch;
+  tc.threads = threads;
+  const int64_t n = 4 * batch;
+  popflow::TrainingData data;
+  data.x = torch::cat({torch::randn({n, dim}), torch::randn({n, dim}) * 0.5 + 3});
+  data.time_index.assign(n, 0);
+  data.time_index.insert(data.time_index.end(), n, 1);
+  auto model = popflow::make_model(cfg, "cpu");
+  popflow::train(*model, data, [&] { auto w = tc; w.steps = 10; return w; }());  // warm-up
+  model = popflow::make_model(cfg, "cpu");
+  // Each step is timed on its own (the progress callback runs after every
+  // step), and every `interleave` steps both sets of products are timed a few
+  // times: step and products are sampled over the same minutes, so that the
+  // machine's drift (other tenants, frequency) cannot tilt their ratio. The
+  // step after such a block is not counted: the products left their operands
+  // in the caches, where the loop leaves its own.
+  const int64_t interleave = 20;
+  std::vector<double> step_times, plain_times, own_times;
+  bool count_next = false;
+  double last = 0, interludes_s = 0;
+  const auto time_once = [](const auto& f) {
+    const double s = now();
+    f();
+    return now() - s;
+  };
+  popflow::TrainCallbacks callbacks;
+  callbacks.every = 1;
+  callbacks.progress = [&](int64_t step, double) {
+    const double t = now();
+    if (count_next) step_times.push_back(t - last);
+    count_next = true;
+    if (step % interleave == 0) {
+      // Each set after a call of its own that brings its operands into the
+      // caches: the products at their best, as a loop of them alone runs.
+      const auto time_set = [&](const auto& f, std::vector<double>& times) {
+        f();
+        for (int r = 0; r < 3; ++r) times.push_back(time_once(f));
+      };
+      time_set(plain_products, plain_times);
+      time_set(own_products, own_times);
+      count_next = false;
+      interludes_s += now() - t;
+    }
+    last = now();
+    return true;
+  };
+  const double train_start = now();
+  const auto res = popflow::train(*model, data, tc, callbacks);
+  const double train_s = now() - train_start;
+  const auto median = [](std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v.empty() ? 0.0 : v[v.size() / 2];
+  };
+  const double step_s = median(step_times);
+  const double products_s = median(plain_times), own_products_s = median(own_times);
+  // The mean step over the whole fit, the products' interludes taken off
+  // (setup, first steps and hiccups included).
+  const double step_mean_s = (train_s - interludes_s) / static_cast<double>(res.steps_done);
+
+  const int reps = 50;
   // The activations' forward and backward passes at the hidden layers' shapes,
   // as the step runs them: SELU in place, its backward from its output, in
   // place of the gradient (the copies that refill the buffers are timed apart
@@ -219,12 +271,12 @@ int main(int argc, char** argv) {
 
   std::printf(
       "{\"width\": %lld, \"batch\": %lld, \"depth\": %lld, \"dim\": %lld, \"threads\": %d, \"steps\": %lld, "
-      "\"step_ms\": %.4f, \"steps_per_s\": %.1f, \"products_ms\": %.4f, \"step_over_products\": %.3f, "
+      "\"step_ms\": %.4f, \"step_mean_ms\": %.4f, \"steps_per_s\": %.1f, \"products_ms\": %.4f, \"step_over_products\": %.3f, "
       "\"own_products_ms\": %.4f, \"step_over_own_products\": %.3f, "
       "\"activations_ms\": %.4f, \"activations_ms_by_kernel\": {%s}, \"optimizer_ms\": %.4f, \"other_ms\": %.4f, "
       "\"products_gflops\": %.2f, \"step_gflops\": %.2f, \"square_gflops\": %.2f}\n",
       static_cast<long long>(width), static_cast<long long>(batch), static_cast<long long>(depth),
-      static_cast<long long>(dim), threads, static_cast<long long>(res.steps_done), 1e3 * step_s, 1.0 / step_s,
+      static_cast<long long>(dim), threads, static_cast<long long>(res.steps_done), 1e3 * step_s, 1e3 * step_mean_s, 1.0 / step_mean_s,
       1e3 * products_s, step_s / products_s, 1e3 * own_products_s, step_s / own_products_s,
       1e3 * activations_s, by_kernel.c_str(), 1e3 * optimizer_s,
       1e3 * (step_s - products_s - activations_s - optimizer_s), flop / products_s / 1e9, flop / step_s / 1e9,
