@@ -9,11 +9,12 @@
 #include <stdexcept>
 
 #include "device.h"
+#include "knn_select.h"
 #include "spmm_cpu.h"
 
 namespace popflow {
 
-torch::Tensor knn_indices(const torch::Tensor& x, int64_t k, int64_t chunk_rows) {
+torch::Tensor knn_indices(const torch::Tensor& x, int64_t k, int64_t chunk_rows, bool nearest_first) {
   if (x.dim() != 2) throw std::invalid_argument("knn: cells must be a 2-d matrix");
   const int64_t n = x.size(0);
   if (k < 1 || k >= n)
@@ -27,7 +28,7 @@ torch::Tensor knn_indices(const torch::Tensor& x, int64_t k, int64_t chunk_rows)
     auto d = torch::cdist(xf.slice(0, begin, end), xf);
     // A cell is not its own neighbour, even when duplicates tie with it.
     d.narrow(1, begin, end - begin).diagonal().fill_(std::numeric_limits<float>::infinity());
-    parts.push_back(std::get<1>(torch::topk(d, k, 1, /*largest=*/false, /*sorted=*/true)));
+    parts.push_back(smallest_k_per_row(d, k, nearest_first));
   }
   return torch::cat(parts);
 }
@@ -55,7 +56,7 @@ PopulationGraph build_graph(const torch::Tensor& x, int64_t k, int64_t max_cells
   // A population of m <= k cells gets the neighbourhood it has: k = m - 1 (all its other cells).
   k = std::min(k, m - 1);
   if (k > 0) {
-    auto nn = knn_indices(g.x, k);
+    auto nn = knn_indices(g.x, k, /*chunk_rows=*/1024, /*nearest_first=*/false);
     // Symmetrise: row i holds itself, its k nearest and every cell that lists
     // it, each once, in increasing order (row-major and unique, as
     // batch_graphs() needs to hand the sparse product a coalesced matrix).
@@ -72,9 +73,11 @@ PopulationGraph build_graph(const torch::Tensor& x, int64_t k, int64_t max_cells
     from.reserve(static_cast<size_t>(2 * m * k + m));
     to.reserve(from.capacity());
     for (int64_t i = 0; i < m; ++i) {
-      std::copy(nn_p + i * k, nn_p + (i + 1) * k, out.begin());
-      out[static_cast<size_t>(k)] = i;
-      std::sort(out.begin(), out.end());
+      const int64_t* listed = nn_p + i * k;  // in increasing order (not nearest first)
+      const auto split = std::lower_bound(listed, listed + k, i) - listed;
+      std::copy(listed, listed + split, out.begin());
+      out[static_cast<size_t>(split)] = i;
+      std::copy(listed + split, listed + k, out.begin() + split + 1);
       row.clear();
       std::set_union(out.begin(), out.end(), in_list.begin() + in_start[static_cast<size_t>(i)],
                      in_list.begin() + in_start[static_cast<size_t>(i + 1)], std::back_inserter(row));

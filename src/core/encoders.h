@@ -13,8 +13,10 @@
 namespace popflow {
 
 // Exact k nearest neighbours of every row of x (itself excluded), by chunked
-// brute force: [n, k] long indices, nearest first. Needs k < n rows.
-torch::Tensor knn_indices(const torch::Tensor& x, int64_t k, int64_t chunk_rows = 1024);
+// brute force: [n, k] long indices, nearest first (or, without nearest_first,
+// in increasing order); among cells at the same distance, the lower indices
+// (smallest_k_per_row(), knn_select.h). Needs k < n rows.
+torch::Tensor knn_indices(const torch::Tensor& x, int64_t k, int64_t chunk_rows = 1024, bool nearest_first = true);
 
 // Cells (a capped subsample) and the GCN-normalised adjacency of their kNN
 // graph, D^-1/2 (A + I) D^-1/2 with A the symmetrised kNN graph, as weighted
