@@ -1,5 +1,5 @@
-// What this x86-64 CPU can run, for popflow's own vector kernels (selu_cpu,
-// adam_cpu): they are compiled for AVX2 and FMA (SELU also for AVX-512) with
+// What this x86-64 CPU can run, for popflow's own vector kernels (selu_cpu, spmm_cpu, knn_select,
+// adam_cpu): they are compiled for AVX2 and FMA (some also for AVX-512) with
 // target attributes and used only where the CPU has them, so a build runs on
 // any x86-64 CPU.
 #pragma once
