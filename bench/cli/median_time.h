@@ -3,9 +3,17 @@
 #pragma once
 
 #include <algorithm>
+#include <utility>
 #include <vector>
 
 namespace bench {
+
+// The median of a set of timings (the upper one of an even count; 0 for none).
+inline double median(std::vector<double> t) {
+  if (t.empty()) return 0.0;
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
 
 // Median of `reps` timings of `f` in seconds by the clock `now` (a function
 // returning seconds), after one warm-up call.
@@ -18,8 +26,7 @@ double median_time(Clock&& now, F&& f, int reps) {
     f();
     t.push_back(now() - s);
   }
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
+  return median(std::move(t));
 }
 
 }  // namespace bench

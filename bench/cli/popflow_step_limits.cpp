@@ -203,12 +203,8 @@ int main(int argc, char** argv) {
   const double train_start = now();
   const auto res = popflow::train(*model, data, tc, callbacks);
   const double train_s = now() - train_start;
-  const auto median = [](std::vector<double> v) {
-    std::sort(v.begin(), v.end());
-    return v.empty() ? 0.0 : v[v.size() / 2];
-  };
-  const double step_s = median(step_times);
-  const double products_s = median(plain_times), own_products_s = median(own_times);
+  const double step_s = bench::median(step_times);
+  const double products_s = bench::median(plain_times), own_products_s = bench::median(own_times);
   // The mean step over the whole fit, the products' interludes taken off
   // (setup, first steps and hiccups included).
   const double step_mean_s = (train_s - interludes_s) / static_cast<double>(res.steps_done);

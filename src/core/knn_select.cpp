@@ -34,11 +34,12 @@ inline int32_t order_key(float f) {
 
 // Each kernel's three passes over a row: its keys (and their least and
 // greatest), how many keys are <= t, and the columns of those keys in
-// increasing order.
+// increasing order (`first`: the column of key[0]; the vector kernels pass
+// their tails on with theirs).
 struct SelectPasses {
   void (*keys)(const float* row, int64_t n, int32_t* key, int32_t& lo, int32_t& hi);
   int64_t (*count_at_most)(const int32_t* key, int64_t n, int32_t t);
-  int64_t (*collect_at_most)(const int32_t* key, int64_t n, int32_t t, int32_t* columns);
+  int64_t (*collect_at_most)(const int32_t* key, int64_t n, int32_t t, int32_t* columns, int32_t first);
 };
 
 void keys_scalar(const float* row, int64_t n, int32_t* key, int32_t& lo, int32_t& hi) {
@@ -55,16 +56,11 @@ int64_t count_at_most_scalar(const int32_t* key, int64_t n, int32_t t) {
   return c;
 }
 
-// `first` is the column of key[0] (the vector kernels pass their tails here).
-int64_t collect_scalar(const int32_t* key, int64_t n, int32_t t, int32_t* columns, int32_t first) {
+int64_t collect_at_most_scalar(const int32_t* key, int64_t n, int32_t t, int32_t* columns, int32_t first) {
   int64_t c = 0;
   for (int64_t i = 0; i < n; ++i)
     if (key[i] <= t) columns[c++] = first + static_cast<int32_t>(i);
   return c;
-}
-
-int64_t collect_at_most_scalar(const int32_t* key, int64_t n, int32_t t, int32_t* columns) {
-  return collect_scalar(key, n, t, columns, 0);
 }
 
 #ifdef POPFLOW_X86_AVX2
@@ -102,8 +98,8 @@ __attribute__((target("avx2"))) int64_t count_at_most_avx2(const int32_t* key, i
   return i - above + count_at_most_scalar(key + i, n - i, t);
 }
 
-__attribute__((target("avx2"))) int64_t collect_avx2(const int32_t* key, int64_t n, int32_t t, int32_t* columns,
-                                                      int32_t first) {
+__attribute__((target("avx2"))) int64_t collect_at_most_avx2(const int32_t* key, int64_t n, int32_t t,
+                                                              int32_t* columns, int32_t first) {
   const __m256i tv = _mm256_set1_epi32(t);
   int64_t c = 0, i = 0;
   for (; i + 8 <= n; i += 8) {
@@ -112,12 +108,7 @@ __attribute__((target("avx2"))) int64_t collect_avx2(const int32_t* key, int64_t
     for (; at_most != 0; at_most &= at_most - 1)
       columns[c++] = first + static_cast<int32_t>(i) + __builtin_ctz(at_most);
   }
-  return c + collect_scalar(key + i, n - i, t, columns + c, first + static_cast<int32_t>(i));
-}
-
-__attribute__((target("avx2"))) int64_t collect_at_most_avx2(const int32_t* key, int64_t n, int32_t t,
-                                                              int32_t* columns) {
-  return collect_avx2(key, n, t, columns, 0);
+  return c + collect_at_most_scalar(key + i, n - i, t, columns + c, first + static_cast<int32_t>(i));
 }
 
 __attribute__((target("avx512f"))) void keys_avx512(const float* row, int64_t n, int32_t* key, int32_t& lo,
@@ -155,9 +146,10 @@ __attribute__((target("avx512f"))) int64_t count_at_most_avx512(const int32_t* k
 }
 
 __attribute__((target("avx512f"))) int64_t collect_at_most_avx512(const int32_t* key, int64_t n, int32_t t,
-                                                                   int32_t* columns) {
+                                                                   int32_t* columns, int32_t first) {
   const __m512i tv = _mm512_set1_epi32(t), step = _mm512_set1_epi32(16);
-  __m512i column = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  __m512i column = _mm512_add_epi32(_mm512_set1_epi32(first),
+                                    _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
   int64_t c = 0, i = 0;
   for (; i + 16 <= n; i += 16) {
     const __mmask16 at_most = _mm512_cmple_epi32_mask(_mm512_loadu_si512(key + i), tv);
@@ -165,7 +157,7 @@ __attribute__((target("avx512f"))) int64_t collect_at_most_avx512(const int32_t*
     c += __builtin_popcount(static_cast<unsigned>(at_most));
     column = _mm512_add_epi32(column, step);
   }
-  return c + collect_avx2(key + i, n - i, t, columns + c, static_cast<int32_t>(i));
+  return c + collect_at_most_avx2(key + i, n - i, t, columns + c, first + static_cast<int32_t>(i));
 }
 #endif
 
@@ -236,7 +228,7 @@ void select_row(const float* row, int64_t n, int64_t k, bool nearest_first, cons
   // than k, the surplus are keys equal to t (fewer than k are below it):
   // keep those of the lowest columns.
   int32_t* columns = buf.columns.data();
-  int64_t c = passes.collect_at_most(key, n, t, columns);
+  const int64_t c = passes.collect_at_most(key, n, t, columns, 0);
   if (c > k) {
     int64_t ties_left = k;
     for (int64_t i = 0; i < c; ++i) ties_left -= key[columns[i]] < t;
@@ -247,7 +239,6 @@ void select_row(const float* row, int64_t n, int64_t k, bool nearest_first, cons
       ties_left -= tie;
       columns[kept++] = columns[i];
     }
-    c = kept;
   }
   if (!nearest_first) {
     std::copy(columns, columns + k, out);
@@ -282,8 +273,7 @@ torch::Tensor smallest_k_per_row(const torch::Tensor& d, int64_t k, bool nearest
   const int64_t rows = d.size(0), n = d.size(1);
   if (k < 1 || k > n)
     throw std::invalid_argument("knn select: k = " + std::to_string(k) + " needs 1 <= k <= " + std::to_string(n));
-  if (!d.device().is_cpu() || d.scalar_type() != torch::kFloat)
-  {
+  if (!d.device().is_cpu() || d.scalar_type() != torch::kFloat) {
     auto columns = std::get<1>(torch::topk(d, k, 1, /*largest=*/false, /*sorted=*/true));
     return nearest_first ? columns : std::get<0>(columns.sort(1));
   }
@@ -293,7 +283,7 @@ torch::Tensor smallest_k_per_row(const torch::Tensor& d, int64_t k, bool nearest
   int64_t* op = out.data_ptr<int64_t>();
   const SelectPasses passes = passes_of(kernel);
   // A grain of rows worth about 32k entries, as LibTorch splits element-wise work.
-  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(n, 1));
+  const int64_t grain = std::max<int64_t>(1, 32768 / n);  // n >= k >= 1
   at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
     RowBuffers buf{std::vector<int32_t>(static_cast<size_t>(n)), std::vector<int32_t>(static_cast<size_t>(n)),
                    std::vector<uint64_t>(static_cast<size_t>(k))};
