@@ -228,7 +228,7 @@ int main(int argc, char** argv) {
     refill();
     for (size_t l = 0; l < pre.size(); ++l) grad.copy_(grad0);
   }, reps);
-  const auto activations_with = [&](popflow::SeluKernel kernel) {
+  const auto activations_with = [&](popflow::VectorKernel kernel) {
     return median_time([&] {
       refill();
       for (auto& h : act) {
@@ -242,12 +242,12 @@ int main(int argc, char** argv) {
   // kernel it replaces); the step runs the fastest, whose time is the split's.
   double activations_s = 0;
   std::string by_kernel;
-  for (const auto& [name, kernel] : {std::pair{"libtorch", popflow::SeluKernel::LibTorch},
-                                     std::pair{"avx2", popflow::SeluKernel::Avx2},
-                                     std::pair{"avx512", popflow::SeluKernel::Avx512}}) {
-    if (kernel > popflow::fastest_selu_kernel()) continue;
+  for (const auto& [name, kernel] : {std::pair{"libtorch", popflow::VectorKernel::Portable},
+                                     std::pair{"avx2", popflow::VectorKernel::Avx2},
+                                     std::pair{"avx512", popflow::VectorKernel::Avx512}}) {
+    if (kernel > popflow::fastest_vector_kernel()) continue;
     const double seconds = activations_with(kernel);
-    if (kernel == popflow::fastest_selu_kernel()) activations_s = seconds;
+    if (kernel == popflow::fastest_vector_kernel()) activations_s = seconds;
     char entry[64];
     std::snprintf(entry, sizeof entry, "%s\"%s\": %.4f", by_kernel.empty() ? "" : ", ", name, 1e3 * seconds);
     by_kernel += entry;

@@ -30,4 +30,24 @@ inline bool cpu_has_avx512f() {
 #endif
 }
 
+// popflow's own vector kernels, narrowest first. Portable is the code that
+// runs anywhere: a scalar loop, or LibTorch's kernel where popflow has none
+// of its own. Each kernel gives the same result as the others.
+enum class VectorKernel { Portable, Avx2, Avx512 };
+
+inline bool cpu_runs(VectorKernel kernel) {
+  switch (kernel) {
+    case VectorKernel::Avx512: return cpu_has_avx512f();
+    case VectorKernel::Avx2: return cpu_has_avx2_fma();
+    default: return true;
+  }
+}
+
+// The widest kernel this CPU runs (what the kernels' callers use by default).
+inline VectorKernel fastest_vector_kernel() {
+  return cpu_runs(VectorKernel::Avx512) ? VectorKernel::Avx512
+         : cpu_runs(VectorKernel::Avx2) ? VectorKernel::Avx2
+                                        : VectorKernel::Portable;
+}
+
 }  // namespace popflow

@@ -161,21 +161,13 @@ __attribute__((target("avx512f"))) int64_t collect_at_most_avx512(const int32_t*
 }
 #endif
 
-SelectPasses passes_of(SelectKernel kernel) {
+SelectPasses passes_of(VectorKernel kernel) {
 #ifdef POPFLOW_X86_AVX2
-  if (kernel == SelectKernel::Avx512) return {keys_avx512, count_at_most_avx512, collect_at_most_avx512};
-  if (kernel == SelectKernel::Avx2) return {keys_avx2, count_at_most_avx2, collect_at_most_avx2};
+  if (kernel == VectorKernel::Avx512) return {keys_avx512, count_at_most_avx512, collect_at_most_avx512};
+  if (kernel == VectorKernel::Avx2) return {keys_avx2, count_at_most_avx2, collect_at_most_avx2};
 #endif
   (void)kernel;
   return {keys_scalar, count_at_most_scalar, collect_at_most_scalar};
-}
-
-bool cpu_runs(SelectKernel kernel) {
-  switch (kernel) {
-    case SelectKernel::Avx512: return cpu_has_avx512f();
-    case SelectKernel::Avx2: return cpu_has_avx2_fma();
-    default: return true;
-  }
 }
 
 // Buffers one thread reuses from row to row.
@@ -256,18 +248,11 @@ void select_row(const float* row, int64_t n, int64_t k, bool nearest_first, cons
 
 }  // namespace
 
-SelectKernel fastest_select_kernel() {
-  static const SelectKernel kernel = cpu_runs(SelectKernel::Avx512) ? SelectKernel::Avx512
-                                     : cpu_runs(SelectKernel::Avx2) ? SelectKernel::Avx2
-                                                                     : SelectKernel::Scalar;
-  return kernel;
-}
-
 torch::Tensor smallest_k_per_row(const torch::Tensor& d, int64_t k, bool nearest_first) {
-  return smallest_k_per_row(d, k, nearest_first, fastest_select_kernel());
+  return smallest_k_per_row(d, k, nearest_first, fastest_vector_kernel());
 }
 
-torch::Tensor smallest_k_per_row(const torch::Tensor& d, int64_t k, bool nearest_first, SelectKernel kernel) {
+torch::Tensor smallest_k_per_row(const torch::Tensor& d, int64_t k, bool nearest_first, VectorKernel kernel) {
   if (!cpu_runs(kernel)) throw std::invalid_argument("knn select: this CPU cannot run the requested vector kernel");
   if (d.dim() != 2) throw std::invalid_argument("knn select: a 2-d matrix is needed");
   const int64_t rows = d.size(0), n = d.size(1);

@@ -12,13 +12,9 @@
 
 #include <cstdint>
 
+#include "cpu_features.h"
+
 namespace popflow {
-
-// The kernels behind smallest_k_per_row(), fastest last. All give the same result.
-enum class SelectKernel { Scalar, Avx2, Avx512 };
-
-// The fastest kernel this CPU runs (what smallest_k_per_row() uses).
-SelectKernel fastest_select_kernel();
 
 // [rows, k] long: the columns of each row's k smallest entries, smallest
 // first (nearest_first) or in increasing column order; equal entries in
@@ -27,8 +23,9 @@ SelectKernel fastest_select_kernel();
 // number). Float32 CPU matrices take popflow's kernel, rows split across
 // threads; anything else goes to torch::topk (the same sets where no two
 // entries tie). Needs 1 <= k <= columns (std::invalid_argument). `kernel`
-// names one (tests compare them); one the CPU cannot run throws std::invalid_argument.
+// names one (tests compare them; Portable is a scalar loop, the default
+// fastest_vector_kernel()); one the CPU cannot run throws std::invalid_argument.
 torch::Tensor smallest_k_per_row(const torch::Tensor& d, int64_t k, bool nearest_first = true);
-torch::Tensor smallest_k_per_row(const torch::Tensor& d, int64_t k, bool nearest_first, SelectKernel kernel);
+torch::Tensor smallest_k_per_row(const torch::Tensor& d, int64_t k, bool nearest_first, VectorKernel kernel);
 
 }  // namespace popflow

@@ -134,37 +134,22 @@ bool fast_kernel_takes(const torch::Tensor& t) {
   return t.device().is_cpu() && t.scalar_type() == torch::kFloat && t.is_contiguous() && !t.requires_grad();
 }
 
-bool cpu_runs(SeluKernel kernel) {
-  switch (kernel) {
-    case SeluKernel::Avx512: return cpu_has_avx512f();
-    case SeluKernel::Avx2: return cpu_has_avx2_fma();
-    default: return true;
-  }
-}
-
-void check_runs(SeluKernel kernel) {
+void check_runs(VectorKernel kernel) {
   if (!cpu_runs(kernel)) throw std::invalid_argument("selu: this CPU cannot run the requested vector kernel");
 }
 
 }  // namespace
 
-SeluKernel fastest_selu_kernel() {
-  static const SeluKernel kernel = cpu_runs(SeluKernel::Avx512) ? SeluKernel::Avx512
-                                   : cpu_runs(SeluKernel::Avx2) ? SeluKernel::Avx2
-                                                                : SeluKernel::LibTorch;
-  return kernel;
-}
+bool fast_selu_available() { return fastest_vector_kernel() != VectorKernel::Portable; }
 
-bool fast_selu_available() { return fastest_selu_kernel() != SeluKernel::LibTorch; }
+torch::Tensor& selu_in_place(torch::Tensor& z) { return selu_in_place(z, fastest_vector_kernel()); }
 
-torch::Tensor& selu_in_place(torch::Tensor& z) { return selu_in_place(z, fastest_selu_kernel()); }
-
-torch::Tensor& selu_in_place(torch::Tensor& z, SeluKernel kernel) {
+torch::Tensor& selu_in_place(torch::Tensor& z, VectorKernel kernel) {
   check_runs(kernel);
-  if (kernel == SeluKernel::LibTorch || !fast_kernel_takes(z)) return at::selu_(z);
+  if (kernel == VectorKernel::Portable || !fast_kernel_takes(z)) return at::selu_(z);
 #ifdef POPFLOW_X86_AVX2
   float* data = z.data_ptr<float>();
-  const auto run = kernel == SeluKernel::Avx512 ? selu_avx512 : selu_avx2;
+  const auto run = kernel == VectorKernel::Avx512 ? selu_avx512 : selu_avx2;
   // Split across threads in chunks as LibTorch splits its own element-wise kernels.
   at::parallel_for(0, z.numel(), at::internal::GRAIN_SIZE, [data, run](int64_t begin, int64_t end) {
     run(data + begin, end - begin);
@@ -174,18 +159,18 @@ torch::Tensor& selu_in_place(torch::Tensor& z, SeluKernel kernel) {
 }
 
 torch::Tensor& selu_backward_in_place(torch::Tensor& grad, const torch::Tensor& output) {
-  return selu_backward_in_place(grad, output, fastest_selu_kernel());
+  return selu_backward_in_place(grad, output, fastest_vector_kernel());
 }
 
-torch::Tensor& selu_backward_in_place(torch::Tensor& grad, const torch::Tensor& output, SeluKernel kernel) {
+torch::Tensor& selu_backward_in_place(torch::Tensor& grad, const torch::Tensor& output, VectorKernel kernel) {
   check_runs(kernel);
-  if (kernel == SeluKernel::LibTorch || !fast_kernel_takes(grad) || !fast_kernel_takes(output) ||
+  if (kernel == VectorKernel::Portable || !fast_kernel_takes(grad) || !fast_kernel_takes(output) ||
       !grad.sizes().equals(output.sizes()))
     return at::elu_backward_out(grad, grad, kAlpha, kScale, 1.0, /*is_result=*/true, output);
 #ifdef POPFLOW_X86_AVX2
   float* g = grad.data_ptr<float>();
   const float* y = output.data_ptr<float>();
-  const auto run = kernel == SeluKernel::Avx512 ? selu_backward_avx512 : selu_backward_avx2;
+  const auto run = kernel == VectorKernel::Avx512 ? selu_backward_avx512 : selu_backward_avx2;
   at::parallel_for(0, grad.numel(), at::internal::GRAIN_SIZE, [g, y, run](int64_t begin, int64_t end) {
     run(g + begin, y + begin, end - begin);
   });

@@ -9,26 +9,23 @@
 #pragma once
 #include <torch/torch.h>
 
+#include "cpu_features.h"
+
 namespace popflow {
 
-// The kernels behind selu_in_place(), fastest last.
-enum class SeluKernel { LibTorch, Avx2, Avx512 };
-
-// The fastest kernel this CPU runs (what selu_in_place() uses).
-SeluKernel fastest_selu_kernel();
-
 // z = SELU(z) in place. Float32 contiguous CPU tensors take the fast kernel;
-// anything else goes to at::selu_. `kernel` names one (tests compare them);
+// anything else goes to at::selu_. `kernel` names one (tests compare them; Portable is
+// LibTorch's, the default fastest_vector_kernel());
 // one the CPU cannot run throws std::invalid_argument.
 torch::Tensor& selu_in_place(torch::Tensor& z);
-torch::Tensor& selu_in_place(torch::Tensor& z, SeluKernel kernel);
+torch::Tensor& selu_in_place(torch::Tensor& z, VectorKernel kernel);
 
 // grad *= SELU'(input) in place, from SELU's output (its derivative is
 // `scale` where the output is > 0 and output + scale * alpha elsewhere):
 // the backward pass needs no exponential. Same kernels and fallback
 // (at::elu_backward_out) as selu_in_place().
 torch::Tensor& selu_backward_in_place(torch::Tensor& grad, const torch::Tensor& output);
-torch::Tensor& selu_backward_in_place(torch::Tensor& grad, const torch::Tensor& output, SeluKernel kernel);
+torch::Tensor& selu_backward_in_place(torch::Tensor& grad, const torch::Tensor& output, VectorKernel kernel);
 
 // Whether selu_in_place() uses a vector kernel of its own on this CPU.
 bool fast_selu_available();

@@ -52,8 +52,8 @@ TEST_CASE("smallest_k_per_row: the k smallest columns, smallest first, from ever
     if (k <= 64)
       PF_CHECK(torch::equal(smallest_k_per_row(tied, k, false), std::get<0>(sorted_reference(tied, k).sort(1))));
     // Every kernel this CPU runs gives the same result; one it cannot run throws.
-    for (SelectKernel kernel : {SelectKernel::Scalar, SelectKernel::Avx2, SelectKernel::Avx512}) {
-      if (kernel > fastest_select_kernel()) {
+    for (VectorKernel kernel : {VectorKernel::Portable, VectorKernel::Avx2, VectorKernel::Avx512}) {
+      if (kernel > fastest_vector_kernel()) {
         PF_CHECK_THROWS_AS(smallest_k_per_row(distances, k, true, kernel), std::invalid_argument);
         continue;
       }

@@ -81,8 +81,8 @@ TEST_CASE("selu_in_place: SELU and its backward to float precision; NaN, infinit
   PF_CHECK(torch::equal(selu_backward_in_place(gd, yd), gd_ref));
   // Every vector kernel this CPU runs gives the same bits (the AVX-512 one repeats the
   // AVX2 one's operations), forward and backward, tails included.
-  for (SeluKernel kernel : {SeluKernel::Avx2, SeluKernel::Avx512}) {
-    if (kernel > fastest_selu_kernel()) {
+  for (VectorKernel kernel : {VectorKernel::Avx2, VectorKernel::Avx512}) {
+    if (kernel > fastest_vector_kernel()) {
       auto z = x.clone();
       PF_CHECK_THROWS_AS(selu_in_place(z, kernel), std::invalid_argument);
       continue;
@@ -93,7 +93,7 @@ TEST_CASE("selu_in_place: SELU and its backward to float precision; NaN, infinit
     PF_CHECK(torch::equal(selu_backward_in_place(gk, y, kernel), gf));
   }
   auto lt = x.clone();
-  PF_CHECK(torch::equal(selu_in_place(lt, SeluKernel::LibTorch), torch::selu(x)));
+  PF_CHECK(torch::equal(selu_in_place(lt, VectorKernel::Portable), torch::selu(x)));
   // The network's forward pass without autograd activates in place: the same outputs.
   NetworkConfig nc;
   nc.dim = 3;
