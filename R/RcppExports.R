@@ -93,6 +93,10 @@ pf_cuda_available <- function() {
     .Call(`_popflow_pf_cuda_available`)
 }
 
+pf_cuda_built <- function() {
+    .Call(`_popflow_pf_cuda_built`)
+}
+
 pf_torch_version <- function() {
     .Call(`_popflow_pf_torch_version`)
 }

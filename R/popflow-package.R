@@ -17,7 +17,9 @@
 #' Is CUDA available to popflow?
 #'
 #' @return `TRUE` when the LibTorch popflow was built against can use a CUDA
-#'   device, so `device = "cuda"` works.
+#'   device, so `device = "cuda"` works. `FALSE` both where that LibTorch has
+#'   no CUDA and where it has but no GPU and driver are visible; the error of
+#'   `device = "cuda"` then says which.
 #' @examples
 #' cudaAvailable()
 #' @export

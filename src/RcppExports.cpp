@@ -317,6 +317,16 @@ BEGIN_RCPP
     return rcpp_result_gen;
 END_RCPP
 }
+// pf_cuda_built
+bool pf_cuda_built();
+RcppExport SEXP _popflow_pf_cuda_built() {
+BEGIN_RCPP
+    Rcpp::RObject rcpp_result_gen;
+    Rcpp::RNGScope rcpp_rngScope_gen;
+    rcpp_result_gen = Rcpp::wrap(pf_cuda_built());
+    return rcpp_result_gen;
+END_RCPP
+}
 // pf_torch_version
 std::string pf_torch_version();
 RcppExport SEXP _popflow_pf_torch_version() {
@@ -496,6 +506,7 @@ static const R_CallMethodDef CallEntries[] = {
     {"_popflow_pf_model_config", (DL_FUNC) &_popflow_pf_model_config, 1},
     {"_popflow_pf_training_state", (DL_FUNC) &_popflow_pf_training_state, 1},
     {"_popflow_pf_cuda_available", (DL_FUNC) &_popflow_pf_cuda_available, 0},
+    {"_popflow_pf_cuda_built", (DL_FUNC) &_popflow_pf_cuda_built, 0},
     {"_popflow_pf_torch_version", (DL_FUNC) &_popflow_pf_torch_version, 0},
     {"_popflow_pf_blas_kernels", (DL_FUNC) &_popflow_pf_blas_kernels, 0},
     {"_popflow_pf_population_fit", (DL_FUNC) &_popflow_pf_population_fit, 15},

@@ -72,6 +72,9 @@ Rcpp::List pf_training_state(Rcpp::RawVector bytes) {
 bool pf_cuda_available() { return cuda_available(); }
 
 // [[Rcpp::export]]
+bool pf_cuda_built() { return cuda_built(); }
+
+// [[Rcpp::export]]
 std::string pf_torch_version() { return TORCH_VERSION; }
 
 // [[Rcpp::export]]

@@ -30,6 +30,9 @@ struct FlowModel {
 // asked for but the linked LibTorch has none (never a silent CPU fallback).
 torch::Device parse_device(const std::string& name);
 bool cuda_available();
+// Whether the linked LibTorch was built with CUDA (libtorch_cuda), whether or
+// not a GPU is visible: the build defines POPFLOW_TORCH_CUDA (configure, CMake).
+bool cuda_built();
 
 // A new model with freshly initialised weights (uses torch's global generator).
 std::shared_ptr<FlowModel> make_model(const FlowConfig& config, const std::string& device);
