@@ -39,7 +39,7 @@ for fs in proc sys dev; do
 done
 trap 'for fs in dev sys proc; do umount -R "$ROOT/$fs" 2> /dev/null || true; done' EXIT
 cp /etc/resolv.conf "$ROOT/etc/resolv.conf"
-in_root() { chroot "$ROOT" /usr/bin/env -i PATH=/usr/local/bin:/usr/bin:/bin HOME=/root LANG=C.UTF-8 bash -c "$1"; }
+in_root() { chroot "$ROOT" /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 bash -c "$1"; }
 
 echo "== packages (CUDA LibTorch, CUDA toolkit, NCCL, Gloo, R and popflow's requirements)"
 mkdir -p "$ROOT/tmp/cudnn-placeholder/DEBIAN"
