@@ -39,6 +39,9 @@ for fs in proc sys dev; do
 done
 trap 'for fs in dev sys proc; do umount -R "$ROOT/$fs" 2> /dev/null || true; done' EXIT
 cp /etc/resolv.conf "$ROOT/etc/resolv.conf"
+# The host's own certificate authorities (a proxy's, say): CRAN over https as from the host.
+mkdir -p "$ROOT/usr/local/share/ca-certificates"
+cp /usr/local/share/ca-certificates/*.crt "$ROOT/usr/local/share/ca-certificates/" 2> /dev/null || true
 in_root() { chroot "$ROOT" /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 bash -c "$1"; }
 
 echo "== packages (CUDA LibTorch, CUDA toolkit, NCCL, Gloo, R and popflow's requirements)"
@@ -55,7 +58,8 @@ in_root "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y
   libtorch-cuda-dev nvidia-cuda-toolkit libnccl-dev libgloo-cuda-dev liblemon-dev libopenblas0-pthread \
   r-base-dev r-cran-rcpp r-cran-testthat r-bioc-singlecellexperiment r-cran-seurat r-cran-seuratobject \
   r-cran-matrix r-bioc-hdf5array r-cran-callr r-cran-knitr r-cran-rmarkdown r-cran-ggplot2 r-cran-cli \
-  cmake g++ make python3 > /tmp/popflow-apt.log 2>&1" || { tail -20 "$ROOT/tmp/popflow-apt.log"; exit 1; }
+  cmake g++ make python3 ca-certificates > /tmp/popflow-apt.log 2>&1 && update-ca-certificates > /dev/null 2>&1" ||
+  { tail -20 "$ROOT/tmp/popflow-apt.log"; exit 1; }
 # The stub cuDNN: the symbols libtorch_cuda takes from it, under its version node.
 in_root 'test -f /usr/local/lib/libcudnn.so.9 || {
   cd /tmp && nm -D --undefined-only /usr/lib/x86_64-linux-gnu/libtorch_cuda.so |
@@ -74,7 +78,7 @@ in_root "dpkg-query -W -f '\${Package} \${Version}\n' libtorch-cuda-2.6 nvidia-c
 echo "== 1. CMake build and C++ tests"
 in_root "cd /build/popflow && cmake -S . -B build/cuda -DCMAKE_BUILD_TYPE=Release -Wno-dev &&
   cmake --build build/cuda -j$(nproc)" > "$OUT/cmake.log" 2>&1 || { tail -30 "$OUT/cmake.log"; exit 1; }
-grep "popflow:" "$OUT/cmake.log"
+grep "^-- popflow:" "$OUT/cmake.log"
 in_root "cd /build/popflow && OMP_WAIT_POLICY=passive build/cuda/popflow_tests" > "$OUT/ctest.log" 2>&1 || true
 grep -E "skipped|^[0-9]+ passed" "$OUT/ctest.log" | sort | uniq -c
 
