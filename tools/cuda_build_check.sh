@@ -12,7 +12,7 @@
 #   2. R CMD INSTALL through configure, then the R tests (tests/testthat.R).
 # Output: ROOT/popflow-cuda-check/{cmake,ctest,install,rtests}.log and a
 # summary on stdout. As root, on Debian or Ubuntu with network access to a
-# Debian mirror; about 25 minutes on 2 cores, 9 GB of disk.
+# Debian mirror; about 25 minutes on 2 cores, 12 GB of disk.
 #
 # Nothing here runs a GPU. One stand-in: libtorch-cuda depends on
 # nvidia-cudnn, an installer that downloads cuDNN from NVIDIA, which this
