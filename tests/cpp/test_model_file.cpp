@@ -277,10 +277,14 @@ TEST_CASE("device: cuda without CUDA is a clear error") {
     PF_CHECK_THROWS_AS(parse_device("cuda:0"), std::runtime_error);
     const std::string msg = thrown_message([] { parse_device("cuda"); });
     PF_CHECK_MSG(msg.find("cuda") != std::string::npos, msg);
+    // A CUDA LibTorch without a GPU is told apart from a CPU-only one.
+    const std::string cause = cuda_built() ? "no usable CUDA device is visible" : "build popflow against a CUDA LibTorch";
+    PF_CHECK_MSG(msg.find(cause) != std::string::npos, msg);
     PF_CHECK_THROWS_AS(make_model(small_flow(2), "cuda"), std::runtime_error);
     auto model = make_model(small_flow(2), "cpu");
     PF_CHECK_THROWS_AS(load_model(save_model(*model), "cuda"), std::runtime_error);
   } else {
     PF_CHECK(parse_device("cuda").is_cuda());
+    PF_CHECK_MSG(cuda_built(), "a GPU is usable, but the build did not define POPFLOW_TORCH_CUDA");
   }
 }
