@@ -30,3 +30,6 @@ toy_seurat <- function(n_pcs = 4, ...) {
 toy_mfm <- function() MFMParam(k = 5, layers = 2, width = 8, populations_per_step = 4, cells_per_population = 32)
 toy_training <- function(steps = 40) TrainingParam(steps = steps, batch_size = 64, seed = 1)
 toy_solver <- SolverParam("rk4", steps = 4)
+
+# The geoms of a ggplot's layers, by class (ggplot2 4 names the layers; the names are dropped).
+layer_geoms <- function(p) unname(vapply(p$layers, function(l) class(l$geom)[1], character(1)))

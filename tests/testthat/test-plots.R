@@ -6,7 +6,6 @@ quick_fit <- function(steps = 120) {
   fitFlow(d$source, d$target, method = "icfm", training = quick_training(steps, seed = 1), verbose = FALSE)
 }
 
-layer_geoms <- function(p) vapply(p$layers, function(l) class(l$geom)[1], character(1))
 
 test_that("plotLoss draws the raw loss and its running mean", {
   fit <- quick_fit()

@@ -2,7 +2,6 @@
 # record, the best weights, early stopping, resuming, and bad held-out data.
 
 val_solver <- SolverParam("rk4", steps = 5)
-layer_geoms <- function(p) vapply(p$layers, function(l) class(l$geom)[1], character(1))
 
 # Training learns a shift of +3 while the held-out target is the source
 # itself: the held-out score is best before the flow has learnt much and
