@@ -142,13 +142,13 @@ check_device <- function(device) {
     pf_abort("device", sprintf("must be \"cpu\" or \"cuda\", not %s", deparse1(device)),
              "use device = \"cpu\", or \"cuda\" / \"cuda:N\" with a CUDA build")
   }
-  if (startsWith(device, "cuda") && !pf_cuda_available() && pf_cuda_built()) {
-    pf_abort("device", paste("is \"cuda\" but no usable CUDA device is visible: popflow's LibTorch has CUDA,",
-                             "but no GPU and driver were found"),
-             paste("use device = \"cpu\", or run on a machine whose NVIDIA GPU `nvidia-smi` lists",
-                   "(CUDA_VISIBLE_DEVICES must not hide it)"))
-  }
   if (startsWith(device, "cuda") && !pf_cuda_available()) {
+    if (pf_cuda_built()) {
+      pf_abort("device", paste("is \"cuda\" but no usable CUDA device is visible: popflow's LibTorch has CUDA,",
+                               "but no GPU and driver were found"),
+               paste("use device = \"cpu\", or run on a machine whose NVIDIA GPU `nvidia-smi` lists",
+                     "(CUDA_VISIBLE_DEVICES must not hide it)"))
+    }
     pf_abort("device", "is \"cuda\" but the LibTorch popflow was built against has no usable CUDA device",
              "use device = \"cpu\", or reinstall popflow with POPFLOW_LIBTORCH pointing at a CUDA LibTorch")
   }

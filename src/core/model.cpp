@@ -27,13 +27,14 @@ bool cuda_built() {
 torch::Device parse_device(const std::string& name) {
   if (name == "cpu") return torch::kCPU;
   if (name.rfind("cuda", 0) == 0) {
-    if (!cuda_available() && cuda_built())
-      throw std::runtime_error("device 'cuda' was requested but no usable CUDA device is visible (the linked "
-                               "LibTorch has CUDA; check nvidia-smi and CUDA_VISIBLE_DEVICES); use device = \"cpu\" "
-                               "or a machine with an NVIDIA GPU and driver");
-    if (!cuda_available())
+    if (!cuda_available()) {
+      if (cuda_built())
+        throw std::runtime_error("device 'cuda' was requested but no usable CUDA device is visible (the linked "
+                                 "LibTorch has CUDA; check nvidia-smi and CUDA_VISIBLE_DEVICES); use device = "
+                                 "\"cpu\" or a machine with an NVIDIA GPU and driver");
       throw std::runtime_error("device 'cuda' was requested but the linked LibTorch has no usable CUDA device; "
                                "use device = \"cpu\" or build popflow against a CUDA LibTorch");
+    }
     return torch::Device(name);
   }
   throw std::runtime_error("unknown device '" + name + "'; use \"cpu\" or \"cuda\"");
